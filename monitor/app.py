@@ -1,0 +1,100 @@
+"""Wiring: every dependency is built here, once, and passed in. No module-level state."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from monitor.config import Config
+from monitor.digest import DigestSettings, Renderer
+from monitor.fetch import Fetcher
+from monitor.mailer import MaildirMailer, Mailer, SmtpMailer
+from monitor.store import Store, open_store
+from monitor.watchlists import Matcher
+
+
+class Clock(Protocol):
+    def __call__(self) -> datetime: ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class App:
+    """What the orchestrators (poller, delivery) need; built by `running_app`."""
+
+    config: Config
+    store: Store
+    matcher: Matcher
+    fetcher: Fetcher
+    renderer: Renderer
+    mailer: Mailer
+    parse_pool: Executor
+    clock: Clock = utc_now
+    recipients: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def apply_config(self, config: Config) -> None:
+        """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""
+        self.config = config
+        self.matcher = Matcher(config.watchlists)
+        self.renderer = build_renderer(config)
+        self.mailer = build_mailer(config)
+        self.recipients = {w.name: config.recipients_of(w) for w in config.watchlists}
+
+
+def build_renderer(config: Config) -> Renderer:
+    sender = config.smtp.sender if config.smtp else "monitor@localhost.invalid"
+    settings = DigestSettings(
+        sender=sender,
+        zone=config.zone,
+        max_per_watchlist=config.digests.max_per_watchlist,
+        subject=config.digests.subject,
+        source=config.source,
+    )
+    return Renderer(settings)
+
+
+def build_mailer(config: Config) -> Mailer:
+    if config.smtp is not None:
+        return SmtpMailer(config.smtp)
+    return MaildirMailer(Path(config.outbox))
+
+
+def build_parse_pool(workers: int | None = None) -> Executor:
+    # forkserver: never fork a process that already runs threads (aiohttp's resolver, etc.).
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+    )
+
+
+@asynccontextmanager
+async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[App]:
+    """Open the store (migrating it), the HTTP session and the parse pool; close them after."""
+    store = open_store(config.database)
+    pool = build_parse_pool()
+    try:
+        async with Fetcher(config.polling) as fetcher:
+            app = App(
+                config=config,
+                store=store,
+                matcher=Matcher(config.watchlists),
+                fetcher=fetcher,
+                renderer=build_renderer(config),
+                mailer=build_mailer(config),
+                parse_pool=pool,
+                clock=clock,
+            )
+            app.apply_config(config)
+            store.sync_feeds({f.name: f.url for f in config.feeds}, clock())
+            yield app
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        store.close()

@@ -1,0 +1,192 @@
+"""The command line: parse arguments, load the config, wire the app, run one command.
+
+Exit codes: 0 ok, 1 runtime failure (or `test`: nothing matched), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from monitor import __version__
+from monitor.app import running_app
+from monitor.config import Config, find_config, load_config
+from monitor.delivery import FIRST_POLL_DONE, preview, run_digests
+from monitor.errors import ConfigError, LockedError, MonitorError
+from monitor.lock import database_lock
+from monitor.logs import setup_logging
+from monitor.models import Match
+from monitor.poller import poll_due
+from monitor.store import open_store
+from monitor.text import unescape
+from monitor.watchlists import Matcher
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monitor", description="Media-monitoring alert daemon: feeds in, digests out."
+    )
+    parser.add_argument("--config", help="config file (default: $MONITOR_CONFIG, ./config.yaml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--version", action="version", version=f"monitor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("check", help="validate the config; exit 0, or 2 listing every problem")
+    commands.add_parser("run", help="run the daemon in the foreground")
+    poll = commands.add_parser("poll", help="poll due feeds once, then exit")
+    poll.add_argument("--all", action="store_true", help="poll every feed, due or not")
+    poll.add_argument("--feed", action="append", metavar="NAME", help="poll only this feed")
+    digest = commands.add_parser("digest", help="preview or send pending digests")
+    mode = digest.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--preview", action="store_true", help="render without sending or marking")
+    mode.add_argument("--send", action="store_true", help="send all pending digests now")
+    digest.add_argument("--watchlist", action="append", metavar="NAME")
+    digest.add_argument("--out", metavar="FILE", help="write the preview here (default: stdout)")
+    test = commands.add_parser("test", help="show which watchlists TEXT matches, and why")
+    test.add_argument("--watchlist", action="append", metavar="NAME")
+    test.add_argument("text", nargs="?", default="", help="text to match (as a title)")
+    test.add_argument("--title", default=None, help="title field")
+    test.add_argument("--summary", default=None, help="summary field")
+    commands.add_parser("feeds", help="one line per feed: status, last success, error, next poll")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.log_format)
+    path = find_config(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(error.problems)} problem(s); nothing was started", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _dispatch(args, config, path)
+    except LockedError as error:
+        print(f"monitor: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except MonitorError as error:
+        print(f"monitor: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
+    if args.command == "check":
+        print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
+        return EXIT_OK
+    if args.command == "test":
+        return _test(args, config)
+    if args.command == "feeds":
+        return _feeds(config)
+    if args.command == "run":
+        from monitor.daemon import run_daemon
+
+        asyncio.run(run_daemon(config, path))
+        return EXIT_OK
+    with database_lock(config.database, f"monitor {args.command}"):
+        if args.command == "poll":
+            return asyncio.run(_poll(config, args.feed, args.all))
+        return asyncio.run(_digest(config, args))
+
+
+async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
+    unknown = set(feeds or ()) - {f.name for f in config.feeds}
+    if unknown:
+        print(f"monitor: no feed named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return EXIT_USAGE
+    async with running_app(config) as app:
+        report = await poll_due(app, feeds, force=force or bool(feeds))
+        app.store.set_meta(FIRST_POLL_DONE, "1")
+    for poll in report.polls:
+        if poll.error:
+            print(f"  {poll.feed}: FAILED: {poll.error}")
+    print(
+        f"polled {len(report.polls)} feeds: {report.new_items} new items, "
+        f"{report.matches} matches, {report.failed} failed"
+    )
+    return EXIT_OK
+
+
+async def _digest(config: Config, args: argparse.Namespace) -> int:
+    unknown = set(args.watchlist or ()) - {w.name for w in config.watchlists}
+    if unknown:
+        print(f"monitor: no watchlist named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return EXIT_USAGE
+    async with running_app(config) as app:
+        if args.preview:
+            messages = preview(app, args.watchlist)
+            output = b"\n".join(m.mime for m in messages)
+            if args.out:
+                Path(args.out).write_bytes(output)
+                print(f"{len(messages)} digest(s) written to {args.out}")
+            else:
+                sys.stdout.write(output.decode("utf-8", "replace"))
+                if not messages:
+                    print("nothing pending", file=sys.stderr)
+            return EXIT_OK
+        report = await run_digests(app, force=True, only=args.watchlist)
+    print(
+        f"{report.composed} digest(s) composed, {report.sent} sent, "
+        f"{report.retrying} to retry, {report.dead} dead-lettered"
+    )
+    return EXIT_OK if not report.retrying else EXIT_FAILURE
+
+
+def _test(args: argparse.Namespace, config: Config) -> int:
+    watchlists = [w for w in config.watchlists if not args.watchlist or w.name in args.watchlist]
+    if args.watchlist and not watchlists:
+        print(f"monitor: no watchlist named {', '.join(args.watchlist)}", file=sys.stderr)
+        return EXIT_USAGE
+    fields = {"title": unescape(args.title if args.title is not None else args.text)}
+    if args.summary:
+        fields["summary"] = unescape(args.summary)
+    found = Matcher(watchlists).match_fields(fields)
+    for match in found:
+        print(f"{match.watchlist}: {', '.join(match.terms)}")
+        for line in _explain(match, fields):
+            print(f"  {line}")
+    if not found:
+        print("no watchlist matched", file=sys.stderr)
+    return EXIT_OK if found else EXIT_FAILURE
+
+
+def _explain(match: Match, fields: dict[str, str]) -> list[str]:
+    return [
+        f"{hit.term!r} in {hit.field} [{hit.start}:{hit.end}]: "
+        f"{fields[hit.field][hit.start:hit.end]!r}"
+        for hit in match.hits
+    ]
+
+
+def _feeds(config: Config) -> int:
+    store = open_store(config.database)
+    try:
+        states = {s.name: s for s in store.feed_states()}
+    finally:
+        store.close()
+    print(f"{'FEED':24} {'STATUS':9} {'LAST SUCCESS':17} {'NEXT POLL':17} {'FAILS':>5}  LAST ERROR")
+    for feed in config.feeds:
+        state = states.get(feed.name)
+        if state is None:
+            print(f"{feed.name:24} {'new':9} {'-':17} {'now':17} {0:>5}")
+            continue
+        print(
+            f"{feed.name:24} {state.status.value:9} {_when(state.last_success_at, config):17} "
+            f"{_when(state.next_poll_at, config):17} {state.consecutive_failures:>5}  "
+            f"{(state.last_error or '')[:80]}"
+        )
+    return EXIT_OK
+
+
+def _when(moment: datetime | None, config: Config) -> str:
+    return moment.astimezone(config.zone).strftime("%Y-%m-%d %H:%M") if moment else "-"

@@ -1,0 +1,410 @@
+"""The configuration: YAML in, validated immutable objects out.
+
+Validation happens once, completely: every problem is reported at the same time as
+``FILE:LINE:COL: key.path: what is wrong``, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from monitor.errors import ConfigError
+from monitor.schedules import check_in_zone, parse_schedule
+
+DEFAULT_CONFIG_NAMES = ("config.yaml",)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+
+
+def _parse_duration(value: Any) -> float:
+    """'90s', '15m', '2h', '1d' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 15m, 2h or 1d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        found = _DURATION.match(str(value))
+        if not found:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 2h or 1d")
+        seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def _parse_size(value: Any) -> int:
+    """'10 MiB', '512KiB' or a number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    found = _SIZE.match(str(value))
+    if not found:
+        raise ValueError(f"{value!r} is not a size; write e.g. 10 MiB or 512 KiB")
+    return int(found.group(1)) * _SIZE_UNITS[found.group(2)]
+
+
+def _check_address(value: str) -> str:
+    if not _ADDRESS.match(value):
+        raise ValueError(f"{value!r} is not an email address like name@example.org")
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin"
+        ) from None
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
+Size = Annotated[int, BeforeValidator(_parse_size)]
+Address = Annotated[str, AfterValidator(_check_address)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class PollingConfig(_Model):
+    interval: Duration = 900.0  # default seconds between polls of one feed
+    min_interval: Duration = 300.0
+    max_interval: Duration = 6 * 3600.0
+    concurrency: int = Field(20, ge=1, le=1000)
+    per_host: int = Field(2, ge=1, le=16)
+    connect_timeout: Duration = 10.0
+    timeout: Duration = 30.0
+    max_body: Size = 10 * 1024 * 1024
+    max_items: int = Field(500, ge=1)
+    contact: str | None = None  # URL or address put in the User-Agent for feed operators
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PollingConfig:
+        if self.min_interval > self.max_interval:
+            raise ValueError("min_interval must not exceed max_interval")
+        return self
+
+
+class FeedConfig(_Model):
+    name: NonEmpty
+    url: NonEmpty
+    interval: Duration | None = None
+    language: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url
+
+
+class WatchlistConfig(_Model):
+    name: NonEmpty
+    terms: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    recipients: tuple[Address, ...] = ()
+    digest: str = "daily 07:00"
+    languages: tuple[str, ...] = ()  # empty: every language
+    feeds: tuple[str, ...] = ()  # empty: every feed
+
+    @field_validator("digest")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("terms", "exclude")
+    @classmethod
+    def _no_empty_terms(cls, terms: tuple[str, ...]) -> tuple[str, ...]:
+        from monitor.text import normalize
+
+        for term in terms:
+            if not normalize(term).strip():
+                raise ValueError(f"term {term!r} is empty after normalization; remove it")
+        return terms
+
+    @model_validator(mode="after")
+    def _has_terms(self) -> WatchlistConfig:
+        if not self.terms:
+            raise ValueError(f"watchlist {self.name!r} has no terms; add at least one")
+        return self
+
+
+class SmtpConfig(_Model):
+    host: NonEmpty
+    port: int | None = Field(None, ge=1, le=65535)
+    username: str | None = None
+    password_env: str | None = None  # name of an environment variable holding the password
+    password_file: str | None = None  # path of a file holding the password
+    sender: Address = Field(alias="from")
+    starttls: bool = True
+    tls: bool = False  # implicit TLS (port 465)
+    verify_certificates: bool = True
+    timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SmtpConfig:
+        if self.tls and self.starttls:
+            raise ValueError("set either tls (implicit, port 465) or starttls, not both")
+        if self.username and not (self.password_env or self.password_file):
+            raise ValueError("username is set: add password_env or password_file")
+        if self.password_env and self.password_env not in os.environ:
+            raise ValueError(
+                f"password_env names {self.password_env!r}, which is not set in the environment"
+            )
+        if self.password_file and not Path(self.password_file).is_file():
+            raise ValueError(f"password_file {self.password_file!r} does not exist")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        return 465 if self.tls else 587 if self.starttls else 25
+
+    def password(self) -> str | None:
+        """Read the secret at the moment it is needed; it is never stored in the config."""
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        if self.password_file:
+            return Path(self.password_file).read_text(encoding="utf-8").strip()
+        return None
+
+
+class DigestsConfig(_Model):
+    max_per_watchlist: int = Field(25, ge=1)
+    send_empty: bool = False
+    subject: str = "monitor digest: {count} new for {watchlists}"
+
+
+class Config(_Model):
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = "Europe/Berlin"
+    database: str = "sqlite:///monitor.db"
+    outbox: str = "outbox"
+    recipients: tuple[Address, ...] = ()  # default for watchlists that name none
+    polling: PollingConfig = PollingConfig()
+    digests: DigestsConfig = DigestsConfig()
+    smtp: SmtpConfig | None = None
+    feeds: tuple[FeedConfig, ...] = Field(min_length=1)
+    watchlists: tuple[WatchlistConfig, ...] = Field(min_length=1)
+    source: str = Field("<memory>", exclude=True)  # the file this came from, for messages
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if "://" not in value:  # a plain path means a SQLite file
+            return f"sqlite:///{value}"
+        return value
+
+    @model_validator(mode="after")
+    def _recipients(self) -> Config:
+        for watchlist in self.watchlists:
+            if not (watchlist.recipients or self.recipients):
+                raise ValueError(
+                    f"watchlist {watchlist.name!r} has no recipients; add recipients to it "
+                    "or a top-level recipients list"
+                )
+        return self
+
+    def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
+        return watchlist.recipients or self.recipients
+
+    def feed_interval(self, feed: FeedConfig) -> float:
+        return feed.interval or self.polling.interval
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class _Mark:
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+_Path = tuple[str | int, ...]
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{source}: cannot read the config file: {error.strerror}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{source}: not UTF-8 text ({error.reason})"]) from None
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate YAML text into a Config."""
+    data, values, keys, problems = _read_yaml(text, source)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1:1: the config must be a mapping of keys (feeds, ...)"])
+    try:
+        config = Config.model_validate({**data, "source": source})
+    except ValidationError as error:
+        problems += [_describe(source, e, values, keys) for e in error.errors()]
+    else:
+        problems += _cross_checks(config, source, values)
+        if not problems:
+            return config
+    raise ConfigError(problems)
+
+
+def _read_yaml(
+    text: str, source: str
+) -> tuple[Any, dict[_Path, _Mark], dict[_Path, _Mark], list[str]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        values: dict[_Path, _Mark] = {}
+        keys: dict[_Path, _Mark] = {}
+        problems: list[str] = []
+        if node is not None:
+            _index(node, (), values, keys, problems, source)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError([f"{where}: YAML syntax: {error.problem or error.context}"]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{source}: YAML: {error}"]) from None
+    finally:
+        loader.dispose()
+    return data, values, keys, problems
+
+
+def _index(
+    node: yaml.Node,
+    path: _Path,
+    values: dict[_Path, _Mark],
+    keys: dict[_Path, _Mark],
+    problems: list[str],
+    source: str,
+) -> None:
+    """Record where each value (and each mapping key) starts, by its key path."""
+    values[path] = _Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            mark = _Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if key in seen:
+                problems.append(
+                    f"{source}:{mark.line}:{mark.column}: {_dotted((*path, key))}: "
+                    "key appears twice; keep one"
+                )
+            seen.add(key)
+            keys[(*path, key)] = mark
+            _index(value_node, (*path, key), values, keys, problems, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for position, child in enumerate(node.value):
+            _index(child, (*path, position), values, keys, problems, source)
+
+
+def _dotted(path: _Path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(
+    source: str, error: Any, values: dict[_Path, _Mark], keys: dict[_Path, _Mark]
+) -> str:
+    loc: _Path = tuple(part for part in error["loc"] if not _is_pydantic_tag(part))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        mark = keys.get(loc) or _nearest(loc, values)
+        message = "unknown key; check the spelling against config.example.yaml"
+    elif kind == "missing":
+        mark = _nearest(loc, values)
+        message = "required key is missing"
+    else:
+        mark = values.get(loc) or _nearest(loc, values)
+        message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{source}:{mark.line}:{mark.column}: {_dotted(loc)}: {message}"
+
+
+def _is_pydantic_tag(part: Any) -> bool:
+    # Union members and function validators appear in loc as tags such as 'function-after[...]'.
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float"})
+
+
+def _nearest(loc: _Path, values: dict[_Path, _Mark]) -> _Mark:
+    for length in range(len(loc), -1, -1):
+        if loc[:length] in values:
+            return values[loc[:length]]
+    return _Mark(1, 1)
+
+
+def _cross_checks(config: Config, source: str, values: dict[_Path, _Mark]) -> list[str]:
+    """Checks that span several entries: unique names, references between sections."""
+    problems: list[str] = []
+
+    def report(loc: _Path, message: str) -> None:
+        mark = values.get(loc) or _nearest(loc, values)
+        problems.append(f"{source}:{mark.line}:{mark.column}: {_dotted(loc)}: {message}")
+
+    for section, entries in (("feeds", config.feeds), ("watchlists", config.watchlists)):
+        for index, duplicate in _duplicates([entry.name for entry in entries]):
+            report((section, index, "name"), f"name {duplicate!r} is used twice; names must differ")
+    feed_names = {feed.name for feed in config.feeds}
+    year = datetime.now(config.zone).year
+    for index, watchlist in enumerate(config.watchlists):
+        try:
+            check_in_zone(parse_schedule(watchlist.digest), config.zone, year)
+        except ValueError as error:
+            report(("watchlists", index, "digest"), str(error))
+        for position, feed in enumerate(watchlist.feeds):
+            if feed not in feed_names:
+                report(("watchlists", index, "feeds", position), f"no feed is named {feed!r}")
+    return problems
+
+
+def _duplicates(names: list[str]) -> Iterator[tuple[int, str]]:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            yield index, name
+        seen.add(name)
+
+
+def find_config(explicit: str | None) -> Path:
+    """--config, else $MONITOR_CONFIG, else ./config.yaml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("MONITOR_CONFIG"):
+        return Path(os.environ["MONITOR_CONFIG"])
+    return Path(DEFAULT_CONFIG_NAMES[0])

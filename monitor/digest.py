@@ -1,0 +1,174 @@
+"""Digest emails: pending matches rendered with Jinja2 into one multipart message per recipient.
+
+Feed text is hostile: it is autoescaped in HTML and never reaches a header unsanitized
+(subjects are built from watchlist names and counts; every header value is single-lined).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from monitor.models import DigestEntry, Hit, OutgoingMessage
+from monitor.text import single_line
+
+SNIPPET_CHARS = 280
+Segments = list[tuple[str, bool]]  # (text, highlighted)
+
+
+def default_templates_dir() -> Path:
+    """The templates shipped in the wheel, or the repo's templates/ in a source checkout."""
+    packaged = Path(__file__).parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSettings:
+    sender: str
+    zone: ZoneInfo
+    max_per_watchlist: int = 25
+    subject: str = "monitor digest: {count} new for {watchlists}"
+    source: str = ""  # which config produced the digest, for the footer
+
+
+class Renderer:
+    """Renders digests; user templates (templates_dir) override the shipped ones, sandboxed."""
+
+    def __init__(self, settings: DigestSettings, templates_dir: Path | None = None) -> None:
+        self.settings = settings
+        search = [str(templates_dir)] if templates_dir else []
+        self._env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader([*search, str(default_templates_dir())]),
+            autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+
+    def render(
+        self, recipient: str, entries: Sequence[DigestEntry], now: datetime
+    ) -> OutgoingMessage:
+        context = self._context(recipient, entries, now)
+        text = self._env.get_template("digest.txt.j2").render(context)
+        html = self._env.get_template("digest.html.j2").render(context)
+        message = EmailMessage(policy=SMTP)
+        message_id = self.message_id(recipient, entries)
+        message["From"] = self.settings.sender
+        message["To"] = recipient
+        message["Subject"] = single_line(context["subject"])
+        message["Date"] = format_datetime(now.astimezone(self.settings.zone))
+        message["Message-ID"] = message_id
+        message["Auto-Submitted"] = "auto-generated"
+        message["List-Id"] = f"monitor digest <digest.{_domain(self.settings.sender)}>"
+        message["List-Unsubscribe"] = f"<mailto:{self.settings.sender}?subject=unsubscribe>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
+        message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+        return OutgoingMessage(message_id, recipient, message.as_bytes())
+
+    def message_id(self, recipient: str, entries: Sequence[DigestEntry]) -> str:
+        """Deterministic: the same recipient and deliveries always give the same Message-ID."""
+        ids = sorted(i for entry in entries for i in entry.delivery_ids)
+        seed = f"{recipient}|{','.join(map(str, ids))}".encode()
+        return f"<digest.{hashlib.sha256(seed).hexdigest()[:32]}@{_domain(self.settings.sender)}>"
+
+    def _context(
+        self, recipient: str, entries: Sequence[DigestEntry], now: datetime
+    ) -> dict[str, object]:
+        groups: dict[str, list[DigestEntry]] = {}
+        for entry in entries:
+            groups.setdefault(entry.watchlist, []).append(entry)
+        cap = self.settings.max_per_watchlist
+        watchlists = [
+            {
+                "name": name,
+                "entries": [self._entry(entry) for entry in group[:cap]],
+                "more": max(0, len(group) - cap),
+                "count": len(group),
+            }
+            for name, group in sorted(groups.items())
+        ]
+        subject = self.settings.subject.format(
+            count=len(entries), watchlists=", ".join(groups), recipient=recipient
+        )
+        return {
+            "subject": subject,
+            "recipient": recipient,
+            "watchlists": watchlists,
+            "total": len(entries),
+            "generated_at": self._local(now),
+            "source": self.settings.source,
+        }
+
+    def _entry(self, entry: DigestEntry) -> dict[str, object]:
+        item = entry.item
+        title_spans = [(h.start, h.end) for h in entry.hits if h.field == "title"]
+        summary_spans = [(h.start, h.end) for h in entry.hits if h.field == "summary"]
+        return {
+            "title": item.title or item.url,
+            "title_parts": highlight(item.title, title_spans, 0, len(item.title)),
+            "url": item.url if item.url.startswith(("https://", "http://")) else "",
+            "outlet": item.feed,
+            "time": self._local(item.published),
+            "snippet": snippet(item.summary, summary_spans),
+            "terms": list(dict.fromkeys(h.term for h in entry.hits)),
+        }
+
+    def _local(self, moment: datetime) -> str:
+        return moment.astimezone(self.settings.zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def snippet(text: str, spans: Sequence[tuple[int, int]], width: int = SNIPPET_CHARS) -> Segments:
+    """A window of text around the first hit, with every hit inside it highlighted."""
+    if not text:
+        return []
+    first = min((start for start, _ in spans), default=0)
+    start = max(0, first - width // 3)
+    if start:  # do not cut a word in half
+        space = text.find(" ", start)
+        start = space + 1 if 0 <= space < first else start
+    end = min(len(text), start + width)
+    if end < len(text):
+        space = text.rfind(" ", start, end)
+        end = space if space > first else end
+    parts = highlight(text, spans, start, end)
+    if start > 0:
+        parts.insert(0, ("… ", False))
+    if end < len(text):
+        parts.append((" …", False))
+    return parts
+
+
+def highlight(text: str, spans: Sequence[tuple[int, int]], start: int, end: int) -> Segments:
+    """Split text[start:end] into plain and highlighted segments."""
+    parts: Segments = []
+    position = start
+    for span_start, span_end in sorted(set(spans)):
+        span_start, span_end = max(span_start, position), min(span_end, end)
+        if span_start >= span_end:
+            continue
+        if span_start > position:
+            parts.append((text[position:span_start], False))
+        parts.append((text[span_start:span_end], True))
+        position = span_end
+    if position < end:
+        parts.append((text[position:end], False))
+    return parts
+
+
+def hits_summary(hits: Sequence[Hit]) -> str:
+    return ", ".join(dict.fromkeys(hit.term for hit in hits))
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] or "monitor.invalid"

@@ -1,0 +1,138 @@
+"""Handing rendered messages to SMTP, or to a Maildir outbox when no SMTP is configured.
+Owns aiosmtplib.
+
+Both mailers report each message's outcome through a callback the moment it is known,
+so the caller can mark it sent right after the server's 250 (not at the end of a batch).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from monitor.config import SmtpConfig
+from monitor.errors import DeliveryError, PermanentDeliveryError
+from monitor.models import OutgoingMessage
+
+log = logging.getLogger(__name__)
+
+Outcome = Callable[[OutgoingMessage, DeliveryError | None], Awaitable[None]]
+
+
+class Mailer(Protocol):
+    async def deliver(self, batch: Sequence[OutgoingMessage], report: Outcome) -> None:
+        """Try each message once; report every outcome (None means accepted)."""
+
+
+class SmtpMailer:
+    """One SMTP connection per batch; 5xx for a recipient is permanent, the rest transient."""
+
+    def __init__(self, settings: SmtpConfig) -> None:
+        self._settings = settings
+
+    async def deliver(self, batch: Sequence[OutgoingMessage], report: Outcome) -> None:
+        if not batch:
+            return
+        client = aiosmtplib.SMTP(
+            hostname=self._settings.host,
+            port=self._settings.effective_port,
+            use_tls=self._settings.tls,
+            start_tls=self._settings.starttls,
+            validate_certs=self._settings.verify_certificates,
+            timeout=self._settings.timeout,
+        )
+        try:
+            await client.connect()
+            if self._settings.username:
+                await client.login(self._settings.username, self._settings.password() or "")
+        except aiosmtplib.SMTPException as error:
+            failure = _classify(error, f"SMTP {self._settings.host}:{self._settings.effective_port}")
+            for message in batch:
+                await report(message, DeliveryError(str(failure)))
+            return
+        try:
+            for position, message in enumerate(batch):
+                try:
+                    await client.sendmail(self._settings.sender, [message.recipient], message.mime)
+                except aiosmtplib.SMTPServerDisconnected as error:
+                    for rest in batch[position:]:
+                        await report(rest, DeliveryError(f"server disconnected: {error}"))
+                    return
+                except aiosmtplib.SMTPException as error:
+                    await report(message, _classify(error, message.recipient))
+                else:
+                    await report(message, None)
+        finally:
+            if client.is_connected:
+                try:
+                    await client.quit()
+                except aiosmtplib.SMTPException:
+                    client.close()
+
+
+def _classify(error: aiosmtplib.SMTPException, who: str) -> DeliveryError:
+    code = getattr(error, "code", None)
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused) and error.recipients:
+        code = error.recipients[0].code
+        text = error.recipients[0].message
+    else:
+        text = getattr(error, "message", "") or str(error)
+    description = f"{who}: {code or ''} {text}".replace("  ", " ").strip()
+    if isinstance(code, int) and 500 <= code < 600:
+        return PermanentDeliveryError(description)
+    return DeliveryError(description)
+
+
+class MaildirMailer:
+    """Writes each message as an .eml file into a Maildir (tmp/ then rename into new/).
+
+    The file name derives from the Message-ID, so writing the same message again after a
+    crash replaces the file instead of adding a second copy.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def _ensure(self) -> None:
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+
+    async def deliver(self, batch: Sequence[OutgoingMessage], report: Outcome) -> None:
+        for message in batch:
+            try:
+                target = self.write(message)
+            except OSError as error:
+                await report(message, DeliveryError(f"outbox {self.path}: {error}"))
+            else:
+                log.info("message written to outbox", extra={"path": str(target)})
+                await report(message, None)
+
+    def write(self, message: OutgoingMessage) -> Path:
+        self._ensure()
+        name = _file_name(message)
+        temporary = self.path / "tmp" / f"{name}.{os.getpid()}.{socket.gethostname()}"
+        with open(temporary, "wb") as handle:
+            handle.write(message.mime)
+            handle.flush()
+            os.fsync(handle.fileno())
+        target = self.path / "new" / name
+        os.replace(temporary, target)
+        return target
+
+
+def _file_name(message: OutgoingMessage) -> str:
+    headers = BytesHeaderParser().parsebytes(message.mime)
+    try:
+        stamp = int(email.utils.parsedate_to_datetime(headers["Date"]).timestamp())
+    except (TypeError, ValueError):
+        stamp = 0
+    local = message.message_id.strip("<>").split("@")[0]
+    return f"{stamp}.{local}.eml"

@@ -1,0 +1,94 @@
+"""Plain frozen data passed between the pipeline stages.
+
+No library object (feedparser dict, SQLAlchemy row, aiosmtplib response) leaves the module
+that owns its library; stages exchange these instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One feed entry, normalized."""
+
+    key: str  # stable identity: canonical URL if there is one, else feed + GUID
+    feed: str  # the configured feed name (the outlet)
+    guid: str
+    url: str
+    title: str
+    summary: str  # plain text
+    published: datetime  # UTC; the first-seen time when the feed gives none
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """Where one term of a watchlist was found."""
+
+    term: str  # the term as the user wrote it
+    field: str  # "title" or "summary"
+    start: int  # character offsets into that field
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A watchlist matched an item; `hits` explain why."""
+
+    watchlist: str
+    hits: tuple[Hit, ...]
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The distinct matched terms, in the order first found."""
+        return tuple(dict.fromkeys(hit.term for hit in self.hits))
+
+
+class FeedStatus(enum.StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"
+    STALE = "stale"
+    BROKEN = "broken"
+    DISABLED = "disabled"
+    NEW = "new"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """What the store knows about a feed between polls."""
+
+    name: str
+    url: str
+    status: FeedStatus = FeedStatus.NEW
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: str | None = None
+    next_poll_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    error_since: datetime | None = None
+    consecutive_failures: int = 0
+    items_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DigestEntry:
+    """One matched item as a digest shows it."""
+
+    delivery_ids: tuple[int, ...]
+    watchlist: str
+    item: Item
+    hits: tuple[Hit, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A rendered message, stored before it is sent so a resend uses the same bytes."""
+
+    message_id: str
+    recipient: str
+    mime: bytes

@@ -1,0 +1,223 @@
+"""Feed documents (RSS, Atom, RDF, JSON Feed) to normalized Items. Owns feedparser.
+
+Parsing is a pure function of the fetched bytes, so it can run in a worker process with a
+deadline: a hostile document can neither block the event loop nor exhaust the daemon's memory.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import feedparser
+
+from monitor.errors import ParseError
+from monitor.models import Item
+from monitor.text import clean_text, html_to_text
+from monitor.urls import canonical_url, url_identity
+
+MAX_SUMMARY_CHARS = 4000
+# An internal DTD subset can define entities that expand exponentially ("billion laughs");
+# feeds never need one, so it is removed before any parser sees the document.
+_DOCTYPE = re.compile(rb"<!DOCTYPE[^\[>]*(\[.*?\]\s*)?>", re.IGNORECASE | re.DOTALL)
+_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL)
+_SY_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400,
+               "yearly": 365 * 86400}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    """What a feed document said: its items and its hints about how often to poll it."""
+
+    title: str
+    items: tuple[Item, ...]
+    ttl: float | None = None  # seconds, from RSS <ttl> or sy:updatePeriod/Frequency
+    warning: str | None = None  # a recoverable problem worth showing (feedparser's bozo)
+
+
+def parse_feed(
+    body: bytes,
+    *,
+    feed_name: str,
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    language: str | None = None,
+    now: datetime,
+    max_items: int = 500,
+) -> ParsedFeed:
+    """Parse one fetched document; raise ParseError with a reason a user can act on."""
+    stripped = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not stripped:
+        raise ParseError("the server sent an empty document")
+    if stripped[:1] in (b"{", b"["):
+        return _parse_json_feed(stripped, feed_name, url, language, now, max_items)
+    if _HTML_START.match(stripped[:4096]):
+        raise ParseError("the server sent an HTML page, not a feed (is the URL the feed's?)")
+    body = _DOCTYPE.sub(b"", body, count=1)
+    # Without a declared type, trust the document's own XML declaration for its encoding.
+    response_headers = {"content-location": url, "content-type": "application/xml"}
+    response_headers.update({k.lower(): v for k, v in (headers or {}).items()})
+    # A BytesIO, never bytes: feedparser opens a bytes value as a *file path* if one exists.
+    result = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
+    entries = result.get("entries") or []
+    channel = result.get("feed") or {}
+    if not entries and result.get("bozo") and not channel.get("title"):
+        reason = result.get("bozo_exception")
+        raise ParseError(f"not a feed: {reason or 'no items and no feed metadata'}")
+    feed_language = _language(channel.get("language")) or language or ""
+    items = [
+        _item(entry, feed_name, url, feed_language, now, position)
+        for position, entry in enumerate(entries[:max_items])
+    ]
+    warning = None
+    if result.get("bozo"):
+        warning = f"feed is not well-formed, parsed leniently: {result.get('bozo_exception')}"
+    return ParsedFeed(
+        title=clean_text(str(channel.get("title", ""))),
+        items=tuple(items),
+        ttl=_ttl(channel),
+        warning=warning,
+    )
+
+
+def _item(
+    entry: Mapping[str, Any], feed_name: str, base: str, language: str, now: datetime, position: int
+) -> Item:
+    link = canonical_url(str(entry.get("link") or ""))
+    title = html_to_text(str(entry.get("title") or ""))
+    summary = _summary(entry)
+    guid = str(entry.get("id") or link or _digest(title + summary))
+    published = _published(entry, now, position)
+    return Item(
+        key=make_key(feed_name, guid, link),
+        feed=feed_name,
+        guid=guid,
+        url=link,
+        title=title,
+        summary=summary,
+        published=published,
+        language=_language(entry.get("language")) or language,
+    )
+
+
+def make_key(feed_name: str, guid: str, link: str) -> str:
+    """Same article, same key: the link's identity across feeds, else the GUID within a feed."""
+    if link.startswith(("http://", "https://")):
+        return "u:" + url_identity(link)
+    return f"g:{feed_name}:{guid}"
+
+
+def _summary(entry: Mapping[str, Any]) -> str:
+    text = entry.get("summary") or ""
+    if not text:
+        contents = entry.get("content") or []
+        text = contents[0].get("value", "") if contents else ""
+    return html_to_text(str(text))[:MAX_SUMMARY_CHARS]
+
+
+def _published(entry: Mapping[str, Any], now: datetime, position: int) -> datetime:
+    for key in ("published_parsed", "updated_parsed", "created_parsed"):
+        parsed = entry.get(key)
+        if parsed:
+            try:
+                stamp = datetime.fromtimestamp(calendar.timegm(parsed), tz=timezone.utc)
+            except (OverflowError, ValueError, OSError):
+                continue
+            # A date far in the future is a feed bug; it would pin the item to the top forever.
+            return min(stamp, now + timedelta(days=1))
+    # No date: first-seen time, keeping the feed's order (newest first) by a microsecond each.
+    return now - timedelta(microseconds=position)
+
+
+def _language(value: Any) -> str:
+    if not value:
+        return ""
+    return str(value).strip().lower().replace("_", "-").split("-")[0][:8]
+
+
+def _ttl(channel: Mapping[str, Any]) -> float | None:
+    ttl = channel.get("ttl")
+    if ttl and str(ttl).strip().isdigit():
+        return int(str(ttl).strip()) * 60.0
+    period = str(channel.get("sy_updateperiod", "")).strip().lower()
+    if period in _SY_PERIODS:
+        frequency = str(channel.get("sy_updatefrequency", "1")).strip()
+        count = int(frequency) if frequency.isdigit() and int(frequency) > 0 else 1
+        return _SY_PERIODS[period] / count
+    return None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+# ------------------------------------------------------------------------- JSON Feed
+
+
+def _parse_json_feed(
+    body: bytes, feed_name: str, url: str, language: str | None, now: datetime, max_items: int
+) -> ParsedFeed:
+    try:
+        document = json.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ParseError(f"not a feed: invalid JSON ({error})") from None
+    if not isinstance(document, dict) or "jsonfeed.org" not in str(document.get("version", "")):
+        raise ParseError("not a feed: JSON without a JSON Feed 'version' (jsonfeed.org)")
+    raw_items = document.get("items")
+    if not isinstance(raw_items, list):
+        raise ParseError("not a feed: JSON Feed without an 'items' list")
+    feed_language = _language(document.get("language")) or language or ""
+    items = [
+        _json_item(entry, feed_name, feed_language, now, position)
+        for position, entry in enumerate(_dicts(raw_items[:max_items]))
+    ]
+    return ParsedFeed(title=clean_text(str(document.get("title", ""))), items=tuple(items))
+
+
+def _dicts(values: Iterable[Any]) -> Iterable[dict[str, Any]]:
+    return (value for value in values if isinstance(value, dict))
+
+
+def _json_item(
+    entry: dict[str, Any], feed_name: str, language: str, now: datetime, position: int
+) -> Item:
+    link = canonical_url(str(entry.get("url") or entry.get("external_url") or ""))
+    title = html_to_text(str(entry.get("title") or ""))
+    body = entry.get("summary") or entry.get("content_text") or entry.get("content_html") or ""
+    summary = html_to_text(str(body))[:MAX_SUMMARY_CHARS]
+    guid = str(entry.get("id") or link or _digest(title + summary))
+    published = now - timedelta(microseconds=position)
+    for key in ("date_published", "date_modified"):
+        stamp = _iso_date(entry.get(key))
+        if stamp:
+            published = min(stamp, now + timedelta(days=1))
+            break
+    return Item(
+        key=make_key(feed_name, guid, link),
+        feed=feed_name,
+        guid=guid,
+        url=link,
+        title=title,
+        summary=summary,
+        published=published,
+        language=_language(entry.get("language")) or language,
+    )
+
+
+def _iso_date(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.astimezone(timezone.utc)
