@@ -163,7 +163,7 @@ def _test(args: argparse.Namespace, config: Config) -> int:
 def _explain(match: Match, fields: dict[str, str]) -> list[str]:
     return [
         f"{hit.term!r} in {hit.field} [{hit.start}:{hit.end}]: "
-        f"{fields[hit.field][hit.start:hit.end]!r}"
+        f"{fields[hit.field][hit.start : hit.end]!r}"
         for hit in match.hits
     ]
 

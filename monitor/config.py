@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -149,9 +150,14 @@ class WatchlistConfig(_Model):
         return terms
 
     @model_validator(mode="after")
-    def _has_terms(self) -> WatchlistConfig:
+    def _complete(self, info: ValidationInfo) -> WatchlistConfig:
+        missing = []
         if not self.terms:
-            raise ValueError(f"watchlist {self.name!r} has no terms; add at least one")
+            missing.append("has no terms; add at least one")
+        if not self.recipients and not (info.context or {}).get("default_recipients"):
+            missing.append("has no recipients; add some here or a top-level recipients list")
+        if missing:
+            raise ValueError(f"watchlist {self.name!r} " + ", and ".join(missing))
         return self
 
 
@@ -221,16 +227,6 @@ class Config(_Model):
             return f"sqlite:///{value}"
         return value
 
-    @model_validator(mode="after")
-    def _recipients(self) -> Config:
-        for watchlist in self.watchlists:
-            if not (watchlist.recipients or self.recipients):
-                raise ValueError(
-                    f"watchlist {watchlist.name!r} has no recipients; add recipients to it "
-                    "or a top-level recipients list"
-                )
-        return self
-
     def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
         return watchlist.recipients or self.recipients
 
@@ -272,9 +268,14 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1:1: the config must be a mapping of keys (feeds, ...)"])
     try:
-        config = Config.model_validate({**data, "source": source})
+        context = {"default_recipients": bool(data.get("recipients"))}
+        config = Config.model_validate({**data, "source": source}, context=context)
     except ValidationError as error:
-        problems += [_describe(source, e, values, keys) for e in error.errors()]
+        errors = error.errors()
+        nested = {tuple(e["loc"][:i]) for e in errors for i in range(1, len(e["loc"]))}
+        # A list whose entries failed also reports "too short"; the entries' errors say more.
+        errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in nested)]
+        problems += [_describe(source, e, values, keys) for e in errors]
     else:
         problems += _cross_checks(config, source, values)
         if not problems:
@@ -340,9 +341,7 @@ def _dotted(path: _Path) -> str:
     return text or "(top level)"
 
 
-def _describe(
-    source: str, error: Any, values: dict[_Path, _Mark], keys: dict[_Path, _Mark]
-) -> str:
+def _describe(source: str, error: Any, values: dict[_Path, _Mark], keys: dict[_Path, _Mark]) -> str:
     loc: _Path = tuple(part for part in error["loc"] if not _is_pydantic_tag(part))
     kind = error["type"]
     if kind == "extra_forbidden":

@@ -11,11 +11,10 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.app import App, running_app
@@ -37,7 +36,7 @@ class Daemon:
         self.config_path = config_path
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
-        self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
 
     def _job(self, name: str, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
@@ -61,14 +60,25 @@ class Daemon:
             self.app.store.set_meta(FIRST_POLL_DONE, "1")
         if report.polls:
             level = logging.INFO if (report.new_items or report.failed) else logging.DEBUG
-            log.log(level, "polled %d feeds: %d new items, %d matches, %d failed",
-                    len(report.polls), report.new_items, report.matches, report.failed)  # fmt: skip
+            log.log(
+                level,
+                "polled %d feeds: %d new items, %d matches, %d failed",
+                len(report.polls),
+                report.new_items,
+                report.matches,
+                report.failed,
+            )
 
     async def digest_tick(self) -> None:
         report = await run_digests(self.app)
         if report.composed or report.sent or report.retrying or report.dead:
-            log.info("digests: %d composed, %d sent, %d retrying, %d dead-lettered",
-                     report.composed, report.sent, report.retrying, report.dead)  # fmt: skip
+            log.info(
+                "digests: %d composed, %d sent, %d retrying, %d dead-lettered",
+                report.composed,
+                report.sent,
+                report.retrying,
+                report.dead,
+            )
 
     def reload(self) -> None:
         """SIGHUP: apply a valid new config; keep the old one (and say why) otherwise."""
@@ -102,19 +112,30 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        self.scheduler.add_job(self._job("poll", self.poll_tick), "interval",
-                               seconds=POLL_TICK_SECONDS, next_run_time=_now(), **common)  # fmt: skip
-        self.scheduler.add_job(self._job("digest", self.digest_tick), "interval",
-                               seconds=DIGEST_TICK_SECONDS, next_run_time=_now(), **common)  # fmt: skip
+        self.scheduler.add_job(
+            self._job("poll", self.poll_tick),
+            "interval",
+            seconds=POLL_TICK_SECONDS,
+            next_run_time=_now(),
+            **common,
+        )
+        self.scheduler.add_job(
+            self._job("digest", self.digest_tick),
+            "interval",
+            seconds=DIGEST_TICK_SECONDS,
+            next_run_time=_now(),
+            **common,
+        )
         self.scheduler.start()
         log.warning(
             "monitor running: %d feeds, %d watchlists, database %s, %s",
             len(self.app.config.feeds),
             len(self.app.config.watchlists),
             _redact(self.app.config.database),
-            f"SMTP {self.app.config.smtp.host}" if self.app.config.smtp
+            f"SMTP {self.app.config.smtp.host}"
+            if self.app.config.smtp
             else f"outbox {Path(self.app.config.outbox).resolve()}",
-        )  # fmt: skip
+        )
         await self.stopping.wait()
         self.scheduler.shutdown(wait=False)
         if self.in_flight:
@@ -125,7 +146,7 @@ class Daemon:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _redact(url: str) -> str:

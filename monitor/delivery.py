@@ -47,7 +47,9 @@ def due_watchlists(app: App, now: datetime) -> list[tuple[WatchlistConfig, datet
     return due
 
 
-async def run_digests(app: App, *, force: bool = False, only: Iterable[str] | None = None) -> DeliveryReport:
+async def run_digests(
+    app: App, *, force: bool = False, only: Iterable[str] | None = None
+) -> DeliveryReport:
     """Compose the due digests (force: all pending, now), then send everything ready."""
     now = app.clock()
     if force:
@@ -103,13 +105,17 @@ async def send_ready(app: App) -> tuple[int, int, int]:
             counts["sent"] += 1
         elif isinstance(error, PermanentDeliveryError):
             app.store.mark_dead(message.message_id, str(error), now)
-            log.error("recipient refused; dead-lettered: %s", error,
-                      extra={"recipient": message.recipient})  # fmt: skip
+            log.error(
+                "recipient refused; dead-lettered: %s",
+                error,
+                extra={"recipient": message.recipient},
+            )
             counts["dead"] += 1
         else:
             app.store.mark_retry(message.message_id, str(error), now, retry_delay)
-            log.warning("delivery failed, will retry: %s", error,
-                        extra={"recipient": message.recipient})  # fmt: skip
+            log.warning(
+                "delivery failed, will retry: %s", error, extra={"recipient": message.recipient}
+            )
             counts["retrying"] += 1
 
     batch: Sequence[OutgoingMessage] = app.store.ready_messages(app.clock())

@@ -65,7 +65,7 @@ class Renderer:
         message_id = self.message_id(recipient, entries)
         message["From"] = self.settings.sender
         message["To"] = recipient
-        message["Subject"] = single_line(context["subject"])
+        message["Subject"] = single_line(str(context["subject"]))
         message["Date"] = format_datetime(now.astimezone(self.settings.zone))
         message["Message-ID"] = message_id
         message["Auto-Submitted"] = "auto-generated"

@@ -7,8 +7,8 @@ keep concurrent workers apart.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import filelock

@@ -54,7 +54,9 @@ class SmtpMailer:
             if self._settings.username:
                 await client.login(self._settings.username, self._settings.password() or "")
         except aiosmtplib.SMTPException as error:
-            failure = _classify(error, f"SMTP {self._settings.host}:{self._settings.effective_port}")
+            failure = _classify(
+                error, f"SMTP {self._settings.host}:{self._settings.effective_port}"
+            )
             for message in batch:
                 await report(message, DeliveryError(str(failure)))
             return

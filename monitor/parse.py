@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import feedparser
@@ -27,9 +27,16 @@ MAX_SUMMARY_CHARS = 4000
 # An internal DTD subset can define entities that expand exponentially ("billion laughs");
 # feeds never need one, so it is removed before any parser sees the document.
 _DOCTYPE = re.compile(rb"<!DOCTYPE[^\[>]*(\[.*?\]\s*)?>", re.IGNORECASE | re.DOTALL)
-_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL)
-_SY_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400,
-               "yearly": 365 * 86400}  # fmt: skip
+_HTML_START = re.compile(
+    rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL
+)
+_SY_PERIODS = {
+    "hourly": 3600,
+    "daily": 86400,
+    "weekly": 7 * 86400,
+    "monthly": 30 * 86400,
+    "yearly": 365 * 86400,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +134,7 @@ def _published(entry: Mapping[str, Any], now: datetime, position: int) -> dateti
         parsed = entry.get(key)
         if parsed:
             try:
-                stamp = datetime.fromtimestamp(calendar.timegm(parsed), tz=timezone.utc)
+                stamp = datetime.fromtimestamp(calendar.timegm(parsed), tz=UTC)
             except (OverflowError, ValueError, OSError):
                 continue
             # A date far in the future is a feed bug; it would pin the item to the top forever.
@@ -219,5 +226,5 @@ def _iso_date(value: Any) -> datetime | None:
     except ValueError:
         return None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.astimezone(timezone.utc)
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC)

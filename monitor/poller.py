@@ -52,7 +52,9 @@ class CycleReport:
         return sum(1 for p in self.polls if p.error)
 
 
-async def poll_due(app: App, names: Iterable[str] | None = None, force: bool = False) -> CycleReport:
+async def poll_due(
+    app: App, names: Iterable[str] | None = None, force: bool = False
+) -> CycleReport:
     """Poll every due feed (or the named ones; force: whether due or not) concurrently."""
     configured = {feed.name: feed for feed in app.config.feeds}
     wanted = [n for n in (names or configured) if n in configured]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 _WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
@@ -39,22 +39,22 @@ class Schedule:
         """The most recent instant at or before `now` when this digest was due (UTC)."""
         local = now.astimezone(zone)
         if self.every is Every.IMMEDIATE:
-            return now.astimezone(timezone.utc)
+            return now.astimezone(UTC)
         if self.every is Every.HOURLY:
             start = local.replace(minute=0, second=0, microsecond=0)
-            return start.astimezone(timezone.utc)
+            return start.astimezone(UTC)
         day = local.date()
         step = 1 if self.every is Every.DAILY else 7
         if self.every is Every.WEEKLY:
             day -= timedelta(days=(day.weekday() - self.weekday) % 7)
         while (slot := self._at(day, zone)) > now:
             day -= timedelta(days=step)
-        return slot.astimezone(timezone.utc)
+        return slot.astimezone(UTC)
 
     def next_slot(self, now: datetime, zone: ZoneInfo) -> datetime:
         """The first instant after `now` when this digest is due (UTC)."""
         if self.every is Every.IMMEDIATE:
-            return now.astimezone(timezone.utc)
+            return now.astimezone(UTC)
         if self.every is Every.HOURLY:
             return self.latest_slot(now, zone) + timedelta(hours=1)
         day = now.astimezone(zone).date()
@@ -63,7 +63,7 @@ class Schedule:
             day += timedelta(days=(self.weekday - day.weekday()) % 7)
         while (slot := self._at(day, zone)) <= now:
             day += timedelta(days=step)
-        return slot.astimezone(timezone.utc)
+        return slot.astimezone(UTC)
 
     def _at(self, day: date, zone: ZoneInfo) -> datetime:
         return datetime.combine(day, self.at, tzinfo=zone)
@@ -112,7 +112,7 @@ def check_in_zone(schedule: Schedule, zone: ZoneInfo, year: int) -> None:
     while day.year == year:
         first = datetime.combine(day, schedule.at, tzinfo=zone)
         second = first.replace(fold=1)
-        round_trip = first.astimezone(timezone.utc).astimezone(zone)
+        round_trip = first.astimezone(UTC).astimezone(zone)
         if first.utcoffset() != second.utcoffset() or round_trip.time() != schedule.at:
             raise ValueError(
                 f"{schedule.at:%H:%M} does not exist or occurs twice in {zone.key} on "

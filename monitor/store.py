@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,10 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store; pass an aware UTC datetime")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        return value.replace(tzinfo=timezone.utc) if value is not None else None
+        return value.replace(tzinfo=UTC) if value is not None else None
 
 
 _MIGRATION_LOCK = 0x6D6F6E69746F72  # "monitor": the advisory lock id for migrations
@@ -200,7 +200,9 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # Workers starting together queue here, so exactly one of them migrates.
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+            )
         alembic_config.attributes["connection"] = connection
         command.upgrade(alembic_config, "head")
 
@@ -286,8 +288,14 @@ class Store:
                     tx.execute(
                         feeds.update()
                         .where(feeds.c.name == name)
-                        .values(url=url, config_url=url, etag=None, last_modified=None,
-                                body_hash=None, next_poll_at=now)  # fmt: skip
+                        .values(
+                            url=url,
+                            config_url=url,
+                            etag=None,
+                            last_modified=None,
+                            body_hash=None,
+                            next_poll_at=now,
+                        )
                     )
 
     def feed_states(self) -> list[FeedState]:
@@ -329,7 +337,10 @@ class Store:
         """
         if not batch:
             return IngestResult((), ())
-        unique = list({item.key: item for item in reversed(batch)}.values())[::-1]
+        first_seen: dict[str, Item] = {}
+        for item in batch:
+            first_seen.setdefault(item.key, item)
+        unique = list(first_seen.values())
         with self._tx() as tx:
             inserted = tx.execute(
                 _insert(tx, items)
@@ -345,9 +356,7 @@ class Store:
                 tx.execute(
                     feeds.update()
                     .where(feeds.c.name == new_items[0].feed)
-                    .values(
-                        items_total=feeds.c.items_total + len(new_items), last_new_item_at=now
-                    )
+                    .values(items_total=feeds.c.items_total + len(new_items), last_new_item_at=now)
                 )
         return IngestResult(new_items, tuple(found))
 
@@ -361,16 +370,25 @@ class Store:
         for item_id, found_match in found:
             match_id = tx.execute(
                 _insert(tx, matches)
-                .values(item_id=item_id, watchlist=found_match.watchlist,
-                        hits=_hits_json(found_match.hits), created_at=now)  # fmt: skip
+                .values(
+                    item_id=item_id,
+                    watchlist=found_match.watchlist,
+                    hits=_hits_json(found_match.hits),
+                    created_at=now,
+                )
                 .on_conflict_do_nothing()
                 .returning(matches.c.id)
             ).scalar()
             if match_id is None:
                 continue
             rows = [
-                {"match_id": match_id, "watchlist": found_match.watchlist, "recipient": r,
-                 "status": "pending", "created_at": now}  # fmt: skip
+                {
+                    "match_id": match_id,
+                    "watchlist": found_match.watchlist,
+                    "recipient": r,
+                    "status": "pending",
+                    "created_at": now,
+                }
                 for r in recipients.get(found_match.watchlist, ())
             ]
             if rows:
@@ -382,13 +400,18 @@ class Store:
 
     # ------------------------------------------------------------------ outbox
 
-    def pending_entries(self, watchlists: Iterable[str] | None = None) -> list[tuple[str, DigestEntry]]:
+    def pending_entries(
+        self, watchlists: Iterable[str] | None = None
+    ) -> list[tuple[str, DigestEntry]]:
         """Pending deliveries as (recipient, entry), oldest item first."""
         query = (
             sa.select(
-                deliveries.c.id, deliveries.c.recipient, deliveries.c.watchlist,
-                matches.c.hits, items,
-            )  # fmt: skip
+                deliveries.c.id,
+                deliveries.c.recipient,
+                deliveries.c.watchlist,
+                matches.c.hits,
+                items,
+            )
             .join(matches, deliveries.c.match_id == matches.c.id)
             .join(items, matches.c.item_id == items.c.id)
             .where(deliveries.c.status == "pending")
@@ -413,9 +436,13 @@ class Store:
         with self._tx() as tx:
             tx.execute(
                 messages.insert().values(
-                    message_id=message.message_id, recipient=message.recipient,
-                    mime=message.mime, status="ready", next_attempt_at=now, created_at=now,
-                )  # fmt: skip
+                    message_id=message.message_id,
+                    recipient=message.recipient,
+                    mime=message.mime,
+                    status="ready",
+                    next_attempt_at=now,
+                    created_at=now,
+                )
             )
             claimed = tx.execute(
                 deliveries.update()
@@ -437,7 +464,9 @@ class Store:
             .order_by(messages.c.created_at)
         )
         with self._tx() as tx:
-            return [OutgoingMessage(r.message_id, r.recipient, bytes(r.mime)) for r in tx.execute(query)]
+            return [
+                OutgoingMessage(r.message_id, r.recipient, bytes(r.mime)) for r in tx.execute(query)
+            ]
 
     def mark_sent(self, message_id: str, now: datetime) -> None:
         self._finish(message_id, "sent", now, None)
@@ -450,8 +479,9 @@ class Store:
             tx.execute(
                 messages.update()
                 .where(messages.c.message_id == message_id)
-                .values(status=status, sent_at=now, last_error=error,
-                        attempts=messages.c.attempts + 1)  # fmt: skip
+                .values(
+                    status=status, sent_at=now, last_error=error, attempts=messages.c.attempts + 1
+                )
             )
             tx.execute(
                 deliveries.update()
@@ -464,14 +494,16 @@ class Store:
     ) -> None:
         """Record a transient failure; the next attempt waits delay(failed attempts so far)."""
         with self._tx() as tx:
-            attempts = tx.execute(
-                sa.select(messages.c.attempts).where(messages.c.message_id == message_id)
-            ).scalar_one() + 1
+            attempts = (
+                tx.execute(
+                    sa.select(messages.c.attempts).where(messages.c.message_id == message_id)
+                ).scalar_one()
+                + 1
+            )
             tx.execute(
                 messages.update()
                 .where(messages.c.message_id == message_id)
-                .values(last_error=error, attempts=attempts,
-                        next_attempt_at=now + delay(attempts))  # fmt: skip
+                .values(last_error=error, attempts=attempts, next_attempt_at=now + delay(attempts))
             )
 
     def outbox(self) -> Outbox:
@@ -489,7 +521,7 @@ class Store:
             ).scalar_one()
         oldest = pending[1]
         if oldest is not None and oldest.tzinfo is None:  # aggregates bypass the type decorator
-            oldest = oldest.replace(tzinfo=timezone.utc)
+            oldest = oldest.replace(tzinfo=UTC)
         return Outbox(int(pending[0]), int(ready), int(dead), oldest)
 
     def dead_letters(self) -> list[tuple[str, str]]:
@@ -526,7 +558,9 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as tx:
             statement = _insert(tx, meta).values(key=key, value=value)
-            tx.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+            tx.execute(
+                statement.on_conflict_do_update(index_elements=["key"], set_={"value": value})
+            )
 
 
 def _item_row(item: Item, now: datetime) -> dict[str, Any]:

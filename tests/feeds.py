@@ -1,0 +1,51 @@
+"""Feed documents for tests, generated (publisher text stays out of the repo)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from xml.sax.saxutils import escape
+
+
+def rss(
+    title: str, entries: list[tuple[str, str, str]], base: str = "https://news.example.org"
+) -> bytes:
+    """An RSS 2.0 document; entries are (slug, title, description)."""
+    start = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+    items = "".join(
+        f"<item><title>{escape(headline)}</title><link>{base}/{slug}?utm_source=rss</link>"
+        f"<guid>{base}/{slug}</guid><description>{escape(text)}</description>"
+        f"<pubDate>{format_datetime(start + timedelta(minutes=n))}</pubDate></item>"
+        for n, (slug, headline, text) in enumerate(entries)
+    )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>'
+        f"<title>{escape(title)}</title><link>{base}</link><language>de</language>{items}"
+        "</channel></rss>"
+    ).encode()
+
+
+GERMAN = rss(
+    "Nachrichten",
+    [
+        (
+            "xai-babuschkin",
+            "Babuschkin verlässt xAI",
+            "Der Mitgründer Igor Babuschkin gründet eine Firma für KI-Sicherheit.",
+        ),
+        (
+            "grok-update",
+            "Grok-Chatbot: Neue Version mit Bildern",
+            "xAI veröffentlicht Grok 5 – größer und schneller.",
+        ),
+        ("wetter", "Wetter: Schnee in München", "Am Wochenende wird es kälter."),
+    ],
+)
+ENGLISH = rss(
+    "Tech News",
+    [
+        ("musk-keele", "Robert Keele leaves xAI", "Elon Musk's AI company loses its legal chief."),
+        ("weather", "Storm warning", "Heavy rain expected."),
+    ],
+    base="https://tech.example.com",
+)

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from monitor.config import Config, load_config, parse_config
+from monitor.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = """\
+recipients: [press@example.org]
+feeds:
+  - name: heise
+    url: https://www.heise.de/rss/heise-atom.xml
+watchlists:
+  - name: xAI
+    terms: [xAI]
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "c.yaml")
+    return caught.value.problems
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    config = load_config(ROOT / "config.example.yaml")
+    assert {f.name for f in config.feeds} >= {"n-tv", "heise", "Spiegel", "t3n", "The Verge"}
+    assert {w.name for w in config.watchlists} >= {"xAI", "Grok", "Elon Musk", "Robert Keele"}
+
+
+def test_every_example_key_is_commented() -> None:
+    """Docs are tested: each key of config.example.yaml carries a comment (its own or its block's)."""
+    lines = (ROOT / "config.example.yaml").read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+            continue
+        key = re.match(r"^([a-z_]+):", stripped)
+        if key is None or line.startswith(" " * 4):
+            continue  # nested list entries (feeds, watchlists) are documented by their block
+        previous = lines[number - 1].strip() if number else ""
+        assert "#" in line or previous.startswith("#"), (
+            f"line {number + 1}: {key.group(1)} undocumented"
+        )
+
+
+def test_every_config_field_appears_in_the_example() -> None:
+    text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    for name in Config.model_fields:
+        if name != "source":
+            assert re.search(rf"^#? *{name}:", text, re.M), name
+
+
+def test_minimal_config_defaults() -> None:
+    config = parse_config(MINIMAL)
+    assert config.timezone == "Europe/Berlin"
+    assert config.database == "sqlite:///monitor.db"
+    assert config.smtp is None
+    assert config.polling.interval == 900
+    assert config.watchlists[0].digest == "daily 07:00"
+    assert config.recipients_of(config.watchlists[0]) == ("press@example.org",)
+
+
+def test_config_is_immutable() -> None:
+    config = parse_config(MINIMAL)
+    with pytest.raises(Exception, match="frozen"):
+        config.timezone = "UTC"  # type: ignore[misc]
+
+
+def test_all_problems_reported_at_once_with_positions() -> None:
+    text = """\
+timezone: Mars/Olympus
+polling:
+  interval: soon
+  colour: blue
+feeds:
+  - name: heise
+    url: ftp://heise.de/feed
+watchlists:
+  - name: xAI
+    terms: [xAI]
+    digest: daily 25:00
+    recipients: [not-an-address]
+"""
+    found = problems(text)
+    joined = "\n".join(found)
+    assert "c.yaml:1:11: timezone: unknown time zone 'Mars/Olympus'" in joined
+    assert "c.yaml:3:13: polling.interval:" in joined
+    assert "c.yaml:4:3: polling.colour: unknown key" in joined
+    assert "c.yaml:7:10: feeds[0].url:" in joined
+    assert "c.yaml:11:13: watchlists[0].digest:" in joined
+    assert "c.yaml:12:18: watchlists[0].recipients[0]:" in joined
+    assert len(found) == 6
+
+
+def test_yaml_syntax_error_has_line_and_column() -> None:
+    found = problems("feeds:\n  - name: [unclosed\n")
+    assert len(found) == 1
+    assert re.match(r"c\.yaml:\d+:\d+: YAML syntax:", found[0])
+
+
+def test_missing_sections_and_duplicate_names() -> None:
+    found = problems("recipients: [a@example.org]\nfeeds: []\n")
+    assert any("feeds:" in p and "at least 1" in p for p in found)
+    assert any("watchlists: required key is missing" in p for p in found)
+    dup = MINIMAL + "  - name: xAI\n    terms: [x.AI]\n"
+    assert any("watchlists[1].name: name 'xAI' is used twice" in p for p in problems(dup))
+
+
+def test_duplicate_yaml_key_is_reported() -> None:
+    found = problems(MINIMAL + "timezone: UTC\ntimezone: Europe/Berlin\n")
+    assert any("timezone: key appears twice" in p for p in found)
+
+
+def test_watchlist_without_terms_or_recipients() -> None:
+    text = "feeds: [{name: a, url: 'https://a.example/feed'}]\nwatchlists: [{name: w}]\n"
+    joined = "\n".join(problems(text))
+    assert "has no terms" in joined
+    assert "has no recipients" in joined
+
+
+def test_term_that_normalizes_to_nothing() -> None:
+    text = MINIMAL.replace("terms: [xAI]", "terms: ['\u00ad']")
+    assert any("empty after normalization" in p for p in problems(text))
+
+
+def test_dst_switch_times_are_rejected() -> None:
+    text = MINIMAL + "    digest: daily 02:30\n"
+    found = problems(text)
+    assert any("02:30 does not exist or occurs twice in Europe/Berlin" in p for p in found)
+
+
+def test_unknown_feed_reference() -> None:
+    text = MINIMAL + "    feeds: [nope]\n"
+    assert any("watchlists[0].feeds[0]: no feed is named 'nope'" in p for p in problems(text))
+
+
+def test_smtp_secret_never_in_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_SECRET", "hunter2-secret")
+    text = MINIMAL + (
+        "smtp: {host: mail.example.org, from: bad, username: u, password_env: SMTP_SECRET}\n"
+    )
+    found = problems(text)
+    assert any("smtp.from" in p for p in found)
+    assert all("hunter2" not in p for p in found)
+    good = parse_config(
+        MINIMAL
+        + (
+            "smtp: {host: mail.example.org, from: m@example.org, username: u, password_env: SMTP_SECRET}\n"
+        )
+    )
+    assert good.smtp is not None and good.smtp.password() == "hunter2-secret"
+    assert "hunter2" not in repr(good)
+
+
+def test_smtp_password_env_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_PASSWORD", raising=False)
+    text = MINIMAL + (
+        "smtp: {host: mail.example.org, from: m@example.org, username: u, password_env: NOPE_PASSWORD}\n"
+    )
+    assert any("NOPE_PASSWORD" in p and "not set" in p for p in problems(text))
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_plain_path_database_becomes_sqlite_url() -> None:
+    data = yaml.safe_load(MINIMAL)
+    data["database"] = "/var/lib/monitor/monitor.db"
+    assert parse_config(yaml.safe_dump(data)).database == "sqlite:////var/lib/monitor/monitor.db"

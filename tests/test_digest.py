@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from zoneinfo import ZoneInfo
+
+from monitor.digest import DigestSettings, Renderer, snippet
+from monitor.models import DigestEntry, Hit, Item
+
+NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
+
+
+def renderer(**overrides: object) -> Renderer:
+    settings = {"sender": "monitor@example.org", "zone": ZoneInfo("Europe/Berlin"), **overrides}
+    return Renderer(DigestSettings(**settings))  # type: ignore[arg-type]
+
+
+def entry(
+    n: int,
+    title: str,
+    summary: str = "",
+    url: str = "",
+    watchlist: str = "xAI",
+    hits: tuple[Hit, ...] = (),
+) -> DigestEntry:
+    item = Item(
+        f"k{n}", "heise", f"g{n}", url or f"https://example.org/{n}", title, summary, NOW, "de"
+    )
+    return DigestEntry((n,), watchlist, item, hits)
+
+
+def parse(raw: bytes):  # type: ignore[no-untyped-def]
+    return message_from_bytes(raw, policy=policy.default)
+
+
+def test_headers_and_structure() -> None:
+    message = renderer().render("a@example.org", [entry(1, "Grüße von xAI")], NOW)
+    parsed = parse(message.mime)
+    assert parsed["Message-ID"] == message.message_id
+    assert parsed["Auto-Submitted"] == "auto-generated"
+    assert parsed["List-Unsubscribe"].startswith("<mailto:")
+    assert parsed["List-Id"]
+    assert parsed["Date"] == "Sun, 29 Nov 2026 07:00:00 +0100"
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
+
+
+def test_umlaut_subject_is_rfc2047_encoded_and_round_trips() -> None:
+    message = renderer(subject="Überblick: {count} neue für {watchlists}").render(
+        "a@example.org", [entry(1, "x", watchlist="Müller")], NOW
+    )
+    raw_subject = next(h for h in message.mime.split(b"\r\n") if h.startswith(b"Subject:"))
+    assert raw_subject.isascii() and b"=?utf-8?" in raw_subject.lower()
+    assert parse(message.mime)["Subject"] == "Überblick: 1 neue für Müller"
+
+
+def test_message_id_is_deterministic() -> None:
+    first = renderer().render("a@example.org", [entry(1, "x"), entry(2, "y")], NOW)
+    again = renderer().render("a@example.org", [entry(2, "y"), entry(1, "x")], NOW)
+    other = renderer().render("b@example.org", [entry(1, "x"), entry(2, "y")], NOW)
+    assert first.message_id == again.message_id != other.message_id
+
+
+def test_feed_text_cannot_inject_headers_or_markup() -> None:
+    hostile = entry(
+        1,
+        "Evil\r\nBcc: victim@example.org <script>alert(1)</script>",
+        summary='<img src=x onerror=alert(1)> "quoted"',
+        url="javascript:alert(1)",
+        watchlist="xAI\r\nX-Injected: yes",
+    )
+    message = renderer().render("a@example.org", [hostile], NOW)
+    parsed = parse(message.mime)
+    assert "X-Injected" not in parsed and parsed["Bcc"] is None
+    html = parsed.get_body(("html",)).get_content()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<img" not in html
+    assert "javascript:" not in html
+
+
+def test_cap_per_watchlist_shows_more() -> None:
+    entries = [entry(n, f"Titel {n}") for n in range(30)]
+    parsed = parse(renderer(max_per_watchlist=25).render("a@example.org", entries, NOW).mime)
+    text = parsed.get_body(("plain",)).get_content()
+    assert "+5 more" in text and text.count("* Titel") == 25
+
+
+def test_snippet_highlights_hits_around_the_first() -> None:
+    text = "Lorem ipsum " * 40 + "Elon Musk sagte etwas über xAI." + " dolor" * 40
+    start = text.index("Elon Musk")
+    xai = text.index("xAI")
+    parts = snippet(text, [(start, start + 9), (xai, xai + 3)])
+    marked = [t for t, on in parts if on]
+    assert marked == ["Elon Musk", "xAI"]
+    assert parts[0] == ("… ", False) and parts[-1] == (" …", False)
+    assert len("".join(t for t, _ in parts)) <= 300

@@ -1,0 +1,107 @@
+"""The fetcher against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import gzip
+import time
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from monitor.config import PollingConfig
+from monitor.errors import FetchError
+from monitor.fetch import Fetcher, retry_after_seconds
+
+FEED = b"<rss version='2.0'><channel><title>t</title></channel></rss>"
+
+
+def settings(**overrides: object) -> PollingConfig:
+    return PollingConfig.model_validate({"timeout": 5, "connect_timeout": 2, **overrides})
+
+
+async def test_conditional_get_with_etag(httpserver: HTTPServer) -> None:
+    def handler(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return Response(status=304)
+        return Response(
+            FEED, headers={"ETag": '"v1"', "Last-Modified": "Sat, 28 Nov 2026 10:00:00 GMT"}
+        )
+
+    httpserver.expect_request("/feed").respond_with_handler(handler)
+    async with Fetcher(settings(contact="https://example.org/c")) as fetcher:
+        first = await fetcher.fetch(httpserver.url_for("/feed"))
+        assert first.body == FEED and first.headers["etag"] == '"v1"'
+        second = await fetcher.fetch(httpserver.url_for("/feed"), etag='"v1"')
+        assert second.not_modified
+    user_agent = httpserver.log[0][0].headers["User-Agent"]
+    assert user_agent.startswith("monitor/") and "https://example.org/c" in user_agent
+
+
+async def test_http_errors_carry_status_and_retry_after(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/busy").respond_with_data(
+        "slow down", status=429, headers={"Retry-After": "120"}
+    )
+    httpserver.expect_request("/gone").respond_with_data("", status=410)
+    async with Fetcher(settings()) as fetcher:
+        with pytest.raises(FetchError, match="HTTP 429") as busy:
+            await fetcher.fetch(httpserver.url_for("/busy"))
+        assert busy.value.status == 429 and busy.value.retry_after == 120
+        with pytest.raises(FetchError, match="HTTP 410"):
+            await fetcher.fetch(httpserver.url_for("/gone"))
+
+
+async def test_permanent_redirect_is_reported(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/old").respond_with_data(
+        "", status=301, headers={"Location": "/new"}
+    )
+    httpserver.expect_request("/new").respond_with_data(FEED)
+    async with Fetcher(settings()) as fetcher:
+        result = await fetcher.fetch(httpserver.url_for("/old"))
+    assert result.body == FEED
+    assert result.permanent_redirect == httpserver.url_for("/new")
+
+
+async def test_redirect_loop_fails_cleanly(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/a").respond_with_data("", status=302, headers={"Location": "/b"})
+    httpserver.expect_request("/b").respond_with_data("", status=302, headers={"Location": "/a"})
+    async with Fetcher(settings()) as fetcher:
+        with pytest.raises(FetchError, match="redirect"):
+            await fetcher.fetch(httpserver.url_for("/a"))
+
+
+async def test_body_cap_applies_after_decompression(httpserver: HTTPServer) -> None:
+    bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))  # 8 MiB of zeros, a few KiB on the wire
+    httpserver.expect_request("/bomb").respond_with_data(bomb, headers={"Content-Encoding": "gzip"})
+    async with Fetcher(settings(max_body="1 MiB")) as fetcher:
+        with pytest.raises(FetchError, match="cap"):
+            await fetcher.fetch(httpserver.url_for("/bomb"))
+
+
+async def test_slow_server_is_cut_off_at_the_deadline(httpserver: HTTPServer) -> None:
+    def trickle(request: Request) -> Response:
+        def body():  # type: ignore[no-untyped-def]
+            for _ in range(30):
+                yield b"<"
+                time.sleep(0.2)
+
+        return Response(body(), headers={"Content-Type": "application/xml"})
+
+    httpserver.expect_request("/slow").respond_with_handler(trickle)
+    started = time.monotonic()
+    async with Fetcher(settings(timeout=1)) as fetcher:
+        with pytest.raises(FetchError, match="timed out"):
+            await fetcher.fetch(httpserver.url_for("/slow"))
+    assert time.monotonic() - started < 4
+
+
+async def test_connection_refused() -> None:
+    async with Fetcher(settings()) as fetcher:
+        with pytest.raises(FetchError, match="cannot connect"):
+            await fetcher.fetch("http://127.0.0.1:9/feed")
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds("30") == 30
+    assert retry_after_seconds("garbage") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0

@@ -1,0 +1,95 @@
+"""Mailers against a real aiosmtpd server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import SmtpConfig
+from monitor.errors import DeliveryError, PermanentDeliveryError
+from monitor.mailer import MaildirMailer, SmtpMailer
+from monitor.models import OutgoingMessage
+from tests.conftest import SmtpRecorder, free_port
+
+
+def message(n: int, recipient: str) -> OutgoingMessage:
+    body = f"Date: Sun, 29 Nov 2026 07:00:00 +0100\r\nMessage-ID: <m{n}@x>\r\nSubject: s\r\n\r\nbody {n}\r\n"
+    return OutgoingMessage(f"<m{n}@x>", recipient, body.encode())
+
+
+def smtp(port: int) -> SmtpMailer:
+    return SmtpMailer(
+        SmtpConfig.model_validate(
+            {"host": "127.0.0.1", "port": port, "from": "monitor@example.org", "starttls": False}
+        )
+    )
+
+
+async def deliver(
+    mailer: SmtpMailer | MaildirMailer, batch: list[OutgoingMessage]
+) -> dict[str, DeliveryError | None]:
+    outcomes: dict[str, DeliveryError | None] = {}
+
+    async def report(sent: OutgoingMessage, error: DeliveryError | None) -> None:
+        outcomes[sent.recipient] = error
+
+    await mailer.deliver(batch, report)
+    return outcomes
+
+
+async def test_one_refused_recipient_does_not_affect_others(
+    smtp_server: tuple[SmtpRecorder, int],
+) -> None:
+    recorder, port = smtp_server
+    recorder.refuse["gone@example.org"] = "550 5.1.1 No such user"
+    outcomes = await deliver(
+        smtp(port),
+        [message(1, "a@example.org"), message(2, "gone@example.org"), message(3, "b@example.org")],
+    )
+    assert outcomes["a@example.org"] is None and outcomes["b@example.org"] is None
+    assert isinstance(outcomes["gone@example.org"], PermanentDeliveryError)
+    assert "550" in str(outcomes["gone@example.org"]) and "gone@example.org" in str(
+        outcomes["gone@example.org"]
+    )
+    assert [rcpt for _, rcpt, _ in recorder.messages] == [["a@example.org"], ["b@example.org"]]
+
+
+async def test_temporary_refusal_is_transient(smtp_server: tuple[SmtpRecorder, int]) -> None:
+    recorder, port = smtp_server
+    recorder.data_reply.append("451 4.3.0 Try again later")
+    outcomes = await deliver(smtp(port), [message(1, "a@example.org")])
+    error = outcomes["a@example.org"]
+    assert isinstance(error, DeliveryError) and not isinstance(error, PermanentDeliveryError)
+    assert recorder.messages == []
+
+
+async def test_server_down_is_transient_for_every_message() -> None:
+    outcomes = await deliver(
+        smtp(free_port()), [message(1, "a@example.org"), message(2, "b@example.org")]
+    )
+    assert all(type(e) is DeliveryError for e in outcomes.values()) and len(outcomes) == 2
+
+
+async def test_maildir_write_is_idempotent(tmp_path: Path) -> None:
+    mailer = MaildirMailer(tmp_path / "outbox")
+    outcomes = await deliver(mailer, [message(1, "a@example.org")])
+    await deliver(mailer, [message(1, "a@example.org")])  # a resend after a crash
+    files = list((tmp_path / "outbox" / "new").iterdir())
+    assert outcomes == {"a@example.org": None} and len(files) == 1
+    assert files[0].read_bytes() == message(1, "a@example.org").mime
+    assert list((tmp_path / "outbox" / "tmp").iterdir()) == []
+
+
+async def test_maildir_unwritable_is_reported(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    outcomes = await deliver(MaildirMailer(blocker / "outbox"), [message(1, "a@example.org")])
+    assert isinstance(outcomes["a@example.org"], DeliveryError)
+
+
+@pytest.mark.parametrize("port", [None])
+def test_default_ports(port: int | None) -> None:
+    base = {"host": "h", "from": "m@example.org"}
+    assert SmtpConfig.model_validate(base).effective_port == 587
+    assert SmtpConfig.model_validate({**base, "tls": True, "starttls": False}).effective_port == 465

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import feedparser
+import pytest
+
+from monitor.errors import ParseError
+from monitor.parse import parse_feed
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def parse(body: bytes, **kwargs: object) -> object:
+    return parse_feed(body, feed_name="test", url="https://example.org/feed", now=NOW, **kwargs)  # type: ignore[arg-type]
+
+
+def corpus_files(corpus: Path) -> list[Path]:
+    return sorted(p for p in [*corpus.glob("*.xml"), *(corpus / "tricky").iterdir()] if p.is_file())
+
+
+def test_every_corpus_feed_parses_or_is_rejected_with_a_reason(corpus: Path) -> None:
+    ingested = rejected = 0
+    for path in corpus_files(corpus):
+        body = path.read_bytes()
+        expected = len(feedparser.parse(body).entries)
+        try:
+            parsed = parse_feed(body, feed_name=path.stem, url="https://example.org/", now=NOW)
+        except ParseError as error:
+            assert str(error), path.name
+            assert expected == 0, f"{path.name}: rejected ({error}) but feedparser finds {expected}"
+            rejected += 1
+            continue
+        assert len(parsed.items) >= expected, path.name
+        for item in parsed.items:
+            assert item.published.tzinfo is not None
+            assert "<" not in item.title or ">" not in item.title or "&lt;" in item.title
+        ingested += 1
+    assert ingested >= 80 and rejected <= 8
+
+
+def test_german_feed_keeps_umlauts_and_language(corpus: Path) -> None:
+    parsed = parse_feed(
+        (corpus / "ntv-de-20251112.xml").read_bytes(),
+        feed_name="n-tv",
+        url="https://n-tv.de/",
+        now=NOW,
+    )
+    assert len(parsed.items) == 10
+    assert any("ü" in item.title or "ö" in item.title or "ä" in item.title for item in parsed.items)
+    assert {item.language for item in parsed.items} == {"de"}
+    assert parsed.ttl == 300
+
+
+def test_json_feeds_are_supported(corpus: Path) -> None:
+    parsed = parse_feed(
+        (corpus / "tricky" / "influxdata-en-jsonfeed-1.1.json").read_bytes(),
+        feed_name="influx",
+        url="https://example.org/",
+        now=NOW,
+    )
+    assert len(parsed.items) == 3
+    assert all(item.url.startswith("https://") for item in parsed.items)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty document"),
+        (b"  \n ", "empty document"),
+        (b"<!DOCTYPE html><html><body>Moved</body></html>", "HTML page"),
+        (b"<head><title>Moved</title></head><body>x</body>", "HTML page"),
+        (b'{"hello": "world"}', "JSON Feed"),
+        (b"{not json", "invalid JSON"),
+    ],
+)
+def test_non_feeds_are_rejected_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(ParseError, match=reason):
+        parse(body)
+
+
+def test_a_body_naming_a_local_file_is_not_opened() -> None:
+    # feedparser.parse(bytes) would open a bytes value as a path; we never let it.
+    with pytest.raises(ParseError):
+        parse(b"/etc/hostname")
+
+
+def test_entity_expansion_bomb_is_defused() -> None:
+    entity = "A" * 10_000
+    refs = "&big;" * 20_000
+    body = (
+        f'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY big "{entity}">]>'
+        f"<rss version='2.0'><channel><title>t</title><item><title>x</title>"
+        f"<description>{refs}</description></item></channel></rss>"
+    ).encode()
+    started = time.process_time()
+    parsed = parse(body)
+    assert time.process_time() - started < 5  # unbounded expansion takes 30 s and 2 GiB
+    assert len(parsed.items) == 1  # type: ignore[attr-defined]
+    assert len(parsed.items[0].summary) < 200_000  # type: ignore[attr-defined]
+
+
+def test_items_are_normalized() -> None:
+    body = b"""<?xml version="1.0" encoding="utf-8"?>
+<rss version="2.0"><channel><title>T</title><language>en-us</language>
+<item><title>Musk &amp; xAI: &lt;b&gt;news&lt;/b&gt;</title>
+<link>https://www.example.org/a?utm_source=rss&amp;id=7&amp;fbclid=zz#top</link>
+<description>&lt;p&gt;First&lt;/p&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;p&gt;second   para&lt;/p&gt;</description>
+<pubDate>Sat, 28 Nov 2026 10:00:00 +0100</pubDate></item>
+<item><title>No date</title><guid isPermaLink="false">abc</guid></item>
+</channel></rss>"""
+    items = parse(body).items  # type: ignore[attr-defined]
+    first, second = items
+    assert first.url == "https://www.example.org/a?id=7"
+    assert first.summary == "First second para"
+    assert first.published == datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+    assert first.language == "en"
+    assert first.key == "u:example.org/a?id=7"
+    assert second.published <= NOW and second.key == "g:test:abc"
+
+
+def test_max_items_caps_a_huge_feed() -> None:
+    entries = "".join(f"<item><title>n{i}</title><guid>{i}</guid></item>" for i in range(50))
+    body = f"<rss version='2.0'><channel><title>t</title>{entries}</channel></rss>".encode()
+    assert len(parse(body, max_items=10).items) == 10  # type: ignore[attr-defined]

@@ -1,0 +1,113 @@
+"""One store suite, run on SQLite and on PostgreSQL (database_url is parametrized)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from monitor.models import Hit, Item, Match, OutgoingMessage
+from monitor.store import Store, open_store
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    store = open_store(database_url)
+    yield store
+    store.close()
+
+
+def make_item(n: int, feed: str = "heise", title: str = "Musk und xAI") -> Item:
+    return Item(
+        f"u:example.org/{n}",
+        feed,
+        f"g{n}",
+        f"https://example.org/{n}",
+        title,
+        "Zusammenfassung mit Umlauten: äöü",
+        NOW - timedelta(hours=n),
+        "de",
+    )
+
+
+def match_all(item: Item) -> list[Match]:
+    return [Match("xAI", (Hit("xAI", "title", 9, 12),))]
+
+
+RECIPIENTS = {"xAI": ("a@example.org", "b@example.org")}
+
+
+def test_migrations_are_idempotent(database_url: str) -> None:
+    open_store(database_url).close()
+    second = open_store(database_url)
+    assert second.ping()
+    second.close()
+
+
+def test_ingest_stores_new_items_once_and_queues_deliveries(store: Store) -> None:
+    first = store.ingest([make_item(1), make_item(2), make_item(1)], match_all, RECIPIENTS, NOW)
+    assert [i.key for i in first.new_items] == ["u:example.org/1", "u:example.org/2"]
+    again = store.ingest([make_item(1), make_item(3)], match_all, RECIPIENTS, NOW)
+    assert [i.key for i in again.new_items] == ["u:example.org/3"]
+    assert store.item_count() == 3
+    pending = store.pending_entries()
+    assert len(pending) == 6  # 3 items x 2 recipients
+    _recipient, entry = pending[0]
+    assert entry.item.summary.endswith("äöü")
+    assert entry.item.published.tzinfo is not None
+    assert entry.hits == (Hit("xAI", "title", 9, 12),)
+
+
+def test_same_url_in_another_feed_is_not_new(store: Store) -> None:
+    store.ingest([make_item(1, feed="heise")], match_all, RECIPIENTS, NOW)
+    result = store.ingest([make_item(1, feed="spiegel")], match_all, RECIPIENTS, NOW)
+    assert result.new_items == ()
+
+
+def test_claim_is_exclusive_and_mark_sent_finishes(store: Store) -> None:
+    store.ingest([make_item(1)], match_all, RECIPIENTS, NOW)
+    ids = [e.delivery_ids[0] for r, e in store.pending_entries() if r == "a@example.org"]
+    first = OutgoingMessage("<m1@x>", "a@example.org", b"Subject: one\r\n\r\nbody")
+    second = OutgoingMessage("<m2@x>", "a@example.org", b"Subject: two\r\n\r\nbody")
+    assert store.claim(first, ids, NOW)
+    assert not store.claim(second, ids, NOW)  # already claimed: nothing stored
+    assert [m.message_id for m in store.ready_messages(NOW)] == ["<m1@x>"]
+    assert store.ready_messages(NOW)[0].mime == first.mime
+    store.mark_sent("<m1@x>", NOW)
+    assert store.ready_messages(NOW) == []
+    outbox = store.outbox()
+    assert (outbox.pending, outbox.ready, outbox.dead) == (1, 0, 0)  # b@ still pending
+
+
+def test_retry_then_dead_letter(store: Store) -> None:
+    store.ingest([make_item(1)], match_all, {"xAI": ("a@example.org",)}, NOW)
+    ids = [e.delivery_ids[0] for _, e in store.pending_entries()]
+    store.claim(OutgoingMessage("<m@x>", "a@example.org", b"x"), ids, NOW)
+    store.mark_retry("<m@x>", "451 try later", NOW, lambda attempts: timedelta(minutes=attempts))
+    assert store.ready_messages(NOW) == []
+    assert len(store.ready_messages(NOW + timedelta(minutes=1))) == 1
+    store.mark_dead("<m@x>", "550 no such user", NOW)
+    assert store.outbox().dead == 1
+    assert store.dead_letters() == [("a@example.org", "550 no such user")]
+
+
+def test_feed_sync_and_due(store: Store) -> None:
+    store.sync_feeds({"heise": "https://heise.de/a", "spiegel": "https://spiegel.de/a"}, NOW)
+    assert [f.name for f in store.due_feeds(["heise", "spiegel"], NOW)] == ["heise", "spiegel"]
+    store.update_feed("heise", next_poll_at=NOW + timedelta(minutes=5), etag='"v1"')
+    assert [f.name for f in store.due_feeds(["heise", "spiegel"], NOW)] == ["spiegel"]
+    store.sync_feeds({"heise": "https://heise.de/b"}, NOW)  # URL changed: validators reset
+    state = store.feed_state("heise")
+    assert state is not None and state.url == "https://heise.de/b" and state.etag is None
+
+
+def test_schedule_slots_and_meta(store: Store) -> None:
+    assert store.last_slot("xAI") is None
+    store.set_last_slot("xAI", NOW)
+    store.set_last_slot("xAI", NOW + timedelta(days=1))
+    assert store.last_slot("xAI") == NOW + timedelta(days=1)
+    store.set_meta("k", "v")
+    assert store.get_meta("k") == "v"
