@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="monitor", description="Media-monitoring alert daemon: feeds in, digests out."
     )
     parser.add_argument("--config", help="config file (default: $MONITOR_CONFIG, ./config.yaml)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log detail (debug)"
+    )
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--version", action="version", version=f"monitor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -93,7 +93,7 @@ class Daemon:
             config = config.model_copy(update={"database": self.app.config.database})
         self.app.apply_config(config)
         self.app.store.sync_feeds({f.name: f.url for f in config.feeds}, self.app.clock())
-        log.warning(
+        log.info(
             "configuration reloaded: %d feeds, %d watchlists",
             len(config.feeds),
             len(config.watchlists),
@@ -127,7 +127,7 @@ class Daemon:
             **common,
         )
         self.scheduler.start()
-        log.warning(
+        log.info(
             "monitor running: %d feeds, %d watchlists, database %s, %s",
             len(self.app.config.feeds),
             len(self.app.config.watchlists),
@@ -142,7 +142,7 @@ class Daemon:
             _, late = await asyncio.wait(self.in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
             for task in late:
                 task.cancel()
-        log.warning("monitor stopped")
+        log.info("monitor stopped")
 
 
 def _now() -> datetime:

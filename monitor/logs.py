@@ -51,8 +51,8 @@ def _quote(value: object) -> str:
 
 
 def setup_logging(verbosity: int = 0, log_format: str = "text") -> None:
-    """WARNING and up by default (a healthy daemon is quiet), -v for INFO, -vv for DEBUG."""
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    """INFO by default: start, stop, state changes, mail sent; routine polls only with -v."""
+    level = logging.INFO if verbosity <= 0 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -194,7 +194,10 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+    """Bring the schema to the newest Alembic revisions (idempotent).
+
+    "heads": independent branches of migrations (one per feature) all apply.
+    """
     alembic_config = AlembicConfig()
     alembic_config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as connection:
@@ -204,7 +207,7 @@ def migrate(engine: Engine) -> None:
                 sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
             )
         alembic_config.attributes["connection"] = connection
-        command.upgrade(alembic_config, "head")
+        command.upgrade(alembic_config, "heads")
 
 
 def _insert(connection: Connection, table: sa.Table) -> Any:
