@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import asynccontextmanager
@@ -40,6 +43,7 @@ class App:
     parse_pool: Executor
     clock: Clock = utc_now
     recipients: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    worker_id: str = field(default_factory=lambda: new_worker_id())
 
     def apply_config(self, config: Config) -> None:
         """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""
@@ -50,6 +54,11 @@ class App:
         self.recipients = {w.name: config.recipients_of(w) for w in config.watchlists}
 
 
+def new_worker_id() -> str:
+    """Names this process in leases, so a worker can tell its own from another's."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def build_renderer(config: Config) -> Renderer:
     sender = config.smtp.sender if config.smtp else "monitor@localhost.invalid"
     settings = DigestSettings(
@@ -57,9 +66,12 @@ def build_renderer(config: Config) -> Renderer:
         zone=config.zone,
         max_per_watchlist=config.digests.max_per_watchlist,
         subject=config.digests.subject,
+        alert_subject=config.digests.alert_subject,
         source=config.source,
+        unsubscribe_url=config.digests.unsubscribe_url,
     )
-    return Renderer(settings)
+    templates = Path(config.digests.templates_dir) if config.digests.templates_dir else None
+    return Renderer(settings, templates)
 
 
 def build_mailer(config: Config) -> Mailer:

@@ -6,6 +6,7 @@ Validation happens once, completely: every problem is reported at the same time 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import zoneinfo
@@ -29,7 +30,13 @@ from pydantic import (
 )
 
 from monitor.errors import ConfigError
-from monitor.schedules import check_in_zone, parse_schedule
+from monitor.schedules import (
+    QuietHours,
+    Schedule,
+    check_in_zone,
+    parse_quiet_hours,
+    parse_schedule,
+)
 
 DEFAULT_CONFIG_NAMES = ("config.yaml",)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -87,6 +94,16 @@ Address = Annotated[str, AfterValidator(_check_address)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryPlan:
+    """When one recipient gets one watchlist."""
+
+    watchlist: str
+    recipient: str
+    schedule: Schedule
+    quiet: QuietHours | None
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -102,6 +119,11 @@ class PollingConfig(_Model):
     max_body: Size = 10 * 1024 * 1024
     max_items: int = Field(500, ge=1)
     contact: str | None = None  # URL or address put in the User-Agent for feed operators
+    min_gap: Duration = 0.05  # seconds between the starts of two requests to one host
+    lease: Duration = 600.0  # how long a claimed feed stays with one worker if it dies
+    parse_timeout: Duration = 20.0  # a parse running longer is killed and reported
+    parse_memory: Size = 768 * 1024 * 1024  # address-space cap of each parse process
+    parse_workers: int | None = Field(None, ge=1, le=64)  # default: one per CPU core
 
     @model_validator(mode="after")
     def _bounds(self) -> PollingConfig:
@@ -115,6 +137,8 @@ class FeedConfig(_Model):
     url: NonEmpty
     interval: Duration | None = None
     language: str | None = None
+    enabled: bool = True  # false: kept in the database, never polled, shown as disabled
+    group: str | None = None  # a label to sort feeds by in `monitor feeds` and digests
 
     @field_validator("url")
     @classmethod
@@ -124,12 +148,41 @@ class FeedConfig(_Model):
         return url
 
 
+def _recipient(value: Any) -> Any:
+    """A recipient is an address, or a mapping with the address and personal settings."""
+    return {"address": value} if isinstance(value, str) else value
+
+
+class RecipientConfig(_Model):
+    address: Address
+    digest: str | None = None  # this recipient's own schedule, overriding the watchlist's
+    quiet_hours: str | None = None  # e.g. "22:00-07:00": deferred, never dropped
+
+    @field_validator("digest")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_schedule(value)
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_quiet_hours(value)
+        return value
+
+
+Recipient = Annotated[RecipientConfig, BeforeValidator(_recipient)]
+
+
 class WatchlistConfig(_Model):
     name: NonEmpty
     terms: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    recipients: tuple[Address, ...] = ()
+    recipients: tuple[Recipient, ...] = ()
     digest: str = "daily 07:00"
+    quiet_hours: str | None = None  # e.g. "22:00-07:00"; default: digests.quiet_hours
     languages: tuple[str, ...] = ()  # empty: every language
     feeds: tuple[str, ...] = ()  # empty: every feed
 
@@ -137,6 +190,13 @@ class WatchlistConfig(_Model):
     @classmethod
     def _schedule(cls, value: str) -> str:
         parse_schedule(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_quiet_hours(value)
         return value
 
     @field_validator("terms", "exclude")
@@ -206,16 +266,66 @@ class DigestsConfig(_Model):
     max_per_watchlist: int = Field(25, ge=1)
     send_empty: bool = False
     subject: str = "monitor digest: {count} new for {watchlists}"
+    alert_subject: str = "monitor alert: {count} new for {watchlists}"
+    hold: Duration = 300.0  # immediate alerts wait this long to batch a burst into one mail
+    quiet_hours: str | None = None  # default quiet hours for every watchlist, e.g. "22:00-07:00"
+    templates_dir: str | None = None  # your own digest/alert templates override the shipped ones
+    unsubscribe_url: str | None = None  # an https URL for one-click unsubscribe (RFC 8058)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_quiet_hours(value)
+        return value
+
+    @field_validator("subject", "alert_subject")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            value.format(count=0, watchlists="", recipient="")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"bad placeholder {error}; use only {{count}}, {{watchlists}}, {{recipient}}"
+            ) from None
+        return value
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("one-click unsubscribe needs an https:// URL (RFC 8058)")
+        return value
+
+
+class MetricsConfig(_Model):
+    listen: str = "127.0.0.1:9464"  # /metrics and /healthz; a loopback address only
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ValueError(f"{value!r} is not ADDRESS:PORT, e.g. 127.0.0.1:9464") from None
+        if not address.is_loopback:
+            # The endpoint has no authentication: reach it from elsewhere via a proxy or tunnel.
+            raise ValueError(f"{host} is not a loopback address; use 127.0.0.1 or [::1]")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} needs a port from 1 to 65535, e.g. 127.0.0.1:9464")
+        return value
 
 
 class Config(_Model):
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "Europe/Berlin"
     database: str = "sqlite:///monitor.db"
     outbox: str = "outbox"
-    recipients: tuple[Address, ...] = ()  # default for watchlists that name none
+    recipients: tuple[Recipient, ...] = ()  # default for watchlists that name none
     polling: PollingConfig = PollingConfig()
     digests: DigestsConfig = DigestsConfig()
     smtp: SmtpConfig | None = None
+    metrics: MetricsConfig | None = None  # the HTTP endpoint is off unless configured
     feeds: tuple[FeedConfig, ...] = Field(min_length=1)
     watchlists: tuple[WatchlistConfig, ...] = Field(min_length=1)
     source: str = Field("<memory>", exclude=True)  # the file this came from, for messages
@@ -228,7 +338,31 @@ class Config(_Model):
         return value
 
     def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
-        return watchlist.recipients or self.recipients
+        """The addresses that receive this watchlist."""
+        return tuple(r.address for r in watchlist.recipients or self.recipients)
+
+    def deliveries_of(self, watchlist: WatchlistConfig) -> tuple[DeliveryPlan, ...]:
+        """Per recipient: when this watchlist is sent, and when not (quiet hours)."""
+        defaults = {r.address: r for r in self.recipients}
+        plans = []
+        for recipient in watchlist.recipients or self.recipients:
+            fallback = defaults.get(recipient.address)
+            digest = recipient.digest or (fallback and fallback.digest) or watchlist.digest
+            quiet = (
+                recipient.quiet_hours
+                or (fallback and fallback.quiet_hours)
+                or watchlist.quiet_hours
+                or self.digests.quiet_hours
+            )
+            plans.append(
+                DeliveryPlan(
+                    watchlist.name,
+                    recipient.address,
+                    parse_schedule(digest),
+                    parse_quiet_hours(quiet) if quiet else None,
+                )
+            )
+        return tuple(plans)
 
     def feed_interval(self, feed: FeedConfig) -> float:
         return feed.interval or self.polling.interval
@@ -351,6 +485,9 @@ def _describe(source: str, error: Any, values: dict[_Path, _Mark], keys: dict[_P
         mark = _nearest(loc, values)
         message = "required key is missing"
     else:
+        # Name the key the user wrote: "recipients[0]", not the model's inner "...address".
+        while loc and loc not in values and loc[:-1] in values:
+            loc = loc[:-1]
         mark = values.get(loc) or _nearest(loc, values)
         message = str(error["msg"]).removeprefix("Value error, ")
     return f"{source}:{mark.line}:{mark.column}: {_dotted(loc)}: {message}"
@@ -386,6 +523,12 @@ def _cross_checks(config: Config, source: str, values: dict[_Path, _Mark]) -> li
             check_in_zone(parse_schedule(watchlist.digest), config.zone, year)
         except ValueError as error:
             report(("watchlists", index, "digest"), str(error))
+        for position, recipient in enumerate(watchlist.recipients):
+            try:
+                if recipient.digest:
+                    check_in_zone(parse_schedule(recipient.digest), config.zone, year)
+            except ValueError as error:
+                report(("watchlists", index, "recipients", position, "digest"), str(error))
         for position, feed in enumerate(watchlist.feeds):
             if feed not in feed_names:
                 report(("watchlists", index, "feeds", position), f"no feed is named {feed!r}")

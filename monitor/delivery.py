@@ -1,8 +1,11 @@
-"""Digests out of the outbox: compose -> claim (store bytes) -> send -> mark.
+"""Digests and alerts out of the outbox: due -> compose and claim (store bytes) -> send -> mark.
 
-Delivery is exactly-once per recipient under normal operation and at-least-once across a
-crash: a message's bytes are stored when its deliveries are claimed, so a crash between the
-server's 250 and the mark re-sends the *same* bytes with the same Message-ID, once.
+Delivery is exactly-once per recipient in normal operation and at-least-once across a crash:
+a message's bytes are stored in the transaction that claims its deliveries (and records the
+digest period as handled), so a crash between the server's 250 and the mark re-sends the
+*same* bytes with the same Message-ID, once. Several workers may run this concurrently: the
+digest_runs rows make exactly one of them compose a period, and a send lease on each stored
+message makes exactly one of them send it.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.app import App
-from monitor.config import WatchlistConfig
+from monitor.config import DeliveryPlan
+from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError
-from monitor.models import DigestEntry, OutgoingMessage
-from monitor.schedules import parse_schedule
+from monitor.models import DigestEntry, FeedStatus, OutgoingMessage
+from monitor.schedules import Every
+from monitor.store import DigestRun
 
 log = logging.getLogger(__name__)
 FIRST_POLL_DONE = "first_poll_done"
+SEND_LEASE = timedelta(minutes=10)  # longer than any batch takes; a dead sender's lease expires
+UNHEALTHY = (FeedStatus.DEGRADED, FeedStatus.STALE, FeedStatus.BROKEN, FeedStatus.DISABLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,66 +38,118 @@ class DeliveryReport:
     dead: int = 0
 
 
-def due_watchlists(app: App, now: datetime) -> list[tuple[WatchlistConfig, datetime]]:
-    """Watchlists whose latest schedule slot has not been handled yet, with that slot.
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A (watchlist, recipient) pair whose digest period has come, with that period's slot."""
 
-    A slot missed while monitor was down is still due when it comes back (catch-up), once.
-    A new watchlist is due after the first poll cycle, so its first digest shows what matched.
-    """
-    due = []
-    first_poll_done = app.store.get_meta(FIRST_POLL_DONE) is not None
-    for watchlist in app.config.watchlists:
-        slot = parse_schedule(watchlist.digest).latest_slot(now, app.config.zone)
-        handled = app.store.last_slot(watchlist.name)
-        if (handled is None and first_poll_done) or (handled is not None and slot > handled):
-            due.append((watchlist, slot))
-    return due
+    plan: DeliveryPlan
+    slot: datetime
 
 
 async def run_digests(
     app: App, *, force: bool = False, only: Iterable[str] | None = None
 ) -> DeliveryReport:
-    """Compose the due digests (force: all pending, now), then send everything ready."""
+    """Compose what is due (force: everything pending, now), then send everything stored."""
     now = app.clock()
-    if force:
-        names = set(only) if only else {w.name for w in app.config.watchlists}
-        composed = compose(app, names, now)
-    else:
-        due = [(w, slot) for w, slot in due_watchlists(app, now) if not only or w.name in only]
-        composed = compose(app, {w.name for w, _ in due}, now)
-        for watchlist, slot in due:
-            app.store.set_last_slot(watchlist.name, slot)
-    sent = await send_ready(app)
-    return DeliveryReport(composed, *sent)
+    due = all_plans(app, only, now) if force else due_plans(app, now, only)
+    composed = compose(app, due, now, record_runs=not force)
+    sent, retrying, dead = await send_ready(app)
+    return DeliveryReport(composed, sent, retrying, dead)
 
 
-def pending_by_recipient(app: App, names: set[str]) -> dict[str, list[DigestEntry]]:
-    by_recipient: dict[str, list[DigestEntry]] = {}
-    if not names:
-        return by_recipient
-    for recipient, entry in app.store.pending_entries(names):
-        by_recipient.setdefault(recipient, []).append(entry)
-    return by_recipient
+def all_plans(app: App, only: Iterable[str] | None, now: datetime) -> list[Due]:
+    wanted = set(only) if only else None
+    return [
+        Due(plan, now)
+        for watchlist in app.config.watchlists
+        if wanted is None or watchlist.name in wanted
+        for plan in app.config.deliveries_of(watchlist)
+    ]
 
 
-def compose(app: App, names: set[str], now: datetime) -> int:
-    """Render one digest per recipient of the named watchlists and claim its deliveries."""
+def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> list[Due]:
+    """The (watchlist, recipient) pairs whose latest schedule slot has not been handled.
+
+    A slot missed while monitor was down (or inside quiet hours) is still due afterwards:
+    catch-up, once. A new pair is due after the first poll, so its first digest shows what
+    matched. An immediate pair is due once its oldest pending match has waited `hold`.
+    """
+    zone = app.config.zone
+    handled = app.store.last_runs()
+    waiting = app.store.pending_since()
+    first_poll_done = app.store.get_meta(FIRST_POLL_DONE) is not None
+    hold = timedelta(seconds=app.config.digests.hold)
+    due = []
+    for due_pair in all_plans(app, only, now):
+        plan = due_pair.plan
+        key = (plan.watchlist, plan.recipient)
+        if plan.quiet and plan.quiet.contains(now, zone):
+            continue
+        if plan.schedule.every is Every.IMMEDIATE:
+            since = waiting.get(key)
+            if since is not None and now - since >= hold:
+                due.append(Due(plan, now))
+            continue
+        slot = plan.schedule.latest_slot(now, zone)
+        last = handled.get(key)
+        if (last is None and first_poll_done) or (last is not None and slot > last):
+            due.append(Due(plan, slot))
+    return due
+
+
+def compose(app: App, due: Sequence[Due], now: datetime, *, record_runs: bool = True) -> int:
+    """Render one message per recipient from its due pairs, and claim it. Returns how many."""
+    by_recipient: dict[str, list[Due]] = {}
+    for pair in due:
+        by_recipient.setdefault(pair.plan.recipient, []).append(pair)
+    pending = _pending(app, {pair.plan.watchlist for pair in due})
+    health = feed_health(app) if by_recipient else []
     composed = 0
-    for recipient, entries in pending_by_recipient(app, names).items():
-        message = app.renderer.render(recipient, entries, now)
+    for recipient, pairs in by_recipient.items():
+        names = {pair.plan.watchlist for pair in pairs}
+        entries = [e for e in pending.get(recipient, []) if e.watchlist in names]
+        runs = (
+            [DigestRun(p.plan.watchlist, recipient, p.slot) for p in pairs] if record_runs else []
+        )
+        if not entries and not (app.config.digests.send_empty and record_runs):
+            if runs:
+                app.store.claim(None, [], now, runs)  # the period is handled: nothing to say
+            continue
+        kind = "alert" if all(p.plan.schedule.every is Every.IMMEDIATE for p in pairs) else "digest"
+        message = app.renderer.render(recipient, entries, now, kind=kind, health=health)
         ids = [i for entry in entries for i in entry.delivery_ids]
-        if app.store.claim(message, ids, now):
+        if app.store.claim(message, ids, now, runs):
             composed += 1
     return composed
 
 
+def _pending(app: App, names: set[str]) -> dict[str, list[DigestEntry]]:
+    by_recipient: dict[str, list[DigestEntry]] = {}
+    if names:
+        for recipient, entry in app.store.pending_entries(names):
+            by_recipient.setdefault(recipient, []).append(entry)
+    return by_recipient
+
+
+def feed_health(app: App) -> list[FeedHealth]:
+    """Configured feeds that are not well, for the digest's health section."""
+    configured = {feed.name for feed in app.config.feeds}
+    return [
+        FeedHealth(state.name, state.status.value, state.last_error or "", state.error_since)
+        for state in app.store.feed_states()
+        if state.name in configured and state.status in UNHEALTHY
+    ]
+
+
 def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage]:
     """Exactly what `digest --send` would send now, without claiming or marking anything."""
-    names = set(only) if only else {w.name for w in app.config.watchlists}
     now = app.clock()
+    due = all_plans(app, only, now)
+    pending = _pending(app, {pair.plan.watchlist for pair in due})
+    health = feed_health(app)
     return [
-        app.renderer.render(recipient, entries, now)
-        for recipient, entries in pending_by_recipient(app, names).items()
+        app.renderer.render(recipient, entries, now, health=health)
+        for recipient, entries in pending.items()
     ]
 
 
@@ -105,25 +164,30 @@ async def send_ready(app: App) -> tuple[int, int, int]:
             counts["sent"] += 1
         elif isinstance(error, PermanentDeliveryError):
             app.store.mark_dead(message.message_id, str(error), now)
-            log.error(
-                "recipient refused; dead-lettered: %s",
-                error,
-                extra={"recipient": message.recipient},
-            )
+            log.error("recipient refused; dead-lettered: %s", error, extra=_fields(message))
             counts["dead"] += 1
         else:
             app.store.mark_retry(message.message_id, str(error), now, retry_delay)
-            log.warning(
-                "delivery failed, will retry: %s", error, extra={"recipient": message.recipient}
-            )
+            log.warning("delivery failed, will retry: %s", error, extra=_fields(message))
             counts["retrying"] += 1
 
-    batch: Sequence[OutgoingMessage] = app.store.ready_messages(app.clock())
+    now = app.clock()
+    batch = [
+        message
+        for message in app.store.ready_messages(now)
+        if app.store.lease_message(message.message_id, app.worker_id, now, now + SEND_LEASE)
+    ]
     await app.mailer.deliver(batch, report)
+    for message in batch:
+        log.debug("delivery attempt done", extra=_fields(message))
     return counts["sent"], counts["retrying"], counts["dead"]
 
 
+def _fields(message: OutgoingMessage) -> dict[str, str]:
+    return {"recipient": message.recipient, "message_id": message.message_id}
+
+
 def retry_delay(attempts: int) -> timedelta:
-    """1 min, 2, 4, ... capped at 1 h, with jitter."""
-    ceiling = min(3600.0, 60.0 * 2 ** min(attempts, 12))
+    """1 min, 2, 4, ... capped at 1 h, with jitter, so a recovering server is not stampeded."""
+    ceiling = min(3600.0, 60.0 * 2 ** min(attempts - 1, 12))
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))

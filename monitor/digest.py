@@ -1,7 +1,8 @@
-"""Digest emails: pending matches rendered with Jinja2 into one multipart message per recipient.
+"""Digest and alert emails: pending matches rendered with Jinja2 into one multipart message
+per recipient. Owns Jinja2 and css-inline.
 
-Feed text is hostile: it is autoescaped in HTML and never reaches a header unsanitized
-(subjects are built from watchlist names and counts; every header value is single-lined).
+Feed text is hostile: it is autoescaped in HTML, links must be http(s), and it never reaches
+a header (subjects are built from watchlist names and counts; header values are single-lined).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from email.utils import format_datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import css_inline
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from monitor.models import DigestEntry, Hit, OutgoingMessage
+from monitor.models import DigestEntry, OutgoingMessage
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -38,7 +40,19 @@ class DigestSettings:
     zone: ZoneInfo
     max_per_watchlist: int = 25
     subject: str = "monitor digest: {count} new for {watchlists}"
+    alert_subject: str = "monitor alert: {count} new for {watchlists}"
     source: str = ""  # which config produced the digest, for the footer
+    unsubscribe_url: str | None = None  # https, for RFC 8058 one-click unsubscribe
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHealth:
+    """A feed that is not well, as the digest's health section shows it."""
+
+    name: str
+    status: str
+    error: str
+    since: datetime | None
 
 
 class Renderer:
@@ -56,13 +70,21 @@ class Renderer:
         )
 
     def render(
-        self, recipient: str, entries: Sequence[DigestEntry], now: datetime
+        self,
+        recipient: str,
+        entries: Sequence[DigestEntry],
+        now: datetime,
+        *,
+        kind: str = "digest",
+        health: Sequence[FeedHealth] = (),
     ) -> OutgoingMessage:
-        context = self._context(recipient, entries, now)
-        text = self._env.get_template("digest.txt.j2").render(context)
-        html = self._env.get_template("digest.html.j2").render(context)
+        """Render one multipart message; kind is "digest" or "alert" (immediate watchlists)."""
+        context = self._context(recipient, entries, now, kind, health)
+        text = self._env.get_template(f"{kind}.txt.j2").render(context)
+        # Inlined CSS: Gmail and Outlook drop <style> blocks but keep style attributes.
+        html = css_inline.inline(self._env.get_template(f"{kind}.html.j2").render(context))
         message = EmailMessage(policy=SMTP)
-        message_id = self.message_id(recipient, entries)
+        message_id = self.message_id(recipient, entries, now)
         message["From"] = self.settings.sender
         message["To"] = recipient
         message["Subject"] = single_line(str(context["subject"]))
@@ -70,20 +92,35 @@ class Renderer:
         message["Message-ID"] = message_id
         message["Auto-Submitted"] = "auto-generated"
         message["List-Id"] = f"monitor digest <digest.{_domain(self.settings.sender)}>"
-        message["List-Unsubscribe"] = f"<mailto:{self.settings.sender}?subject=unsubscribe>"
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        unsubscribe = f"<mailto:{self.settings.sender}?subject=unsubscribe>"
+        if self.settings.unsubscribe_url:
+            # RFC 8058: the one-click POST header is only meaningful with an https URI.
+            unsubscribe += f", <{self.settings.unsubscribe_url}>"
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message["List-Unsubscribe"] = unsubscribe
         message.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
         message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
-        return OutgoingMessage(message_id, recipient, message.as_bytes())
+        return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
 
-    def message_id(self, recipient: str, entries: Sequence[DigestEntry]) -> str:
-        """Deterministic: the same recipient and deliveries always give the same Message-ID."""
+    def message_id(
+        self, recipient: str, entries: Sequence[DigestEntry], now: datetime | None = None
+    ) -> str:
+        """Deterministic: the same recipient and deliveries always give the same Message-ID.
+
+        An empty digest (send_empty) is identified by its time instead.
+        """
         ids = sorted(i for entry in entries for i in entry.delivery_ids)
-        seed = f"{recipient}|{','.join(map(str, ids))}".encode()
+        seed_ids = ",".join(map(str, ids)) if ids else f"empty:{now.isoformat() if now else ''}"
+        seed = f"{recipient}|{seed_ids}".encode()
         return f"<digest.{hashlib.sha256(seed).hexdigest()[:32]}@{_domain(self.settings.sender)}>"
 
     def _context(
-        self, recipient: str, entries: Sequence[DigestEntry], now: datetime
+        self,
+        recipient: str,
+        entries: Sequence[DigestEntry],
+        now: datetime,
+        kind: str,
+        health: Sequence[FeedHealth],
     ) -> dict[str, object]:
         groups: dict[str, list[DigestEntry]] = {}
         for entry in entries:
@@ -98,11 +135,23 @@ class Renderer:
             }
             for name, group in sorted(groups.items())
         ]
-        subject = self.settings.subject.format(
-            count=len(entries), watchlists=", ".join(groups), recipient=recipient
+        template = self.settings.alert_subject if kind == "alert" else self.settings.subject
+        subject = template.format(
+            count=len(entries),
+            watchlists=", ".join(groups) or "your watchlists",
+            recipient=recipient,
         )
         return {
             "subject": subject,
+            "health": [
+                {
+                    "name": h.name,
+                    "status": h.status,
+                    "error": h.error,
+                    "since": self._local(h.since) if h.since else "",
+                }
+                for h in health
+            ],
             "recipient": recipient,
             "watchlists": watchlists,
             "total": len(entries),
@@ -122,6 +171,10 @@ class Renderer:
             "time": self._local(item.published),
             "snippet": snippet(item.summary, summary_spans),
             "terms": list(dict.fromkeys(h.term for h in entry.hits)),
+            "also": [
+                {"outlet": outlet, "url": url if url.startswith(("https://", "http://")) else ""}
+                for outlet, url in entry.also_reported_by
+            ],
         }
 
     def _local(self, moment: datetime) -> str:
@@ -164,10 +217,6 @@ def highlight(text: str, spans: Sequence[tuple[int, int]], start: int, end: int)
     if position < end:
         parts.append((text[position:end], False))
     return parts
-
-
-def hits_summary(hits: Sequence[Hit]) -> str:
-    return ", ".join(dict.fromkeys(hit.term for hit in hits))
 
 
 def _domain(address: str) -> str:

@@ -73,6 +73,20 @@ class FeedState:
     error_since: datetime | None = None
     consecutive_failures: int = 0
     items_total: int = 0
+    host: str = ""
+    last_polled_at: datetime | None = None
+    last_new_item_at: datetime | None = None
+    last_error_at: datetime | None = None
+    redirect_url: str | None = None  # a permanent redirect seen, not yet adopted
+    redirect_count: int = 0  # how many polls in a row saw it
+    ignore_validators: bool = False  # the server's ETag/Last-Modified were caught lying
+    unchanged_streak: int = 0  # polls in a row answered 304 / same body
+    item_gap: float | None = None  # seconds between items, as the feed's dates show
+    interval: float | None = None  # the adapted poll interval, seconds
+
+    @property
+    def items_per_day(self) -> float | None:
+        return 86400.0 / self.item_gap if self.item_gap else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,7 @@ class DigestEntry:
     watchlist: str
     item: Item
     hits: tuple[Hit, ...] = field(default_factory=tuple)
+    also_reported_by: tuple[tuple[str, str], ...] = ()  # (outlet, url) of the same story
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +107,4 @@ class OutgoingMessage:
     message_id: str
     recipient: str
     mime: bytes
+    kind: str = "digest"  # "digest" or "alert" (an immediate watchlist's message)

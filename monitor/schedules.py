@@ -120,3 +120,31 @@ def check_in_zone(schedule: Schedule, zone: ZoneInfo, year: int) -> None:
                 "the switch hour, e.g. 03:00 or later"
             )
         day += timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    """A daily local time window in which nothing is sent; what falls in it waits."""
+
+    start: time
+    end: time
+
+    def contains(self, now: datetime, zone: ZoneInfo) -> bool:
+        clock = now.astimezone(zone).time()
+        if self.start <= self.end:
+            return self.start <= clock < self.end
+        return clock >= self.start or clock < self.end  # the window spans midnight
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+def parse_quiet_hours(text: str) -> QuietHours:
+    """'22:00-07:00' -> QuietHours; raise ValueError naming the expected form."""
+    found = re.match(r"^\s*(\d{1,2}:\d{2})\s*-\s*(\d{1,2}:\d{2})\s*$", text or "")
+    if not found:
+        raise ValueError(f"{text!r} is not a time window; write e.g. '22:00-07:00'")
+    start, end = _clock(found.group(1)), _clock(found.group(2))
+    if start == end:
+        raise ValueError(f"{text!r} is an empty window; start and end must differ")
+    return QuietHours(start, end)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from alembic import command
@@ -65,6 +66,29 @@ feeds = sa.Table(
     sa.Column("error_since", UTCDateTime),
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("items_total", sa.Integer, nullable=False, server_default="0"),
+    # Polling engine (migration 0002_polling): leases, redirects, validators, rhythm.
+    sa.Column("host", sa.Text, index=True),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("redirect_url", sa.Text),
+    sa.Column("redirect_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("ignore_validators", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("unchanged_streak", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("item_gap", sa.Float),
+    sa.Column("interval", sa.Float),
+    sa.Column("last_error_at", UTCDateTime),
+)
+
+# Shared per-host politeness: one worker at a time leases a host, so the per-host connection
+# limit and minimum gap hold across worker processes; blocked_until is a host-wide Retry-After.
+hosts = sa.Table(
+    "hosts",
+    metadata,
+    sa.Column("host", sa.Text, primary_key=True),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("last_request_at", UTCDateTime),
+    sa.Column("blocked_until", UTCDateTime),
 )
 
 items = sa.Table(
@@ -105,6 +129,9 @@ messages = sa.Table(
     sa.Column("next_attempt_at", UTCDateTime, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),
+    sa.Column("kind", sa.Text, nullable=False, server_default="digest"),  # digest | alert
+    sa.Column("lease_owner", sa.Text),  # the worker sending it right now, if any
+    sa.Column("lease_until", UTCDateTime),
     sa.Index("ix_messages_status_next", "status", "next_attempt_at"),
 )
 
@@ -125,11 +152,15 @@ deliveries = sa.Table(
     sa.Index("ix_deliveries_status_watchlist", "status", "watchlist"),
 )
 
-schedule_state = sa.Table(
-    "schedule_state",
+digest_runs = sa.Table(
+    "digest_runs",
     metadata,
-    sa.Column("watchlist", sa.Text, primary_key=True),
-    sa.Column("last_slot", UTCDateTime, nullable=False),
+    sa.Column("watchlist", sa.Text, nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False),
+    sa.Column("slot", UTCDateTime, nullable=False),
+    sa.Column("message_id", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("watchlist", "recipient", "slot", name="pk_digest_runs"),
 )
 
 meta = sa.Table(
@@ -144,6 +175,15 @@ meta = sa.Table(
 class IngestResult:
     new_items: tuple[Item, ...]
     matches: tuple[tuple[Item, Match], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRun:
+    """One digest period handled for one recipient of one watchlist."""
+
+    watchlist: str
+    recipient: str
+    slot: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +257,11 @@ def _insert(connection: Connection, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
+def _aware(moment: datetime) -> datetime:
+    """Aggregates (min/max) bypass the column type: make their datetimes UTC-aware."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
 def _hits_json(hits: Sequence[Hit]) -> str:
     return json.dumps([[h.term, h.field, h.start, h.end] for h in hits], ensure_ascii=False)
 
@@ -252,7 +297,28 @@ def _feed_from(row: Any) -> FeedState:
         error_since=row.error_since,
         consecutive_failures=row.consecutive_failures,
         items_total=row.items_total,
+        host=row.host or host_of(row.url),
+        last_polled_at=row.last_polled_at,
+        last_new_item_at=row.last_new_item_at,
+        last_error_at=row.last_error_at,
+        redirect_url=row.redirect_url,
+        redirect_count=row.redirect_count,
+        ignore_validators=bool(row.ignore_validators),
+        unchanged_streak=row.unchanged_streak,
+        item_gap=row.item_gap,
+        interval=row.interval,
     )
+
+
+def _ensure_hosts(tx: Connection, names: Iterable[str]) -> None:
+    rows = [{"host": name} for name in sorted(set(names))]
+    if rows:
+        tx.execute(_insert(tx, hosts).on_conflict_do_nothing(index_elements=["host"]), rows)
+
+
+def host_of(url: str) -> str:
+    """The host a feed URL points at: the unit of politeness."""
+    return (urlsplit(url).hostname or "").lower()
 
 
 class Store:
@@ -284,7 +350,12 @@ class Store:
                 if row is None:
                     tx.execute(
                         feeds.insert().values(
-                            name=name, url=url, config_url=url, status="new", next_poll_at=now
+                            name=name,
+                            url=url,
+                            config_url=url,
+                            host=host_of(url),
+                            status="new",
+                            next_poll_at=now,
                         )
                     )
                 elif row.config_url != url:  # the user changed the URL: start over with it
@@ -294,12 +365,18 @@ class Store:
                         .values(
                             url=url,
                             config_url=url,
+                            host=host_of(url),
+                            status="new",
+                            redirect_url=None,
+                            redirect_count=0,
+                            ignore_validators=False,
                             etag=None,
                             last_modified=None,
                             body_hash=None,
                             next_poll_at=now,
                         )
                     )
+            _ensure_hosts(tx, [host_of(url) for url in configured.values()])
 
     def feed_states(self) -> list[FeedState]:
         with self._tx() as tx:
@@ -324,6 +401,98 @@ class Store:
     def update_feed(self, name: str, **values: Any) -> None:
         with self._tx() as tx:
             tx.execute(feeds.update().where(feeds.c.name == name).values(**values))
+
+    # ------------------------------------------------------------------ feed and host leases
+
+    def claim_feeds(
+        self,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        names: Iterable[str] | None = None,
+        force: bool = False,
+    ) -> list[FeedState]:
+        """Lease up to `limit` due feeds, and their hosts, to `owner`: one poller per feed.
+
+        On PostgreSQL host and feed rows are taken FOR UPDATE SKIP LOCKED, so workers claiming
+        at the same moment get disjoint sets; on SQLite BEGIN IMMEDIATE serializes claims.
+        A host leased by another worker is skipped whole, so per-host politeness holds across
+        workers. The leases of a worker that dies expire at `lease_until`.
+        """
+        free_hosts = (
+            sa.select(hosts.c.host)
+            .where(
+                sa.or_(
+                    hosts.c.lease_owner.is_(None),
+                    hosts.c.lease_owner == owner,
+                    hosts.c.lease_expires_at <= now,
+                )
+            )
+            .where(sa.or_(hosts.c.blocked_until.is_(None), hosts.c.blocked_until <= now))
+            .with_for_update(skip_locked=True)
+        )
+        query = (
+            sa.select(feeds)
+            .where(sa.or_(feeds.c.lease_owner.is_(None), feeds.c.lease_expires_at <= now))
+            .where(feeds.c.host.in_(free_hosts))
+            .order_by(feeds.c.next_poll_at, feeds.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=feeds)
+        )
+        if names is not None:
+            query = query.where(feeds.c.name.in_(list(names)))
+        if not (force and names is not None):  # only a user naming a feed polls a disabled one
+            query = query.where(feeds.c.status != FeedStatus.DISABLED.value)
+        if not force:
+            query = query.where(sa.or_(feeds.c.next_poll_at.is_(None), feeds.c.next_poll_at <= now))
+        with self._tx() as tx:
+            rows = tx.execute(query).all()
+            if rows:
+                lease = {"lease_owner": owner, "lease_expires_at": lease_until}
+                ids = [row.id for row in rows]
+                tx.execute(feeds.update().where(feeds.c.id.in_(ids)).values(**lease))
+                taken = sorted({row.host for row in rows})
+                tx.execute(hosts.update().where(hosts.c.host.in_(taken)).values(**lease))
+        return [_feed_from(row) for row in rows]
+
+    def host_last_requests(self, names: Iterable[str]) -> dict[str, datetime | None]:
+        """When each host was last asked (by any worker), for the minimum gap."""
+        with self._tx() as tx:
+            rows = tx.execute(
+                sa.select(hosts.c.host, hosts.c.last_request_at).where(
+                    hosts.c.host.in_(list(names))
+                )
+            )
+            return {row.host: row.last_request_at for row in rows}
+
+    def finish_poll(self, name: str, owner: str, values: Mapping[str, Any]) -> None:
+        """Record one poll's outcome and release the feed's lease, in one transaction."""
+        with self._tx() as tx:
+            tx.execute(
+                feeds.update()
+                .where(feeds.c.name == name)
+                .values(**values, lease_owner=None, lease_expires_at=None)
+            )
+            if "url" in values:
+                _ensure_hosts(tx, [host_of(str(values["url"]))])
+
+    def release_host(
+        self, host: str, owner: str, last_request_at: datetime, blocked_until: datetime | None
+    ) -> None:
+        """Give a host back after this worker's polls of it; keep its Retry-After, if any."""
+        with self._tx() as tx:
+            tx.execute(
+                hosts.update()
+                .where(hosts.c.host == host)
+                .where(sa.or_(hosts.c.lease_owner == owner, hosts.c.lease_owner.is_(None)))
+                .values(
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_request_at=last_request_at,
+                    blocked_until=blocked_until,
+                )
+            )
 
     # ------------------------------------------------------------------ items and matches
 
@@ -431,45 +600,113 @@ class Store:
                 for row in tx.execute(query)
             ]
 
-    def claim(self, message: OutgoingMessage, delivery_ids: Sequence[int], now: datetime) -> bool:
-        """Store the rendered message and bind its deliveries to it, atomically.
+    def claim(
+        self,
+        message: OutgoingMessage | None,
+        delivery_ids: Sequence[int],
+        now: datetime,
+        runs: Sequence[DigestRun] = (),
+    ) -> bool:
+        """Record the digest runs, store the rendered message and bind its deliveries, at once.
 
-        Returns False (and stores nothing) when another run claimed any of them first.
+        Returns False, storing nothing, when another process already handled one of the runs
+        or claimed one of the deliveries: exactly one worker composes each digest period.
         """
         with self._tx() as tx:
+            message_id = message.message_id if message else None
+            if runs:
+                recorded = tx.execute(
+                    _insert(tx, digest_runs)
+                    .values(
+                        [
+                            {"watchlist": r.watchlist, "recipient": r.recipient, "slot": r.slot,
+                             "message_id": message_id, "created_at": now}
+                            for r in runs
+                        ]
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(digest_runs.c.watchlist)
+                ).all()
+                if len(recorded) != len(runs):
+                    tx.rollback()
+                    return False
+            if message is None:
+                return True
             tx.execute(
                 messages.insert().values(
                     message_id=message.message_id,
                     recipient=message.recipient,
                     mime=message.mime,
+                    kind=message.kind,
                     status="ready",
                     next_attempt_at=now,
                     created_at=now,
                 )
             )
-            claimed = tx.execute(
-                deliveries.update()
-                .where(deliveries.c.id.in_(list(delivery_ids)))
-                .where(deliveries.c.status == "pending")
-                .values(status="claimed", message_id=message.message_id)
-            ).rowcount
-            if claimed != len(delivery_ids):
-                tx.rollback()
-                return False
+            if delivery_ids:
+                claimed = tx.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id.in_(list(delivery_ids)))
+                    .where(deliveries.c.status == "pending")
+                    .values(status="claimed", message_id=message.message_id)
+                ).rowcount
+                if claimed != len(delivery_ids):
+                    tx.rollback()
+                    return False
         return True
 
-    def ready_messages(self, now: datetime) -> list[OutgoingMessage]:
-        """Messages stored but not yet accepted by the server, due for an attempt."""
+    def last_runs(self) -> dict[tuple[str, str], datetime]:
+        """The latest handled slot per (watchlist, recipient)."""
+        query = sa.select(
+            digest_runs.c.watchlist, digest_runs.c.recipient, sa.func.max(digest_runs.c.slot)
+        ).group_by(digest_runs.c.watchlist, digest_runs.c.recipient)
+        with self._tx() as tx:
+            return {(w, r): _aware(slot) for w, r, slot in tx.execute(query)}
+
+    def pending_since(self) -> dict[tuple[str, str], datetime]:
+        """When the oldest pending delivery of each (watchlist, recipient) was queued."""
         query = (
-            sa.select(messages.c.message_id, messages.c.recipient, messages.c.mime)
+            sa.select(
+                deliveries.c.watchlist, deliveries.c.recipient, sa.func.min(deliveries.c.created_at)
+            )
+            .where(deliveries.c.status == "pending")
+            .group_by(deliveries.c.watchlist, deliveries.c.recipient)
+        )
+        with self._tx() as tx:
+            return {(w, r): _aware(created) for w, r, created in tx.execute(query)}
+
+    def ready_messages(self, now: datetime) -> list[OutgoingMessage]:
+        """Messages stored but not yet accepted by the server, due, and not being sent."""
+        query = (
+            sa.select(messages.c.message_id, messages.c.recipient, messages.c.mime, messages.c.kind)
             .where(messages.c.status == "ready")
             .where(messages.c.next_attempt_at <= now)
+            .where(sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until <= now))
             .order_by(messages.c.created_at)
         )
         with self._tx() as tx:
             return [
-                OutgoingMessage(r.message_id, r.recipient, bytes(r.mime)) for r in tx.execute(query)
+                OutgoingMessage(r.message_id, r.recipient, bytes(r.mime), r.kind)
+                for r in tx.execute(query)
             ]
+
+    def lease_message(self, message_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the right to send a message now; False if another worker holds it."""
+        with self._tx() as tx:
+            taken = tx.execute(
+                messages.update()
+                .where(messages.c.message_id == message_id)
+                .where(messages.c.status == "ready")
+                .where(
+                    sa.or_(
+                        messages.c.lease_until.is_(None),
+                        messages.c.lease_until <= now,
+                        messages.c.lease_owner == owner,
+                    )
+                )
+                .values(lease_owner=owner, lease_until=until)
+            ).rowcount
+        return bool(taken)
 
     def mark_sent(self, message_id: str, now: datetime) -> None:
         self._finish(message_id, "sent", now, None)
@@ -483,7 +720,12 @@ class Store:
                 messages.update()
                 .where(messages.c.message_id == message_id)
                 .values(
-                    status=status, sent_at=now, last_error=error, attempts=messages.c.attempts + 1
+                    status=status,
+                    sent_at=now,
+                    last_error=error,
+                    attempts=messages.c.attempts + 1,
+                    lease_owner=None,
+                    lease_until=None,
                 )
             )
             tx.execute(
@@ -506,7 +748,13 @@ class Store:
             tx.execute(
                 messages.update()
                 .where(messages.c.message_id == message_id)
-                .values(last_error=error, attempts=attempts, next_attempt_at=now + delay(attempts))
+                .values(
+                    last_error=error,
+                    attempts=attempts,
+                    next_attempt_at=now + delay(attempts),
+                    lease_owner=None,
+                    lease_until=None,
+                )
             )
 
     def outbox(self) -> Outbox:
@@ -522,9 +770,7 @@ class Store:
             dead = tx.execute(
                 sa.select(sa.func.count()).where(deliveries.c.status == "dead")
             ).scalar_one()
-        oldest = pending[1]
-        if oldest is not None and oldest.tzinfo is None:  # aggregates bypass the type decorator
-            oldest = oldest.replace(tzinfo=UTC)
+        oldest = _aware(pending[1]) if pending[1] is not None else None
         return Outbox(int(pending[0]), int(ready), int(dead), oldest)
 
     def dead_letters(self) -> list[tuple[str, str]]:
@@ -538,21 +784,6 @@ class Store:
             return [(row.recipient, row.last_error or "") for row in rows]
 
     # ------------------------------------------------------------------ schedules and meta
-
-    def last_slot(self, watchlist: str) -> datetime | None:
-        with self._tx() as tx:
-            return tx.execute(
-                sa.select(schedule_state.c.last_slot).where(schedule_state.c.watchlist == watchlist)
-            ).scalar()
-
-    def set_last_slot(self, watchlist: str, slot: datetime) -> None:
-        with self._tx() as tx:
-            statement = _insert(tx, schedule_state).values(watchlist=watchlist, last_slot=slot)
-            tx.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["watchlist"], set_={"last_slot": slot}
-                )
-            )
 
     def get_meta(self, key: str) -> str | None:
         with self._tx() as tx:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from monitor.models import Hit, Item, Match, OutgoingMessage
-from monitor.store import Store, open_store
+from monitor.store import DigestRun, Store, open_store
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -104,10 +104,34 @@ def test_feed_sync_and_due(store: Store) -> None:
     assert state is not None and state.url == "https://heise.de/b" and state.etag is None
 
 
-def test_schedule_slots_and_meta(store: Store) -> None:
-    assert store.last_slot("xAI") is None
-    store.set_last_slot("xAI", NOW)
-    store.set_last_slot("xAI", NOW + timedelta(days=1))
-    assert store.last_slot("xAI") == NOW + timedelta(days=1)
+def test_digest_runs_make_one_claimant_per_period(store: Store) -> None:
+    store.ingest([make_item(1)], match_all, {"xAI": ("a@example.org",)}, NOW)
+    ids = [e.delivery_ids[0] for _, e in store.pending_entries()]
+    run = DigestRun("xAI", "a@example.org", NOW)
+    first = OutgoingMessage("<d1@x>", "a@example.org", b"one")
+    second = OutgoingMessage("<d2@x>", "a@example.org", b"two")
+    assert store.claim(first, ids, NOW, [run])
+    assert not store.claim(second, [], NOW, [run])  # same period: another worker lost
+    assert [m.message_id for m in store.ready_messages(NOW)] == ["<d1@x>"]
+    assert store.last_runs() == {("xAI", "a@example.org"): NOW}
+    assert store.claim(None, [], NOW, [DigestRun("xAI", "a@example.org", NOW + timedelta(days=1))])
+    assert store.last_runs()[("xAI", "a@example.org")] == NOW + timedelta(days=1)
+
+
+def test_send_lease_excludes_other_workers(store: Store) -> None:
+    store.claim(OutgoingMessage("<m@x>", "a@example.org", b"x"), [], NOW)
+    later = NOW + timedelta(minutes=10)
+    assert store.lease_message("<m@x>", "worker-1", NOW, later)
+    assert not store.lease_message("<m@x>", "worker-2", NOW, later)
+    assert store.ready_messages(NOW) == []  # leased: nobody else picks it up
+    assert store.lease_message("<m@x>", "worker-2", later, later + timedelta(minutes=10))
+    store.mark_sent("<m@x>", later)
+    assert not store.lease_message("<m@x>", "worker-3", later, later)
+
+
+def test_pending_since_and_meta(store: Store) -> None:
+    store.ingest([make_item(1)], match_all, {"xAI": ("a@example.org",)}, NOW)
+    assert store.pending_since() == {("xAI", "a@example.org"): NOW}
     store.set_meta("k", "v")
-    assert store.get_meta("k") == "v"
+    store.set_meta("k", "w")
+    assert store.get_meta("k") == "w"
