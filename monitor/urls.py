@@ -67,13 +67,65 @@ def canonical_url(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", urlencode(query), ""))
 
 
+# Mobile and AMP mirrors of the desktop host ("m.spiegel.de", "amp.theguardian.com").
+_MIRROR_HOST_PREFIXES = ("www.", "m.", "mobile.", "amp.")
+# Query switches that select the AMP rendering of the same article.
+_AMP_PARAMETERS = frozenset({"amp", "outputtype", "output", "amp_js_v", "usqp"})
+_AMP_CACHE_SUFFIX = ".cdn.ampproject.org"
+
+
 def url_identity(url: str) -> str:
-    """What makes two article links the same article: no scheme, no www., no trailing slash."""
-    canonical = canonical_url(url)
+    """What makes two article links the same article.
+
+    Ignored: scheme, `www.`/`m.`/`mobile.`/`amp.` hosts, trailing slashes, parameter order,
+    AMP variants (`/amp/` segments, `.amp` suffixes, `?amp`, `outputType=amp`, the Google
+    AMP cache) and tracking parameters.
+    """
+    canonical = canonical_url(_unwrap_amp_cache(url.strip()))
     parts = urlsplit(canonical)
     if not parts.netloc:
         return canonical
-    host = parts.netloc.removeprefix("www.")
-    path = parts.path.rstrip("/") or "/"
-    query = "&".join(sorted(parts.query.split("&"))) if parts.query else ""
+    host = _desktop_host(parts.netloc)
+    path = _non_amp_path(parts.path).rstrip("/") or "/"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode(sorted((k, v) for k, v in pairs if not _is_amp_switch(k, v)))
     return f"{host}{path}" + (f"?{query}" if query else "")
+
+
+def _desktop_host(host: str) -> str:
+    for prefix in _MIRROR_HOST_PREFIXES:
+        rest = host.removeprefix(prefix)
+        if rest != host and "." in rest:
+            return _desktop_host(rest)
+    return host
+
+
+def _non_amp_path(path: str) -> str:
+    segments = [s for s in path.split("/") if s.lower() != "amp"]
+    last = segments[-1] if segments else ""
+    lowered = last.lower()
+    if lowered.endswith(".amp"):
+        last = last[:-4]
+    elif ".amp." in lowered:  # "story.amp.html" -> "story.html"
+        at = lowered.rindex(".amp.")
+        last = last[:at] + last[at + 4 :]
+    return "/".join([*segments[:-1], last]) if segments else path
+
+
+def _is_amp_switch(name: str, value: str) -> bool:
+    lowered = name.lower()
+    if lowered not in _AMP_PARAMETERS:
+        return False
+    return lowered in ("amp", "amp_js_v", "usqp") or value.lower() == "amp"
+
+
+def _unwrap_amp_cache(url: str) -> str:
+    """https://www-x-de.cdn.ampproject.org/c/s/www.x.de/a -> https://www.x.de/a."""
+    parts = urlsplit(url)
+    if not parts.netloc.lower().endswith(_AMP_CACHE_SUFFIX):
+        return url
+    segments = parts.path.split("/")  # "", "c" or "v", optional "s", host, path...
+    start = 3 if len(segments) > 3 and segments[2] == "s" else 2
+    scheme = "https" if start == 3 else "http"
+    rest = "/".join(segments[start:])
+    return f"{scheme}://{rest}" + (f"?{parts.query}" if parts.query else "")

@@ -1,10 +1,13 @@
+"""URL normalization as a table: what a link shows (canonical_url), what makes it the same
+article (url_identity)."""
+
 from __future__ import annotations
 
 import pytest
 
 from monitor.urls import canonical_url, url_identity
 
-CASES = [
+CANONICAL = [
     (
         "https://www.heise.de/news/a.html?utm_source=rss&utm_medium=feed",
         "https://www.heise.de/news/a.html",
@@ -12,27 +15,74 @@ CASES = [
     ("https://EXAMPLE.org/A?b=2&fbclid=x&gclid=y", "https://example.org/A?b=2"),
     ("https://example.org/a#comments", "https://example.org/a"),
     ("http://example.org:80/a", "http://example.org/a"),
+    ("https://example.org:443/a", "https://example.org/a"),
     ("https://example.org", "https://example.org/"),
     ("https://www.spiegel.de/x?xtor=RSS-1&wt_mc=rss.x", "https://www.spiegel.de/x"),
+    ("  https://example.org/a  ", "https://example.org/a"),
     ("mailto:someone@example.org", "mailto:someone@example.org"),
+    ("not a url", "not a url"),
 ]
 
 
-@pytest.mark.parametrize(("url", "expected"), CASES)
+@pytest.mark.parametrize(("url", "expected"), CANONICAL)
 def test_canonical_url(url: str, expected: str) -> None:
     assert canonical_url(url) == expected
 
 
-@pytest.mark.parametrize(
-    ("first", "second"),
-    [
-        ("https://www.example.org/a/", "http://example.org/a"),
-        ("https://example.org/a?x=1&y=2", "https://example.org/a?y=2&x=1&utm_campaign=z"),
-    ],
-)
+SAME_ARTICLE = [
+    # scheme, www., trailing slash
+    ("https://www.example.org/a/", "http://example.org/a"),
+    # parameter order and tracking parameters
+    ("https://example.org/a?x=1&y=2", "https://example.org/a?y=2&x=1&utm_campaign=z"),
+    ("https://example.org/a?fbclid=abc", "https://example.org/a"),
+    # mobile hosts
+    ("https://m.spiegel.de/politik/a-1.html", "https://www.spiegel.de/politik/a-1.html"),
+    ("https://mobile.twitter-like.example/x/1", "https://twitter-like.example/x/1"),
+    # AMP: host, path segment, suffix, query switches, the Google AMP cache
+    ("https://amp.theguardian.com/world/2026/x", "https://www.theguardian.com/world/2026/x"),
+    ("https://www.example.org/amp/news/story", "https://www.example.org/news/story"),
+    ("https://www.example.org/news/story/amp/", "https://www.example.org/news/story"),
+    ("https://www.bbc.co.uk/news/world-123.amp", "https://www.bbc.co.uk/news/world-123"),
+    ("https://example.org/story.amp.html", "https://example.org/story.html"),
+    (
+        "https://www.n-tv.de/politik/a-article1.html?amp",
+        "https://www.n-tv.de/politik/a-article1.html",
+    ),
+    ("https://example.org/a?amp=1", "https://example.org/a"),
+    ("https://example.org/a?outputType=amp", "https://example.org/a"),
+    (
+        "https://www-example-org.cdn.ampproject.org/c/s/www.example.org/a/amp",
+        "https://example.org/a",
+    ),
+    ("https://EXAMPLE.org/a", "https://example.org/a"),
+]
+
+
+@pytest.mark.parametrize(("first", "second"), SAME_ARTICLE)
 def test_same_article_same_identity(first: str, second: str) -> None:
     assert url_identity(first) == url_identity(second)
 
 
-def test_different_articles_differ() -> None:
-    assert url_identity("https://example.org/a?id=1") != url_identity("https://example.org/a?id=2")
+DIFFERENT_ARTICLES = [
+    ("https://example.org/a?id=1", "https://example.org/a?id=2"),
+    ("https://example.org/a", "https://example.org/b"),
+    ("https://example.org/a", "https://example.com/a"),
+    # case in paths is significant on most servers
+    ("https://example.org/A", "https://example.org/a"),
+    # "m." is only a mirror prefix when a real domain remains
+    ("https://m.de/a", "https://de/a"),
+    # a parameter that merely contains "amp" is kept
+    ("https://example.org/a?output=json", "https://example.org/a"),
+    ("https://example.org/ampere/a", "https://example.org/a"),
+]
+
+
+@pytest.mark.parametrize(("first", "second"), DIFFERENT_ARTICLES)
+def test_different_articles_differ(first: str, second: str) -> None:
+    assert url_identity(first) != url_identity(second)
+
+
+def test_identity_is_idempotent_on_its_own_output() -> None:
+    identity = url_identity("https://m.example.org/amp/a/?utm_source=x&b=1")
+    assert identity == "example.org/a?b=1"
+    assert url_identity("https://" + identity) == identity
