@@ -6,6 +6,7 @@ Validation happens once, completely: every problem is reported at the same time 
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import re
@@ -176,10 +177,58 @@ class RecipientConfig(_Model):
 Recipient = Annotated[RecipientConfig, BeforeValidator(_recipient)]
 
 
+def _check_term(term: str) -> str:
+    from monitor.errors import QueryError
+    from monitor.query import parse_term
+
+    try:
+        parse_term(term)
+    except QueryError as error:
+        raise ValueError(error.message) from None
+    return term
+
+
+def _check_query(query: str, info: ValidationInfo) -> str:
+    """A query must parse and must not match texts that contain none of its terms."""
+    from monitor.errors import QueryError
+    from monitor.query import is_vacuous, parse_query
+
+    owner = f"watchlist {info.data.get('name', '?')!r}: "
+    try:
+        if is_vacuous(parse_query(query)):
+            raise QueryError(
+                "the query also matches items without any of its terms (a bare NOT); "
+                "combine it with a term: Musk AND NOT Muskat",
+                query,
+                0,
+            )
+    except QueryError as error:
+        raise ValueError(f"{owner}{error.message}\n{error.pointer()}") from None
+    return query
+
+
+TermText = Annotated[str, AfterValidator(_check_term)]
+
+
+class Priority(enum.StrEnum):
+    NORMAL = "normal"
+    IMMEDIATE = "immediate"  # matches also go out as instant alerts
+
+
+class EntityConfig(_Model):
+    """Something a watchlist watches: a person, company or product, and its other spellings."""
+
+    name: TermText
+    aliases: tuple[TermText, ...] = ()
+
+
 class WatchlistConfig(_Model):
     name: NonEmpty
-    terms: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
+    terms: tuple[TermText, ...] = ()  # any of them matches
+    entities: tuple[EntityConfig, ...] = ()  # any name or alias matches
+    query: str | None = None  # boolean query (docs/watchlists.md); any of the three matches
+    exclude: tuple[str, ...] | str = ()  # terms (any of them) or a query: the item is skipped
+    priority: Priority = Priority.NORMAL
     recipients: tuple[Recipient, ...] = ()
     digest: str = "daily 07:00"
     quiet_hours: str | None = None  # e.g. "22:00-07:00"; default: digests.quiet_hours
@@ -199,21 +248,34 @@ class WatchlistConfig(_Model):
             parse_quiet_hours(value)
         return value
 
-    @field_validator("terms", "exclude")
+    @field_validator("query")
     @classmethod
-    def _no_empty_terms(cls, terms: tuple[str, ...]) -> tuple[str, ...]:
-        from monitor.text import normalize
+    def _valid_query(cls, query: str | None, info: ValidationInfo) -> str | None:
+        return None if query is None else _check_query(query, info)
 
-        for term in terms:
-            if not normalize(term).strip():
-                raise ValueError(f"term {term!r} is empty after normalization; remove it")
-        return terms
+    @field_validator("exclude")
+    @classmethod
+    def _valid_exclude(
+        cls, exclude: tuple[str, ...] | str, info: ValidationInfo
+    ) -> tuple[str, ...] | str:
+        if isinstance(exclude, str):
+            from monitor.errors import QueryError
+            from monitor.query import parse_query
+
+            try:  # a bare NOT is fine here: it only ever removes items
+                parse_query(exclude)
+            except QueryError as error:
+                raise ValueError(f"{error.message}\n{error.pointer()}") from None
+            return exclude
+        for term in exclude:
+            _check_term(term)
+        return exclude
 
     @model_validator(mode="after")
     def _complete(self, info: ValidationInfo) -> WatchlistConfig:
         missing = []
-        if not self.terms:
-            missing.append("has no terms; add at least one")
+        if not (self.terms or self.entities or self.query):
+            missing.append("has no terms; add terms, entities or a query")
         if not self.recipients and not (info.context or {}).get("default_recipients"):
             missing.append("has no recipients; add some here or a top-level recipients list")
         if missing:

@@ -9,6 +9,7 @@ import html
 import re
 import unicodedata
 from html.parser import HTMLParser
+from itertools import chain, repeat
 
 _BLOCK_TAGS = frozenset(
     [
@@ -152,11 +153,11 @@ def unescape(text: str) -> str:
     return html.unescape(text)
 
 
-def fold_char(char: str) -> str:
-    """One character folded: NFKC, umlauts expanded, diacritics dropped, punctuation unified.
+# Only terminated entities are decoded while folding: "AT&T" and "&copyright" stay as written.
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 
-    Case is kept: the matcher lowercases, except for case-sensitive terms.
-    """
+
+def _fold_char_once(char: str) -> str:
     expanded = _EXPANSIONS.get(char)
     if expanded is not None:
         return expanded
@@ -168,19 +169,127 @@ def fold_char(char: str) -> str:
     return "".join(_EXPANSIONS.get(c, c) for c in unicodedata.normalize("NFKC", kept))
 
 
-def fold(text: str) -> tuple[str, list[int]]:
-    """Fold text for matching; return it with, for each folded character, its source offset."""
-    text = unicodedata.normalize("NFC", text)
+def fold_char(char: str) -> str:
+    """One character folded: NFKC, umlauts expanded, diacritics dropped, punctuation unified.
+
+    Case is kept: the matcher lowercases, except for case-sensitive terms. Applied until
+    nothing changes, so folding is idempotent (NFKC may produce a character we unify).
+    """
+    folded = _fold_char_once(char)
+    for _ in range(4):
+        again = "".join(_fold_char_once(c) for c in folded)
+        if again == folded:
+            break
+        folded = again
+    return folded
+
+
+class _FoldTable(dict[int, str]):
+    """str.translate table: code point -> folded text, filled on first sight of a character."""
+
+    def __missing__(self, code: int) -> str:
+        folded = self[code] = fold_char(chr(code))
+        return folded
+
+
+_TABLE = _FoldTable()
+
+
+class FoldedText:
+    """Text folded for matching, with a lazy map from folded offsets back to the original."""
+
+    __slots__ = ("_offsets", "original", "text")
+
+    def __init__(self, original: str, text: str, offsets: list[int] | None = None) -> None:
+        self.original = original
+        self.text = text
+        self._offsets = offsets
+
+    @property
+    def offsets(self) -> list[int]:
+        """For each folded character its source offset, plus one entry for the end."""
+        if self._offsets is None:
+            self._offsets = _plain_offsets(self.original, self.text)
+        return self._offsets
+
+    def source(self, position: int) -> int:
+        """The offset in the original text of folded position `position` (may be the end)."""
+        if self._offsets is None and len(self.text) == len(self.original):
+            return position  # one folded character per source character
+        return self.offsets[position]
+
+
+def _plain_offsets(original: str, folded: str) -> list[int]:
+    if len(folded) == len(original):
+        return list(range(len(original) + 1))
+    lengths = map(len, map(_TABLE.__getitem__, map(ord, original)))
+    offsets = list(chain.from_iterable(map(repeat, range(len(original)), lengths)))
+    offsets.append(len(original))
+    return offsets
+
+
+def fold_text(text: str) -> FoldedText:
+    """Fold text for matching: entities decoded, NFKC, diacritics and umlauts folded.
+
+    The common case (NFC text without entities) is one str.translate; offsets are only
+    computed when a hit needs them.
+    """
+    if text.isascii() and "&" not in text:
+        return FoldedText(text, text.translate(_TABLE) if "`" in text else text)
+    if ("&" in text and _ENTITY.search(text)) or not unicodedata.is_normalized("NFC", text):
+        return _fold_slowly(text)
+    return FoldedText(text, text.translate(_TABLE))
+
+
+def _fold_slowly(text: str) -> FoldedText:
+    """Entities decoded (until none is left) and NFC per character cluster, keeping offsets."""
+    chars = [(char, index) for index, char in enumerate(text)]
+    changed = True
+    while changed:  # "&amp;quot;" (double-escaped feeds are common) decodes to '"'
+        joined = "".join(char for char, _ in chars)
+        changed = False
+        for entity in reversed(list(_ENTITY.finditer(joined))):
+            decoded = html.unescape(entity.group())
+            if decoded != entity.group():
+                origin = chars[entity.start()][1]
+                chars[entity.start() : entity.end()] = [(char, origin) for char in decoded]
+                changed = True
     out: list[str] = []
     offsets: list[int] = []
-    for index, char in enumerate(text):
-        folded = char if char.isascii() and char not in "`" else fold_char(char)
+    for cluster, origin in _clusters(chars):
+        folded = "".join(_TABLE[ord(c)] for c in unicodedata.normalize("NFC", cluster))
         out.append(folded)
-        offsets.extend([index] * len(folded))
+        offsets.extend([origin] * len(folded))
     offsets.append(len(text))
-    return "".join(out), offsets
+    return FoldedText(text, "".join(out), offsets)
+
+
+def _clusters(chars: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """A base character with the combining marks that follow it, and the base's offset."""
+    clusters: list[tuple[str, int]] = []
+    for char, origin in chars:
+        if clusters and unicodedata.combining(char):
+            base, base_origin = clusters[-1]
+            clusters[-1] = (base + char, base_origin)
+        else:
+            clusters.append((char, origin))
+    return clusters
+
+
+def fold(text: str) -> tuple[str, list[int]]:
+    """Fold text for matching; return it with, for each folded character, its source offset."""
+    folded = fold_text(text)
+    return folded.text, folded.offsets
 
 
 def normalize(text: str) -> str:
-    """The folded form of text, without offsets (for terms and idempotence checks)."""
-    return fold(unescape(text))[0]
+    """The folded form of text, case kept, without offsets (for terms and idempotence checks)."""
+    return fold_text(text).text
+
+
+def lower_keep_length(text: str) -> str:
+    """Lowercase without changing the length (offsets must survive)."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(low if len(low := char.lower()) == 1 else char for char in text)

@@ -1,56 +1,181 @@
 """Watchlists: which items a user wants to hear about, and why each one matched.
 
-Terms and text are folded the same way (see text.fold), matched as whole words,
-case-insensitively; a hit keeps the offsets into the original field for explanations.
+Every term of every watchlist (plain terms, entity names and aliases, query terms,
+exclusions) goes into one Aho-Corasick automaton, built once per config. An item is folded
+(text.fold_text), scanned once, and only the watchlists whose terms were found are evaluated,
+so the cost per item hardly grows with the number of terms. Owns pyahocorasick.
+
+Word boundaries: the automaton runs over the lowercased text in which every non-word
+character before a word is a space, and every key starts with that space, so a key can only
+start at the start of a word. The end is checked afterwards: a non-word character, the end,
+or one inflection "s" (Musks, xAIs; "Musk's" ends at the apostrophe anyway).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import ahocorasick
 
 from monitor.config import WatchlistConfig
 from monitor.models import Hit, Item, Match
-from monitor.text import fold, normalize
+from monitor.query import And, Near, Node, Not, Or, Scope, Term, parse_query, parse_term, terms_of
+from monitor.text import FoldedText, fold_text, lower_keep_length
 
 FIELDS = ("title", "summary")
+_BEFORE_WORD = re.compile(r"[\W_](?=[^\W_])")  # the character before a word starts
+_WORD_REST = re.compile(r"[^\W_]*")
+_NEAR_WORD = re.compile(r"\S*[^\W_]\S*")  # what NEAR/n counts as one word
+
+# One occurrence of a term: (field name, start, stop) in folded coordinates.
+_Span = tuple[str, int, int]
+# What an evaluated clause found: the terms and where; None means the clause failed.
+_Found = list[tuple[Term, _Span]] | None
 
 
-def _lower(text: str) -> str:
-    """Lowercase without changing the length (offsets must survive)."""
-    if text.isascii():
-        return text.lower()
-    return "".join(low if len(low := char.lower()) == 1 else char for char in text)
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """One distinct thing the automaton looks for."""
+
+    key: str  # " " + the lowercased phrase, non-word characters before words as spaces
+    lower: str  # lowercased phrase, hyphens as spaces ("Tesla-Chef" = "Tesla Chef")
+    cased: str | None  # the folded phrase with its case, for {case-sensitive} terms
+    prefix: bool
+
+
+class _Field:
+    """One field of an item, folded once, with word positions computed only for NEAR."""
+
+    __slots__ = ("_word_starts", "folded", "lower", "name")
+
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.folded: FoldedText = fold_text(text)
+        self.lower = lower_keep_length(self.folded.text)
+        self._word_starts: list[int] | None = None
+
+    def word_at(self, position: int) -> int:
+        if self._word_starts is None:
+            self._word_starts = [m.start() for m in _NEAR_WORD.finditer(self.lower)]
+        return bisect_right(self._word_starts, position) - 1
+
+
+class _TermIndex:
+    """The automaton over every term, and the check of each raw automaton hit."""
+
+    def __init__(self) -> None:
+        self.leaves: list[_Leaf] = []
+        self.leaf_of: dict[Term, int] = {}
+        self._by_identity: dict[tuple[str, bool, bool], int] = {}
+        self._automaton: ahocorasick.Automaton | None = None
+
+    def add(self, term: Term) -> int:
+        if term in self.leaf_of:
+            return self.leaf_of[term]
+        lower = lower_keep_length(term.phrase)
+        identity = (term.phrase if term.case_sensitive else lower, term.case_sensitive, term.prefix)
+        if identity not in self._by_identity:
+            self._by_identity[identity] = len(self.leaves)
+            cased = term.phrase.replace("-", " ") if term.case_sensitive else None
+            key = _BEFORE_WORD.sub(" ", " " + lower)
+            self.leaves.append(_Leaf(key, lower.replace("-", " "), cased, term.prefix))
+        self.leaf_of[term] = self._by_identity[identity]
+        return self.leaf_of[term]
+
+    def build(self) -> None:
+        keys: dict[str, list[int]] = {}
+        for leaf_id, leaf in enumerate(self.leaves):
+            keys.setdefault(leaf.key, []).append(leaf_id)
+        if not keys:
+            return
+        automaton = ahocorasick.Automaton()
+        for key, leaf_ids in keys.items():
+            automaton.add_word(key, tuple(leaf_ids))
+        automaton.make_automaton()
+        self._automaton = automaton
+
+    def scan(self, fields: Sequence[_Field]) -> dict[int, list[_Span]]:
+        """Every checked occurrence of every leaf, by leaf."""
+        found: dict[int, list[_Span]] = {}
+        if self._automaton is None:
+            return found
+        for field in fields:
+            marked = _BEFORE_WORD.sub(" ", " " + field.lower)
+            for end, leaf_ids in self._automaton.iter(marked):
+                for leaf_id in leaf_ids:
+                    leaf = self.leaves[leaf_id]
+                    start = end - len(leaf.key) + 1
+                    stop = _checked_stop(leaf, field, start, end)
+                    if stop is not None:
+                        found.setdefault(leaf_id, []).append((field.name, start, stop))
+        return found
+
+
+def _checked_stop(leaf: _Leaf, field: _Field, start: int, end: int) -> int | None:
+    """Where the hit ends if the automaton's candidate really is the term, else None."""
+    segment = field.lower[start:end]
+    if segment != leaf.lower and segment.replace("-", " ") != leaf.lower:
+        return None  # "x AI" is a candidate for "x.AI" but not the term
+    if leaf.cased is not None:
+        cased = field.folded.text[start:end]
+        if cased != leaf.cased and cased.replace("-", " ") != leaf.cased:
+            return None
+    text = field.lower
+    if leaf.prefix:
+        found = _WORD_REST.match(text, end)
+        return found.end() if found else end
+    if end == len(text) or not text[end].isalnum():
+        return end
+    if text[end] == "s" and (end + 1 == len(text) or not text[end + 1].isalnum()):
+        return end + 1  # the inflection is part of the highlighted word
+    return None
 
 
 @dataclass(frozen=True)
-class _Compiled:
+class _Watchlist:
     config: WatchlistConfig
-    terms: re.Pattern[str]
-    sources: dict[str, str]  # folded term -> the term as the user wrote it
-    exclude: re.Pattern[str] | None
+    rule: Node  # terms, entities and query, any of them
+    exclude: Node | None
 
 
-def _pattern(terms: Sequence[str]) -> re.Pattern[str]:
-    # Longest first, so "Elon Musk" wins over "Musk" at the same position.
-    alternatives = sorted({_lower(normalize(t)) for t in terms}, key=len, reverse=True)
-    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(a) for a in alternatives) + r")(?!\w)")
+def _compile(config: WatchlistConfig) -> _Watchlist:
+    alternatives: list[Node] = [parse_term(term) for term in config.terms]
+    for entity in config.entities:
+        alternatives += [parse_term(name) for name in (entity.name, *entity.aliases)]
+    if config.query:
+        alternatives.append(parse_query(config.query))
+    exclude: Node | None = None
+    if isinstance(config.exclude, str):
+        exclude = parse_query(config.exclude)
+    elif config.exclude:
+        exclude = _any_of([parse_term(term) for term in config.exclude])
+    return _Watchlist(config, _any_of(alternatives), exclude)
+
+
+def _any_of(nodes: list[Node]) -> Node:
+    return nodes[0] if len(nodes) == 1 else Or(tuple(nodes), " OR ".join(_text(n) for n in nodes))
+
+
+def _text(node: Node) -> str:
+    return node.label if isinstance(node, Term) else node.text
 
 
 class Matcher:
-    """All watchlists, compiled once; `match` runs them over one item."""
+    """All watchlists, compiled once into one automaton; `match` runs them over one item."""
 
     def __init__(self, watchlists: Sequence[WatchlistConfig]) -> None:
-        self._compiled = [
-            _Compiled(
-                config=w,
-                terms=_pattern(w.terms),
-                sources={_lower(normalize(t)): t for t in w.terms},
-                exclude=_pattern(w.exclude) if w.exclude else None,
-            )
-            for w in watchlists
-        ]
+        self._index = _TermIndex()
+        self._watchlists = [_compile(w) for w in watchlists]
+        self._by_leaf: dict[int, list[int]] = {}
+        for position, watchlist in enumerate(self._watchlists):
+            for term in terms_of(watchlist.rule):
+                self._by_leaf.setdefault(self._index.add(term), []).append(position)
+            for term in terms_of(watchlist.exclude) if watchlist.exclude else ():
+                self._index.add(term)
+        self._index.build()
 
     def match(self, item: Item) -> list[Match]:
         return self.match_fields(
@@ -58,31 +183,145 @@ class Matcher:
         )
 
     def match_fields(
-        self, fields: dict[str, str], language: str | None = None, feed: str | None = None
+        self, fields: Mapping[str, str], language: str | None = None, feed: str | None = None
     ) -> list[Match]:
-        folded = {name: _fold_lower(text) for name, text in fields.items()}
-        found: list[Match] = []
-        for compiled in self._compiled:
-            if not _applies(compiled.config, language, feed):
+        prepared = {name: _Field(name, text) for name, text in fields.items() if text}
+        found = self._index.scan(list(prepared.values()))
+        # Only watchlists with at least one term found can match: a query is never vacuous.
+        candidates = sorted({w for leaf in found for w in self._by_leaf.get(leaf, ())})
+        matches = []
+        for position in candidates:
+            watchlist = self._watchlists[position]
+            if not applies(watchlist.config, language, feed):
                 continue
-            if compiled.exclude and any(compiled.exclude.search(f[0]) for f in folded.values()):
-                continue
-            hits = tuple(
-                Hit(compiled.sources[m.group(0)], name, offsets[m.start()], offsets[m.end()])
-                for name, (text, offsets) in folded.items()
-                for m in compiled.terms.finditer(text)
-            )
-            if hits:
-                found.append(Match(compiled.config.name, hits))
-        return found
+            evaluation = _Evaluation(self._index, found, prepared)
+            hits = evaluation.run(watchlist.rule)
+            if hits and not (watchlist.exclude and evaluation.run(watchlist.exclude) is not None):
+                matches.append(Match(watchlist.config.name, _hits(hits, prepared)))
+        return matches
+
+    def explain(
+        self,
+        name: str,
+        fields: Mapping[str, str],
+        language: str | None = None,
+        feed: str | None = None,
+    ) -> list[str]:
+        """Why watchlist `name` does or does not match: its filters and each clause, marked."""
+        watchlist = next(w for w in self._watchlists if w.config.name == name)
+        prepared = {field: _Field(field, text) for field, text in fields.items() if text}
+        evaluation = _Evaluation(self._index, self._index.scan(list(prepared.values())), prepared)
+        lines = [
+            f"filters: {reason}" for reason in filter_failures(watchlist.config, language, feed)
+        ]
+        lines += ["rule (any of these must hold):", *evaluation.trace(watchlist.rule, 1)]
+        if watchlist.exclude is not None:
+            lines += ["exclude (none of these may hold):", *evaluation.trace(watchlist.exclude, 1)]
+        return lines
 
 
-def _fold_lower(text: str) -> tuple[str, list[int]]:
-    folded, offsets = fold(text)
-    return _lower(folded), offsets
+class _Evaluation:
+    """The boolean evaluation of clauses over the leaves found in one item."""
+
+    def __init__(
+        self, index: _TermIndex, found: dict[int, list[_Span]], fields: dict[str, _Field]
+    ) -> None:
+        self._index = index
+        self._found = found
+        self._fields = fields
+        self._all = frozenset(fields)
+
+    def run(self, node: Node, scope: frozenset[str] | None = None) -> _Found:
+        scope = self._all if scope is None else scope
+        if isinstance(node, Term):
+            spans = self._found.get(self._index.leaf_of[node], ())
+            hits = [(node, span) for span in spans if span[0] in scope]
+            return hits or None
+        if isinstance(node, Scope):
+            return self.run(node.child, scope & {node.field})
+        if isinstance(node, Not):
+            return [] if self.run(node.child, scope) is None else None
+        if isinstance(node, Near):
+            return self._near(node, scope)
+        results = [self.run(child, scope) for child in node.children]
+        if isinstance(node, And) and any(result is None for result in results):
+            return None
+        passed = [result for result in results if result is not None]
+        return [hit for result in passed for hit in result] if passed else None
+
+    def _near(self, node: Near, scope: frozenset[str]) -> _Found:
+        left, right = self.run(node.left, scope), self.run(node.right, scope)
+        if not left or not right:
+            return None
+        hits = [
+            hit
+            for a in left
+            for b in right
+            if self._within(a[1], b[1], node.distance)
+            for hit in (a, b)
+        ]
+        return hits or None
+
+    def _within(self, a: _Span, b: _Span, distance: int) -> bool:
+        if a[0] != b[0]:
+            return False
+        first, second = (a, b) if a[1] <= b[1] else (b, a)
+        if second[1] < first[2]:
+            return False  # overlapping occurrences are one place, not two
+        field = self._fields[a[0]]
+        between = field.word_at(second[1]) - field.word_at(first[2] - 1) - 1
+        return between <= distance
+
+    def trace(self, node: Node, depth: int) -> list[str]:
+        """One line per clause: 'yes'/'no ', the clause, and where its terms were found."""
+        result = self.run(node)
+        where = ", ".join(self._describe(span) for _, span in result or ())
+        line = f"{'  ' * depth}{'yes' if result is not None else 'no '}  {_text(node)}"
+        lines = [line + (f"  ({where})" if where else "")]
+        if isinstance(node, And | Or):
+            for child in node.children:
+                lines += self.trace(child, depth + 1)
+        elif isinstance(node, Not | Scope):
+            lines += self.trace(node.child, depth + 1)
+        elif isinstance(node, Near):
+            lines += self.trace(node.left, depth + 1) + self.trace(node.right, depth + 1)
+        return lines
+
+    def _describe(self, span: _Span) -> str:
+        """A span as the user can check it: field, offsets and the original words there."""
+        field = self._fields[span[0]].folded
+        start, stop = field.source(span[1]), field.source(span[2])
+        return f"{span[0]}[{start}:{stop}] {field.original[start:stop]!r}"
 
 
-def _applies(watchlist: WatchlistConfig, language: str | None, feed: str | None) -> bool:
-    if watchlist.languages and language and language not in watchlist.languages:
-        return False
-    return not (watchlist.feeds and feed and feed not in watchlist.feeds)
+def _hits(found: list[tuple[Term, _Span]], fields: dict[str, _Field]) -> tuple[Hit, ...]:
+    """Hits in the original field text, in field then text order, each once."""
+    hits = {
+        Hit(term.label, name, fields[name].folded.source(start), fields[name].folded.source(stop))
+        for term, (name, start, stop) in found
+    }
+    order = {name: position for position, name in enumerate(fields)}
+    return tuple(sorted(hits, key=lambda h: (order[h.field], h.start, h.end, h.term)))
+
+
+def applies(watchlist: WatchlistConfig, language: str | None, feed: str | None) -> bool:
+    """Whether the watchlist's language and feed filters admit an item."""
+    return not filter_failures(watchlist, language, feed)
+
+
+def filter_failures(
+    watchlist: WatchlistConfig, language: str | None, feed: str | None
+) -> list[str]:
+    """Why the filters turn an item away (empty if they admit it)."""
+    failures = []
+    languages = watchlist.languages
+    if languages and language and not {language, _primary(language)} & set(languages):
+        failures.append(f"language {language!r} is not one of {', '.join(watchlist.languages)}")
+    if watchlist.feeds and feed and feed not in watchlist.feeds:
+        failures.append(f"feed {feed!r} is not one of {', '.join(watchlist.feeds)}")
+    return failures
+
+
+def _primary(language: str) -> str:
+    """'de-DE' -> 'de': a watchlist for German takes every German feed."""
+    return language.split("-")[0].split("_")[0].lower()
