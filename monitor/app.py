@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +16,7 @@ from monitor.config import Config
 from monitor.digest import DigestSettings, Renderer
 from monitor.fetch import Fetcher
 from monitor.mailer import MaildirMailer, Mailer, SmtpMailer
+from monitor.parse_pool import ParsePool
 from monitor.store import Store, open_store
 from monitor.watchlists import Matcher
 
@@ -40,7 +39,7 @@ class App:
     fetcher: Fetcher
     renderer: Renderer
     mailer: Mailer
-    parse_pool: Executor
+    parse_pool: ParsePool
     clock: Clock = utc_now
     recipients: dict[str, tuple[str, ...]] = field(default_factory=dict)
     worker_id: str = field(default_factory=lambda: new_worker_id())
@@ -80,18 +79,16 @@ def build_mailer(config: Config) -> Mailer:
     return MaildirMailer(Path(config.outbox))
 
 
-def build_parse_pool(workers: int | None = None) -> Executor:
-    # forkserver: never fork a process that already runs threads (aiohttp's resolver, etc.).
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
-    )
+def build_parse_pool(config: Config) -> ParsePool:
+    polling = config.polling
+    return ParsePool(polling.parse_workers, polling.parse_timeout, polling.parse_memory)
 
 
 @asynccontextmanager
 async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[App]:
     """Open the store (migrating it), the HTTP session and the parse pool; close them after."""
     store = open_store(config.database)
-    pool = build_parse_pool()
+    pool = build_parse_pool(config)
     try:
         async with Fetcher(config.polling) as fetcher:
             app = App(
@@ -106,7 +103,10 @@ async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[A
             )
             app.apply_config(config)
             store.sync_feeds({f.name: f.url for f in config.feeds}, clock())
+            if store.is_sqlite:  # one process per SQLite file (lock.py): stale leases are ours
+                store.release_message_leases()
+                store.release_feed_leases()
             yield app
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.close()
         store.close()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from monitor import __version__
 from monitor.app import running_app
-from monitor.config import Config, find_config, load_config
-from monitor.delivery import FIRST_POLL_DONE, preview, run_digests
+from monitor.config import Config, find_config, is_address, load_config
+from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_email
 from monitor.errors import ConfigError, LockedError, MonitorError
 from monitor.lock import database_lock
 from monitor.logs import setup_logging
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("text", nargs="?", default="", help="text to match (as a title)")
     test.add_argument("--title", default=None, help="title field")
     test.add_argument("--summary", default=None, help="summary field")
+    test_email = commands.add_parser("test-email", help="send a test message via the mailer")
+    test_email.add_argument("address", help="where to send it")
     commands.add_parser("feeds", help="one line per feed: status, last success, error, next poll")
     return parser
 
@@ -90,6 +92,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return _test(args, config)
     if args.command == "feeds":
         return _feeds(config)
+    if args.command == "test-email":
+        return asyncio.run(_test_email(config, args.address))
     if args.command == "run":
         from monitor.daemon import run_daemon
 
@@ -142,6 +146,20 @@ async def _digest(config: Config, args: argparse.Namespace) -> int:
         f"{report.retrying} to retry, {report.dead} dead-lettered"
     )
     return EXIT_OK if not report.retrying else EXIT_FAILURE
+
+
+async def _test_email(config: Config, address: str) -> int:
+    if not is_address(address):
+        print(f"monitor: {address!r} is not an email address", file=sys.stderr)
+        return EXIT_USAGE
+    async with running_app(config) as app:
+        error = await send_test_email(app, address)
+    via = f"SMTP {config.smtp.host}" if config.smtp else f"the outbox {config.outbox}"
+    if error is not None:
+        print(f"monitor: test message to {address} via {via} failed: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"test message to {address} handed to {via}")
+    return EXIT_OK
 
 
 def _test(args: argparse.Namespace, config: Config) -> int:

@@ -73,6 +73,11 @@ def _parse_size(value: Any) -> int:
     return int(found.group(1)) * _SIZE_UNITS[found.group(2)]
 
 
+def is_address(text: str) -> bool:
+    """A plain mailbox address: name@domain.tld, nothing that could split a header."""
+    return bool(_ADDRESS.match(text))
+
+
 def _check_address(value: str) -> str:
     if not _ADDRESS.match(value):
         raise ValueError(f"{value!r} is not an email address like name@example.org")

@@ -20,7 +20,7 @@ from monitor.app import App
 from monitor.config import DeliveryPlan
 from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError
-from monitor.models import DigestEntry, FeedStatus, OutgoingMessage
+from monitor.models import DigestEntry, FeedStatus, Item, OutgoingMessage
 from monitor.schedules import Every
 from monitor.store import DigestRun
 
@@ -191,3 +191,26 @@ def retry_delay(attempts: int) -> timedelta:
     """1 min, 2, 4, ... capped at 1 h, with jitter, so a recovering server is not stampeded."""
     ceiling = min(3600.0, 60.0 * 2 ** min(attempts - 1, 12))
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+async def send_test_email(app: App, address: str) -> DeliveryError | None:
+    """Send one sample digest to address through the configured mailer, bypassing the outbox."""
+    now = app.clock()
+    sample = Item(
+        key="test",
+        feed="monitor",
+        guid="test",
+        url="https://example.org/monitor-test",
+        title="Testnachricht: Grüße von monitor",
+        summary="If you can read this, with umlauts intact (äöü ß), delivery works.",
+        published=now,
+        language="de",
+    )
+    message = app.renderer.render(address, [DigestEntry((0,), "test", sample)], now)
+    outcome: list[DeliveryError | None] = []
+
+    async def report(_: OutgoingMessage, error: DeliveryError | None) -> None:
+        outcome.append(error)
+
+    await app.mailer.deliver([message], report)
+    return outcome[0] if outcome else DeliveryError("the mailer reported nothing")

@@ -23,6 +23,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from monitor.models import DigestEntry, FeedState, FeedStatus, Hit, Item, Match, OutgoingMessage
+from monitor.stories import (
+    Candidate,
+    DedupeSettings,
+    assign_stories,
+    content_hash,
+    dedupe_keys,
+    fingerprints,
+    shingles,
+)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -170,11 +179,71 @@ meta = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
+# Stories (migration 0003_stories). item_keys outlive items as tombstones; see retention.py.
+_HASH = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: the rowid itself
+
+item_keys = sa.Table(
+    "item_keys",
+    metadata,
+    sa.Column("hash", _HASH, primary_key=True, autoincrement=False),  # stories.dedupe_keys
+    sa.Column("item_id", sa.Integer),  # NULL once the item was pruned
+    sa.Column("last_seen_at", UTCDateTime, nullable=False),
+)
+
+item_sources = sa.Table(
+    "item_sources",
+    metadata,
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE")),
+    sa.Column("feed", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("item_id", "feed", name="pk_item_sources"),
+    sqlite_with_rowid=False,
+)
+
+stories = sa.Table(
+    "stories",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),  # its first item
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+story_members = sa.Table(
+    "story_members",
+    metadata,
+    sa.Column(
+        "item_id",
+        sa.Integer,
+        sa.ForeignKey("items.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column(
+        "story_id",
+        sa.Integer,
+        sa.ForeignKey("stories.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("similarity", sa.Float, nullable=False),
+    sa.Column("revision_of", sa.Integer),  # a re-alerted update of that item
+)
+
+story_bands = sa.Table(
+    "story_bands",
+    metadata,
+    sa.Column("band", sa.BigInteger, nullable=False),
+    sa.Column("item_id", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("band", "item_id", name="pk_story_bands"),
+    sqlite_with_rowid=False,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     new_items: tuple[Item, ...]
     matches: tuple[tuple[Item, Match], ...]
+    updated: tuple[Item, ...] = ()  # known items whose title or summary changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +265,11 @@ class Outbox:
     oldest_pending: datetime | None
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, dedupe: DedupeSettings | None = None) -> Store:
     """Create the engine, migrate the schema to the newest version, return the Store."""
     engine = create_engine(url)
     migrate(engine)
-    return Store(engine)
+    return Store(engine, dedupe)
 
 
 def create_engine(url: str) -> Engine:
@@ -324,8 +393,9 @@ def host_of(url: str) -> str:
 class Store:
     """The database, behind methods named for what the pipeline needs."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, dedupe: DedupeSettings | None = None) -> None:
         self.engine = engine
+        self.dedupe = dedupe or DedupeSettings()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -456,6 +526,12 @@ class Store:
                 tx.execute(hosts.update().where(hosts.c.host.in_(taken)).values(**lease))
         return [_feed_from(row) for row in rows]
 
+    def release_feed_leases(self) -> None:
+        """Drop every feed and host lease: on SQLite only one process runs, so they are stale."""
+        with self._tx() as tx:
+            tx.execute(feeds.update().values(lease_owner=None, lease_expires_at=None))
+            tx.execute(hosts.update().values(lease_owner=None, lease_expires_at=None))
+
     def host_last_requests(self, names: Iterable[str]) -> dict[str, datetime | None]:
         """When each host was last asked (by any worker), for the minimum gap."""
         with self._tx() as tx:
@@ -505,32 +581,68 @@ class Store:
     ) -> IngestResult:
         """Store new items; match only those; queue a delivery per match and recipient.
 
-        One transaction: an item is never stored without its matches and deliveries.
+        One transaction: an item is never stored without its keys, story, matches and
+        deliveries. A known item (same URL identity, or same feed + GUID, even long after
+        it was pruned) only records its outlet. A new item that joins a story whose match
+        was already queued for a watchlist and recipient queues nothing more for them.
         """
         if not batch:
             return IngestResult((), ())
-        first_seen: dict[str, Item] = {}
-        for item in batch:
-            first_seen.setdefault(item.key, item)
-        unique = list(first_seen.values())
+        unique = _first_of_each(batch)
         with self._tx() as tx:
-            inserted = tx.execute(
-                _insert(tx, items)
-                .values([_item_row(item, now) for item in unique])
-                .on_conflict_do_nothing(index_elements=["key"])
-                .returning(items.c.id, items.c.key)
-            ).all()
-            ids = {row.key: row.id for row in inserted}
-            new_items = tuple(item for item in unique if item.key in ids)
+            _lock_stories(tx)
+            known = _known_keys(tx, [h for _, hashes in unique for h in hashes])
+            seen = [(item, hashes) for item, hashes in unique if any(h in known for h in hashes)]
+            updated = _seen_again(tx, seen, known, now)
+            fresh = [(item, hashes) for item, hashes in unique if not any(h in known for h in hashes)]
+            ids = _insert_items(tx, fresh, now)
+            new_items = tuple(item for item, _ in fresh if item.key in ids)
+            in_story = self._cluster(tx, [(ids[i.key], i) for i in new_items], now)
             found = [(item, m) for item in new_items for m in match(item)]
-            self._queue(tx, [(ids[item.key], m) for item, m in found], recipients, now)
+            self._queue(tx, [(ids[item.key], m) for item, m in found], recipients, now, in_story)
+            if updated and self.dedupe.realert_on_update:
+                revised = _insert_revisions(tx, updated, now)
+                again = [(rid, item, m) for rid, item in revised for m in match(item)]
+                self._queue(tx, [(rid, m) for rid, _, m in again], recipients, now)
+                found += [(item, m) for _, item, m in again]
             if new_items:
                 tx.execute(
                     feeds.update()
                     .where(feeds.c.name == new_items[0].feed)
                     .values(items_total=feeds.c.items_total + len(new_items), last_new_item_at=now)
                 )
-        return IngestResult(new_items, tuple(found))
+        return IngestResult(new_items, tuple(found), tuple(item for _, item in updated))
+
+    def _cluster(
+        self, tx: Connection, new: Sequence[tuple[int, Item]], now: datetime
+    ) -> dict[int, int]:
+        """Put each new item into a story (stored with its band hashes): item id -> story id."""
+        if not new:
+            return {}
+        prints = fingerprints([(item.title, item.summary) for _, item in new], self.dedupe)
+        bands = {band for fingerprint in prints for band in fingerprint.bands}
+        known = _story_candidates(tx, bands, now - self.dedupe.window)
+        assigned = assign_stories(
+            [(item_id, fp) for (item_id, _), fp in zip(new, prints, strict=True)],
+            known,
+            self.dedupe.similarity,
+        )
+        pairs = [(item_id, a) for (item_id, _), a in zip(new, assigned, strict=True)]
+        created = [{"id": i, "created_at": now} for i, a in pairs if a.is_new_story(i)]
+        if created:
+            tx.execute(stories.insert(), created)
+        tx.execute(
+            story_members.insert(),
+            [{"item_id": i, "story_id": a.story_id, "similarity": a.similarity} for i, a in pairs],
+        )
+        band_rows = [
+            {"band": band, "item_id": item_id}
+            for (item_id, _), fp in zip(new, prints, strict=True)
+            for band in fp.bands
+        ]
+        if band_rows:
+            tx.execute(_insert(tx, story_bands).on_conflict_do_nothing(), band_rows)
+        return {item_id: a.story_id for item_id, a in pairs}
 
     def _queue(
         self,
@@ -689,6 +801,25 @@ class Store:
                 OutgoingMessage(r.message_id, r.recipient, bytes(r.mime), r.kind)
                 for r in tx.execute(query)
             ]
+
+    def release_message_leases(self) -> int:
+        """Forget every send lease; only for a process that knows it is the sole sender.
+
+        SQLite deployments hold a file lock, so a lease found at start-up belongs to a process
+        that died mid-send: its message is resent now (the at-most-one repeat), not in 10 min.
+        """
+        with self._tx() as tx:
+            return int(
+                tx.execute(
+                    messages.update()
+                    .where(messages.c.lease_owner.is_not(None))
+                    .values(lease_owner=None, lease_until=None)
+                ).rowcount
+            )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
 
     def lease_message(self, message_id: str, owner: str, now: datetime, until: datetime) -> bool:
         """Take the right to send a message now; False if another worker holds it."""

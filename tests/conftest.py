@@ -76,6 +76,8 @@ class SmtpRecorder:
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)  # recipient -> SMTP reply
     data_reply: list[str] = field(default_factory=list)  # replies to DATA, consumed in order
+    drop_data: int = 0  # this many DATA commands get the connection closed instead of a reply
+    on_data: Callable[[bytes], None] | None = None  # runs before a message is accepted
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
@@ -88,8 +90,14 @@ class SmtpRecorder:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
+            if self.drop_data:
+                self.drop_data -= 1
+                server.transport.close()  # the client never hears whether it was accepted
+                return "421 closing"
             if self.data_reply:
                 return self.data_reply.pop(0)
+            if self.on_data is not None:
+                self.on_data(envelope.content)
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
         return "250 Message accepted"
 

@@ -1,0 +1,311 @@
+"""Digests and delivery: schedules on an injected clock, a real aiosmtpd server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.app import App, running_app
+from monitor.config import load_config
+from monitor.delivery import FIRST_POLL_DONE, run_digests
+from monitor.models import Item
+from tests.conftest import SmtpRecorder, free_port
+
+
+@dataclass
+class Clock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+def item(n: int, title: str = "Neues von xAI") -> Item:
+    return Item(
+        f"u:example.org/{n}",
+        "heise",
+        f"g{n}",
+        f"https://example.org/{n}",
+        title,
+        "Zusammenfassung über xAI",
+        utc(2026, 3, 1),
+        "de",
+    )
+
+
+def settings(port: int, **watchlist: Any) -> dict[str, Any]:
+    return {
+        "feeds": [{"name": "heise", "url": "https://heise.example/feed"}],
+        "watchlists": [
+            {
+                "name": "xAI",
+                "terms": ["xAI"],
+                "digest": "daily 07:00",
+                "recipients": ["a@example.org", "b@example.org"],
+                **watchlist,
+            }
+        ],
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": port,
+            "from": "monitor@example.org",
+            "starttls": False,
+            "timeout": 5,
+        },
+    }
+
+
+@pytest.fixture
+def open_app(write_config: Callable[..., Path]) -> Callable[..., Any]:
+    """An App on a SQLite file with the given config and clock; first poll already done."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def make(data: dict[str, Any], clock: Clock) -> AsyncIterator[App]:
+        config = load_config(write_config(data))
+        async with running_app(config, clock=clock) as app:
+            app.store.set_meta(FIRST_POLL_DONE, "1")
+            yield app
+
+    return make
+
+
+def add_matches(app: App, *numbers: int) -> None:
+    app.store.ingest([item(n) for n in numbers], app.matcher.match, app.recipients, app.clock())
+
+
+async def test_daily_digest_sent_once_per_recipient_at_its_time(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 5, 0))  # 06:00 Berlin
+    async with open_app(settings(port), clock) as app:
+        await run_digests(app)  # first run: the current period (yesterday 07:00) is handled
+        recorder.messages.clear()
+        add_matches(app, 1, 2)
+        clock.advance(minutes=30)
+        assert (await run_digests(app)).composed == 0  # 06:30: not yet
+        clock.advance(minutes=31)  # 07:01
+        report = await run_digests(app)
+        assert (report.composed, report.sent) == (2, 2)
+        clock.advance(minutes=10)
+        assert (await run_digests(app)).composed == 0  # the period is done
+    assert sorted(r[0] for _, r, _ in recorder.messages) == ["a@example.org", "b@example.org"]
+
+
+async def test_one_refused_recipient_is_dead_lettered_others_delivered(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    recorder.refuse["b@example.org"] = "550 5.1.1 mailbox unavailable"
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    async with open_app(settings(port), clock) as app:
+        add_matches(app, 1)
+        report = await run_digests(app, force=True)
+        assert (report.sent, report.dead, report.retrying) == (1, 1, 0)
+        assert app.store.dead_letters()[0][0] == "b@example.org"
+        assert "550" in app.store.dead_letters()[0][1]
+        clock.advance(hours=2)
+        assert (await run_digests(app, force=True)).sent == 0  # the dead letter is not retried
+    assert [r for _, r, _ in recorder.messages] == [["a@example.org"]]
+
+
+async def test_temporary_failure_is_retried_and_delivered_once(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    recorder.data_reply.append("451 4.3.0 try again later")
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    async with open_app(settings(port, recipients=["a@example.org"]), clock) as app:
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).retrying == 1
+        assert (await run_digests(app)).sent == 0  # backoff: not yet
+        clock.advance(minutes=2)
+        assert (await run_digests(app)).sent == 1
+        clock.advance(hours=3)
+        assert (await run_digests(app)).sent == 0
+    assert len(recorder.messages) == 1
+
+
+async def test_server_down_then_up_delivers_once(
+    open_app: Any, write_config: Callable[..., Path]
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    port = free_port()
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    async with open_app(settings(port, recipients=["a@example.org"]), clock) as app:
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).retrying == 1  # connection refused
+        assert app.store.outbox().ready == 1
+        recorder = SmtpRecorder()
+        controller = Controller(recorder, hostname="127.0.0.1", port=port)
+        controller.start()
+        try:
+            clock.advance(minutes=2)
+            assert (await run_digests(app)).sent == 1
+            clock.advance(hours=2)
+            await run_digests(app)
+        finally:
+            controller.stop()
+    assert len(recorder.messages) == 1
+
+
+async def test_connection_dropped_mid_data_delivers_once(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    recorder.drop_data = 1
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    async with open_app(settings(port, recipients=["a@example.org"]), clock) as app:
+        add_matches(app, 1, 2)
+        assert (await run_digests(app, force=True)).retrying == 1
+        clock.advance(minutes=2)
+        assert (await run_digests(app)).sent == 1
+    assert len(recorder.messages) == 1
+    assert recorder.parsed()[0]["Message-ID"].startswith("<digest.")
+
+
+@pytest.mark.parametrize(
+    ("start", "expected_utc_hours"),
+    [
+        (utc(2026, 3, 27, 12, 0), [6, 5, 5, 5]),  # spring forward on Sunday 2026-03-29
+        (utc(2026, 10, 23, 12, 0), [5, 6, 6, 6]),  # fall back on Sunday 2026-10-25
+    ],
+)
+async def test_daily_0700_berlin_across_dst_switches(
+    open_app: Any,
+    smtp_server: tuple[SmtpRecorder, int],
+    start: datetime,
+    expected_utc_hours: list[int],
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(start)
+    sent_at: list[datetime] = []
+    async with open_app(settings(port, recipients=["a@example.org"]), clock) as app:
+        await run_digests(app)  # today's 07:00 already passed: handled
+        for day in range(4):
+            add_matches(app, 100 + day)
+            for _ in range(24 * 6):  # a tick every 10 minutes for a day
+                clock.advance(minutes=10)
+                if (await run_digests(app)).sent:
+                    sent_at.append(clock.now)
+    assert len(sent_at) == 4 == len(recorder.messages)
+    assert [moment.hour for moment in sent_at] == expected_utc_hours
+    assert all(moment.minute < 10 for moment in sent_at)
+
+
+async def test_missed_digest_is_caught_up_once_after_downtime(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 5, 0))
+    async with open_app(settings(port, recipients=["a@example.org"]), clock) as app:
+        await run_digests(app)
+        add_matches(app, 1)
+        clock.advance(hours=4)  # down from 06:00 to 10:00 Berlin: the 07:00 slot passed unseen
+        assert (await run_digests(app)).sent == 1
+        clock.advance(minutes=10)
+        assert (await run_digests(app)).sent == 0
+    assert len(recorder.messages) == 1
+
+
+async def test_quiet_hours_defer_never_drop(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 5, 0))
+    data = settings(port, recipients=["a@example.org"], quiet_hours="06:30-09:00")
+    async with open_app(data, clock) as app:
+        await run_digests(app)
+        add_matches(app, 1)
+        clock.advance(hours=2, minutes=5)  # 08:05 Berlin: 07:00 is due but quiet
+        assert (await run_digests(app)).sent == 0
+        clock.advance(hours=1)  # 09:05: quiet hours over
+        assert (await run_digests(app)).sent == 1
+    assert len(recorder.messages) == 1
+
+
+async def test_immediate_alert_batches_a_burst(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    data = settings(port, recipients=["a@example.org"], digest="immediate")
+    async with open_app(data, clock) as app:
+        add_matches(app, 1)
+        clock.advance(minutes=2)
+        add_matches(app, 2, 3)
+        assert (await run_digests(app)).sent == 0  # held: a burst is still coming in
+        clock.advance(minutes=3, seconds=1)
+        assert (await run_digests(app)).sent == 1
+        clock.advance(minutes=10)
+        assert (await run_digests(app)).sent == 0
+    (message,) = recorder.parsed()
+    assert message["Subject"] == "monitor alert: 3 new for xAI"
+    assert message.get_body(("plain",)).get_content().count("* Neues von xAI") == 3  # type: ignore[union-attr]
+
+
+async def test_empty_digests_are_skipped_unless_configured(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int], write_config: Callable[..., Path]
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 5, 0))
+    async with open_app(settings(port, recipients=["a@example.org"]), clock) as app:
+        await run_digests(app)
+        clock.advance(days=1)
+        assert (await run_digests(app)).sent == 0
+    data = settings(port, recipients=["a@example.org"])
+    data["digests"] = {"send_empty": True}
+    data["database"] = str(Path(write_config({}).parent / "other.db"))
+    clock = Clock(utc(2026, 11, 30, 5, 0))
+    async with open_app(data, clock) as app:
+        await run_digests(app)
+        clock.advance(days=1)
+        assert (await run_digests(app)).sent == 1
+    assert "Nothing new" in recorder.parsed()[-1].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+async def test_feed_health_section_lists_broken_feeds(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    async with open_app(settings(port, recipients=["a@example.org"]), clock) as app:
+        app.store.update_feed(
+            "heise", status="broken", last_error="HTTP 500", error_since=clock.now
+        )
+        add_matches(app, 1)
+        await run_digests(app, force=True)
+    html = recorder.parsed()[0].get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "Feed health" in html and "heise: broken" in html and "HTTP 500" in html
+
+
+def test_test_email_command(
+    smtp_server: tuple[SmtpRecorder, int], write_config: Callable[..., Path], capsys: Any
+) -> None:
+    from monitor.cli import main
+
+    recorder, port = smtp_server
+    path = str(write_config(settings(port)))
+    assert main(["--config", path, "test-email", "ops@example.org"]) == 0
+    assert "handed to SMTP 127.0.0.1" in capsys.readouterr().out
+    (message,) = recorder.parsed()
+    assert message["To"] == "ops@example.org"
+    assert "Grüße von monitor" in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    recorder.refuse["nobody@example.org"] = "550 no such user"
+    assert main(["--config", path, "test-email", "nobody@example.org"]) == 1
+    assert "550" in capsys.readouterr().err
+    assert main(["--config", path, "test-email", "not an address"]) == 2
