@@ -295,15 +295,18 @@ class SmtpConfig(_Model):
     password_env: str | None = None  # name of an environment variable holding the password
     password_file: str | None = None  # path of a file holding the password
     sender: Address = Field(alias="from")
-    starttls: bool = True
+    starttls: bool | None = None  # default: on, unless tls is set
     tls: bool = False  # implicit TLS (port 465)
     verify_certificates: bool = True
+    ca_file: str | None = None  # a CA bundle for a server whose certificate a private CA signed
     timeout: Duration = 30.0
 
     @model_validator(mode="after")
     def _consistent(self) -> SmtpConfig:
         if self.tls and self.starttls:
             raise ValueError("set either tls (implicit, port 465) or starttls, not both")
+        if self.ca_file and not Path(self.ca_file).is_file():
+            raise ValueError(f"ca_file {self.ca_file!r} does not exist")
         if self.username and not (self.password_env or self.password_file):
             raise ValueError("username is set: add password_env or password_file")
         if self.password_env and self.password_env not in os.environ:
@@ -315,10 +318,14 @@ class SmtpConfig(_Model):
         return self
 
     @property
+    def use_starttls(self) -> bool:
+        return self.starttls if self.starttls is not None else not self.tls
+
+    @property
     def effective_port(self) -> int:
         if self.port:
             return self.port
-        return 465 if self.tls else 587 if self.starttls else 25
+        return 465 if self.tls else 587 if self.use_starttls else 25
 
     def password(self) -> str | None:
         """Read the secret at the moment it is needed; it is never stored in the config."""

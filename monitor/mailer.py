@@ -11,6 +11,7 @@ import email.utils
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -45,39 +46,58 @@ class SmtpMailer:
             hostname=self._settings.host,
             port=self._settings.effective_port,
             use_tls=self._settings.tls,
-            start_tls=self._settings.starttls,
+            start_tls=self._settings.use_starttls,
             validate_certs=self._settings.verify_certificates,
+            cert_bundle=self._settings.ca_file,
             timeout=self._settings.timeout,
         )
+        try:
+            failure = await self._open(client)
+            if failure is not None:  # nothing was sent: every message waits for a retry
+                for message in batch:
+                    await report(message, failure)
+                return
+            await self._send_all(client, batch, report)
+        finally:
+            await _close(client)
+
+    async def _open(self, client: aiosmtplib.SMTP) -> DeliveryError | None:
+        """Connect, secure and log in; a failure here is transient for the whole batch."""
+        where = f"SMTP {self._settings.host}:{self._settings.effective_port}"
         try:
             await client.connect()
             if self._settings.username:
                 await client.login(self._settings.username, self._settings.password() or "")
+        except ssl.SSLError as error:  # e.g. certificate verification: a setup problem
+            return DeliveryError(f"{where}: TLS failed: {error}")
         except aiosmtplib.SMTPException as error:
-            failure = _classify(
-                error, f"SMTP {self._settings.host}:{self._settings.effective_port}"
-            )
-            for message in batch:
-                await report(message, DeliveryError(str(failure)))
-            return
+            return DeliveryError(str(_classify(error, where)))
+        return None
+
+    async def _send_all(
+        self, client: aiosmtplib.SMTP, batch: Sequence[OutgoingMessage], report: Outcome
+    ) -> None:
+        for position, message in enumerate(batch):
+            try:
+                await client.sendmail(self._settings.sender, [message.recipient], message.mime)
+            except aiosmtplib.SMTPServerDisconnected as error:
+                for rest in batch[position:]:
+                    await report(rest, DeliveryError(f"server disconnected: {error}"))
+                return
+            except aiosmtplib.SMTPException as error:
+                await report(message, _classify(error, message.recipient))
+            else:
+                await report(message, None)
+
+
+async def _close(client: aiosmtplib.SMTP) -> None:
+    if client.is_connected:
         try:
-            for position, message in enumerate(batch):
-                try:
-                    await client.sendmail(self._settings.sender, [message.recipient], message.mime)
-                except aiosmtplib.SMTPServerDisconnected as error:
-                    for rest in batch[position:]:
-                        await report(rest, DeliveryError(f"server disconnected: {error}"))
-                    return
-                except aiosmtplib.SMTPException as error:
-                    await report(message, _classify(error, message.recipient))
-                else:
-                    await report(message, None)
-        finally:
-            if client.is_connected:
-                try:
-                    await client.quit()
-                except aiosmtplib.SMTPException:
-                    client.close()
+            await client.quit()
+        except aiosmtplib.SMTPException:
+            client.close()
+    else:
+        client.close()  # a half-open connection (failed TLS) still holds a socket
 
 
 def _classify(error: aiosmtplib.SMTPException, who: str) -> DeliveryError:

@@ -1,0 +1,146 @@
+"""SMTP with TLS and authentication against aiosmtpd, with a test CA made by trustme."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from monitor.config import SmtpConfig
+from monitor.errors import DeliveryError
+from monitor.mailer import SmtpMailer
+from monitor.models import OutgoingMessage
+from tests.conftest import SmtpRecorder, free_port
+
+PASSWORD = "correct horse battery staple"
+
+
+def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and data.password == PASSWORD.encode()
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def starttls_server(ca: trustme.CA) -> Iterator[tuple[SmtpRecorder, int]]:
+    recorder, port = SmtpRecorder(), free_port()
+    controller = Controller(
+        recorder,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_context(ca),
+        require_starttls=True,
+        authenticator=authenticate,
+        auth_required=True,
+    )
+    controller.start()
+    yield recorder, port
+    controller.stop()
+
+
+@pytest.fixture
+def implicit_tls_server(ca: trustme.CA) -> Iterator[tuple[SmtpRecorder, int]]:
+    recorder, port = SmtpRecorder(), free_port()
+    controller = Controller(
+        recorder, hostname="127.0.0.1", port=port, ssl_context=server_context(ca)
+    )
+    controller.start()
+    yield recorder, port
+    controller.stop()
+
+
+def message() -> OutgoingMessage:
+    return OutgoingMessage(
+        "<t@x>", "a@example.org", b"Subject: s\r\nMessage-ID: <t@x>\r\n\r\nbody\r\n"
+    )
+
+
+async def deliver(settings: dict[str, Any]) -> DeliveryError | None:
+    mailer = SmtpMailer(
+        SmtpConfig.model_validate({"host": "127.0.0.1", "from": "m@example.org", **settings})
+    )
+    outcome: list[DeliveryError | None] = []
+
+    async def report(_: OutgoingMessage, error: DeliveryError | None) -> None:
+        outcome.append(error)
+
+    await mailer.deliver([message()], report)
+    return outcome[0]
+
+
+async def test_starttls_with_verified_certificate_and_login(
+    starttls_server: tuple[SmtpRecorder, int],
+    ca_file: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorder, port = starttls_server
+    monkeypatch.setenv("SMTP_TEST_PASSWORD", PASSWORD)
+    caplog.set_level(logging.DEBUG)
+    error = await deliver(
+        {
+            "port": port,
+            "ca_file": ca_file,
+            "username": "monitor",
+            "password_env": "SMTP_TEST_PASSWORD",
+        }
+    )
+    assert error is None
+    assert len(recorder.messages) == 1
+    assert PASSWORD not in caplog.text
+
+
+async def test_wrong_password_is_reported_without_the_password(
+    starttls_server: tuple[SmtpRecorder, int], ca_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = starttls_server
+    monkeypatch.setenv("SMTP_TEST_PASSWORD", "wrong-secret-value")
+    error = await deliver(
+        {
+            "port": port,
+            "ca_file": ca_file,
+            "username": "monitor",
+            "password_env": "SMTP_TEST_PASSWORD",
+        }
+    )
+    assert error is not None and "535" in str(error)
+    assert "wrong-secret-value" not in str(error)
+
+
+async def test_untrusted_certificate_is_refused_by_default(
+    starttls_server: tuple[SmtpRecorder, int],
+) -> None:
+    recorder, port = starttls_server
+    error = await deliver({"port": port})
+    assert error is not None and "certificate" in str(error).lower()
+    assert recorder.messages == []
+
+
+async def test_implicit_tls(implicit_tls_server: tuple[SmtpRecorder, int], ca_file: str) -> None:
+    recorder, port = implicit_tls_server
+    assert await deliver({"port": port, "tls": True, "ca_file": ca_file}) is None
+    assert len(recorder.messages) == 1
