@@ -98,6 +98,7 @@ class DigestEntry:
     item: Item
     hits: tuple[Hit, ...] = field(default_factory=tuple)
     also_reported_by: tuple[tuple[str, str], ...] = ()  # (outlet, url) of the same story
+    updated: bool = False  # a re-alert: the item's title or summary changed since it was sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -592,9 +592,9 @@ class Store:
         with self._tx() as tx:
             _lock_stories(tx)
             known = _known_keys(tx, [h for _, hashes in unique for h in hashes])
-            seen = [(item, hashes) for item, hashes in unique if any(h in known for h in hashes)]
+            seen = [(item, keys) for item, keys in unique if not known.keys().isdisjoint(keys)]
             updated = _seen_again(tx, seen, known, now)
-            fresh = [(item, hashes) for item, hashes in unique if not any(h in known for h in hashes)]
+            fresh = [(item, keys) for item, keys in unique if known.keys().isdisjoint(keys)]
             ids = _insert_items(tx, fresh, now)
             new_items = tuple(item for item, _ in fresh if item.key in ids)
             in_story = self._cluster(tx, [(ids[i.key], i) for i in new_items], now)
@@ -650,7 +650,10 @@ class Store:
         found: Sequence[tuple[int, Match]],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
+        in_story: Mapping[int, int] | None = None,
     ) -> None:
+        """Record each match; queue it for each recipient not yet queued its story (in_story:
+        item id -> story id, for items that may have joined an earlier story)."""
         for item_id, found_match in found:
             match_id = tx.execute(
                 _insert(tx, matches)
@@ -675,6 +678,10 @@ class Store:
                 }
                 for r in recipients.get(found_match.watchlist, ())
             ]
+            story = (in_story or {}).get(item_id, item_id)
+            if story != item_id:  # joined an earlier story: who was told about it already?
+                told = _already_queued(tx, story, found_match.watchlist)
+                rows = [row for row in rows if row["recipient"] not in told]
             if rows:
                 tx.execute(deliveries.insert(), rows)
 
@@ -695,22 +702,22 @@ class Store:
                 deliveries.c.watchlist,
                 matches.c.hits,
                 items,
+                items.c.id.label("item_pk"),
+                story_members.c.story_id,
+                story_members.c.revision_of,
             )
             .join(matches, deliveries.c.match_id == matches.c.id)
             .join(items, matches.c.item_id == items.c.id)
+            .outerjoin(story_members, story_members.c.item_id == items.c.id)
             .where(deliveries.c.status == "pending")
             .order_by(items.c.published_at.desc(), deliveries.c.id)
         )
         if watchlists is not None:
             query = query.where(deliveries.c.watchlist.in_(list(watchlists)))
         with self._tx() as tx:
-            return [
-                (
-                    row.recipient,
-                    DigestEntry((row.id,), row.watchlist, _item_from(row), _hits_from(row.hits)),
-                )
-                for row in tx.execute(query)
-            ]
+            rows = tx.execute(query).all()
+            outlets = _story_outlets(tx, {r.story_id for r in rows if r.story_id is not None})
+        return _one_entry_per_story(rows, outlets)
 
     def claim(
         self,
@@ -940,3 +947,251 @@ def _item_row(item: Item, now: datetime) -> dict[str, Any]:
         "published_at": item.published,
         "first_seen_at": now,
     }
+
+
+# --------------------------------------------------------------------------- stories
+
+_STORY_LOCK = 0x73746F72696573  # "stories": one clustering transaction at a time on PostgreSQL
+_MAX_PARAMETERS = 5000  # per IN (...) list; SQLite's limit is 32766, keep statements small
+_TOUCH_AFTER = timedelta(days=1)  # refresh a key's last_seen_at at most daily
+
+
+def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == _MAX_PARAMETERS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _first_of_each(batch: Sequence[Item]) -> list[tuple[Item, tuple[int, ...]]]:
+    """The batch without repeats (by any dedupe key), each item with its key hashes."""
+    seen: set[int] = set()
+    unique = []
+    for item in batch:
+        hashes = dedupe_keys(item)
+        if not seen.intersection(hashes):
+            unique.append((item, hashes))
+        seen.update(hashes)
+    return unique
+
+
+def _lock_stories(tx: Connection) -> None:
+    # Two workers clustering at once could each start a story for the same news. The lock is
+    # taken before any insert, so it cannot deadlock with the unique indexes.
+    if tx.dialect.name == "postgresql":
+        tx.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK})
+
+
+def _known_keys(tx: Connection, hashes: Iterable[int]) -> dict[int, Any]:
+    """hash -> (item_id, last_seen_at, feed, key, title, summary) for the stored ones."""
+    known: dict[int, Any] = {}
+    for chunk in _chunks(set(hashes)):
+        query = (
+            sa.select(
+                item_keys.c.hash,
+                item_keys.c.item_id,
+                item_keys.c.last_seen_at,
+                items.c.feed,
+                items.c.key,
+                items.c.title,
+                items.c.summary,
+            )
+            .outerjoin(items, items.c.id == item_keys.c.item_id)
+            .where(item_keys.c.hash.in_(chunk))
+        )
+        known.update({row.hash: row for row in tx.execute(query)})
+    return known
+
+
+def _seen_again(
+    tx: Connection,
+    seen: Sequence[tuple[Item, tuple[int, ...]]],
+    known: Mapping[int, Any],
+    now: datetime,
+) -> list[tuple[int, Item]]:
+    """Record the outlet and any new key of each known item; return (id, item) of those whose
+    text changed in the feed that first carried them (the stored text is updated)."""
+    sources, new_keys, stale, updated = [], [], [], []
+    for item, hashes in seen:
+        rows = [known[h] for h in hashes if h in known]
+        row = next((r for r in rows if r.key is not None), rows[0])
+        stale += [r.hash for r in rows if r.last_seen_at < now - _TOUCH_AFTER]
+        new_keys += [{"hash": h, "item_id": row.item_id, "last_seen_at": now} for h in hashes]
+        if row.key is None:  # pruned: a tombstone, nothing more to record
+            continue
+        sources.append({"item_id": row.item_id, "feed": item.feed, "url": item.url, "seen_at": now})
+        if row.feed == item.feed and (row.title, row.summary) != (item.title, item.summary):
+            updated.append((row.item_id, replace(item, key=row.key)))
+    if new_keys:
+        tx.execute(_insert(tx, item_keys).on_conflict_do_nothing(), new_keys)
+    for chunk in _chunks(stale):
+        tx.execute(item_keys.update().where(item_keys.c.hash.in_(chunk)).values(last_seen_at=now))
+    if sources:
+        tx.execute(_insert(tx, item_sources).on_conflict_do_nothing(), sources)
+    for item_id, item in updated:
+        tx.execute(
+            items.update()
+            .where(items.c.id == item_id)
+            .values(title=item.title, summary=item.summary)
+        )
+    return updated
+
+
+def _insert_items(
+    tx: Connection, fresh: Sequence[tuple[Item, tuple[int, ...]]], now: datetime
+) -> dict[str, int]:
+    """Insert the new items with their keys and own outlet; item key -> id."""
+    if not fresh:
+        return {}
+    inserted = tx.execute(
+        _insert(tx, items)
+        .values([_item_row(item, now) for item, _ in fresh])
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(items.c.id, items.c.key)
+    ).all()
+    ids = {row.key: row.id for row in inserted}
+    stored = [(item, hashes) for item, hashes in fresh if item.key in ids]
+    if stored:
+        tx.execute(
+            _insert(tx, item_keys).on_conflict_do_nothing(),
+            [
+                {"hash": h, "item_id": ids[item.key], "last_seen_at": now}
+                for item, hashes in stored
+                for h in hashes
+            ],
+        )
+        tx.execute(
+            item_sources.insert(),
+            [
+                {"item_id": ids[i.key], "feed": i.feed, "url": i.url, "seen_at": now}
+                for i, _ in stored
+            ],
+        )
+    return ids
+
+
+def _story_candidates(
+    tx: Connection, bands: Iterable[int], since: datetime
+) -> dict[int, list[Candidate]]:
+    """band -> the stored items (first seen since `since`) that share it, with their story."""
+    found: dict[int, list[Candidate]] = {}
+    texts: dict[int, frozenset[str]] = {}
+    for chunk in _chunks(bands):
+        query = (
+            sa.select(
+                story_bands.c.band,
+                items.c.id,
+                items.c.title,
+                items.c.summary,
+                story_members.c.story_id,
+            )
+            .join(items, items.c.id == story_bands.c.item_id)
+            .join(story_members, story_members.c.item_id == items.c.id)
+            .where(story_bands.c.band.in_(chunk))
+            .where(items.c.first_seen_at >= since)
+        )
+        for row in tx.execute(query):
+            words = texts.get(row.id)
+            if words is None:
+                words = texts[row.id] = shingles(row.title, row.summary)
+            found.setdefault(row.band, []).append(Candidate(row.id, row.story_id, words))
+    return found
+
+
+def _story_outlets(tx: Connection, story_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
+    """story id -> (outlet, url) of every item in it, first seen first."""
+    outlets: dict[int, list[tuple[str, str]]] = {}
+    for chunk in _chunks(story_ids):
+        query = (
+            sa.select(story_members.c.story_id, item_sources.c.feed, item_sources.c.url)
+            .join(item_sources, item_sources.c.item_id == story_members.c.item_id)
+            .where(story_members.c.story_id.in_(chunk))
+            .order_by(item_sources.c.seen_at, item_sources.c.item_id)
+        )
+        for row in tx.execute(query):
+            outlets.setdefault(row.story_id, []).append((row.feed, row.url))
+    return outlets
+
+
+def _one_entry_per_story(
+    rows: Sequence[Any], outlets: Mapping[int, Sequence[tuple[str, str]]]
+) -> list[tuple[str, DigestEntry]]:
+    """One entry per recipient, watchlist and story, under the story's first item (else its
+    earliest), naming the other outlets that carried it; every delivery id is kept."""
+    groups: dict[tuple[str, str, Any], list[Any]] = {}
+    for row in rows:
+        story = row.story_id if row.story_id is not None else ("item", row.item_pk)
+        groups.setdefault((row.recipient, row.watchlist, story), []).append(row)
+    entries = []
+    for (recipient, watchlist, _), group in groups.items():
+        shown = min(group, key=lambda r: (r.item_pk != r.story_id, r.published_at))
+        also: dict[str, str] = {}  # outlet -> its first link to the story
+        for outlet, url in outlets.get(shown.story_id, ()):
+            if outlet != shown.feed:
+                also.setdefault(outlet, url)
+        entry = DigestEntry(
+            tuple(r.id for r in group),
+            watchlist,
+            _item_from(shown),
+            _hits_from(shown.hits),
+            also_reported_by=tuple(also.items()),
+            updated=shown.revision_of is not None,
+        )
+        entries.append((recipient, entry))
+    return entries
+
+
+def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:
+    """Recipients with a live (not dead-lettered) delivery of this story for this watchlist."""
+    query = (
+        sa.select(deliveries.c.recipient)
+        .join(matches, matches.c.id == deliveries.c.match_id)
+        .join(story_members, story_members.c.item_id == matches.c.item_id)
+        .where(story_members.c.story_id == story)
+        .where(deliveries.c.watchlist == watchlist)
+        .where(deliveries.c.status != "dead")
+    )
+    return set(tx.execute(query).scalars())
+
+
+def _insert_revisions(
+    tx: Connection, updated: Sequence[tuple[int, Item]], now: datetime
+) -> list[tuple[int, Item]]:
+    """Store each changed text as a revision item in its original's story, to alert again.
+
+    The revision's key names its text, so the same change seen twice is stored once.
+    """
+    revised = []
+    for original_id, item in updated:
+        revision = replace(item, key=f"{item.key}#{content_hash(item)}")
+        revision_id = tx.execute(
+            _insert(tx, items)
+            .values(_item_row(revision, now))
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(items.c.id)
+        ).scalar()
+        if revision_id is None:
+            continue
+        story = tx.execute(
+            sa.select(story_members.c.story_id).where(story_members.c.item_id == original_id)
+        ).scalar()
+        if story is None:  # stored before stories existed: it starts its own now
+            tx.execute(stories.insert().values(id=original_id, created_at=now))
+            tx.execute(
+                story_members.insert().values(
+                    item_id=original_id, story_id=original_id, similarity=1.0
+                )
+            )
+            story = original_id
+        tx.execute(
+            story_members.insert().values(
+                item_id=revision_id, story_id=story, similarity=1.0, revision_of=original_id
+            )
+        )
+        revised.append((revision_id, revision))
+    return revised
+

@@ -27,7 +27,8 @@ def make_item(n: int, feed: str = "heise", title: str = "Musk und xAI") -> Item:
         f"g{n}",
         f"https://example.org/{n}",
         title,
-        "Zusammenfassung mit Umlauten: äöü",
+        # words of their own per n: different news, not one story (see tests/test_stories.py)
+        f"Zusammenfassung {' '.join(f'n{n}w{k}' for k in range(12))} mit Umlauten: äöü",
         NOW - timedelta(hours=n),
         "de",
     )

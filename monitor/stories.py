@@ -1,0 +1,191 @@
+"""Dedupe keys and story clustering: one story, however many outlets carried it.
+
+Owns datasketch (MinHash) and numpy.
+
+Two levels, both pure functions here (the store keeps their results in SQL):
+
+1. Same item: `dedupe_keys` hashes an item's canonical URL identity and its feed + GUID.
+   Either key seen before means the item is known.
+2. Same story: `fingerprints` reduce title + summary to a set of shingles (folded words
+   without stop words, cut to 6 characters: a crude stemmer that lets "verlässt" meet
+   "verlassen") and a MinHash signature split into LSH band hashes. Items sharing a band
+   are candidates; `assign_stories` confirms them with the exact Jaccard similarity.
+
+The threshold (0.39) and the shingle recipe were chosen on tests/data/story_pairs.yaml
+(German and English; wire copies, rewrites, and different news about the same company):
+there it keeps precision at 1.0 with recall 0.95. Wire copies score 0.6-0.95; independent
+rewrites 0.38-0.64 overlap with same-company news (up to 0.385), so a lower threshold
+would start merging different stories, which would hide an alert; a higher one only
+repeats one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+from datasketch import MinHash
+
+from monitor.models import Item
+
+_WORD = re.compile(r"\w+")
+_FOLD = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
+_STEM = 6  # characters kept of each word
+# Function words carry no story; without them "der"/"the" do not make two stories alike.
+_STOP_TEXT = """
+    a an and are as at be by for from has have he her his in is it its of on or said says
+    she that the their they this to was were will with
+    am an auf aus bei dass de dem den der des die ein eine einem einen einer eines er es
+    fuer hat im in ist mit nach nicht sich sie und von vor wie wird zu zum zur
+"""
+_STOP_WORDS = frozenset(_STOP_TEXT.split())
+# Odd multipliers that mix one band's minimum hashes into one 63-bit value.
+_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
+_BAND_SALT = np.uint64(0xD6E8FEB86659FD93)
+_MASK63 = np.uint64(2**63 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeSettings:
+    """How items are recognised as the same item or the same story (config: `dedupe:`)."""
+
+    similarity: float = 0.39  # exact Jaccard of the shingle sets to call two items one story
+    window: timedelta = timedelta(hours=72)  # a story only gathers items this close together
+    realert_on_update: bool = False  # a changed title/summary of a known item alerts again
+    num_perm: int = 96  # MinHash permutations
+    band_rows: int = 3  # rows per LSH band: 32 bands of 3 find pairs at 0.39 with p=0.86
+
+    @property
+    def bands(self) -> int:
+        return self.num_perm // self.band_rows
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    shingles: frozenset[str]
+    bands: tuple[int, ...]  # empty when the text has no words: such an item stays alone
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An item already stored, in a story, that shares a band with a new item."""
+
+    item_id: int
+    story_id: int
+    shingles: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    story_id: int  # the story's first item; a new story is named after the new item itself
+    similarity: float  # to the closest member; 1.0 for a new story
+
+    def is_new_story(self, item_id: int) -> bool:
+        return self.story_id == item_id
+
+
+@dataclass
+class _BandIndex:
+    members: dict[int, list[Candidate]] = field(default_factory=dict)
+
+    def add(self, band: int, candidate: Candidate) -> None:
+        self.members.setdefault(band, []).append(candidate)
+
+    def near(self, bands: Iterable[int]) -> dict[int, Candidate]:
+        found: dict[int, Candidate] = {}
+        for band in bands:
+            for candidate in self.members.get(band, ()):
+                found.setdefault(candidate.item_id, candidate)
+        return found
+
+
+def stable_hash(text: str) -> int:
+    """A 63-bit hash that is the same in every process (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def dedupe_keys(item: Item) -> tuple[int, ...]:
+    """The hashes that identify an item: its URL identity (any feed) and its feed + GUID."""
+    keys = [stable_hash(f"g:{item.feed}\0{item.guid}")]
+    if item.key.startswith("u:"):
+        keys.insert(0, stable_hash(item.key))
+    return tuple(keys)
+
+
+def content_hash(item: Item) -> str:
+    """Identifies a version of an item's text, to name a revision."""
+    return hashlib.blake2b(f"{item.title}\0{item.summary}".encode(), digest_size=6).hexdigest()
+
+
+def shingles(title: str, summary: str) -> frozenset[str]:
+    words = _WORD.findall(f"{title} {summary}".casefold().translate(_FOLD))
+    return frozenset(w[:_STEM] for w in words if len(w) > 1 and w not in _STOP_WORDS)
+
+
+def jaccard(first: frozenset[str], second: frozenset[str]) -> float:
+    if not first or not second:
+        return 0.0
+    common = len(first & second)
+    return common / (len(first) + len(second) - common)
+
+
+def fingerprints(texts: Sequence[tuple[str, str]], settings: DedupeSettings) -> list[Fingerprint]:
+    """Shingles and LSH band hashes of each (title, summary), computed in one batch."""
+    sets = [shingles(title, summary) for title, summary in texts]
+    wordy = [index for index, s in enumerate(sets) if s]
+    bands: list[tuple[int, ...]] = [()] * len(sets)
+    if wordy:
+        signatures = MinHash.bulk(
+            [[w.encode() for w in sets[i]] for i in wordy], num_perm=settings.num_perm
+        )
+        matrix = np.stack([s.hashvalues for s in signatures])
+        for row, values in zip(wordy, _band_hashes(matrix, settings).tolist(), strict=True):
+            bands[row] = tuple(values)
+    return [Fingerprint(s, b) for s, b in zip(sets, bands, strict=True)]
+
+
+def _band_hashes(signatures: np.ndarray, settings: DedupeSettings) -> np.ndarray:
+    """(items x num_perm) MinHash values -> (items x bands) 63-bit band hashes."""
+    rows = settings.band_rows
+    used = signatures[:, : settings.bands * rows].astype(np.uint64)
+    grouped = used.reshape(len(signatures), settings.bands, rows)
+    with np.errstate(over="ignore"):  # wrapping multiplication is the point
+        mixed = (grouped * _MIX[:rows]).sum(axis=2, dtype=np.uint64)
+        salted = mixed ^ (np.arange(settings.bands, dtype=np.uint64) * _BAND_SALT)
+    result: np.ndarray = (salted & _MASK63).astype(np.int64)
+    return result
+
+
+def assign_stories(
+    new: Sequence[tuple[int, Fingerprint]],
+    known: Mapping[int, Sequence[Candidate]],
+    threshold: float,
+) -> list[Assignment]:
+    """Put each new item (in order) into the story of its most similar candidate, if any
+    reaches the threshold, else into a story of its own. `known` maps band -> candidates;
+    new items become candidates for the new items after them."""
+    index = _BandIndex({band: list(found) for band, found in known.items()})
+    assignments = []
+    for item_id, fingerprint in new:
+        best = _closest(fingerprint, index.near(fingerprint.bands).values(), threshold)
+        assignment = best or Assignment(item_id, 1.0)
+        assignments.append(assignment)
+        joined = Candidate(item_id, assignment.story_id, fingerprint.shingles)
+        for band in fingerprint.bands:
+            index.add(band, joined)
+    return assignments
+
+
+def _closest(
+    fingerprint: Fingerprint, candidates: Iterable[Candidate], threshold: float
+) -> Assignment | None:
+    best: Assignment | None = None
+    for candidate in candidates:
+        similarity = jaccard(fingerprint.shingles, candidate.shingles)
+        if similarity >= threshold and (best is None or similarity > best.similarity):
+            best = Assignment(candidate.story_id, similarity)
+    return best
