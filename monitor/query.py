@@ -200,7 +200,7 @@ def _word_tokens(query: str, value: str, start: int) -> list[_Token]:
     scope = _SCOPE.match(value)
     if scope and scope.group(1).lower() in FIELDS:
         field_end = start + len(scope.group(1)) + 1
-        rest = [_Token("word", scope.group(2), field_end, end)] if scope.group(2) else []
+        rest = _word_tokens(query, scope.group(2), field_end) if scope.group(2) else []
         return [_Token("scope", scope.group(1).lower(), start, field_end), *rest]
     if scope and not scope.group(2).startswith("/"):  # "https://..." is a term, not a field
         raise QueryError(
@@ -263,6 +263,8 @@ class _Parser:
         operator = self.take()
         self._operand_after(operator)
         right_start = self._start()
+        if self._at("not"):
+            raise QueryError("NEAR needs terms on both sides, not NOT", self.query, right_start)
         right = self.parse_primary()
         for side, position in ((left, start), (right, right_start)):
             if is_vacuous(side):
@@ -281,6 +283,12 @@ class _Parser:
             raise QueryError("expected a term here", self.query, len(self.query))
         if token.kind in ("and", "or", "near", "close"):
             self.unexpected()
+        if token.kind == "not":
+            raise QueryError(
+                "NOT cannot stand here; put it in parentheses: title:(NOT Grok)",
+                self.query,
+                token.start,
+            )
         self.take()
         if token.kind == "open":
             node = self.parse_or()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.text import fold, html_to_text, normalize, single_line
+from monitor.text import fold, fold_text, html_to_text, lower_keep_length, normalize, single_line
 
 
 def test_fold_umlauts_diacritics_and_quotes() -> None:
@@ -30,8 +30,49 @@ def test_single_line_removes_header_injection() -> None:
     assert single_line("Title\r\nBcc: victim@example.org") == "Title Bcc: victim@example.org"
 
 
+def test_every_normalization() -> None:
+    assert normalize("ｘＡＩ ﬁnal") == "xAI final"  # NFKC
+    assert normalize("Ærø Łódź ø") == "AEro Lodz o"  # letters that do not decompose
+    assert normalize("Élysée Ça Renée") == "Elysee Ca Renee"  # diacritics
+    assert normalize("Öl Übel äß ẞ") == "Oel Uebel aess SS"  # umlauts and eszett
+    assert normalize("„Grok“ «xAI» ‚a‘ ’s") == '"Grok" "xAI" \'a\' \'s'  # quotes
+    assert normalize("a–b—c‑d−e") == "a-b-c-d-e"  # dashes
+    assert normalize("Babu\u00adschkin") == "Babuschkin"  # soft hyphen
+    assert normalize("Elon\u00a0Musk") == "Elon Musk"  # no-break space
+    assert normalize("M&uuml;ller &amp;amp; S&#246;hne") == "Mueller & Soehne"  # entities, twice
+    assert normalize("AT&T &copyright &bogus;") == "AT&T &copyright &bogus;"  # not entities
+    assert normalize("Mu\u0308ller") == "Mueller"  # decomposed input composes first
+
+
+def test_offsets_through_entities_and_decomposition() -> None:
+    original = "M&amp;uuml;ller und Mu\u0308ller"
+    folded, offsets = fold(original)
+    assert folded == "Mueller und Mueller"
+    first, second = folded.index("Mueller"), folded.rindex("Mueller")
+    assert original[offsets[first] : offsets[first + 7]] == "M&amp;uuml;ller"
+    assert original[offsets[second] : offsets[second + 7]] == "Mu\u0308ller"
+
+
+def test_fast_path_offsets_are_lazy_but_exact() -> None:
+    text = "Grüße an Musk"
+    folded = fold_text(text)
+    start = folded.text.index("Musk")
+    assert text[folded.source(start) : folded.source(start + 4)] == "Musk"
+    assert fold_text("plain ascii").source(3) == 3
+
+
+def test_lowercasing_keeps_the_length() -> None:
+    assert lower_keep_length("İstanbul ELON") == "İstanbul elon"
+    assert lower_keep_length("ÄÖÜ") == "äöü"
+
+
 @given(st.text())
 def test_normalize_is_idempotent(text: str) -> None:
+    assert normalize(normalize(text)) == normalize(text)
+
+
+@given(st.text(alphabet=st.sampled_from(list("aAäÄßẞøØ&;#x0123amp uml\u0308\u00ad„“–ｘＡﬁ`´'"))))
+def test_normalize_is_idempotent_on_tricky_characters(text: str) -> None:
     assert normalize(normalize(text)) == normalize(text)
 
 
@@ -40,3 +81,4 @@ def test_offsets_are_monotonic_and_in_range(text: str) -> None:
     folded, offsets = fold(text)
     assert len(offsets) == len(folded) + 1
     assert offsets == sorted(offsets)
+    assert offsets[-1] == len(text)
