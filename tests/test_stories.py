@@ -1,0 +1,250 @@
+"""Same item, same story, updated item: the pure functions, then the store on both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from monitor.models import Hit, Item, Match, OutgoingMessage
+from monitor.store import Store, open_store
+from monitor.stories import (
+    Candidate,
+    DedupeSettings,
+    assign_stories,
+    dedupe_keys,
+    fingerprints,
+    jaccard,
+    shingles,
+)
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+PAIRS = yaml.safe_load((Path(__file__).parent / "data" / "story_pairs.yaml").read_text())["pairs"]
+SETTINGS = DedupeSettings()
+
+
+def _pair_id(pair: dict[str, Any]) -> str:
+    return f"{pair['kind']}:{pair['a']['title'][:40]}"
+
+
+def is_same_story(pair: dict[str, Any]) -> bool:
+    return pair["kind"] != "topic" and not pair.get("known_miss", False)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=_pair_id)
+def test_labeled_pairs_are_classified_as_labeled(pair: dict[str, Any]) -> None:
+    similarity = jaccard(shingles(**pair["a"]), shingles(**pair["b"]))
+    assert (similarity >= SETTINGS.similarity) == is_same_story(pair), similarity
+
+
+@pytest.mark.parametrize("pair", [p for p in PAIRS if is_same_story(p)], ids=_pair_id)
+def test_lsh_bands_find_same_story_pairs_as_candidates(pair: dict[str, Any]) -> None:
+    first, second = fingerprints([tuple(pair["a"].values()), tuple(pair["b"].values())], SETTINGS)
+    assert len(first.bands) == SETTINGS.bands
+    # 32 bands of 3 rows: at Jaccard 0.39 a shared band is 86 % likely, at 0.5 98.6 %.
+    if jaccard(first.shingles, second.shingles) >= 0.5:
+        assert set(first.bands) & set(second.bands)
+
+
+def test_fingerprints_are_stable_across_processes() -> None:
+    # Band hashes are stored; they must not depend on Python's salted hash().
+    (fingerprint,) = fingerprints([("Igor Babuschkin verlässt xAI", "")], SETTINGS)
+    assert fingerprint.shingles == frozenset({"igor", "babusc", "verlae", "xai"})
+    assert (
+        fingerprint.bands[0]
+        == fingerprints([("xAI verlässt Igor Babuschkin", "")], SETTINGS)[0].bands[0]
+    )
+
+
+def test_text_without_words_forms_no_bands() -> None:
+    (fingerprint,) = fingerprints([("…", "—")], SETTINGS)
+    assert fingerprint.bands == () and fingerprint.shingles == frozenset()
+
+
+def test_assign_stories_joins_the_closest_and_chains_within_a_batch() -> None:
+    a, b, c = fingerprints(
+        [
+            ("Igor Babuschkin verlässt xAI", "Mitgründer geht, gründet Fonds"),
+            ("Mitgründer Igor Babuschkin verlässt xAI", "er gründet einen Fonds"),
+            ("Robert Keele verlässt xAI", "Chefjurist geht nach einem Jahr"),
+        ],
+        SETTINGS,
+    )
+    known = {band: [Candidate(7, 7, a.shingles)] for band in a.bands}
+    assigned = assign_stories([(10, b), (11, c), (12, b)], known, SETTINGS.similarity)
+    assert [x.story_id for x in assigned] == [7, 11, 7]
+    assert assigned[1].is_new_story(11) and not assigned[0].is_new_story(10)
+
+
+def test_dedupe_keys_name_url_and_feed_guid() -> None:
+    item = make_item("a", feed="heise")
+    assert len(dedupe_keys(item)) == 2
+    assert dedupe_keys(replace(item, feed="spiegel"))[0] == dedupe_keys(item)[0]  # same URL
+    no_link = replace(item, key="g:heise:x", url="")
+    assert dedupe_keys(no_link) == dedupe_keys(item)[1:]
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def make_item(slug: str, feed: str = "heise", title: str = "", summary: str = "") -> Item:
+    return Item(
+        key=f"u:{feed}.example/{slug}",
+        feed=feed,
+        guid=f"{feed}-{slug}",
+        url=f"https://{feed}.example/{slug}",
+        title=title or f"Meldung {slug}",
+        summary=summary or f"Text {slug}",
+        published=NOW - timedelta(hours=1),
+        language="de",
+    )
+
+
+BABUSCHKIN = PAIRS[0]  # a German wire copy and its lightly edited reprint
+KEELE = next(p for p in PAIRS if p["kind"] == "topic")  # different news, same company
+
+
+def watch_xai(item: Item) -> list[Match]:
+    return [Match("xAI", (Hit("xAI", "title", 0, 3),))] if "xAI" in item.title else []
+
+
+RECIPIENTS = {"xAI": ("a@example.org", "b@example.org")}
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    store = open_store(database_url)
+    yield store
+    store.close()
+
+
+def ingest(store: Store, items: Sequence[Item], now: datetime = NOW) -> Any:
+    return store.ingest(items, watch_xai, RECIPIENTS, now)
+
+
+def send_everything(store: Store) -> None:
+    ids = [i for _, entry in store.pending_entries() for i in entry.delivery_ids]
+    message = OutgoingMessage(f"<{len(ids)}.{ids[0]}@test>", "a@example.org", b"x")
+    assert store.claim(message, ids, NOW)
+    store.mark_sent(message.message_id, NOW)
+
+
+def test_same_url_in_another_feed_records_the_outlet_without_alerting(store: Store) -> None:
+    first = make_item("babuschkin", title="Babuschkin verlässt xAI")
+    ingest(store, [first])
+    copy = replace(first, feed="zeit", guid="zeit-1", url=first.url + "?utm_source=rss")
+    result = ingest(store, [copy])
+    assert result.new_items == () and result.matches == ()
+    pending = store.pending_entries()
+    assert len(pending) == 2  # one per recipient, not per outlet
+    assert pending[0][1].also_reported_by == (("zeit", copy.url),)
+
+
+def test_same_guid_in_one_feed_with_a_new_link_is_the_same_item(store: Store) -> None:
+    first = make_item("a", title="xAI news")
+    ingest(store, [first])
+    moved = replace(first, key="u:heise.example/a-moved", url="https://heise.example/a-moved")
+    assert ingest(store, [moved]).new_items == ()
+    # the new link is now a key too: another feed linking to it is the same item
+    elsewhere = replace(moved, feed="zeit", guid="z1")
+    assert ingest(store, [elsewhere]).new_items == ()
+
+
+def test_syndicated_copy_joins_the_story_and_is_not_queued_again(store: Store) -> None:
+    a = make_item("1", feed="n-tv", **BABUSCHKIN["a"])
+    b = make_item("2", feed="stern", **BABUSCHKIN["b"])
+    ingest(store, [a])
+    result = ingest(store, [b])
+    assert result.new_items == (b,)  # a new item (its own URL) ...
+    assert len(result.matches) == 1  # ... whose match is recorded ...
+    pending = store.pending_entries()
+    assert [r for r, _ in pending] == ["a@example.org", "b@example.org"]  # ... but not re-queued
+    entry = pending[0][1]
+    assert entry.item.feed == "n-tv"
+    assert entry.also_reported_by == (("stern", b.url),)
+
+
+def test_copies_in_one_batch_form_one_story(store: Store) -> None:
+    a = make_item("1", feed="dpa", **BABUSCHKIN["a"])
+    b = make_item("2", feed="dpa", **BABUSCHKIN["b"])
+    ingest(store, [a, b])
+    assert len(store.pending_entries()) == 2
+
+
+def test_different_news_about_the_same_company_stays_apart(store: Store) -> None:
+    ingest(store, [make_item("1", feed="n-tv", **KEELE["a"])])
+    ingest(store, [make_item("2", feed="stern", **KEELE["b"])])
+    entries = [e for r, e in store.pending_entries() if r == "a@example.org"]
+    assert sorted(e.item.title for e in entries) == [
+        "Igor Babuschkin verlässt xAI",
+        "Robert Keele verlässt xAI",
+    ]
+    assert all(e.also_reported_by == () for e in entries)
+
+
+def test_a_story_already_sent_is_not_repeated_when_it_gains_outlets(store: Store) -> None:
+    ingest(store, [make_item("1", feed="n-tv", **BABUSCHKIN["a"])])
+    send_everything(store)
+    ingest(store, [make_item("2", feed="stern", **BABUSCHKIN["b"])], NOW + timedelta(hours=2))
+    assert store.pending_entries() == []
+
+
+def test_another_watchlist_is_still_queued_for_a_joined_story(store: Store) -> None:
+    def by_feed(item: Item) -> list[Match]:
+        return [Match(f"from-{item.feed}", (Hit("xAI", "title", 0, 3),))]
+
+    recipients = {"from-n-tv": ("a@example.org",), "from-stern": ("a@example.org",)}
+    store.ingest([make_item("1", feed="n-tv", **BABUSCHKIN["a"])], by_feed, recipients, NOW)
+    store.ingest([make_item("2", feed="stern", **BABUSCHKIN["b"])], by_feed, recipients, NOW)
+    assert sorted(e.watchlist for _, e in store.pending_entries()) == ["from-n-tv", "from-stern"]
+
+
+def test_a_copy_outside_the_window_is_a_new_story(store: Store) -> None:
+    ingest(store, [make_item("1", feed="n-tv", **BABUSCHKIN["a"])])
+    later = NOW + SETTINGS.window + timedelta(minutes=1)
+    ingest(store, [make_item("2", feed="stern", **BABUSCHKIN["b"])], later)
+    assert len(store.pending_entries()) == 4
+
+
+def test_repolling_a_feed_that_redates_its_items_creates_nothing(store: Store) -> None:
+    batch = [
+        make_item(str(n), title=f"xAI {n}news", summary=f"{n}alpha {n}beta {n}gamma")
+        for n in range(5)
+    ]
+    ingest(store, batch)
+    redated = [replace(item, published=NOW + timedelta(days=2)) for item in batch]
+    result = ingest(store, redated, NOW + timedelta(days=2))
+    assert (result.new_items, result.matches, result.updated) == ((), (), ())
+    assert store.item_count() == 5
+    assert len(store.pending_entries()) == 10
+
+
+def test_an_updated_item_does_not_realert_by_default(store: Store) -> None:
+    item = make_item("1", feed="n-tv", **BABUSCHKIN["a"])
+    ingest(store, [item])
+    send_everything(store)
+    changed = replace(item, title=item.title + " (aktualisiert)")
+    result = ingest(store, [changed])
+    assert result.updated == (changed,) and result.matches == ()
+    assert store.pending_entries() == []
+
+
+def test_an_updated_item_realerts_marked_when_configured(database_url: str) -> None:
+    store = open_store(database_url, DedupeSettings(realert_on_update=True))
+    try:
+        item = make_item("1", feed="n-tv", **BABUSCHKIN["a"])
+        ingest(store, [item])
+        send_everything(store)
+        changed = replace(item, summary="Babuschkin bestätigt den Abschied von xAI.")
+        assert len(ingest(store, [changed]).matches) == 1
+        pending = store.pending_entries()
+        assert len(pending) == 2 and all(e.updated for _, e in pending)
+        assert pending[0][1].item.summary == changed.summary
+        assert ingest(store, [changed]).matches == ()  # the same change, seen again
+    finally:
+        store.close()
