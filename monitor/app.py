@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +18,7 @@ from monitor.fetch import Fetcher
 from monitor.mailer import MaildirMailer, Mailer, SmtpMailer
 from monitor.parse_pool import ParsePool
 from monitor.store import Store, open_store
+from monitor.stories import DedupeSettings
 from monitor.watchlists import Matcher
 
 
@@ -51,6 +52,15 @@ class App:
         self.renderer = build_renderer(config)
         self.mailer = build_mailer(config)
         self.recipients = {w.name: config.recipients_of(w) for w in config.watchlists}
+        self.store.dedupe = build_dedupe(config)
+
+
+def build_dedupe(config: Config) -> DedupeSettings:
+    return DedupeSettings(
+        similarity=config.dedupe.similarity,
+        window=timedelta(seconds=config.dedupe.window),
+        realert_on_update=config.dedupe.realert_on_update,
+    )
 
 
 def new_worker_id() -> str:
@@ -87,7 +97,7 @@ def build_parse_pool(config: Config) -> ParsePool:
 @asynccontextmanager
 async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[App]:
     """Open the store (migrating it), the HTTP session and the parse pool; close them after."""
-    store = open_store(config.database)
+    store = open_store(config.database, build_dedupe(config))
     pool = build_parse_pool(config)
     try:
         async with Fetcher(config.polling) as fetcher:

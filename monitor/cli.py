@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from monitor import __version__
@@ -55,9 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("text", nargs="?", default="", help="text to match (as a title)")
     test.add_argument("--title", default=None, help="title field")
     test.add_argument("--summary", default=None, help="summary field")
+    migrate = commands.add_parser("migrate-db", help="copy all state into another database")
+    migrate.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql+psycopg://...")
     test_email = commands.add_parser("test-email", help="send a test message via the mailer")
     test_email.add_argument("address", help="where to send it")
     commands.add_parser("feeds", help="one line per feed: status, last success, error, next poll")
+    commands.add_parser(
+        "prune", help="delete items past retention.items; keep their keys as tombstones"
+    )
+    commands.add_parser(
+        "status", help="daemon alive?, last poll, feeds by state, outbox, next digests"
+    )
     return parser
 
 
@@ -90,6 +98,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return EXIT_OK
     if args.command == "test":
         return _test(args, config)
+    if args.command == "status":
+        return _status(config)
     if args.command == "feeds":
         return _feeds(config)
     if args.command == "test-email":
@@ -100,6 +110,10 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         asyncio.run(run_daemon(config, path))
         return EXIT_OK
     with database_lock(config.database, f"monitor {args.command}"):
+        if args.command == "migrate-db":
+            return _migrate_db(config, args.to)
+        if args.command == "prune":
+            return _prune(config)
         if args.command == "poll":
             return asyncio.run(_poll(config, args.feed, args.all))
         return asyncio.run(_digest(config, args))
@@ -148,6 +162,29 @@ async def _digest(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK if not report.retrying else EXIT_FAILURE
 
 
+def _prune(config: Config) -> int:
+    from monitor.retention import prune_store
+
+    store = open_store(config.database)
+    try:
+        report = prune_store(store, config, datetime.now(UTC))
+    finally:
+        store.close()
+    print(report.summary())
+    return EXIT_OK
+
+
+def _migrate_db(config: Config, target: str) -> int:
+    from monitor.migrate_db import copy_database
+
+    copied = copy_database(config.database, target)
+    for table, rows in copied.items():
+        print(f"  {table}: {rows} rows")
+    total = sum(copied.values())
+    print(f"copied {total} rows; now point `database:` in {config.source} at the target")
+    return EXIT_OK
+
+
 async def _test_email(config: Config, address: str) -> int:
     if not is_address(address):
         print(f"monitor: {address!r} is not an email address", file=sys.stderr)
@@ -186,6 +223,22 @@ def _explain(match: Match, fields: dict[str, str]) -> list[str]:
         f"{fields[hit.field][hit.start : hit.end]!r}"
         for hit in match.hits
     ]
+
+
+def _status(config: Config) -> int:
+    """Exit 0 while a daemon runs on this database, 1 when none does (for scripts)."""
+    from monitor.app import utc_now
+    from monitor.status import status_lines, take_snapshot
+
+    store = open_store(config.database)
+    try:
+        now = utc_now()
+        snapshot = take_snapshot(store, config, now)
+    finally:
+        store.close()
+    print("\n".join(status_lines(snapshot, config, now)))
+    alive = snapshot.heartbeat is not None and snapshot.heartbeat.is_alive(now)
+    return EXIT_OK if alive else EXIT_FAILURE
 
 
 def _feeds(config: Config) -> int:

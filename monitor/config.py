@@ -391,6 +391,23 @@ class MetricsConfig(_Model):
         return value
 
 
+class DedupeConfig(_Model):
+    realert_on_update: bool = False  # a known item whose title/summary changed alerts again
+    window: Duration = 72 * 3600.0  # a story only gathers items first seen this close together
+    similarity: float = Field(0.39, ge=0.05, le=1.0)  # word-set Jaccard that makes one story
+
+
+class RetentionConfig(_Model):
+    items: Duration = 30 * 86400.0  # items (texts, matches, sent deliveries) deleted after this
+    keys: Duration = 365 * 86400.0  # their URL/GUID hashes kept this long: never a re-alert
+
+    @model_validator(mode="after")
+    def _keys_outlive_items(self) -> RetentionConfig:
+        if self.keys < self.items:
+            raise ValueError("keys must be kept at least as long as items; raise retention.keys")
+        return self
+
+
 class Config(_Model):
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "Europe/Berlin"
     database: str = "sqlite:///monitor.db"
@@ -400,6 +417,8 @@ class Config(_Model):
     digests: DigestsConfig = DigestsConfig()
     smtp: SmtpConfig | None = None
     metrics: MetricsConfig | None = None  # the HTTP endpoint is off unless configured
+    dedupe: DedupeConfig = DedupeConfig()
+    retention: RetentionConfig = RetentionConfig()
     feeds: tuple[FeedConfig, ...] = Field(min_length=1)
     watchlists: tuple[WatchlistConfig, ...] = Field(min_length=1)
     source: str = Field("<memory>", exclude=True)  # the file this came from, for messages

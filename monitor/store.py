@@ -172,6 +172,17 @@ digest_runs = sa.Table(
     sa.PrimaryKeyConstraint("watchlist", "recipient", "slot", name="pk_digest_runs"),
 )
 
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("worker_id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("config_hash", sa.Text, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
 meta = sa.Table(
     "meta",
     metadata,
@@ -247,12 +258,34 @@ class IngestResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Pruned:
+    """Rows deleted by one `Store.prune`."""
+
+    items: int
+    keys: int
+    bands: int
+    stories: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
 class DigestRun:
     """One digest period handled for one recipient of one watchlist."""
 
     watchlist: str
     recipient: str
     slot: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A running monitor process, as registered in the database."""
+
+    worker_id: str
+    host: str
+    pid: int
+    config_hash: str
+    heartbeat_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,6 +718,40 @@ class Store:
             if rows:
                 tx.execute(deliveries.insert(), rows)
 
+    def prune(
+        self, items_before: datetime, keys_before: datetime, bands_before: datetime
+    ) -> Pruned:
+        """Delete items first seen before items_before (unless a delivery of theirs is still
+        pending), with their matches, deliveries, outlets and memberships; keep their keys as
+        tombstones until keys_before; drop LSH bands of items older than bands_before (the
+        clustering window) and sent messages that no longer have deliveries."""
+        busy = (
+            sa.select(matches.c.item_id)
+            .join(deliveries, deliveries.c.match_id == matches.c.id)
+            .where(deliveries.c.status.in_(("pending", "claimed")))
+        )
+        old = (
+            sa.select(items.c.id)
+            .where(items.c.first_seen_at < items_before)
+            .where(items.c.id.not_in(busy))
+        )
+        recent = sa.select(items.c.id).where(items.c.first_seen_at >= bands_before)
+        with self._tx() as tx:
+            tx.execute(item_keys.update().where(item_keys.c.item_id.in_(old)).values(item_id=None))
+            bands = tx.execute(story_bands.delete().where(story_bands.c.item_id.not_in(recent)))
+            gone = tx.execute(items.delete().where(items.c.id.in_(old)))
+            members = sa.select(story_members.c.story_id)
+            empty = tx.execute(stories.delete().where(stories.c.id.not_in(members)))
+            bound = sa.select(deliveries.c.message_id).where(deliveries.c.message_id.is_not(None))
+            sent = tx.execute(
+                messages.delete()
+                .where(messages.c.status == "sent")
+                .where(messages.c.created_at < items_before)
+                .where(messages.c.message_id.not_in(bound))
+            )
+            keys = tx.execute(item_keys.delete().where(item_keys.c.last_seen_at < keys_before))
+        return Pruned(gone.rowcount, keys.rowcount, bands.rowcount, empty.rowcount, sent.rowcount)
+
     def item_count(self) -> int:
         with self._tx() as tx:
             return int(tx.execute(sa.select(sa.func.count()).select_from(items)).scalar_one())
@@ -922,6 +989,44 @@ class Store:
             return [(row.recipient, row.last_error or "") for row in rows]
 
     # ------------------------------------------------------------------ schedules and meta
+
+    # ------------------------------------------------------------------ workers
+
+    def heartbeat(self, worker: WorkerInfo, now: datetime) -> None:
+        """Register this worker or refresh its heartbeat (and config hash, after a reload)."""
+        with self._tx() as tx:
+            statement = _insert(tx, workers).values(
+                worker_id=worker.worker_id,
+                host=worker.host,
+                pid=worker.pid,
+                config_hash=worker.config_hash,
+                started_at=now,
+                heartbeat_at=now,
+            )
+            tx.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["worker_id"],
+                    set_={"heartbeat_at": now, "config_hash": worker.config_hash},
+                )
+            )
+
+    def live_workers(self, since: datetime) -> list[WorkerInfo]:
+        """Workers whose last heartbeat is not older than `since`."""
+        query = sa.select(workers).where(workers.c.heartbeat_at >= since).order_by(workers.c.host)
+        with self._tx() as tx:
+            return [
+                WorkerInfo(r.worker_id, r.host, r.pid, r.config_hash, r.heartbeat_at)
+                for r in tx.execute(query)
+            ]
+
+    def retire_worker(self, worker_id: str, stale_before: datetime) -> None:
+        """Remove this worker (clean exit) and rows of workers silent since `stale_before`."""
+        with self._tx() as tx:
+            tx.execute(
+                workers.delete().where(
+                    sa.or_(workers.c.worker_id == worker_id, workers.c.heartbeat_at < stale_before)
+                )
+            )
 
     def get_meta(self, key: str) -> str | None:
         with self._tx() as tx:
