@@ -9,20 +9,20 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor import __version__
 from monitor.app import running_app
-from monitor.config import Config, find_config, is_address, load_config
+from monitor.config import Config, _parse_duration, find_config, is_address, load_config
 from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_email
 from monitor.errors import ConfigError, LockedError, MonitorError
 from monitor.lock import database_lock
 from monitor.logs import setup_logging
 from monitor.models import Match
 from monitor.poller import poll_due
-from monitor.store import open_store
-from monitor.text import unescape
+from monitor.store import Store, open_store
+from monitor.text import clean_text
 from monitor.watchlists import Matcher
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("text", nargs="?", default="", help="text to match (as a title)")
     test.add_argument("--title", default=None, help="title field")
     test.add_argument("--summary", default=None, help="summary field")
+    test.add_argument("--language", default=None, help="item language, for language filters")
+    test.add_argument(
+        "--stored", action="store_true", help="run the watchlists over stored items instead"
+    )
+    test.add_argument(
+        "--since", default="7d", type=_duration, help="with --stored: items this recent (7d)"
+    )
+    test.add_argument("--why-not", metavar="ITEM_ID", help="explain each clause for a stored item")
     migrate = commands.add_parser("migrate-db", help="copy all state into another database")
     migrate.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql+psycopg://...")
     test_email = commands.add_parser("test-email", help="send a test message via the mailer")
@@ -200,21 +208,71 @@ async def _test_email(config: Config, address: str) -> int:
 
 
 def _test(args: argparse.Namespace, config: Config) -> int:
+    """Exit 0 if a watchlist matched, 1 if none did (scripts rely on it), 2 on bad usage."""
     watchlists = [w for w in config.watchlists if not args.watchlist or w.name in args.watchlist]
     if args.watchlist and not watchlists:
         print(f"monitor: no watchlist named {', '.join(args.watchlist)}", file=sys.stderr)
         return EXIT_USAGE
-    fields = {"title": unescape(args.title if args.title is not None else args.text)}
+    matcher = Matcher(watchlists)
+    if args.why_not or args.stored:
+        store = open_store(config.database)
+        try:
+            if args.why_not:
+                return _why_not(store, matcher, [w.name for w in watchlists], args.why_not)
+            return _test_stored(store, matcher, datetime.now(UTC) - timedelta(seconds=args.since))
+        finally:
+            store.close()
+    fields = {"title": clean_text(args.title if args.title is not None else args.text)}
     if args.summary:
-        fields["summary"] = unescape(args.summary)
-    found = Matcher(watchlists).match_fields(fields)
-    for match in found:
-        print(f"{match.watchlist}: {', '.join(match.terms)}")
-        for line in _explain(match, fields):
-            print(f"  {line}")
+        fields["summary"] = clean_text(args.summary)
+    found = matcher.match_fields(fields, args.language)
+    _print_matches(found, fields)
     if not found:
         print("no watchlist matched", file=sys.stderr)
     return EXIT_OK if found else EXIT_FAILURE
+
+
+def _print_matches(found: Sequence[Match], fields: dict[str, str], indent: str = "") -> None:
+    for match in found:
+        print(f"{indent}{match.watchlist}: {', '.join(match.terms)}")
+        for line in _explain(match, fields):
+            print(f"{indent}  {line}")
+
+
+def _test_stored(store: Store, matcher: Matcher, since: datetime) -> int:
+    stored = store.recent_items(since)
+    matched = 0
+    for item_id, item in stored:
+        found = matcher.match(item)
+        if found:
+            matched += 1
+            print(f"#{item_id} [{item.feed}] {item.title}")
+            _print_matches(found, {"title": item.title, "summary": item.summary}, "  ")
+    print(f"{matched} of {len(stored)} stored items matched")
+    return EXIT_OK if matched else EXIT_FAILURE
+
+
+def _why_not(store: Store, matcher: Matcher, names: list[str], id_or_key: str) -> int:
+    stored = store.stored_item(id_or_key)
+    if stored is None:
+        print(f"monitor: no stored item with id or key {id_or_key!r}", file=sys.stderr)
+        return EXIT_USAGE
+    item_id, item = stored
+    fields = {"title": item.title, "summary": item.summary}
+    matched = {m.watchlist for m in matcher.match(item)}
+    print(f"#{item_id} [{item.feed}, {item.language}] {item.title}")
+    for name in names:
+        print(f"{name}: {'matches' if name in matched else 'no match'}")
+        for line in matcher.explain(name, fields, item.language, item.feed):
+            print(f"  {line}")
+    return EXIT_OK if matched else EXIT_FAILURE
+
+
+def _duration(value: str) -> float:
+    try:
+        return _parse_duration(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _explain(match: Match, fields: dict[str, str]) -> list[str]:

@@ -756,6 +756,25 @@ class Store:
         with self._tx() as tx:
             return int(tx.execute(sa.select(sa.func.count()).select_from(items)).scalar_one())
 
+    def recent_items(self, since: datetime) -> list[tuple[int, Item]]:
+        """Items first seen at or after `since`, oldest first, with their ids (read-only)."""
+        query = (
+            sa.select(items)
+            .where(items.c.first_seen_at >= since)
+            .order_by(items.c.first_seen_at, items.c.id)
+        )
+        with self._tx() as tx:
+            return [(row.id, _item_from(row)) for row in tx.execute(query)]
+
+    def stored_item(self, id_or_key: str) -> tuple[int, Item] | None:
+        """One stored item by its numeric id or its key (read-only)."""
+        where = items.c.key == id_or_key
+        if id_or_key.isdigit():
+            where = sa.or_(items.c.id == int(id_or_key), where)
+        with self._tx() as tx:
+            row = tx.execute(sa.select(items).where(where).order_by(items.c.id)).first()
+        return (row.id, _item_from(row)) if row else None
+
     # ------------------------------------------------------------------ outbox
 
     def pending_entries(

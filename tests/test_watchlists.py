@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.config import ConfigError, WatchlistConfig, parse_config
+from monitor.cli import main
+from monitor.config import ConfigError, WatchlistConfig, load_config, parse_config
 from monitor.errors import QueryError
 from monitor.models import Item
+from monitor.store import open_store
 from monitor.watchlists import Matcher
 
 TABLE = yaml.safe_load((Path(__file__).parent / "matching_cases.yaml").read_text(encoding="utf-8"))
@@ -216,3 +219,94 @@ _PROPERTY_MATCHER = Matcher(
         )
     ).watchlists
 )
+
+
+# ------------------------------------------------------------------------ monitor test
+
+CLI_WATCHLISTS = [
+    {"name": "xAI", "entities": [{"name": "{xAI}", "aliases": ["x.AI"]}]},
+    {"name": "Regulation", "query": "OpenAI AND (Regulierung OR regulation) AND NOT Werbung"},
+    {"name": "German", "terms": ["Bundesregierung"], "languages": ["de"]},
+]
+
+
+@pytest.fixture
+def cli_config(write_config: Callable[..., Path]) -> Path:
+    return write_config(
+        {
+            "recipients": ["a@example.org"],
+            "feeds": [{"name": "heise", "url": "https://heise.de/feed"}],
+            "watchlists": CLI_WATCHLISTS,
+        }
+    )
+
+
+def run_cli(config: Path, *args: str) -> int:
+    return main(["--config", str(config), "test", *args])
+
+
+def test_cli_test_prints_terms_and_spans(
+    cli_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(cli_config, "Grüße von xAIs Team") == 0
+    out = capsys.readouterr().out
+    assert "xAI: xAI\n  'xAI' in title [10:14]: 'xAIs'" in out
+
+
+def test_cli_test_exits_1_when_nothing_matched(
+    cli_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(cli_config, "XAI: explainable AI") == 1
+    assert "no watchlist matched" in capsys.readouterr().err
+
+
+def test_cli_test_fields_language_and_watchlist(
+    cli_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--title", "OpenAI", "--summary", "Streit um Regulierung", "--watchlist", "Regulation"]
+    assert run_cli(cli_config, *args) == 0
+    assert "'Regulierung' in summary [10:21]" in capsys.readouterr().out
+    assert run_cli(cli_config, "--language", "en", "Bundesregierung") == 1
+    assert run_cli(cli_config, "--language", "de", "Bundesregierung") == 0
+    assert run_cli(cli_config, "--watchlist", "Nope", "xAI") == 2
+
+
+def store_items(config: Path, *titles: str) -> None:
+    store = open_store(load_config(config).database)
+    now = datetime.now(UTC)
+    try:
+        batch = [
+            Item(f"k{n}", "heise", f"g{n}", f"https://heise.de/{n}", title, "", now, "de")
+            for n, title in enumerate(titles)
+        ]
+        store.ingest(batch, lambda item: [], {}, now)
+    finally:
+        store.close()
+
+
+def test_cli_test_stored_runs_current_watchlists_over_the_store(
+    cli_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_items(cli_config, "xAI stellt Grok 4 vor", "Wetter: Regen", "OpenAI fordert Regulierung")
+    assert run_cli(cli_config, "--stored", "--since", "7d") == 0
+    out = capsys.readouterr().out
+    assert "[heise] xAI stellt Grok 4 vor\n  xAI: xAI" in out
+    assert "Regulation: OpenAI, Regulierung" in out
+    assert "2 of 3 stored items matched" in out
+    assert run_cli(cli_config, "--stored", "--watchlist", "German") == 1
+    with pytest.raises(SystemExit) as usage:  # argparse: exit 2 with the reason
+        run_cli(cli_config, "--stored", "--since", "soon")
+    assert usage.value.code == 2
+    assert "'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_cli_why_not_names_the_failing_clause(
+    cli_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_items(cli_config, "OpenAI: Werbung statt Regulierung")
+    assert run_cli(cli_config, "--why-not", "1", "--watchlist", "Regulation") == 1
+    out = capsys.readouterr().out
+    assert "Regulation: no match" in out
+    assert "      no   NOT Werbung\n        yes  Werbung  (title[8:15] 'Werbung')" in out
+    assert run_cli(cli_config, "--why-not", "k0") == 1  # by key as well
+    assert run_cli(cli_config, "--why-not", "999") == 2
