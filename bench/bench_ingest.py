@@ -33,7 +33,7 @@ from monitor.config import parse_config
 from monitor.models import Hit, Item, Match
 from monitor.parse import make_key
 from monitor.retention import prune_store
-from monitor.store import Store, _insert, create_engine, items, open_store
+from monitor.store import _insert, create_engine, items, open_store
 from monitor.stories import DedupeSettings, assign_stories, fingerprints
 from monitor.urls import canonical_url
 
@@ -136,7 +136,7 @@ def run_pipeline(url: str, raw: Sequence[tuple[str, str, str, str, str]]) -> tup
 
 
 def run_baseline(url: str, raw: Sequence[tuple[str, str, str, str, str]]) -> float:
-    """The same item rows, INSERT ... ON CONFLICT DO NOTHING, one statement per batch."""
+    """The same item rows, INSERT ... ON CONFLICT DO NOTHING, executemany per batch."""
     open_store(url).close()  # same schema
     engine = create_engine(url)
     try:
@@ -144,7 +144,7 @@ def run_baseline(url: str, raw: Sequence[tuple[str, str, str, str, str]]) -> flo
         for batch in batches(normalize(raw)):
             rows = [_row(item) for item in batch]
             with engine.begin() as tx:
-                tx.execute(_insert(tx, items).values(rows).on_conflict_do_nothing())
+                tx.execute(_insert(tx, items).on_conflict_do_nothing(), rows)
         return time.perf_counter() - started
     finally:
         engine.dispose()

@@ -669,12 +669,12 @@ class Store:
             [{"item_id": i, "story_id": a.story_id, "similarity": a.similarity} for i, a in pairs],
         )
         band_rows = [
-            {"band": band, "item_id": item_id}
+            (band, item_id)
             for (item_id, _), fp in zip(new, prints, strict=True)
             for band in fp.bands
         ]
         if band_rows:
-            tx.execute(_insert(tx, story_bands).on_conflict_do_nothing(), band_rows)
+            _insert_bands(tx, band_rows)
         return {item_id: a.story_id for item_id, a in pairs}
 
     def _queue(
@@ -1076,7 +1076,7 @@ def _item_row(item: Item, now: datetime) -> dict[str, Any]:
 # --------------------------------------------------------------------------- stories
 
 _STORY_LOCK = 0x73746F72696573  # "stories": one clustering transaction at a time on PostgreSQL
-_MAX_PARAMETERS = 5000  # per IN (...) list; SQLite's limit is 32766, keep statements small
+_MAX_PARAMETERS = 20000  # values per IN list: bounds one statement's size
 _TOUCH_AFTER = timedelta(days=1)  # refresh a key's last_seen_at at most daily
 
 
@@ -1089,6 +1089,15 @@ def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _among(tx: Connection, column: Any, values: Sequence[int]) -> Any:
+    """`column IN values` as one bound parameter: thousands of hashes per ingest would
+    otherwise cost a bind parameter each to compile."""
+    if tx.dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), postgresql.ARRAY(sa.BigInteger)))
+    listed = sa.func.json_each(json.dumps(list(values))).table_valued("value")
+    return column.in_(sa.select(listed.c.value))
 
 
 def _first_of_each(batch: Sequence[Item]) -> list[tuple[Item, tuple[int, ...]]]:
@@ -1125,7 +1134,7 @@ def _known_keys(tx: Connection, hashes: Iterable[int]) -> dict[int, Any]:
                 items.c.summary,
             )
             .outerjoin(items, items.c.id == item_keys.c.item_id)
-            .where(item_keys.c.hash.in_(chunk))
+            .where(_among(tx, item_keys.c.hash, chunk))
         )
         known.update({row.hash: row for row in tx.execute(query)})
     return known
@@ -1153,7 +1162,9 @@ def _seen_again(
     if new_keys:
         tx.execute(_insert(tx, item_keys).on_conflict_do_nothing(), new_keys)
     for chunk in _chunks(stale):
-        tx.execute(item_keys.update().where(item_keys.c.hash.in_(chunk)).values(last_seen_at=now))
+        tx.execute(
+            item_keys.update().where(_among(tx, item_keys.c.hash, chunk)).values(last_seen_at=now)
+        )
     if sources:
         tx.execute(_insert(tx, item_sources).on_conflict_do_nothing(), sources)
     for item_id, item in updated:
@@ -1171,11 +1182,12 @@ def _insert_items(
     """Insert the new items with their keys and own outlet; item key -> id."""
     if not fresh:
         return {}
+    # executemany with RETURNING: SQLAlchemy batches it without compiling a VALUES list per call
     inserted = tx.execute(
         _insert(tx, items)
-        .values([_item_row(item, now) for item, _ in fresh])
         .on_conflict_do_nothing(index_elements=["key"])
-        .returning(items.c.id, items.c.key)
+        .returning(items.c.id, items.c.key),
+        [_item_row(item, now) for item, _ in fresh],
     ).all()
     ids = {row.key: row.id for row in inserted}
     stored = [(item, hashes) for item, hashes in fresh if item.key in ids]
@@ -1215,7 +1227,7 @@ def _story_candidates(
             )
             .join(items, items.c.id == story_bands.c.item_id)
             .join(story_members, story_members.c.item_id == items.c.id)
-            .where(story_bands.c.band.in_(chunk))
+            .where(_among(tx, story_bands.c.band, chunk))
             .where(items.c.first_seen_at >= since)
         )
         for row in tx.execute(query):
@@ -1267,6 +1279,16 @@ def _one_entry_per_story(
         )
         entries.append((recipient, entry))
     return entries
+
+
+def _insert_bands(tx: Connection, rows: Sequence[tuple[int, int]]) -> None:
+    # 32 rows per new item: straight to the driver's executemany, which is 5x faster here
+    # than SQLAlchemy's per-row parameter processing (measured in bench/bench_ingest.py).
+    if tx.dialect.name == "postgresql":
+        sql = "INSERT INTO story_bands (band, item_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+    else:
+        sql = "INSERT OR IGNORE INTO story_bands (band, item_id) VALUES (?, ?)"
+    tx.exec_driver_sql(sql, list(rows))
 
 
 def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:
