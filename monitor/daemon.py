@@ -1,7 +1,15 @@
-"""`monitor run`: the poll and digest ticks on APScheduler, signals, reload, clean shutdown.
+"""`monitor run`: the ticks on APScheduler, signals, reload, clean shutdown, health.
 
-Schedules live in the database (each feed's next_poll_at, each watchlist's last digest slot);
-the scheduler only ticks. A tick that finds nothing due costs one query.
+Schedules live in the database (each feed's next poll, each digest's handled slots); the
+scheduler only ticks, and a tick that finds nothing due costs one query. Every job runs
+with max_instances=1 (a slow poll is never doubled), coalesce=True and no misfire grace
+limit: a tick delayed by a stalled loop or a suspended machine runs once, late, instead of
+being dropped; together with the slots in the database, no digest is ever skipped.
+
+Signals: SIGTERM/SIGINT stop taking new work, let in-flight polls and sends finish within
+`Ticks.grace`, then close; a second one exits at once (each database write is one
+transaction, so nothing is half-written). SIGHUP re-reads the config: an invalid file is
+rejected with every problem as FILE:LINE:COL and the running config kept.
 """
 
 from __future__ import annotations
@@ -10,9 +18,13 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -22,42 +34,90 @@ from monitor.config import Config, load_config
 from monitor.delivery import FIRST_POLL_DONE, run_digests
 from monitor.errors import ConfigError
 from monitor.lock import database_lock
-from monitor.poller import poll_due
+from monitor.metrics import Metrics, PollOutcome, start_endpoint
+from monitor.notify import Notifier
+from monitor.poller import CycleReport, poll_due
+from monitor.retention import prune
+from monitor.status import Health, Heartbeat, take_snapshot, write_heartbeat
 
 log = logging.getLogger(__name__)
-POLL_TICK_SECONDS = 5.0
-DIGEST_TICK_SECONDS = 20.0
-SHUTDOWN_GRACE_SECONDS = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticks:
+    """Seconds between ticks, and the shutdown bound. Tests shorten them via MONITOR_TICK_*."""
+
+    poll: float = 5.0  # look for due feeds
+    digest: float = 20.0  # compose due digests, send what is ready
+    health: float = 10.0  # heartbeat, watchdog ping, STATUS=, gauges
+    housekeeping: float = 86400.0  # daily: prune old rows
+    grace: float = 20.0  # how long in-flight work may take after SIGTERM
+    stall: float = 10.0  # event-loop lag (or overdue tick) that counts as unhealthy
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Ticks:
+        """MONITOR_TICK_POLL=0.2 etc.; documented in docs/operations.md."""
+        values: dict[str, float] = {}
+        for spec in fields(cls):
+            name = f"MONITOR_TICK_{spec.name.upper()}"
+            if name in environ:
+                try:
+                    values[spec.name] = float(environ[name])
+                except ValueError:
+                    values[spec.name] = -1.0
+                if values[spec.name] <= 0:
+                    raise ConfigError([f"${name}: {environ[name]!r} is not a positive number"])
+        return cls(**values)
+
+
+class LoopLag:
+    """Measures how late the event loop wakes up: a blocked loop delays every tick."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.latest = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + self.interval
+            await asyncio.sleep(self.interval)
+            self.latest = max(0.0, loop.time() - expected)
 
 
 class Daemon:
-    def __init__(self, app: App, config_path: Path) -> None:
+    def __init__(
+        self,
+        app: App,
+        config_path: Path,
+        ticks: Ticks,
+        notifier: Notifier,
+        metrics: Metrics,
+    ) -> None:
         self.app = app
         self.config_path = config_path
+        self.ticks = ticks
+        self.notifier = notifier
+        self.metrics = metrics
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.lag = LoopLag()
+        self.started_at = app.clock()
+        self.last_poll_at: datetime | None = None
+        self.healthy = True
 
-    def _job(self, name: str, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            if self.stopping.is_set():
-                return
-            task = asyncio.current_task()
-            assert task is not None
-            self.in_flight.add(task)
-            try:
-                await body()
-            except Exception:  # a failing tick is logged; the next tick tries again
-                log.exception("%s tick failed", name)
-            finally:
-                self.in_flight.discard(task)
-
-        return run
+    # ------------------------------------------------------------------ ticks
 
     async def poll_tick(self) -> None:
+        started = time.monotonic()
         report = await poll_due(self.app)
+        self.last_poll_at = self.app.clock()
         if self.app.store.get_meta(FIRST_POLL_DONE) is None:
             self.app.store.set_meta(FIRST_POLL_DONE, "1")
+        self.metrics.record_polls(_outcomes(report), time.monotonic() - started)
+        self.metrics.record_ingest(report.new_items, report.matches)
+        self.metrics.record_poll_tick(self.last_poll_at)
         if report.polls:
             level = logging.INFO if (report.new_items or report.failed) else logging.DEBUG
             log.log(
@@ -71,6 +131,7 @@ class Daemon:
 
     async def digest_tick(self) -> None:
         report = await run_digests(self.app)
+        self.metrics.record_deliveries(report.composed, report.sent, report.retrying, report.dead)
         if report.composed or report.sent or report.retrying or report.dead:
             log.info(
                 "digests: %d composed, %d sent, %d retrying, %d dead-lettered",
@@ -80,73 +141,224 @@ class Daemon:
                 report.dead,
             )
 
+    async def housekeeping_tick(self) -> None:
+        """Daily: apply the retention settings (old items out, tombstones kept)."""
+        await asyncio.to_thread(prune, self.app)
+
+    async def health_tick(self) -> None:
+        """Ping the watchdog only while healthy; publish the status line and gauges."""
+        health = await self.check_health()
+        self.metrics.record_health(health)
+        if health.ok:
+            self.notifier.watchdog()
+        if health.ok != self.healthy:
+            if health.ok:
+                log.info("healthy again")
+            else:
+                log.warning("unhealthy, not pinging the watchdog: %s", health.describe())
+            self.healthy = health.ok
+        now = self.app.clock()
+        snapshot = take_snapshot(self.app.store, self.app.config, now)
+        self.metrics.record_snapshot(snapshot, now)
+        self.notifier.status(snapshot.summary() if health.ok else f"unhealthy: {health.describe()}")
+
+    async def check_health(self) -> Health:
+        """Database answers (by writing the heartbeat), scheduler alive, loop not stalled."""
+        problems = []
+        try:
+            heartbeat = self.heartbeat(running=True)
+            await asyncio.wait_for(
+                asyncio.to_thread(write_heartbeat, self.app.store, heartbeat), self.ticks.stall
+            )
+        except TimeoutError:
+            problems.append(f"database did not answer within {self.ticks.stall:g}s")
+        except Exception as error:  # any driver error means the same: no database
+            problems.append(f"database: {_first_line(error)}")
+        if not self.is_scheduler_alive():
+            problems.append("scheduler is not running its ticks")
+        if self.lag.latest > self.ticks.stall:
+            problems.append(f"event loop stalled for {self.lag.latest:.1f}s")
+        return Health(tuple(problems))
+
+    def is_scheduler_alive(self) -> bool:
+        job = self.scheduler.get_job("poll") if self.scheduler.running else None
+        if job is None or job.next_run_time is None:
+            return False
+        overdue: timedelta = datetime.now(UTC) - job.next_run_time
+        return overdue < timedelta(seconds=self.ticks.poll + self.ticks.stall)
+
+    def heartbeat(self, running: bool) -> Heartbeat:
+        return Heartbeat(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            at=self.app.clock(),
+            started_at=self.started_at,
+            last_poll_at=self.last_poll_at,
+            interval=self.health_interval,
+            running=running,
+        )
+
+    @property
+    def health_interval(self) -> float:
+        """Ping the watchdog at least three times per WatchdogSec= period."""
+        watchdog = self.notifier.watchdog_seconds
+        return min(self.ticks.health, watchdog / 3) if watchdog else self.ticks.health
+
+    # ------------------------------------------------------------------ signals
+
     def reload(self) -> None:
         """SIGHUP: apply a valid new config; keep the old one (and say why) otherwise."""
+        self.notifier.reloading()
         try:
             config = load_config(self.config_path)
         except ConfigError as error:
             for problem in error.problems:
                 log.error("reload rejected, keeping the running config: %s", problem)
+            self.notifier.send(READY="1", STATUS="reload rejected; running on the old config")
             return
-        if config.database != self.app.config.database:
-            log.warning("the database setting changed; it takes effect on restart")
-            config = config.model_copy(update={"database": self.app.config.database})
+        config = self._keep_restart_only_settings(config)
+        before = self.app.config
         self.app.apply_config(config)
         self.app.store.sync_feeds({f.name: f.url for f in config.feeds}, self.app.clock())
         log.info(
-            "configuration reloaded: %d feeds, %d watchlists",
+            "configuration reloaded: %d feeds, %d watchlists%s",
             len(config.feeds),
             len(config.watchlists),
+            _changes(before, config),
         )
+        self.notifier.send(READY="1", STATUS="configuration reloaded")
 
-    def request_stop(self) -> None:
+    def _keep_restart_only_settings(self, config: Config) -> Config:
+        """The database and the metrics address are bound at start; changing them needs one."""
+        running = self.app.config
+        for key in ("database", "metrics"):
+            if getattr(config, key) != getattr(running, key):
+                log.warning("the %s setting changed; it takes effect on restart", key)
+                config = config.model_copy(update={key: getattr(running, key)})
+        return config
+
+    def request_stop(self, name: str) -> None:
         if self.stopping.is_set():
-            log.warning("second signal: exiting at once")
+            log.warning("second %s: exiting at once", name)
             os._exit(1)
-        log.warning("stopping: finishing in-flight polls and sends")
+        log.info("%s: stopping; finishing in-flight polls and sends", name)
+        self.notifier.stopping()
         self.stopping.set()
 
-    async def run(self) -> None:
+    def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, self.request_stop, signal.Signals(number).name)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        self.scheduler.add_job(
-            self._job("poll", self.poll_tick),
-            "interval",
-            seconds=POLL_TICK_SECONDS,
-            next_run_time=_now(),
-            **common,
-        )
-        self.scheduler.add_job(
-            self._job("digest", self.digest_tick),
-            "interval",
-            seconds=DIGEST_TICK_SECONDS,
-            next_run_time=_now(),
-            **common,
-        )
+
+    # ------------------------------------------------------------------ running
+
+    def _job(self, name: str, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """A tick: skipped once stopping, tracked while running, never raising."""
+
+        async def run() -> None:
+            if self.stopping.is_set():
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self.in_flight.add(task)
+            try:
+                await body()
+            except asyncio.CancelledError:  # past the shutdown bound; the task ends here
+                log.warning("stopping: %s tick cancelled after %gs", name, self.ticks.grace)
+            except Exception:  # a failing tick is logged; the next tick tries again
+                log.exception("%s tick failed", name)
+            finally:
+                self.in_flight.discard(task)
+
+        return run
+
+    def _schedule(self) -> None:
+        now = datetime.now(UTC)
+        jobs: list[tuple[str, Callable[[], Awaitable[None]], float, datetime]] = [
+            ("poll", self.poll_tick, self.ticks.poll, now),
+            ("digest", self.digest_tick, self.ticks.digest, now),
+            ("health", self.health_tick, self.health_interval, now),
+            ("housekeeping", self.housekeeping_tick, self.ticks.housekeeping, now),
+        ]
+        for name, body, seconds, first in jobs:
+            self.scheduler.add_job(
+                self._job(name, body),
+                "interval",
+                id=name,
+                seconds=seconds,
+                next_run_time=first,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,  # late is better than never (see module docstring)
+            )
+
+    async def run(self) -> None:
+        self._install_signals()
+        lag = asyncio.create_task(self.lag.run())
+        endpoint = await self._start_endpoint()
+        self._schedule()
         self.scheduler.start()
+        self.notifier.ready(f"running: {len(self.app.config.feeds)} feeds")
         log.info(
             "monitor running: %d feeds, %d watchlists, database %s, %s",
             len(self.app.config.feeds),
             len(self.app.config.watchlists),
             _redact(self.app.config.database),
-            f"SMTP {self.app.config.smtp.host}"
-            if self.app.config.smtp
-            else f"outbox {Path(self.app.config.outbox).resolve()}",
+            _destination(self.app.config),
         )
-        await self.stopping.wait()
-        self.scheduler.shutdown(wait=False)
-        if self.in_flight:
-            _, late = await asyncio.wait(self.in_flight, timeout=SHUTDOWN_GRACE_SECONDS)
-            for task in late:
-                task.cancel()
+        try:
+            await self.stopping.wait()
+        finally:
+            self.scheduler.pause()  # no new ticks; shutdown() would cancel the running ones
+            await self._finish_in_flight()
+            self.scheduler.shutdown(wait=False)
+            lag.cancel()
+            if endpoint is not None:
+                await endpoint.cleanup()
+            write_heartbeat(self.app.store, self.heartbeat(running=False))
         log.info("monitor stopped")
 
+    async def _start_endpoint(self) -> Any:
+        if self.app.config.metrics is None:
+            return None
+        return await start_endpoint(self.metrics, self.check_health, self.app.config.metrics.listen)
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+    async def _finish_in_flight(self) -> None:
+        if not self.in_flight:
+            return
+        _, late = await asyncio.wait(self.in_flight, timeout=self.ticks.grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+
+def _outcomes(report: CycleReport) -> list[PollOutcome]:
+    return [
+        PollOutcome("failed" if poll.error else "unchanged" if poll.unchanged else "changed")
+        for poll in report.polls
+    ]
+
+
+def _changes(before: Config, after: Config) -> str:
+    """', feeds added: a, b; watchlists changed: x' for the reload log line."""
+    parts = []
+    for section in ("feeds", "watchlists"):
+        old = {entry.name: entry for entry in getattr(before, section)}
+        new = {entry.name: entry for entry in getattr(after, section)}
+        for verb, names in (
+            ("added", [n for n in new if n not in old]),
+            ("removed", [n for n in old if n not in new]),
+            ("changed", [n for n in new if n in old and new[n] != old[n]]),
+        ):
+            if names:
+                parts.append(f"{section} {verb}: {', '.join(names)}")
+    return "; " + "; ".join(parts) if parts else "; nothing changed"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _redact(url: str) -> str:
@@ -154,7 +366,15 @@ def _redact(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
+def _destination(config: Config) -> str:
+    if config.smtp:
+        return f"SMTP {config.smtp.host}"
+    return f"outbox {Path(config.outbox).resolve()}"
+
+
 async def run_daemon(config: Config, config_path: Path) -> None:
+    """Hold the database lock, wire the app, run until SIGTERM/SIGINT."""
+    ticks = Ticks.from_env(os.environ)
     with database_lock(config.database, "monitor run"):
         async with running_app(config) as app:
-            await Daemon(app, config_path).run()
+            await Daemon(app, config_path, ticks, Notifier(), Metrics()).run()
