@@ -1,0 +1,90 @@
+"""`monitor migrate-db --to URL`: copy all state from one database to another.
+
+For moving from SQLite to PostgreSQL when one machine is no longer enough. The target is
+migrated to the current schema first and must be empty; rows are copied table by table in
+dependency order, in one transaction, so a failed copy leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from monitor.errors import MonitorError
+from monitor.store import create_engine, migrate
+
+SKIPPED = {"alembic_version", "workers"}  # the schema version is the target's own; workers are live
+CHUNK = 2000
+
+
+def copy_database(source_url: str, target_url: str) -> dict[str, int]:
+    """Copy every table's rows from source to target; return rows copied per table."""
+    source, target = create_engine(source_url), create_engine(target_url)
+    try:
+        migrate(source)
+        migrate(target)
+        tables = _tables(source)
+        copied: dict[str, int] = {}
+        with source.connect() as reader, target.begin() as writer:
+            target_tables = _reflected(writer)
+            for table in tables:
+                _require_empty(writer, target_tables[table.name])
+            for table in tables:
+                copied[table.name] = _copy(reader, writer, table, target_tables[table.name])
+            if writer.dialect.name == "postgresql":
+                _reset_sequences(writer, [target_tables[t.name] for t in tables])
+        return copied
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+def _tables(engine: sa.Engine) -> list[sa.Table]:
+    reflected = sa.MetaData()
+    reflected.reflect(engine)
+    return [t for t in reflected.sorted_tables if t.name not in SKIPPED]
+
+
+def _reflected(connection: Connection) -> dict[str, sa.Table]:
+    reflected = sa.MetaData()
+    reflected.reflect(connection)
+    return dict(reflected.tables)
+
+
+def _require_empty(connection: Connection, table: sa.Table) -> None:
+    if connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one():
+        raise MonitorError(
+            f"the target database already has rows in {table.name!r}; "
+            "migrate-db copies into an empty database only"
+        )
+
+
+def _copy(reader: Connection, writer: Connection, source: sa.Table, target: sa.Table) -> int:
+    columns = [c.name for c in source.columns if c.name in target.columns]
+    count = 0
+    for rows in _chunks(reader.execute(sa.select(*(source.c[name] for name in columns)))):
+        writer.execute(target.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
+        count += len(rows)
+    return count
+
+
+def _chunks(result: sa.CursorResult[Any]) -> Iterator[list[Any]]:
+    while rows := result.fetchmany(CHUNK):
+        yield list(rows)
+
+
+def _reset_sequences(connection: Connection, tables: list[sa.Table]) -> None:
+    """Explicit ids were copied; move each serial sequence past the largest."""
+    for table in tables:
+        if "id" not in table.columns or not isinstance(table.c.id.type, sa.Integer):
+            continue
+        connection.execute(
+            sa.text(
+                "SELECT setval(pg_get_serial_sequence(:table, 'id'), "
+                f"COALESCE((SELECT MAX(id) FROM {table.name}), 0) + 1, false)"
+            ),
+            {"table": table.name},
+        )
