@@ -256,7 +256,7 @@ def precision_recall() -> None:
         tp = fp = fn = 0
         for pair in pairs:
             a, b = fingerprints([tuple(pair["a"].values()), tuple(pair["b"].values())], settings)
-            assigned = assign_stories([(1, a), (2, b)], {}, threshold)
+            assigned = assign_stories([(1, "a", a), (2, "b", b)], {}, threshold)
             same = assigned[1].story_id == 1
             truth = pair["kind"] != "topic"
             tp, fp, fn = tp + (same and truth), fp + (same and not truth), fn + (truth and not same)

@@ -656,7 +656,7 @@ class Store:
         bands = {band for fingerprint in prints for band in fingerprint.bands}
         known = _story_candidates(tx, bands, now - self.dedupe.window)
         assigned = assign_stories(
-            [(item_id, fp) for (item_id, _), fp in zip(new, prints, strict=True)],
+            [(item_id, item.feed, fp) for (item_id, item), fp in zip(new, prints, strict=True)],
             known,
             self.dedupe.similarity,
         )
@@ -1221,6 +1221,7 @@ def _story_candidates(
             sa.select(
                 story_bands.c.band,
                 items.c.id,
+                items.c.feed,
                 items.c.title,
                 items.c.summary,
                 story_members.c.story_id,
@@ -1234,7 +1235,8 @@ def _story_candidates(
             words = texts.get(row.id)
             if words is None:
                 words = texts[row.id] = shingles(row.title, row.summary)
-            found.setdefault(row.band, []).append(Candidate(row.id, row.story_id, words))
+            candidate = Candidate(row.id, row.story_id, words, row.feed)
+            found.setdefault(row.band, []).append(candidate)
     return found
 
 

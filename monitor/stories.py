@@ -10,6 +10,7 @@ Two levels, both pure functions here (the store keeps their results in SQL):
    without stop words, cut to 6 characters: a crude stemmer that lets "verlässt" meet
    "verlassen") and a MinHash signature split into LSH band hashes. Items sharing a band
    are candidates; `assign_stories` confirms them with the exact Jaccard similarity.
+   Only items of different feeds merge: an outlet's recurring column is not one story.
 
 The threshold (0.39) and the shingle recipe were chosen on tests/data/story_pairs.yaml
 (German and English; wire copies, rewrites, and different news about the same company):
@@ -78,6 +79,7 @@ class Candidate:
     item_id: int
     story_id: int
     shingles: frozenset[str]
+    feed: str  # an outlet's own items never merge: a recurring column is not one story
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,20 +164,21 @@ def _band_hashes(signatures: np.ndarray, settings: DedupeSettings) -> np.ndarray
 
 
 def assign_stories(
-    new: Sequence[tuple[int, Fingerprint]],
+    new: Sequence[tuple[int, str, Fingerprint]],
     known: Mapping[int, Sequence[Candidate]],
     threshold: float,
 ) -> list[Assignment]:
-    """Put each new item (in order) into the story of its most similar candidate, if any
-    reaches the threshold, else into a story of its own. `known` maps band -> candidates;
-    new items become candidates for the new items after them."""
+    """Put each new (item id, feed, fingerprint), in order, into the story of its most
+    similar candidate from another feed, if any reaches the threshold, else into a story of
+    its own. `known` maps band -> candidates; new items become candidates for later ones."""
     index = _BandIndex({band: list(found) for band, found in known.items()})
     assignments = []
-    for item_id, fingerprint in new:
-        best = _closest(fingerprint, index.near(fingerprint.bands).values(), threshold)
+    for item_id, feed, fingerprint in new:
+        near = [c for c in index.near(fingerprint.bands).values() if c.feed != feed]
+        best = _closest(fingerprint, near, threshold)
         assignment = best or Assignment(item_id, 1.0)
         assignments.append(assignment)
-        joined = Candidate(item_id, assignment.story_id, fingerprint.shingles)
+        joined = Candidate(item_id, assignment.story_id, fingerprint.shingles, feed)
         for band in fingerprint.bands:
             index.add(band, joined)
     return assignments

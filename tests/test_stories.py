@@ -75,10 +75,19 @@ def test_assign_stories_joins_the_closest_and_chains_within_a_batch() -> None:
         ],
         SETTINGS,
     )
-    known = {band: [Candidate(7, 7, a.shingles)] for band in a.bands}
-    assigned = assign_stories([(10, b), (11, c), (12, b)], known, SETTINGS.similarity)
-    assert [x.story_id for x in assigned] == [7, 11, 7]
+    known = {band: [Candidate(7, 7, a.shingles, "n-tv")] for band in a.bands}
+    new = [(10, "stern", b), (11, "zeit", c), (12, "zeit", b), (13, "n-tv", b)]
+    assigned = assign_stories(new, known, SETTINGS.similarity)
+    assert [x.story_id for x in assigned] == [7, 11, 7, 7]  # 13 joins via stern's copy
     assert assigned[1].is_new_story(11) and not assigned[0].is_new_story(10)
+
+
+def test_an_outlets_own_items_never_merge() -> None:
+    # A recurring column ("Die Lage am Morgen") repeats its teaser under a new link each day.
+    (a,) = fingerprints([("Die Lage am Morgen", "Was heute wichtig ist")], SETTINGS)
+    known = {band: [Candidate(7, 7, a.shingles, "spiegel")] for band in a.bands}
+    (assigned,) = assign_stories([(8, "spiegel", a)], known, SETTINGS.similarity)
+    assert assigned.is_new_story(8)
 
 
 def test_dedupe_keys_name_url_and_feed_guid() -> None:
@@ -171,9 +180,15 @@ def test_syndicated_copy_joins_the_story_and_is_not_queued_again(store: Store) -
 
 def test_copies_in_one_batch_form_one_story(store: Store) -> None:
     a = make_item("1", feed="dpa", **BABUSCHKIN["a"])
-    b = make_item("2", feed="dpa", **BABUSCHKIN["b"])
+    b = make_item("2", feed="stern", **BABUSCHKIN["b"])
     ingest(store, [a, b])
     assert len(store.pending_entries()) == 2
+
+
+def test_the_same_text_from_one_outlet_under_new_links_is_not_merged(store: Store) -> None:
+    ingest(store, [make_item("1", feed="spiegel", **BABUSCHKIN["a"])])
+    ingest(store, [make_item("2", feed="spiegel", **BABUSCHKIN["a"])])
+    assert len(store.pending_entries()) == 4
 
 
 def test_different_news_about_the_same_company_stays_apart(store: Store) -> None:
