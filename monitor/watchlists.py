@@ -208,7 +208,10 @@ class Matcher:
         feed: str | None = None,
     ) -> list[str]:
         """Why watchlist `name` does or does not match: its filters and each clause, marked."""
-        watchlist = next(w for w in self._watchlists if w.config.name == name)
+        found = [w for w in self._watchlists if w.config.name == name]
+        if not found:
+            raise KeyError(f"no watchlist named {name!r}")
+        watchlist = found[0]
         prepared = {field: _Field(field, text) for field, text in fields.items() if text}
         evaluation = _Evaluation(self._index, self._index.scan(list(prepared.values())), prepared)
         lines = [
