@@ -46,6 +46,7 @@ class ParsedFeed:
     title: str
     items: tuple[Item, ...]
     ttl: float | None = None  # seconds, from RSS <ttl> or sy:updatePeriod/Frequency
+    item_gap: float | None = None  # mean seconds between the items' dates: the feed's rhythm
     warning: str | None = None  # a recoverable problem worth showing (feedparser's bozo)
 
 
@@ -90,8 +91,22 @@ def parse_feed(
         title=clean_text(str(channel.get("title", ""))),
         items=tuple(items),
         ttl=_ttl(channel),
+        item_gap=item_gap(_dated(items, now)),
         warning=warning,
     )
+
+
+def _dated(items: Iterable[Item], now: datetime) -> list[datetime]:
+    """The items' own dates; first-seen stand-ins (within a second of now) say nothing."""
+    return [item.published for item in items if abs(item.published - now) > timedelta(seconds=1)]
+
+
+def item_gap(stamps: Iterable[datetime]) -> float | None:
+    """Mean seconds between consecutive dates, or None with fewer than two distinct dates."""
+    ordered = sorted(set(stamps))
+    if len(ordered) < 2:
+        return None
+    return (ordered[-1] - ordered[0]).total_seconds() / (len(ordered) - 1)
 
 
 def _item(
@@ -185,7 +200,11 @@ def _parse_json_feed(
         _json_item(entry, feed_name, feed_language, now, position)
         for position, entry in enumerate(_dicts(raw_items[:max_items]))
     ]
-    return ParsedFeed(title=clean_text(str(document.get("title", ""))), items=tuple(items))
+    return ParsedFeed(
+        title=clean_text(str(document.get("title", ""))),
+        items=tuple(items),
+        item_gap=item_gap(_dated(items, now)),
+    )
 
 
 def _dicts(values: Iterable[Any]) -> Iterable[dict[str, Any]]:

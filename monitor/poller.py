@@ -1,7 +1,9 @@
 """Polling: fetch -> parse -> store/dedupe -> match -> outbox, for each due feed.
 
-`poll_feed` is the recipe for one feed; `poll_due` runs it for every due feed at once,
-within the configured concurrency. A failing feed is recorded and reported, never dropped.
+`poll_feed` is the recipe for one feed; `poll_due` leases due feeds from the store in small
+batches and runs `poll_feed` on them concurrently, so several workers sharing one database
+split the work and no feed is polled twice at once. A failing feed is recorded, backed off
+and reported, never dropped; its health state changes are logged once each.
 """
 
 from __future__ import annotations
@@ -10,20 +12,21 @@ import asyncio
 import functools
 import hashlib
 import logging
-import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+from monitor import feeds as rules
 from monitor.app import App
 from monitor.config import FeedConfig
 from monitor.errors import FetchError, ParseError
 from monitor.fetch import FetchResult
 from monitor.models import FeedState, FeedStatus
 from monitor.parse import ParsedFeed, parse_feed
+from monitor.store import host_of
 
 log = logging.getLogger(__name__)
-BROKEN_AFTER = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class PollReport:
     matches: int = 0
     unchanged: bool = False
     error: str | None = None
+    status: FeedStatus = FeedStatus.OK
+    host_blocked_until: datetime | None = None  # the host asked everyone to wait (429)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,47 +58,110 @@ class CycleReport:
 
 
 async def poll_due(
-    app: App, names: Iterable[str] | None = None, force: bool = False
+    app: App, names: Iterable[str] | None = None, force: bool = False, *, owner: str | None = None
 ) -> CycleReport:
     """Poll every due feed (or the named ones; force: whether due or not) concurrently."""
-    configured = {feed.name: feed for feed in app.config.feeds}
-    wanted = [n for n in (names or configured) if n in configured]
-    now = app.clock()
-    if force:
-        states = [s for s in app.store.feed_states() if s.name in wanted]
-    else:
-        states = app.store.due_feeds(wanted, now)
-    limit = asyncio.Semaphore(app.config.polling.concurrency)
-
-    async def one(state: FeedState) -> PollReport:
-        async with limit:
-            return await poll_feed(app, configured[state.name], state)
-
-    reports = await asyncio.gather(*(one(state) for state in states))
-    return CycleReport(tuple(reports))
+    configured = {feed.name: feed for feed in app.config.feeds if feed.enabled}
+    wanted = [n for n in (names if names is not None else configured) if n in configured]
+    if not wanted:
+        return CycleReport(())
+    cycle = _Cycle(app, owner or app.worker_id, configured)
+    return CycleReport(tuple(await cycle.run(wanted, force)))
 
 
-async def poll_feed(app: App, feed: FeedConfig, state: FeedState) -> PollReport:
-    """Fetch one feed and ingest what is new; record success or failure on the feed."""
+@dataclass
+class _Cycle:
+    """One pass over the due feeds: claim a batch whenever the window has room, poll it."""
+
+    app: App
+    owner: str
+    configured: dict[str, FeedConfig]
+    in_flight: set[asyncio.Task[PollReport]] = field(default_factory=set)
+    host_load: dict[str, int] = field(default_factory=dict)  # feeds in flight per leased host
+    host_blocks: dict[str, datetime] = field(default_factory=dict)
+
+    async def run(self, wanted: list[str], force: bool) -> list[PollReport]:
+        batch = self.app.config.polling.concurrency
+        remaining = set(wanted)  # each feed at most once per cycle, even when forced
+        reports: list[PollReport] = []
+        exhausted = False
+        while True:
+            if not exhausted and len(self.in_flight) <= batch:
+                claimed = self._claim(sorted(remaining), batch, force)
+                remaining.difference_update(claimed)
+                exhausted = not claimed or not remaining
+            if not self.in_flight:
+                return reports
+            done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                self.in_flight.discard(task)
+                reports.append(task.result())
+
+    def _claim(self, wanted: list[str], limit: int, force: bool) -> list[str]:
+        """Lease up to `limit` feeds and start polling them; return their names."""
+        now = self.app.clock()
+        lease_until = now + timedelta(seconds=self.app.config.polling.lease)
+        states = self.app.store.claim_feeds(self.owner, now, lease_until, limit, wanted, force)
+        self._hold_off_new_hosts({state.host for state in states} - set(self.host_load), now)
+        for state in states:
+            self.host_load[state.host] = self.host_load.get(state.host, 0) + 1
+            task = asyncio.create_task(self._poll(state))
+            self.in_flight.add(task)
+        return [state.name for state in states]
+
+    def _hold_off_new_hosts(self, new_hosts: set[str], now: datetime) -> None:
+        """Keep the minimum gap after another worker's last request to the same host."""
+        gap = self.app.config.polling.min_gap
+        for host, last in self.app.store.host_last_requests(new_hosts).items():
+            if last is not None and (wait := gap - (now - last).total_seconds()) > 0:
+                self.app.fetcher.hold_off(host, min(wait, gap))
+
+    async def _poll(self, state: FeedState) -> PollReport:
+        try:
+            report = await poll_feed(self.app, self.configured[state.name], state, self.owner)
+        finally:
+            self._release(state.host)
+        if report.host_blocked_until is not None:
+            self.host_blocks[state.host] = report.host_blocked_until
+        return report
+
+    def _release(self, host: str) -> None:
+        self.host_load[host] -= 1
+        if self.host_load[host] == 0:
+            del self.host_load[host]
+            block = self.host_blocks.pop(host, None)
+            self.app.store.release_host(host, self.owner, self.app.clock(), block)
+
+
+async def poll_feed(app: App, feed: FeedConfig, state: FeedState, owner: str) -> PollReport:
+    """Fetch one feed, ingest what is new, record the outcome and release the feed's lease."""
     try:
-        result = await app.fetcher.fetch(state.url, state.etag, state.last_modified)
+        result = await _fetch(app, state)
         body_hash = _hash(result.body)
         if result.not_modified or body_hash == state.body_hash:
-            _record_success(app, feed, state, result, state.body_hash, None)
-            return PollReport(feed.name, unchanged=True)
-        parsed = await _parse(app, feed, result)
-        ingested = app.store.ingest(parsed.items, app.matcher.match, app.recipients, app.clock())
-        _record_success(app, feed, state, result, body_hash, parsed)
-        if parsed.warning:
-            log.debug("lenient parse", extra={"feed": feed.name, "detail": parsed.warning})
-        return PollReport(feed.name, len(ingested.new_items), len(ingested.matches))
+            values, report = _unchanged(app, feed, state, result)
+        else:
+            parsed = await _parse(app, feed, result)
+            found = app.store.ingest(parsed.items, app.matcher.match, app.recipients, app.clock())
+            values = _changed(app, feed, state, result, parsed, len(found.new_items))
+            values["body_hash"] = body_hash
+            report = PollReport(feed.name, len(found.new_items), len(found.matches))
     except (FetchError, ParseError) as error:
-        _record_failure(app, feed, state, str(error), getattr(error, "retry_after", None))
-        return PollReport(feed.name, error=str(error))
+        values, report = _failed(app, feed, state, error)
     except Exception as error:  # a bug must not stop the other feeds
         log.exception("unexpected error while polling", extra={"feed": feed.name, "url": state.url})
-        _record_failure(app, feed, state, f"internal error: {error!r}", None)
-        return PollReport(feed.name, error=f"internal error: {error!r}")
+        values, report = _failed(app, feed, state, FetchError(f"internal error: {error!r}"))
+    app.store.finish_poll(feed.name, owner, values)
+    return report
+
+
+async def _fetch(app: App, state: FeedState) -> FetchResult:
+    # Every VERIFY_EVERY-th poll of an unchanged feed goes unconditional, to catch a server
+    # that answers 304 although its document changed.
+    verify = state.unchanged_streak > 0 and state.unchanged_streak % rules.VERIFY_EVERY == 0
+    if state.ignore_validators or verify:
+        return await app.fetcher.fetch(state.url)
+    return await app.fetcher.fetch(state.url, state.etag, state.last_modified)
 
 
 async def _parse(app: App, feed: FeedConfig, result: FetchResult) -> ParsedFeed:
@@ -108,75 +176,160 @@ async def _parse(app: App, feed: FeedConfig, result: FetchResult) -> ParsedFeed:
         now=app.clock(),
         max_items=app.config.polling.max_items,
     )
-    return await asyncio.get_running_loop().run_in_executor(app.parse_pool, job)
+    return await app.parse_pool.run(job)
 
 
 def _hash(body: bytes | None) -> str | None:
     return hashlib.sha256(body).hexdigest() if body is not None else None
 
 
-def _record_success(
+# ----------------------------------------------------------------------------- outcomes
+
+
+def _bounds(app: App, feed: FeedConfig) -> rules.Bounds:
+    polling = app.config.polling
+    return rules.Bounds(
+        default=app.config.feed_interval(feed),
+        minimum=polling.min_interval,
+        maximum=polling.max_interval,
+        fixed=feed.interval is not None,
+    )
+
+
+def _unchanged(
+    app: App, feed: FeedConfig, state: FeedState, result: FetchResult
+) -> tuple[dict[str, Any], PollReport]:
+    values = _success(app, feed, state, result, state.item_gap, None, new_items=0)
+    values["unchanged_streak"] = state.unchanged_streak + 1
+    return values, PollReport(feed.name, unchanged=True, status=FeedStatus(values["status"]))
+
+
+def _changed(
     app: App,
     feed: FeedConfig,
     state: FeedState,
     result: FetchResult,
-    body_hash: str | None,
-    parsed: ParsedFeed | None,
-) -> None:
+    parsed: ParsedFeed,
+    new_items: int,
+) -> dict[str, Any]:
+    gap = parsed.item_gap or state.item_gap
+    values = _success(app, feed, state, result, gap, parsed.ttl, new_items)
+    values.update(item_gap=gap, unchanged_streak=0)
+    if parsed.title:
+        values["title"] = parsed.title
+    if parsed.warning:
+        log.debug("lenient parse", extra={"feed": feed.name, "detail": parsed.warning})
+    etag, modified = result.headers.get("etag"), result.headers.get("last-modified")
+    if not state.ignore_validators and rules.lying_validators(
+        state.etag, state.last_modified, etag, modified, changed=state.body_hash is not None
+    ):
+        log.warning(
+            "server's validators lie (content changed, ETag/Last-Modified did not); "
+            "polling this feed without them from now on",
+            extra={"feed": feed.name, "url": state.url},
+        )
+        values["ignore_validators"] = True
+    return values
+
+
+def _success(
+    app: App,
+    feed: FeedConfig,
+    state: FeedState,
+    result: FetchResult,
+    item_gap: float | None,
+    ttl: float | None,
+    new_items: int,
+) -> dict[str, Any]:
     now = app.clock()
-    if state.status not in (FeedStatus.OK, FeedStatus.NEW):
-        log.warning("feed recovered", extra={"feed": feed.name, "url": state.url})
-    values: dict[str, object] = {
-        "status": FeedStatus.OK.value,
+    interval = rules.poll_interval(_bounds(app, feed), item_gap, ttl, result.freshness(now))
+    last_new = now if new_items else state.last_new_item_at
+    status = rules.health_after_success(last_new, item_gap, now)
+    _log_change(feed, state, status, "")
+    values: dict[str, Any] = {
+        "status": status.value,
         "last_polled_at": now,
         "last_success_at": now,
         "last_error": None,
         "error_since": None,
         "consecutive_failures": 0,
-        "next_poll_at": now + _jittered(app.config.feed_interval(feed)),
+        "interval": interval,
+        "next_poll_at": now + timedelta(seconds=rules.jittered(interval)),
         "etag": result.headers.get("etag") or state.etag,
         "last_modified": result.headers.get("last-modified") or state.last_modified,
-        "body_hash": body_hash,
     }
-    if parsed is not None and parsed.title:
-        values["title"] = parsed.title
-    app.store.update_feed(feed.name, **values)
+    values.update(_redirect(feed, state, result))
+    return values
 
 
-def _record_failure(
-    app: App, feed: FeedConfig, state: FeedState, error: str, retry_after: float | None
-) -> None:
-    now = app.clock()
-    failures = state.consecutive_failures + 1
-    since = state.error_since or now
-    status = FeedStatus.BROKEN if now - since >= BROKEN_AFTER else FeedStatus.DEGRADED
-    if status != state.status:
-        log.warning(
-            "feed is %s: %s", status.value, error, extra={"feed": feed.name, "url": state.url}
-        )
-    delay = backoff(app.config.feed_interval(feed), failures, app.config.polling.max_interval)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, 86400.0))
-    app.store.update_feed(
-        feed.name,
-        status=status.value,
-        last_polled_at=now,
-        last_error=error,
-        error_since=since,
-        consecutive_failures=failures,
-        next_poll_at=now + timedelta(seconds=delay),
+def _redirect(feed: FeedConfig, state: FeedState, result: FetchResult) -> dict[str, Any]:
+    seen, count = rules.adopt_redirect(
+        state.url, state.redirect_url, state.redirect_count, result.permanent_redirect
     )
+    if seen is None or count < rules.REDIRECT_SIGHTINGS:
+        return {"redirect_url": seen, "redirect_count": count}
+    log.warning(
+        "feed moved permanently to %s (seen %d times); polling the new URL from now on",
+        seen,
+        count,
+        extra={"feed": feed.name, "url": state.url},
+    )
+    return {"url": seen, "host": host_of(seen), "redirect_url": None, "redirect_count": 0}
 
 
-def backoff(interval: float, failures: int, cap: float) -> float:
-    """Exponential backoff with full jitter, never shorter than a minute, capped."""
-    ceiling = min(cap, interval * 2 ** min(failures - 1, 16))
-    return max(60.0, random.uniform(ceiling / 2, ceiling))
+def _failed(
+    app: App, feed: FeedConfig, state: FeedState, error: FetchError | ParseError
+) -> tuple[dict[str, Any], PollReport]:
+    now = app.clock()
+    status_code = getattr(error, "status", None)
+    since = state.error_since or now
+    failures = state.consecutive_failures + 1
+    values: dict[str, Any] = {
+        "last_polled_at": now,
+        "last_error": str(error),
+        "last_error_at": now,
+        "error_since": since,
+        "consecutive_failures": failures,
+    }
+    if status_code == 410:
+        status = FeedStatus.DISABLED
+        values["last_error"] = "HTTP 410 Gone: the feed was removed; change its URL to re-enable"
+        values["next_poll_at"] = None
+    else:
+        status = rules.health_after_failure(since, now)
+        delay = _failure_delay(app, feed, state, failures, error)
+        values["next_poll_at"] = now + timedelta(seconds=delay)
+    values["status"] = status.value
+    _log_change(feed, state, status, values["last_error"])
+    waited = getattr(error, "retry_after", None)
+    block = None
+    if waited is not None and rules.is_host_wide(status_code):
+        block = now + timedelta(seconds=rules.retry_after(waited))
+    error_text = values["last_error"]
+    return values, PollReport(feed.name, error=error_text, status=status, host_blocked_until=block)
 
 
-def _jittered(seconds: float) -> timedelta:
-    """±10 %, so feeds added together do not stay in lockstep."""
-    return timedelta(seconds=seconds * random.uniform(0.9, 1.1))
+def _failure_delay(
+    app: App, feed: FeedConfig, state: FeedState, failures: int, error: FetchError | ParseError
+) -> float:
+    waited = getattr(error, "retry_after", None)
+    if waited is not None:
+        return rules.retry_after(waited)
+    interval = state.interval or app.config.feed_interval(feed)
+    return rules.backoff(interval, failures, app.config.polling.max_interval)
+
+
+def _log_change(feed: FeedConfig, state: FeedState, status: FeedStatus, error: str) -> None:
+    """Log a health change once, when it happens, not on every poll."""
+    if status == state.status or (state.status == FeedStatus.NEW and status == FeedStatus.OK):
+        return
+    extra = {"feed": feed.name, "url": state.url}
+    if status == FeedStatus.OK:
+        log.info("feed is ok again (was %s)", state.status.value, extra=extra)
+    elif status == FeedStatus.STALE:
+        log.warning("feed is stale: no new item for much longer than usual", extra=extra)
+    else:
+        log.warning("feed is %s: %s", status.value, error, extra=extra)
 
 
 def next_due(states: Iterable[FeedState]) -> datetime | None:
