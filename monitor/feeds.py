@@ -54,9 +54,7 @@ def jittered(seconds: float, rng: random.Random | None = None) -> float:
     return seconds * (rng or random).uniform(1 - JITTER, 1 + JITTER)
 
 
-def backoff(
-    interval: float, failures: int, cap: float, rng: random.Random | None = None
-) -> float:
+def backoff(interval: float, failures: int, cap: float, rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter, capped: a failing feed is probed at least every
     `cap` seconds forever, never dropped."""
     ceiling = min(cap, interval * 2 ** min(failures - 1, 20))

@@ -1,0 +1,501 @@
+"""The polling engine against a real HTTP server on 127.0.0.1 that plays every hostile case.
+
+For each case: the feed's health state and when it is polled next. Time is injected through
+App.clock and advanced by hand; nothing here sleeps to wait for a schedule.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from monitor.app import App, running_app
+from monitor.config import Config
+from monitor.errors import ParseError
+from monitor.models import FeedState, FeedStatus
+from monitor.parse_pool import ParsePool
+from monitor.poller import poll_due
+from tests.feeds import GERMAN, rss
+
+START = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def make_config(database: str, feeds: dict[str, str], **polling: Any) -> Config:
+    return Config.model_validate(
+        {
+            "database": database,
+            "feeds": [{"name": name, "url": url} for name, url in feeds.items()],
+            "watchlists": [{"name": "w", "terms": ["xAI"], "recipients": ["a@example.org"]}],
+            "polling": {
+                "timeout": 3,
+                "connect_timeout": 2,
+                "min_gap": 0.001,
+                "parse_workers": 1,
+                **polling,
+            },
+        }
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def start_app(sqlite_url: str, clock: Clock) -> Iterator[Callable[..., Any]]:
+    """start_app(feeds, **polling) -> an async context manager yielding a running App."""
+
+    def start(feeds: dict[str, str], database: str = sqlite_url, **polling: Any) -> Any:
+        return running_app(make_config(database, feeds, **polling), clock=clock)
+
+    yield start
+
+
+async def poll(app: App, name: str) -> FeedState:
+    """Poll one feed now, due or not, and return what the store recorded."""
+    await poll_due(app, [name], force=True)
+    state = app.store.feed_state(name)
+    assert state is not None
+    return state
+
+
+def requests_to(server: HTTPServer, path: str) -> list[Request]:
+    return [request for request, _ in server.log if request.path == path]
+
+
+def between(moment: datetime | None, low: timedelta, high: timedelta, now: datetime) -> bool:
+    return moment is not None and now + low <= moment <= now + high
+
+
+# ----------------------------------------------------------------------------- success paths
+
+
+async def test_etag_then_304_keeps_the_feed_ok_and_skips_the_parse(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    def handler(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return Response(status=304)
+        return Response(GERMAN, headers={"ETag": '"v1"', "Content-Type": "application/rss+xml"})
+
+    httpserver.expect_request("/feed").respond_with_handler(handler)
+    async with start_app({"de": httpserver.url_for("/feed")}) as app:
+        first = await poll(app, "de")
+        assert first.status == FeedStatus.OK and first.etag == '"v1"'
+        assert between(first.next_poll_at, timedelta(minutes=4), 7 * HOUR, clock.now)
+        clock.advance(HOUR)
+        second = await poll(app, "de")
+    sent = [r.headers.get("If-None-Match") for r in requests_to(httpserver, "/feed")]
+    assert sent == [None, '"v1"']
+    assert second.status == FeedStatus.OK and second.unchanged_streak == 1
+    assert between(second.next_poll_at, timedelta(minutes=4), 7 * HOUR, clock.now)
+
+
+async def test_lying_validators_are_caught_and_no_longer_sent(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    versions = [GERMAN]
+
+    def liar(request: Request) -> Response:  # always 304 when asked, always the same ETag
+        if request.headers.get("If-None-Match"):
+            return Response(status=304)
+        return Response(versions[-1], headers={"ETag": '"same"'})
+
+    httpserver.expect_request("/liar").respond_with_handler(liar)
+    async with start_app({"liar": httpserver.url_for("/liar")}) as app:
+        await poll(app, "liar")
+        versions.append(rss("Neu", [("neu", "xAI: neue Meldung", "Text")]))
+        for _ in range(9):  # 8 answered 304, then the unconditional check
+            clock.advance(HOUR)
+            state = await poll(app, "liar")
+        assert state.ignore_validators and state.status == FeedStatus.OK
+        clock.advance(HOUR)
+        await poll(app, "liar")
+    sent = [r.headers.get("If-None-Match") for r in requests_to(httpserver, "/liar")]
+    assert sent[1:9] == ['"same"'] * 8 and sent[9:] == [None, None]
+
+
+@pytest.mark.parametrize("code", [301, 308])
+async def test_permanent_redirect_is_adopted_after_three_sightings(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock, code: int
+) -> None:
+    httpserver.expect_request("/old").respond_with_data("", code, {"Location": "/new"})
+    httpserver.expect_request("/new").respond_with_data(GERMAN)
+    async with start_app({"moved": httpserver.url_for("/old")}) as app:
+        counts = []
+        for _ in range(3):
+            state = await poll(app, "moved")
+            counts.append((state.url.endswith("/old"), state.redirect_count))
+            clock.advance(HOUR)
+        assert counts == [(True, 1), (True, 2), (False, 0)]
+        assert state.url == httpserver.url_for("/new") and state.status == FeedStatus.OK
+        await poll(app, "moved")
+    assert len(requests_to(httpserver, "/old")) == 3 and len(requests_to(httpserver, "/new")) == 4
+
+
+async def test_temporary_redirect_is_followed_but_never_stored(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    httpserver.expect_request("/temp").respond_with_data("", 302, {"Location": "/elsewhere"})
+    httpserver.expect_request("/elsewhere").respond_with_data(GERMAN)
+    async with start_app({"temp": httpserver.url_for("/temp")}) as app:
+        for _ in range(4):
+            state = await poll(app, "temp")
+            clock.advance(HOUR)
+    assert state.url == httpserver.url_for("/temp") and state.redirect_url is None
+    assert state.status == FeedStatus.OK
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+async def test_gone_disables_the_feed_for_good(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    httpserver.expect_request("/gone").respond_with_data("", 410)
+    async with start_app({"gone": httpserver.url_for("/gone")}) as app:
+        state = await poll(app, "gone")
+        assert state.status == FeedStatus.DISABLED and state.next_poll_at is None
+        assert "410" in (state.last_error or "")
+        clock.advance(timedelta(days=365))
+        report = await poll_due(app)
+    assert report.polls == () and len(requests_to(httpserver, "/gone")) == 1
+
+
+async def test_retry_after_is_honoured_for_the_feed_and_capped_at_a_day(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    httpserver.expect_request("/busy").respond_with_data("", 503, {"Retry-After": "120"})
+    httpserver.expect_request("/forever").respond_with_data("", 503, {"Retry-After": "9999999"})
+    httpserver.expect_request("/ok").respond_with_data(GERMAN)
+    feeds = {n: httpserver.url_for(f"/{n}") for n in ("busy", "forever", "ok")}
+    async with start_app(feeds) as app:
+        await poll_due(app)
+        busy, forever = app.store.feed_state("busy"), app.store.feed_state("forever")
+        assert busy is not None and forever is not None
+        assert busy.status == FeedStatus.DEGRADED
+        assert busy.next_poll_at == START + timedelta(seconds=120)
+        assert forever.next_poll_at == START + timedelta(hours=24)
+        clock.advance(timedelta(seconds=121))
+        report = await poll_due(app)  # a 503 speaks for the feed only: the host is not blocked
+    assert [p.feed for p in report.polls] == ["busy"]
+
+
+async def test_429_with_retry_after_holds_off_the_whole_host(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    httpserver.expect_request("/limited").respond_with_data("", 429, {"Retry-After": "3600"})
+    httpserver.expect_request("/fine").respond_with_data(GERMAN)
+    feeds = {"limited": httpserver.url_for("/limited"), "fine": httpserver.url_for("/fine")}
+    async with start_app(feeds, interval="10m", min_interval="10m") as app:
+        await poll_due(app)
+        clock.advance(timedelta(minutes=30))  # "fine" is due again, but its host said wait
+        assert (await poll_due(app)).polls == ()
+        clock.advance(timedelta(minutes=31))
+        report = await poll_due(app)
+    assert sorted(p.feed for p in report.polls) == ["fine", "limited"]
+
+
+async def test_server_errors_back_off_turn_broken_and_are_logged_once(
+    httpserver: HTTPServer,
+    start_app: Callable[..., Any],
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    httpserver.expect_request("/down").respond_with_data("oops", 500)
+    caplog.set_level(logging.WARNING, logger="monitor.poller")
+    async with start_app({"down": httpserver.url_for("/down")}, max_interval="2h") as app:
+        state = await poll(app, "down")
+        assert state.status == FeedStatus.DEGRADED and state.consecutive_failures == 1
+        assert between(state.next_poll_at, timedelta(seconds=60), timedelta(minutes=15), clock.now)
+        for _ in range(12):
+            clock.advance(3 * HOUR)
+            state = await poll(app, "down")
+            assert between(state.next_poll_at, timedelta(seconds=60), 2 * HOUR, clock.now)
+    assert state.status == FeedStatus.BROKEN and state.consecutive_failures == 13
+    assert state.error_since == START and "HTTP 500" in (state.last_error or "")
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("is degraded" in m for m in messages) == 1
+    assert sum("is broken" in m for m in messages) == 1
+
+
+async def test_recovery_returns_to_ok(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    answers = [Response("no", status=500), Response(GERMAN)]
+    httpserver.expect_request("/flaky").respond_with_handler(lambda _r: answers.pop(0))
+    async with start_app({"flaky": httpserver.url_for("/flaky")}) as app:
+        assert (await poll(app, "flaky")).status == FeedStatus.DEGRADED
+        clock.advance(HOUR)
+        state = await poll(app, "flaky")
+    assert state.status == FeedStatus.OK and state.consecutive_failures == 0
+    assert state.last_error is None and state.items_total == 3
+
+
+def _reset_server() -> tuple[int, threading.Event]:
+    """A TCP server that answers every connection with a reset (RST)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.recv(1024)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], stop
+
+
+def _trickle(_request: Request) -> Response:
+    def body() -> Iterator[bytes]:
+        yield b"<?xml version='1.0'?><rss version='2.0'><channel>"
+        for _ in range(50):
+            time.sleep(0.1)
+            yield b" "
+
+    return Response(body(), headers={"Content-Type": "application/xml"})
+
+
+def _huge(_request: Request) -> Response:
+    chunk = b"<!-- padding -->" * 4096
+    return Response(chunk for _ in range(50 * 2**20 // len(chunk)))
+
+
+ENTITY_BOMB = (
+    '<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY big "' + "A" * 10_000 + '">]>'
+    "<rss version='2.0'><channel><title>t</title><item><title>x</title><description>"
+    + "&big;" * 20_000
+    + "</description></item></channel></rss>"
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "respond", "error"),
+    [
+        ("/loop", lambda s: s.respond_with_data("", 302, {"Location": "/loop"}), "redirect"),
+        ("/trickle", lambda s: s.respond_with_handler(_trickle), "timed out"),
+        ("/huge", lambda s: s.respond_with_handler(_huge), "cap"),
+        (
+            "/bomb",
+            lambda s: s.respond_with_data(
+                gzip.compress(b"\0" * (12 * 2**20)), headers={"Content-Encoding": "gzip"}
+            ),
+            "cap",
+        ),
+        (
+            "/html",
+            lambda s: s.respond_with_data(
+                "<!DOCTYPE html><html><body>Welcome</body></html>", content_type="text/html"
+            ),
+            "HTML page",
+        ),
+    ],
+)
+async def test_hostile_servers_degrade_the_feed_with_a_reason(
+    httpserver: HTTPServer,
+    start_app: Callable[..., Any],
+    clock: Clock,
+    path: str,
+    respond: Callable[[Any], None],
+    error: str,
+) -> None:
+    respond(httpserver.expect_request(path))
+    async with start_app({"bad": httpserver.url_for(path)}, max_body="10 MiB") as app:
+        state = await poll(app, "bad")
+    assert state.status == FeedStatus.DEGRADED and error in (state.last_error or "")
+    assert between(state.next_poll_at, timedelta(seconds=60), timedelta(minutes=15), clock.now)
+
+
+async def test_connection_reset_degrades_the_feed(
+    start_app: Callable[..., Any], clock: Clock
+) -> None:
+    port, stop = _reset_server()
+    try:
+        async with start_app({"reset": f"http://127.0.0.1:{port}/feed"}) as app:
+            state = await poll(app, "reset")
+    finally:
+        stop.set()
+    assert state.status == FeedStatus.DEGRADED and state.last_error
+    assert between(state.next_poll_at, timedelta(seconds=60), timedelta(minutes=15), clock.now)
+
+
+async def test_entity_bomb_is_defused_and_ingested(
+    httpserver: HTTPServer, start_app: Callable[..., Any]
+) -> None:
+    httpserver.expect_request("/entities").respond_with_data(ENTITY_BOMB)
+    async with start_app({"ent": httpserver.url_for("/entities")}, parse_timeout=10) as app:
+        state = await poll(app, "ent")
+    assert state.status == FeedStatus.OK and state.items_total == 1
+
+
+async def test_wrong_declared_charset_is_still_read(
+    httpserver: HTTPServer, start_app: Callable[..., Any], sqlite_url: str
+) -> None:
+    document = rss("Wetter", [("schnee", "Schnee in München", "Kälter"), ("b", "Übel", "Öde")])
+    body = document.decode().encode("latin-1")  # the XML declaration says UTF-8: it lies
+    httpserver.expect_request("/latin").respond_with_data(
+        body, content_type="application/rss+xml; charset=utf-8"
+    )
+    async with start_app({"latin": httpserver.url_for("/latin")}) as app:
+        state = await poll(app, "latin")
+    assert state.status == FeedStatus.OK and state.items_total == 2
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as connection:
+        titles = [row[0] for row in connection.execute(sa.text("SELECT title FROM items"))]
+    engine.dispose()
+    assert any("München" in title for title in titles), titles
+
+
+# ----------------------------------------------------------------------------- health and rhythm
+
+
+async def test_a_quiet_feed_turns_stale_once(
+    httpserver: HTTPServer,
+    start_app: Callable[..., Any],
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    httpserver.expect_request("/quiet").respond_with_data(GERMAN)  # items a minute apart
+    caplog.set_level(logging.WARNING, logger="monitor.poller")
+    async with start_app({"quiet": httpserver.url_for("/quiet")}) as app:
+        fresh = await poll(app, "quiet")
+        assert fresh.status == FeedStatus.OK and fresh.item_gap == 60
+        assert fresh.items_per_day == 1440
+        for _ in range(3):
+            clock.advance(timedelta(days=1))
+            state = await poll(app, "quiet")
+    assert state.status == FeedStatus.STALE
+    assert sum("stale" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_ttl_and_cache_lifetime_stretch_the_interval(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    with_ttl = GERMAN.replace(b"<language>de</language>", b"<ttl>120</ttl>")
+    httpserver.expect_request("/ttl").respond_with_data(with_ttl)
+    httpserver.expect_request("/cached").respond_with_data(
+        GERMAN, headers={"Cache-Control": "public, max-age=10800"}
+    )
+    feeds = {"ttl": httpserver.url_for("/ttl"), "cached": httpserver.url_for("/cached")}
+    async with start_app(feeds) as app:
+        await poll_due(app)
+        ttl, cached = app.store.feed_state("ttl"), app.store.feed_state("cached")
+    assert ttl is not None and ttl.interval == 7200
+    assert cached is not None and cached.interval == 10800
+    assert between(ttl.next_poll_at, 1.8 * HOUR, 2.2 * HOUR, clock.now)
+
+
+# ----------------------------------------------------------------------------- leases
+
+
+async def test_two_workers_never_poll_a_feed_twice(
+    httpserver: HTTPServer, start_app: Callable[..., Any], database_url: str
+) -> None:
+    httpserver.expect_request("/shared").respond_with_data(GERMAN)
+    feeds = {f"f{n}": httpserver.url_for(f"/shared?n={n}") for n in range(30)}
+    async with start_app(feeds, database=database_url) as app:
+        first, second = await _together(
+            poll_due(app, owner="worker-a"), poll_due(app, owner="worker-b")
+        )
+    polled = [p.feed for p in first.polls + second.polls]
+    assert sorted(polled) == sorted(feeds) and len(requests_to(httpserver, "/shared")) == 30
+
+
+async def _together(*jobs: Any) -> list[Any]:
+    import asyncio
+
+    return list(await asyncio.gather(*jobs))
+
+
+async def test_a_dead_workers_leases_expire(
+    httpserver: HTTPServer, start_app: Callable[..., Any], database_url: str, clock: Clock
+) -> None:
+    httpserver.expect_request("/f").respond_with_data(GERMAN)
+    async with start_app({"f": httpserver.url_for("/f")}, database=database_url) as app:
+        lease_until = clock.now + timedelta(minutes=10)
+        taken = app.store.claim_feeds("dead-worker", clock.now, lease_until, 10)
+        assert [s.name for s in taken] == ["f"]
+        assert (await poll_due(app, owner="live")).polls == ()  # the lease still holds
+        clock.advance(timedelta(minutes=11))
+        report = await poll_due(app, owner="live")
+    assert [p.feed for p in report.polls] == ["f"] and report.failed == 0
+
+
+async def test_a_host_leased_by_another_worker_is_left_alone(
+    httpserver: HTTPServer, start_app: Callable[..., Any], database_url: str, clock: Clock
+) -> None:
+    httpserver.expect_request("/a").respond_with_data(GERMAN)
+    feeds = {"a": httpserver.url_for("/a"), "b": httpserver.url_for("/a?b")}
+    async with start_app(feeds, database=database_url) as app:
+        later = clock.now + timedelta(minutes=10)
+        assert len(app.store.claim_feeds("one", clock.now, later, 1)) == 1
+        assert app.store.claim_feeds("two", clock.now, later, 10) == []  # same host: busy
+        assert len(app.store.claim_feeds("one", clock.now, later, 10)) == 1  # its own host
+
+
+# ----------------------------------------------------------------------------- the parse pool
+
+
+def _hang() -> None:
+    time.sleep(60)
+
+
+def _hog() -> bytes:
+    return b"x" * (2 * 2**30)
+
+
+def _answer() -> int:
+    return 42
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ParsePool]:
+    pool = ParsePool(workers=1, timeout=1, memory=512 * 2**20)
+    yield pool
+    pool.close()
+
+
+async def test_a_hung_parse_is_killed_and_the_pool_recovers(pool: ParsePool) -> None:
+    with pytest.raises(ParseError, match="longer than 1 s"):
+        await pool.run(_hang)
+    assert await pool.run(_answer) == 42
+
+
+async def test_a_memory_hungry_parse_is_stopped_and_the_pool_recovers(pool: ParsePool) -> None:
+    with pytest.raises(ParseError, match="memory|died"):
+        await pool.run(_hog)
+    assert await pool.run(_answer) == 42
