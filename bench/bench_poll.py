@@ -1,0 +1,346 @@
+"""Poll-cycle throughput: monitor against feedparser alone (the floor) and rss2email 3.14.
+
+Serves N generated feeds (~32 KB, 30-60 German/English items each) from a server process
+listening on 50 loopback addresses (127.0.0.2-127.0.0.51), so per-host limits act as they
+would across real outlets. Prints, in one run:
+  - monitor: cold cycle (all new) and warm cycle (all unchanged, 304) for N=1,000, peak RSS
+    (this process plus its parse processes); N=200 with 200 ms added latency per request;
+  - the floor: feedparser.parse alone on the same bytes, divided by the cores used;
+  - rss2email 3.14 on the same feeds, when its venv exists (RSS2EMAIL_VENV, default
+    /tmp/r2e-venv; create it with `python3 -m venv /tmp/r2e-venv` and pip install rss2email==3.14),
+    with a keyword filter as its post-process hook.
+Targets (issue 3): cold <= 1.3x floor, warm <= 1.5 s, 200 @ 200 ms <= 2 s, peak RSS <= 250 MB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+HOSTS = [f"127.0.0.{n}" for n in range(2, 52)]
+TERMS = ["xAI", "Grok", "Elon Musk", "Babuschkin", "Bundestag", "Klimaschutz"]
+WORDS_DE = (
+    "Regierung Bundestag Wirtschaft Klimaschutz Energiewende Verkehr München Berlin Hamburg "
+    "Gesundheit Forschung Universität Technologie Künstliche Intelligenz Unternehmen Börse "
+    "Gericht Polizei Wetter Fußball Bürger Städte Länder Größe Straße Übergang"
+).split()
+WORDS_EN = (
+    "government parliament economy climate energy transport London Washington health research "
+    "university technology artificial intelligence company market court police weather football "
+    "citizens cities countries startup funding launch report analysis election"
+).split()
+
+
+# ----------------------------------------------------------------------------- feeds
+
+
+def _vocabulary(base: list[str], seed: int) -> tuple[list[str], list[float]]:
+    """Real words plus 6,000 made-up ones, Zipf-weighted: news text, not near-duplicates."""
+    rng = random.Random(seed)
+    syllables = "ka te ri lo mu sa ne vi to ba ge hu ber schaft ung lich keit ion ent ver".split()
+    made_up = {"".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(6000)}
+    words = base + sorted(made_up)
+    rng.shuffle(words)
+    return words, [1 / (rank + 1) for rank in range(len(words))]
+
+
+VOCABULARY = {"de": _vocabulary(WORDS_DE, 1), "en": _vocabulary(WORDS_EN, 2)}
+
+
+def make_feed(number: int) -> bytes:
+    rng = random.Random(number)
+    german = number % 2 == 0
+    words, weights = VOCABULARY["de" if german else "en"]
+    start = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+    items = []
+    for n in range(rng.randint(30, 60)):
+        title = " ".join(rng.choices(words, weights, k=9)).capitalize()
+        if rng.random() < 0.05:
+            title += " " + rng.choice(TERMS)
+        text = " ".join(rng.choices(words, weights, k=rng.randint(35, 85)))
+        link = f"https://outlet{number}.example.org/{number}/{n}?utm_source=rss"
+        when = format_datetime(start - timedelta(minutes=37 * n))
+        items.append(
+            f"<item><title>{escape(title)}</title><link>{link}</link><guid>{link}</guid>"
+            f"<description>&lt;p&gt;{escape(text)}&lt;/p&gt;</description>"
+            f"<pubDate>{when}</pubDate></item>"
+        )
+    language = "de" if german else "en"
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>'
+        f"<title>Outlet {number}</title><link>https://outlet{number}.example.org/</link>"
+        f"<language>{language}</language>{''.join(items)}</channel></rss>"
+    ).encode()
+
+
+def feed_url(number: int, port: int) -> str:
+    return f"http://{HOSTS[number % len(HOSTS)]}:{port}/feed/{number}.xml"
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def serve(directory: str, port: int, latency: float) -> None:
+    """Server process: every feed file, with ETag/304, on all 50 addresses."""
+    from aiohttp import web
+
+    bodies = {path.name: path.read_bytes() for path in Path(directory).glob("*.xml")}
+    tags = {name: '"' + hashlib.md5(body).hexdigest() + '"' for name, body in bodies.items()}
+
+    async def feed(request: web.Request) -> web.Response:
+        if latency:
+            await asyncio.sleep(latency)
+        name = request.match_info["name"]
+        if request.headers.get("If-None-Match") == tags[name]:
+            return web.Response(status=304, headers={"ETag": tags[name]})
+        return web.Response(
+            body=bodies[name], content_type="application/rss+xml", headers={"ETag": tags[name]}
+        )
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/feed/{name}", feed)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for host in HOSTS:
+            await web.TCPSite(runner, host, port, backlog=1024).start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class Server:
+    def __init__(self, directory: Path, port: int, latency: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(directory), str(port), str(latency)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the feed server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class PeakRss:
+    """Samples the resident memory of this process plus its children (the parse pool)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, sum(_rss(pid) for pid in _tree(os.getpid())))
+
+
+def _tree(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            pids += _tree(int(child))
+    return pids
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# ----------------------------------------------------------------------------- monitor
+
+
+async def monitor_cycles(urls: list[str], workdir: Path) -> tuple[float, float, int, int]:
+    """(cold seconds, warm seconds, new items, peak RSS bytes) for one fresh database."""
+    from monitor.app import running_app
+    from monitor.config import Config
+    from monitor.poller import poll_due
+
+    config = Config.model_validate(
+        {
+            "database": str(workdir / "monitor.db"),
+            "feeds": [{"name": f"feed {n}", "url": url} for n, url in enumerate(urls)],
+            "watchlists": [{"name": "w", "terms": TERMS, "recipients": ["desk@example.org"]}],
+            "polling": {"concurrency": 100},
+        }
+    )
+    with PeakRss() as memory:
+        async with running_app(config) as app:
+            started = time.perf_counter()
+            cold = await poll_due(app, force=True)
+            cold_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            warm = await poll_due(app, force=True)
+            warm_seconds = time.perf_counter() - started
+    failed = cold.failed + warm.failed
+    if failed:
+        print(
+            f"  (monitor: {failed} polls failed: {next(p.error for p in cold.polls + warm.polls if p.error)})"
+        )
+    return cold_seconds, warm_seconds, cold.new_items, memory.peak
+
+
+def floor(bodies: list[bytes]) -> tuple[float, int]:
+    """feedparser.parse alone, serially, on the same bytes; (seconds, cores) to divide by."""
+    import feedparser
+
+    started = time.perf_counter()
+    for body in bodies:
+        feedparser.parse(io.BytesIO(body))
+    return time.perf_counter() - started, os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------- rss2email
+
+R2E_FILTER = '''
+"""Keyword filter for rss2email's post-process hook: drop entries matching no term."""
+import re
+TERMS = re.compile(r"\\b(%s)\\b", re.IGNORECASE)
+def keep(feed, parsed, entry, guid, message, **kwargs):
+    text = " ".join(str(entry.get(k, "")) for k in ("title", "summary"))
+    return message if TERMS.search(text) else None
+'''
+
+
+def rss2email_cycles(venv: Path, urls: list[str], workdir: Path) -> tuple[float, float]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "r2e_filter.py").write_text(
+        R2E_FILTER % "|".join(t.replace(" ", r"\s+") for t in TERMS)
+    )
+    sections = "".join(f"\n[feed.f{n}]\nurl = {url}\n" for n, url in enumerate(urls))
+    (workdir / "r2e.cfg").write_text(
+        "[DEFAULT]\nto = desk@example.org\nfrom = r2e@example.org\n"
+        "post-process = r2e_filter keep\nemail-protocol = sendmail\nsendmail = /bin/true\n"
+        + sections
+    )
+    (workdir / "r2e.json").write_text(json.dumps({"version": 2, "feeds": []}))
+    command = [str(venv / "bin" / "r2e"), "-c", str(workdir / "r2e.cfg")]
+    command += ["-d", str(workdir / "r2e.json"), "run", "--no-send"]
+    env = {**os.environ, "PYTHONPATH": str(workdir)}
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        timings.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
+    return timings[0], timings[1]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run_scenario(count: int, latency: float, port: int, root: Path) -> dict[str, object]:
+    directory = root / f"feeds-{count}-{int(latency * 1000)}"
+    directory.mkdir()
+    bodies = [make_feed(n) for n in range(count)]
+    for n, body in enumerate(bodies):
+        (directory / f"{n}.xml").write_bytes(body)
+    urls = [feed_url(n, port) for n in range(count)]
+    server = Server(directory, port, latency)
+    try:
+        cold, warm, new_items, peak = asyncio.run(monitor_cycles(urls, directory))
+        results: dict[str, object] = {
+            "cold": cold,
+            "warm": warm,
+            "items": new_items,
+            "peak": peak,
+            "kb": sum(map(len, bodies)) / count / 1024,
+        }
+        if latency == 0:
+            results["floor"] = floor(bodies)
+        venv = Path(os.environ.get("RSS2EMAIL_VENV", "/tmp/r2e-venv"))
+        if (venv / "bin" / "r2e").exists():
+            try:
+                results["r2e"] = rss2email_cycles(venv, urls, directory / "r2e")
+            except (RuntimeError, OSError) as error:
+                results["r2e_error"] = str(error)
+        else:
+            results["r2e_error"] = f"no rss2email venv at {venv}"
+    finally:
+        server.stop()
+    return results
+
+
+def main() -> int:
+    count = int(os.environ.get("BENCH_FEEDS", "1000"))
+    slow_count = int(os.environ.get("BENCH_SLOW_FEEDS", "200"))
+    with tempfile.TemporaryDirectory(prefix="bench-poll-") as tmp:
+        root = Path(tmp)
+        fast = run_scenario(count, 0.0, 18080, root)
+        slow = run_scenario(slow_count, 0.2, 18081, root)
+    serial, cores = fast["floor"]  # type: ignore[misc]
+    floor_seconds = serial / cores
+    print(
+        f"feeds: {count} (avg {fast['kb']:.1f} KB, {fast['items']} items), 50 hosts, {cores} cores"
+    )
+    print(
+        f"floor: feedparser.parse alone {serial:.2f} s serial = {serial / count * 1000:.1f} ms/feed; "
+        f"/ {cores} cores = {floor_seconds:.2f} s"
+    )
+    print(
+        f"monitor  cold {fast['cold']:.2f} s ({fast['cold'] / floor_seconds:.2f}x floor; target <= 1.3x)"
+    )
+    print(f"monitor  warm {fast['warm']:.2f} s (target <= 1.5 s)")
+    print(
+        f"monitor  peak RSS {fast['peak'] / 2**20:.0f} MB incl. parse processes (target <= 250 MB)"
+    )
+    print(
+        f"monitor  {slow_count} feeds @ 200 ms: cold {slow['cold']:.2f} s (target <= 2 s), "
+        f"warm {slow['warm']:.2f} s"
+    )
+    for label, result in (("", fast), (f" {slow_count} feeds @ 200 ms:", slow)):
+        if "r2e" in result:
+            r_cold, r_warm = result["r2e"]  # type: ignore[misc]
+            print(
+                f"rss2email{label} cold {r_cold:.2f} s, warm {r_warm:.2f} s "
+                f"(monitor cold is {r_cold / float(result['cold']):.1f}x faster)"
+            )  # type: ignore[arg-type]
+        else:
+            print(f"rss2email{label}: not run ({result.get('r2e_error')})")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    else:
+        sys.exit(main())
