@@ -14,12 +14,19 @@ from pathlib import Path
 
 from monitor import __version__
 from monitor.app import running_app
-from monitor.config import Config, _parse_duration, find_config, is_address, load_config
+from monitor.config import (
+    Config,
+    FeedConfig,
+    _parse_duration,
+    find_config,
+    is_address,
+    load_config,
+)
 from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_email
 from monitor.errors import ConfigError, LockedError, MonitorError
 from monitor.lock import database_lock
 from monitor.logs import setup_logging
-from monitor.models import Match
+from monitor.models import FeedState, Match
 from monitor.poller import poll_due
 from monitor.store import Store, open_store
 from monitor.text import clean_text
@@ -305,18 +312,27 @@ def _feeds(config: Config) -> int:
         states = {s.name: s for s in store.feed_states()}
     finally:
         store.close()
-    print(f"{'FEED':24} {'STATUS':9} {'LAST SUCCESS':17} {'NEXT POLL':17} {'FAILS':>5}  LAST ERROR")
-    for feed in config.feeds:
-        state = states.get(feed.name)
-        if state is None:
-            print(f"{feed.name:24} {'new':9} {'-':17} {'now':17} {0:>5}")
-            continue
-        print(
-            f"{feed.name:24} {state.status.value:9} {_when(state.last_success_at, config):17} "
-            f"{_when(state.next_poll_at, config):17} {state.consecutive_failures:>5}  "
-            f"{(state.last_error or '')[:80]}"
-        )
+    print(
+        f"{'FEED':24} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16} {'FAILS':>5} "
+        f"{'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
+    )
+    for feed in sorted(config.feeds, key=lambda f: (f.group or "", f.name)):
+        print(_feed_row(feed, states.get(feed.name), config))
     return EXIT_OK
+
+
+def _feed_row(feed: FeedConfig, state: FeedState | None, config: Config) -> str:
+    """One line of `monitor feeds`: health, timing and the last error with its age."""
+    state = state or FeedState(feed.name, feed.url)
+    status = state.status.value if feed.enabled else "disabled"
+    name = f"{feed.group}/{feed.name}" if feed.group else feed.name
+    per_day = f"{state.items_per_day:.1f}" if state.items_per_day else "-"
+    next_poll = _when(state.next_poll_at, config) if feed.enabled else "never"
+    return (
+        f"{name[:24]:24} {status:9} {_when(state.last_success_at, config):16} "
+        f"{next_poll:16} {state.consecutive_failures:>5} {per_day:>9}  "
+        f"{_when(state.error_since, config):16} {(state.last_error or '')[:80]}"
+    )
 
 
 def _when(moment: datetime | None, config: Config) -> str:

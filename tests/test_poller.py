@@ -496,6 +496,40 @@ async def test_a_hung_parse_is_killed_and_the_pool_recovers(pool: ParsePool) -> 
 
 
 async def test_a_memory_hungry_parse_is_stopped_and_the_pool_recovers(pool: ParsePool) -> None:
-    with pytest.raises(ParseError, match="memory|died"):
+    with pytest.raises(ParseError, match=r"memory|died"):
         await pool.run(_hog)
     assert await pool.run(_answer) == 42
+
+
+# ----------------------------------------------------------------------------- monitor feeds
+
+
+async def test_feeds_command_shows_health_errors_and_rhythm(
+    httpserver: HTTPServer,
+    start_app: Callable[..., Any],
+    write_config: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from monitor.cli import main
+
+    httpserver.expect_request("/down").respond_with_data("oops", 500)
+    httpserver.expect_request("/de").respond_with_data(GERMAN)
+    feeds = {"down": httpserver.url_for("/down"), "de": httpserver.url_for("/de")}
+    async with start_app(feeds) as app:
+        await poll_due(app)
+    path = write_config(
+        {
+            "feeds": [
+                {"name": "down", "url": feeds["down"]},
+                {"name": "de", "url": feeds["de"], "group": "news"},
+                {"name": "off", "url": "http://127.0.0.1:9/x", "enabled": False},
+            ],
+            "watchlists": [{"name": "w", "terms": ["xAI"], "recipients": ["a@example.org"]}],
+        }
+    )
+    assert main(["--config", str(path), "feeds"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "degraded" in lines["down"] and "HTTP 500" in lines["down"]
+    assert lines["down"].split()[5] == "1"  # consecutive failures (after "-" and a date)
+    assert "ok" in lines["news/de"] and "1440.0" in lines["news/de"]  # items a minute apart
+    assert "disabled" in lines["off"] and "never" in lines["off"]
