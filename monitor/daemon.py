@@ -39,6 +39,7 @@ from monitor.notify import Notifier
 from monitor.poller import CycleReport, poll_due
 from monitor.retention import prune
 from monitor.status import Health, Heartbeat, take_snapshot, write_heartbeat
+from monitor.workers import Registry
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Daemon:
         self.started_at = app.clock()
         self.last_poll_at: datetime | None = None
         self.healthy = True
+        self.registry = Registry(app.store, app.worker_id, app.config)
 
     # ------------------------------------------------------------------ ticks
 
@@ -167,9 +169,7 @@ class Daemon:
         problems = []
         try:
             heartbeat = self.heartbeat(running=True)
-            await asyncio.wait_for(
-                asyncio.to_thread(write_heartbeat, self.app.store, heartbeat), self.ticks.stall
-            )
+            await asyncio.wait_for(asyncio.to_thread(self._beat, heartbeat), self.ticks.stall)
         except TimeoutError:
             problems.append(f"database did not answer within {self.ticks.stall:g}s")
         except Exception as error:  # any driver error means the same: no database
@@ -179,6 +179,11 @@ class Daemon:
         if self.lag.latest > self.ticks.stall:
             problems.append(f"event loop stalled for {self.lag.latest:.1f}s")
         return Health(tuple(problems))
+
+    def _beat(self, heartbeat: Heartbeat) -> None:
+        """Both heartbeats: `monitor status` reads the first, other workers the second."""
+        write_heartbeat(self.app.store, heartbeat)
+        self.registry.beat(heartbeat.at)
 
     def is_scheduler_alive(self) -> bool:
         job = self.scheduler.get_job("poll") if self.scheduler.running else None
@@ -219,6 +224,7 @@ class Daemon:
         config = self._keep_restart_only_settings(config)
         before = self.app.config
         self.app.apply_config(config)
+        self.registry.reconfigure(config)
         self.app.store.sync_feeds({f.name: f.url for f in config.feeds}, self.app.clock())
         log.info(
             "configuration reloaded: %d feeds, %d watchlists%s",
@@ -317,6 +323,7 @@ class Daemon:
             if endpoint is not None:
                 await endpoint.cleanup()
             write_heartbeat(self.app.store, self.heartbeat(running=False))
+            self.registry.retire(self.app.clock())
         log.info("monitor stopped")
 
     async def _start_endpoint(self) -> Any:

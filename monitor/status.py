@@ -1,0 +1,192 @@
+"""How monitor is doing: the daemon's heartbeat, its health, and a snapshot of the database.
+
+The daemon writes a heartbeat row into the `meta` table on every health check, so
+`monitor status` (another process, maybe on another host with PostgreSQL) can tell whether
+a daemon is alive and when it last polled, without talking to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from monitor.config import Config
+from monitor.models import FeedStatus
+from monitor.schedules import parse_schedule
+from monitor.store import Outbox, Store
+
+HEARTBEAT = "daemon_heartbeat"  # key in the meta table
+_ANSWERING = {FeedStatus.OK, FeedStatus.NEW, FeedStatus.STALE}  # stale: answers, nothing new
+_FAILING = {FeedStatus.DEGRADED, FeedStatus.BROKEN}
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What the daemon last said about itself."""
+
+    pid: int
+    host: str
+    at: datetime  # when it was written
+    started_at: datetime
+    last_poll_at: datetime | None  # when the last poll tick finished
+    interval: float  # seconds between heartbeats
+    running: bool = True  # False: written by a clean stop
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "pid": self.pid,
+                "host": self.host,
+                "at": self.at.isoformat(),
+                "started_at": self.started_at.isoformat(),
+                "last_poll_at": self.last_poll_at.isoformat() if self.last_poll_at else None,
+                "interval": self.interval,
+                "running": self.running,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Heartbeat | None:
+        try:
+            data = json.loads(text)
+            last_poll = data["last_poll_at"]
+            return cls(
+                pid=int(data["pid"]),
+                host=str(data["host"]),
+                at=datetime.fromisoformat(data["at"]),
+                started_at=datetime.fromisoformat(data["started_at"]),
+                last_poll_at=datetime.fromisoformat(last_poll) if last_poll else None,
+                interval=float(data["interval"]),
+                running=bool(data.get("running", True)),
+            )
+        except (ValueError, KeyError, TypeError):  # written by another version: treat as absent
+            return None
+
+    def is_alive(self, now: datetime) -> bool:
+        """Running, fresh (three intervals of grace) and, on this host, the process exists."""
+        if not self.running or now - self.at > timedelta(seconds=3 * self.interval + 5):
+            return False
+        return self.host != socket.gethostname() or _process_exists(self.pid)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user (the service user)
+        return True
+    return True
+
+
+def write_heartbeat(store: Store, heartbeat: Heartbeat) -> None:
+    store.set_meta(HEARTBEAT, heartbeat.to_json())
+
+
+def read_heartbeat(store: Store) -> Heartbeat | None:
+    text = store.get_meta(HEARTBEAT)
+    return Heartbeat.from_json(text) if text else None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The numbers behind `monitor status`, the systemd STATUS= line and the gauges."""
+
+    feeds_by_state: dict[str, int]
+    outbox: Outbox
+    next_digests: tuple[tuple[str, datetime], ...]  # (watchlist, next scheduled slot), UTC
+    heartbeat: Heartbeat | None
+
+    @property
+    def feeds_ok(self) -> int:
+        return sum(n for state, n in self.feeds_by_state.items() if state in _ANSWERING)
+
+    @property
+    def feeds_failing(self) -> int:
+        return sum(n for state, n in self.feeds_by_state.items() if state in _FAILING)
+
+    def summary(self) -> str:
+        """One line for systemctl status: feeds ok/failing, outbox depth."""
+        return (
+            f"{self.feeds_ok} feeds ok, {self.feeds_failing} failing; "
+            f"outbox {self.outbox.pending} pending, {self.outbox.dead} dead"
+        )
+
+
+def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
+    """Read the feed states, outbox counts and heartbeat; configured feeds only."""
+    configured = {feed.name for feed in config.feeds}
+    rows = [state for state in store.feed_states() if state.name in configured]
+    states = Counter(state.status.value for state in rows)
+    states["new"] += len(configured) - len(rows)  # configured but not yet in the database
+    if not states["new"]:
+        del states["new"]
+    return Snapshot(
+        feeds_by_state=dict(sorted(states.items())),
+        outbox=store.outbox(),
+        next_digests=next_digests(config, now),
+        heartbeat=read_heartbeat(store),
+    )
+
+
+def next_digests(config: Config, now: datetime) -> tuple[tuple[str, datetime], ...]:
+    """When each watchlist's next digest is scheduled (a missed one goes out on the next tick)."""
+    return tuple(
+        (w.name, parse_schedule(w.digest).next_slot(now, config.zone)) for w in config.watchlists
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The daemon's self-check: healthy when there are no problems."""
+
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        return "ok" if self.ok else "; ".join(self.problems)
+
+
+def describe_daemon(heartbeat: Heartbeat | None, now: datetime, zone: ZoneInfo) -> str:
+    if heartbeat is None:
+        return "not running (no daemon has run on this database)"
+    if heartbeat.is_alive(now):
+        since = _local(heartbeat.started_at, zone)
+        return f"running (pid {heartbeat.pid} on {heartbeat.host}, since {since})"
+    if heartbeat.running:
+        return f"not running (last heartbeat {_local(heartbeat.at, zone)}; it did not stop cleanly)"
+    return f"not running (stopped {_local(heartbeat.at, zone)})"
+
+
+def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]:
+    """`monitor status`, one fact per line, times in the configured time zone."""
+    zone = config.zone
+    heartbeat = snapshot.heartbeat
+    outbox = snapshot.outbox
+    feeds = ", ".join(f"{n} {state}" for state, n in snapshot.feeds_by_state.items()) or "none"
+    oldest = (
+        f" (oldest queued {_local(outbox.oldest_pending, zone)})" if outbox.oldest_pending else ""
+    )
+    lines = [
+        f"daemon:     {describe_daemon(heartbeat, now, zone)}",
+        f"last poll:  {_local(heartbeat.last_poll_at if heartbeat else None, zone)}",
+        f"feeds:      {feeds}",
+        f"outbox:     {outbox.pending} pending{oldest}, {outbox.ready} ready to send, "
+        f"{outbox.dead} dead letters",
+        "next digests:",
+    ]
+    width = max((len(name) for name, _ in snapshot.next_digests), default=0)
+    lines += [f"  {name:{width}}  {_local(slot, zone)}" for name, slot in snapshot.next_digests]
+    return lines
+
+
+def _local(moment: datetime | None, zone: ZoneInfo) -> str:
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z") if moment else "-"

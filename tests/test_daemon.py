@@ -1,0 +1,527 @@
+"""`monitor run` as a real subprocess: local feed server, local SMTP server, fast ticks.
+
+The daemon's ticks are shortened with MONITOR_TICK_* (docs/operations.md). Waits poll for
+a condition with a generous deadline; no assert depends on how fast this machine is, except
+the shutdown bound, which is the contract under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from monitor.config import load_config
+from monitor.store import open_store
+from tests.conftest import SmtpRecorder
+from tests.feeds import ENGLISH, GERMAN, rss
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 60.0  # seconds a condition may take on a loaded machine before the test fails
+GRACE = 5.0  # the shutdown bound given to the daemon in these tests
+FAST = {
+    "MONITOR_TICK_POLL": "0.2",
+    "MONITOR_TICK_DIGEST": "0.3",
+    "MONITOR_TICK_HEALTH": "0.3",
+    "MONITOR_TICK_GRACE": str(GRACE),
+}
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class NotifySocket:
+    """What systemd does: a datagram socket collecting sd_notify messages."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="sdn")  # short: sun_path holds ~107 bytes
+        self.path = os.path.join(self.directory, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[dict[str, str]] = []
+        self.closed = False
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+        self.thread.start()
+
+    def _receive(self) -> None:
+        while not self.closed:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+    def seen(self, key: str, value: str | None = None) -> list[dict[str, str]]:
+        return [m for m in list(self.messages) if key in m and value in (None, m[key])]
+
+    def close(self) -> None:
+        self.closed = True
+        self.thread.join()
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.directory)
+
+
+class Daemon:
+    """`python -m monitor run` with its stderr collected line by line."""
+
+    def __init__(self, config: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "--config", str(config), "run"],
+            cwd=config.parent,
+            env={**os.environ, **FAST, **env},
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # its own process group, so kill() reaches the workers
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def logged(self, text: str) -> list[str]:
+        return [line for line in list(self.lines) if text in line]
+
+    def wait_logged(self, text: str) -> list[str]:
+        return wait_for(lambda: self.logged(text), f"log line {text!r} in:\n" + self.log())  # type: ignore[no-any-return]
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float) -> int:
+        code = self.process.wait(timeout)
+        self.reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        """kill -9 the daemon and its parse workers, as systemd does with the unit's cgroup."""
+        with contextlib.suppress(ProcessLookupError):  # already gone, workers and all
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.reader.join(10)  # EOF once every process holding the pipe is gone
+        if not self.reader.is_alive() and self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifySocket]:
+    listener = NotifySocket()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def start(notify: NotifySocket) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start_daemon(config: Path, **env: str) -> Daemon:
+        daemon = Daemon(config, {"NOTIFY_SOCKET": notify.path, **env})
+        started.append(daemon)
+        return daemon
+
+    yield start_daemon
+    for daemon in started:
+        daemon.kill()
+        print(f"--- daemon {daemon.process.pid} log:\n{daemon.log()}")  # shown when a test fails
+
+
+def base_config(httpserver: HTTPServer, port: int) -> dict[str, Any]:
+    return {
+        "feeds": [{"name": "Nachrichten", "url": httpserver.url_for("/de.xml"), "interval": "1s"}],
+        "watchlists": [
+            {
+                "name": "xAI",
+                "terms": ["xAI", "Grok"],
+                "recipients": ["a@example.org", "b@example.org"],
+                "digest": "hourly",
+            }
+        ],
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": port,
+            "from": "monitor@example.org",
+            "starttls": False,
+        },
+    }
+
+
+def message_ids(recorder: SmtpRecorder) -> list[str]:
+    return [str(m["Message-ID"]) for m in recorder.parsed()]
+
+
+def outbox_of(config: Path) -> Any:
+    store = open_store(load_config(config).database)
+    try:
+        return store.outbox()
+    finally:
+        store.close()
+
+
+def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=config.parent,
+    )
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_starts_notifies_polls_sends_and_stops_cleanly(
+    httpserver: HTTPServer,
+    smtp_server: tuple[SmtpRecorder, int],
+    write_config: Callable[..., Path],
+    notify: NotifySocket,
+    start: Callable[..., Daemon],
+) -> None:
+    recorder, port = smtp_server
+    httpserver.expect_request("/de.xml").respond_with_data(
+        GERMAN, content_type="application/rss+xml"
+    )
+    config = write_config(base_config(httpserver, port))
+    daemon = start(config, WATCHDOG_USEC="3000000")
+
+    wait_for(lambda: notify.seen("READY", "1"), "READY=1")
+    wait_for(lambda: len(recorder.messages) == 2, "one digest per recipient")
+    assert sorted(str(m["To"]) for m in recorder.parsed()) == ["a@example.org", "b@example.org"]
+    assert "Babuschkin verlässt xAI" in recorder.parsed()[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    wait_for(lambda: notify.seen("WATCHDOG", "1"), "a watchdog ping")
+    wanted = "1 feeds ok, 0 failing; outbox 0 pending, 0 dead"
+    wait_for(lambda: notify.seen("STATUS", wanted), f"STATUS={wanted}")
+
+    shown = run_cli(config, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert f"running (pid {daemon.process.pid}" in shown.stdout
+    assert "ok" in shown.stdout and "xAI" in shown.stdout
+
+    overlapping = run_cli(config, "poll")  # the daemon holds the SQLite lock
+    assert overlapping.returncode == 1
+    assert "another monitor process (monitor run" in overlapping.stderr
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+    assert notify.seen("STOPPING", "1")
+    assert daemon.logged("monitor stopped")
+    assert len(recorder.messages) == 2  # nothing sent twice
+    assert "not running" in run_cli(config, "status").stdout
+
+
+def test_sighup_with_a_broken_file_keeps_the_running_config(
+    httpserver: HTTPServer,
+    smtp_server: tuple[SmtpRecorder, int],
+    write_config: Callable[..., Path],
+    notify: NotifySocket,
+    start: Callable[..., Daemon],
+) -> None:
+    recorder, port = smtp_server
+    httpserver.expect_request("/de.xml").respond_with_data(
+        GERMAN, content_type="application/rss+xml"
+    )
+    config = write_config(base_config(httpserver, port))
+    daemon = start(config)
+    wait_for(lambda: len(recorder.messages) == 2, "the first digests")
+
+    good = config.read_text(encoding="utf-8")
+    config.write_text(good.replace("digest: hourly", "digest: sometimes"), encoding="utf-8")
+    daemon.signal(signal.SIGHUP)
+    rejected = daemon.wait_logged("reload rejected")
+    line = next(n for n, text in enumerate(good.splitlines(), 1) if "digest: hourly" in text)
+    assert f"{config}:{line}:" in rejected[0] and "'sometimes' is not a schedule" in rejected[0]
+    assert notify.seen("RELOADING", "1")
+    wait_for(lambda: notify.seen("READY", "1")[1:], "READY=1 after the reload")
+    assert daemon.process.poll() is None  # still running, on the old config
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+
+
+def test_sighup_applies_an_added_feed_and_a_new_watchlist(
+    httpserver: HTTPServer,
+    smtp_server: tuple[SmtpRecorder, int],
+    write_config: Callable[..., Path],
+    start: Callable[..., Daemon],
+) -> None:
+    recorder, port = smtp_server
+    httpserver.expect_request("/de.xml").respond_with_data(
+        GERMAN, content_type="application/rss+xml"
+    )
+    httpserver.expect_request("/en.xml").respond_with_data(
+        ENGLISH, content_type="application/rss+xml"
+    )
+    data = base_config(httpserver, port)
+    config = write_config(data)
+    daemon = start(config)
+    wait_for(lambda: len(recorder.messages) == 2, "the first digests")
+
+    data["feeds"].append(
+        {"name": "Tech News", "url": httpserver.url_for("/en.xml"), "interval": "1s"}
+    )
+    data["watchlists"].append(
+        {
+            "name": "Storms",
+            "terms": ["storm"],
+            "recipients": ["c@example.org"],
+            "digest": "immediate",
+        }
+    )
+    data["digests"] = {"hold": "1s"}  # immediate alerts: do not wait to batch a burst
+    config = write_config(data)
+    daemon.signal(signal.SIGHUP)
+    reloaded = daemon.wait_logged("configuration reloaded")
+    assert "feeds added: Tech News" in reloaded[0] and "watchlists added: Storms" in reloaded[0]
+
+    wait_for(lambda: len(recorder.messages) == 3, "the new watchlist's alert")
+    alert = recorder.parsed()[2]
+    assert alert["To"] == "c@example.org"
+    assert "Storm warning" in alert.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+
+
+def test_sigterm_during_a_slow_fetch_finishes_it_within_the_bound(
+    httpserver: HTTPServer,
+    write_config: Callable[..., Path],
+    start: Callable[..., Daemon],
+) -> None:
+    release = threading.Event()
+    fetching = threading.Event()
+
+    def slow(_request: Request) -> Response:
+        fetching.set()
+        release.wait(30)
+        return Response(GERMAN, content_type="application/rss+xml")
+
+    httpserver.expect_request("/de.xml").respond_with_handler(slow)
+    data = base_config(httpserver, 1)
+    del data["smtp"]
+    config = write_config(data)
+    daemon = start(config)
+    wait_for(fetching.is_set, "the daemon to start fetching")
+
+    daemon.signal(signal.SIGTERM)
+    daemon.wait_logged("stopping")
+    release.set()  # the in-flight fetch completes and is stored before the daemon exits
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+    store = open_store(load_config(config).database)
+    try:
+        assert store.item_count() == 3
+    finally:
+        store.close()
+
+
+def test_second_signal_exits_at_once(
+    httpserver: HTTPServer, write_config: Callable[..., Path], start: Callable[..., Daemon]
+) -> None:
+    release = threading.Event()
+    fetching = threading.Event()
+
+    def stuck(_request: Request) -> Response:
+        fetching.set()
+        release.wait(60)
+        return Response(GERMAN, content_type="application/rss+xml")
+
+    httpserver.expect_request("/de.xml").respond_with_handler(stuck)
+    data = base_config(httpserver, 1)
+    del data["smtp"]
+    daemon = start(write_config(data), MONITOR_TICK_GRACE="60")
+    wait_for(fetching.is_set, "the daemon to start fetching")
+    daemon.signal(signal.SIGINT)
+    daemon.wait_logged("stopping")
+    daemon.signal(signal.SIGINT)
+    try:
+        assert daemon.wait(timeout=15) == 1
+    finally:
+        release.set()
+    assert daemon.logged("exiting at once")
+
+
+def test_kill_9_mid_poll_then_restart_loses_nothing(
+    httpserver: HTTPServer,
+    smtp_server: tuple[SmtpRecorder, int],
+    write_config: Callable[..., Path],
+    start: Callable[..., Daemon],
+) -> None:
+    recorder, port = smtp_server
+    release = threading.Event()
+    fetching = threading.Event()
+    calls = []
+
+    def first_hangs(_request: Request) -> Response:
+        calls.append(1)
+        if len(calls) == 1:
+            fetching.set()
+            release.wait(30)
+        return Response(GERMAN, content_type="application/rss+xml")
+
+    httpserver.expect_request("/de.xml").respond_with_handler(first_hangs)
+    config = write_config(base_config(httpserver, port))
+    daemon = start(config)
+    wait_for(fetching.is_set, "the daemon to start fetching")
+    daemon.kill()
+    release.set()
+
+    start(config)
+    wait_for(lambda: len(recorder.messages) == 2, "the digests after the restart")
+    assert sorted(str(m["To"]) for m in recorder.parsed()) == ["a@example.org", "b@example.org"]
+    text = recorder.parsed()[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Babuschkin verlässt xAI" in text and "Grok-Chatbot" in text
+    wait_for(lambda: outbox_of(config).pending == 0, "every delivery marked sent")
+
+
+def test_kill_9_mid_send_resends_at_most_once_with_the_same_message_id(
+    httpserver: HTTPServer,
+    write_config: Callable[..., Path],
+    smtp_server: tuple[SmtpRecorder, int],
+    start: Callable[..., Daemon],
+) -> None:
+    """The documented window: the server has the message, the daemon has not marked it."""
+    recorder, port = smtp_server
+    httpserver.expect_request("/de.xml").respond_with_data(
+        GERMAN, content_type="application/rss+xml"
+    )
+    config = write_config(base_config(httpserver, port))
+    hold = HeldSmtp(recorder)
+    daemon = start(config)
+    hold.wait_held()
+    daemon.kill()
+    hold.release()
+
+    start(config)
+    wait_for(lambda: len(recorder.messages) == 3, "the remaining digest and one resend")
+    wait_for(lambda: outbox_of(config).pending == 0, "every delivery marked sent")
+    ids = message_ids(recorder)
+    assert ids[0] == hold.held_id  # the first copy, accepted just before the kill
+    assert sorted(ids).count(hold.held_id) == 2  # resent once, the same bytes and Message-ID
+    assert len(set(ids)) == 2  # the other recipient's digest was sent exactly once
+    copies = Counter(str(m["To"]) for m in recorder.parsed())
+    assert sorted(copies.values()) == [1, 2]
+
+
+class HeldSmtp:
+    """Makes the recorder keep the first message, then stall before answering 250."""
+
+    def __init__(self, recorder: SmtpRecorder) -> None:
+        self.recorder = recorder
+        self.held = threading.Event()
+        self.go = threading.Event()
+        self.held_id = ""
+        original = recorder.handle_DATA
+
+        async def handle_data(server: Any, session: Any, envelope: Any) -> str:
+            reply = await original(server, session, envelope)
+            if not self.held.is_set():
+                parsed = message_from_bytes(envelope.content, policy=policy.default)
+                self.held_id = str(parsed["Message-ID"])
+                self.held.set()
+                while not self.go.is_set():  # the SMTP server's own loop keeps running
+                    await asyncio.sleep(0.05)
+            return reply
+
+        recorder.handle_DATA = handle_data  # type: ignore[method-assign]
+
+    def wait_held(self) -> None:
+        wait_for(self.held.is_set, "the first message to reach the SMTP server")
+
+    def release(self) -> None:
+        self.go.set()
+
+
+def test_new_feed_data_is_polled_again_after_restart(
+    httpserver: HTTPServer,
+    write_config: Callable[..., Path],
+    start: Callable[..., Daemon],
+    tmp_path: Path,
+) -> None:
+    """A restarted daemon continues from the database: known items are not mailed again."""
+    httpserver.expect_request("/de.xml").respond_with_data(
+        GERMAN, content_type="application/rss+xml"
+    )
+    data = base_config(httpserver, 1)
+    del data["smtp"]
+    config = write_config(data)
+    daemon = start(config)
+    outbox = tmp_path / "outbox" / "new"
+    wait_for(lambda: len(list(outbox.glob("*.eml"))) == 2, "two digests in the outbox")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0
+
+    httpserver.clear()
+    more = rss("Nachrichten", [("xai-new", "xAI stellt Grok 6 vor", "Neu.")])
+    httpserver.expect_request("/de.xml").respond_with_data(more, content_type="application/rss+xml")
+    data["watchlists"][0]["digest"] = "immediate"
+    data["digests"] = {"hold": "1s"}
+    config = write_config(data)
+    start(config)
+    wait_for(lambda: len(list(outbox.glob("*.eml"))) == 4, "one alert per recipient")
+    newest = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)[-1].read_text()
+    assert "Grok 6" in newest and "Babuschkin" not in newest
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The unit as shipped, with ExecStart pointed at this checkout's monitor (it must exist)."""
+    analyze = "/usr/bin/systemd-analyze"
+    if not os.path.exists(analyze):
+        pytest.skip("systemd-analyze is not installed here")
+    executable = Path(sys.executable).with_name("monitor")
+    if not executable.exists():
+        pytest.skip(f"the monitor entry point is not installed next to {sys.executable}")
+    unit = (ROOT / "systemd" / "monitor.service").read_text(encoding="utf-8")
+    assert "ExecStart=/opt/monitor/bin/monitor " in unit
+    local = tmp_path / "monitor.service"
+    local.write_text(unit.replace("/opt/monitor/bin/monitor", str(executable)), encoding="utf-8")
+    result = subprocess.run(
+        [analyze, "verify", str(local)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "monitor.service" not in result.stderr, result.stderr  # no warnings about the unit
+
+
+def test_every_unit_directive_is_commented() -> None:
+    """Each directive sits in a block of directives that starts under a comment."""
+    lines = (ROOT / "systemd" / "monitor.service").read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if not re.match(r"^[A-Za-z]+=", line):
+            continue
+        above = number - 1
+        while above >= 0 and re.match(r"^[A-Za-z]+=", lines[above]):
+            above -= 1
+        assert above >= 0 and lines[above].startswith("#"), f"line {number + 1}: {line}"
