@@ -440,7 +440,8 @@ class Config(_Model):
         plans = []
         for recipient in watchlist.recipients or self.recipients:
             fallback = defaults.get(recipient.address)
-            digest = recipient.digest or (fallback and fallback.digest) or watchlist.digest
+            own = "immediate" if watchlist.priority is Priority.IMMEDIATE else watchlist.digest
+            digest = recipient.digest or (fallback and fallback.digest) or own
             quiet = (
                 recipient.quiet_hours
                 or (fallback and fallback.quiet_hours)

@@ -309,3 +309,16 @@ def test_test_email_command(
     assert main(["--config", path, "test-email", "nobody@example.org"]) == 1
     assert "550" in capsys.readouterr().err
     assert main(["--config", path, "test-email", "not an address"]) == 2
+
+
+async def test_priority_immediate_watchlist_sends_alerts(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    data = settings(port, recipients=["a@example.org"], priority="immediate")
+    async with open_app(data, clock) as app:
+        add_matches(app, 1)
+        clock.advance(minutes=5)
+        assert (await run_digests(app)).sent == 1  # not waiting for tomorrow's 07:00
+    assert recorder.parsed()[0]["Subject"].startswith("monitor alert:")
