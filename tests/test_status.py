@@ -1,0 +1,106 @@
+"""`monitor status` from the database: heartbeat, feeds by state, outbox, next digests."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from monitor.config import Config, parse_config
+from monitor.status import (
+    Heartbeat,
+    read_heartbeat,
+    status_lines,
+    take_snapshot,
+    write_heartbeat,
+)
+from monitor.store import Store, open_store
+
+NOW = datetime(2026, 11, 29, 6, 30, tzinfo=UTC)  # 07:30 in Berlin
+CONFIG = """
+feeds:
+  - {name: heise, url: "https://www.heise.de/rss/heise-atom.xml"}
+  - {name: Spiegel, url: "https://www.spiegel.de/schlagzeilen/index.rss"}
+  - {name: t3n, url: "https://t3n.de/rss.xml"}
+watchlists:
+  - {name: xAI, terms: [xAI], recipients: [a@example.org], digest: "daily 07:00"}
+  - {name: Grok, terms: [Grok], recipients: [a@example.org], digest: hourly}
+"""
+
+
+@pytest.fixture
+def config() -> Config:
+    return parse_config(CONFIG)
+
+
+@pytest.fixture
+def store(database_url: str, config: Config) -> Iterator[Store]:
+    store = open_store(database_url)
+    store.sync_feeds({f.name: f.url for f in config.feeds if f.name != "t3n"}, NOW)
+    store.update_feed("Spiegel", status="degraded", last_error="HTTP 503")
+    yield store
+    store.close()
+
+
+def beat(**changes: object) -> Heartbeat:
+    heartbeat = Heartbeat(
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        at=NOW - timedelta(seconds=5),
+        started_at=NOW - timedelta(hours=3),
+        last_poll_at=NOW - timedelta(seconds=2),
+        interval=10.0,
+    )
+    return replace(heartbeat, **changes)  # type: ignore[arg-type]
+
+
+def test_snapshot_counts_configured_feeds_by_state(store: Store, config: Config) -> None:
+    snapshot = take_snapshot(store, config, NOW)
+    assert snapshot.feeds_by_state == {"degraded": 1, "new": 2}  # t3n is not in the table yet
+    assert snapshot.summary() == "2 feeds ok, 1 failing; outbox 0 pending, 0 dead"
+    assert dict(snapshot.next_digests) == {
+        "xAI": datetime(2026, 11, 30, 6, 0, tzinfo=UTC),  # 07:00 Berlin tomorrow
+        "Grok": datetime(2026, 11, 29, 7, 0, tzinfo=UTC),
+    }
+
+
+def test_heartbeat_round_trips_through_the_meta_table(store: Store) -> None:
+    assert read_heartbeat(store) is None
+    write_heartbeat(store, beat())
+    assert read_heartbeat(store) == beat()
+    store.set_meta("daemon_heartbeat", "{not json")  # another version's format: ignored
+    assert read_heartbeat(store) is None
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "alive"),
+    [
+        (beat(), True),
+        (beat(at=NOW - timedelta(minutes=5)), False),  # stale: the daemon hangs or died
+        (beat(running=False), False),  # a clean stop
+        (beat(pid=2**22 + 12345), False),  # no such process on this host
+        (beat(pid=2**22 + 12345, host="elsewhere"), True),  # another host: trust the time
+    ],
+)
+def test_alive_means_fresh_running_and_present(heartbeat: Heartbeat, alive: bool) -> None:
+    assert heartbeat.is_alive(NOW) is alive
+
+
+def test_status_lines(store: Store, config: Config) -> None:
+    write_heartbeat(store, beat())
+    text = "\n".join(status_lines(take_snapshot(store, config, NOW), config, NOW))
+    assert f"daemon:     running (pid {os.getpid()} on {socket.gethostname()}, since " in text
+    assert "last poll:  2026-11-29 07:29:58 CET" in text
+    assert "feeds:      1 degraded, 2 new" in text
+    assert "outbox:     0 pending, 0 ready to send, 0 dead letters" in text
+    assert "  xAI   2026-11-30 07:00:00 CET" in text
+
+
+def test_status_after_a_crash_says_so(store: Store, config: Config) -> None:
+    write_heartbeat(store, beat(at=NOW - timedelta(hours=1)))
+    text = "\n".join(status_lines(take_snapshot(store, config, NOW), config, NOW))
+    assert "not running (last heartbeat 2026-11-29 06:30:00 CET; it did not stop cleanly)" in text
