@@ -59,3 +59,6 @@ def setup_logging(verbosity: int = 0, log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("monitor").setLevel(level)
+    # With max_instances=1, APScheduler warns each time a slow poll makes it skip a tick: by
+    # design, so only shown with -v. Its errors (a job that raised) still come through.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING if verbosity > 0 else logging.ERROR)

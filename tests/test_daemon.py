@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from email import message_from_bytes, policy
@@ -30,7 +31,7 @@ from werkzeug import Request, Response
 
 from monitor.config import load_config
 from monitor.store import open_store
-from tests.conftest import SmtpRecorder
+from tests.conftest import SmtpRecorder, free_port
 from tests.feeds import ENGLISH, GERMAN, rss
 
 pytestmark = pytest.mark.slow
@@ -193,6 +194,11 @@ def outbox_of(config: Path) -> Any:
         store.close()
 
 
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=WAIT) as response:
+        return str(response.read().decode())
+
+
 def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "monitor", "--config", str(config), *args],
@@ -217,7 +223,8 @@ def test_starts_notifies_polls_sends_and_stops_cleanly(
     httpserver.expect_request("/de.xml").respond_with_data(
         GERMAN, content_type="application/rss+xml"
     )
-    config = write_config(base_config(httpserver, port))
+    metrics = f"127.0.0.1:{free_port()}"
+    config = write_config({**base_config(httpserver, port), "metrics": {"listen": metrics}})
     daemon = start(config, WATCHDOG_USEC="3000000")
 
     wait_for(lambda: notify.seen("READY", "1"), "READY=1")
@@ -227,6 +234,12 @@ def test_starts_notifies_polls_sends_and_stops_cleanly(
     wait_for(lambda: notify.seen("WATCHDOG", "1"), "a watchdog ping")
     wanted = "1 feeds ok, 0 failing; outbox 0 pending, 0 dead"
     wait_for(lambda: notify.seen("STATUS", wanted), f"STATUS={wanted}")
+
+    scraped = fetch(f"http://{metrics}/metrics")
+    assert 'monitor_polls_total{result="changed"} 1.0' in scraped
+    assert 'monitor_deliveries_total{result="sent"} 2.0' in scraped
+    assert 'monitor_feeds{state="ok"} 1.0' in scraped
+    assert fetch(f"http://{metrics}/healthz") == "ok\n"
 
     shown = run_cli(config, "status")
     assert shown.returncode == 0, shown.stderr
