@@ -159,10 +159,13 @@ class Daemon:
             else:
                 log.warning("unhealthy, not pinging the watchdog: %s", health.describe())
             self.healthy = health.ok
+        if not health.ok:  # the database may be what hangs: do not wait on it in the loop
+            self.notifier.status(f"unhealthy: {health.describe()}")
+            return
         now = self.app.clock()
         snapshot = take_snapshot(self.app.store, self.app.config, now)
         self.metrics.record_snapshot(snapshot, now)
-        self.notifier.status(snapshot.summary() if health.ok else f"unhealthy: {health.describe()}")
+        self.notifier.status(snapshot.summary())
 
     async def check_health(self) -> Health:
         """Database answers (by writing the heartbeat), scheduler alive, loop not stalled."""

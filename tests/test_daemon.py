@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -26,10 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from monitor.app import running_app
 from monitor.config import load_config
+from monitor.daemon import Daemon as DaemonUnderTest
+from monitor.daemon import Ticks
+from monitor.metrics import Metrics
+from monitor.notify import Notifier
 from monitor.store import open_store
 from tests.conftest import SmtpRecorder, free_port
 from tests.feeds import ENGLISH, GERMAN, rss
@@ -538,3 +545,49 @@ def test_every_unit_directive_is_commented() -> None:
         while above >= 0 and re.match(r"^[A-Za-z]+=", lines[above]):
             above -= 1
         assert above >= 0 and lines[above].startswith("#"), f"line {number + 1}: {line}"
+
+
+async def test_watchdog_is_withheld_while_the_database_does_not_answer(
+    write_config: Callable[..., Path], tmp_path: Path, notify: NotifySocket
+) -> None:
+    """In process: another connection holds SQLite's write lock longer than the stall bound."""
+    path = write_config(
+        {
+            "feeds": [{"name": "a", "url": "http://127.0.0.1:9/feed"}],
+            "watchlists": [{"name": "w", "terms": ["x"], "recipients": ["a@example.org"]}],
+        }
+    )
+    metrics = Metrics()
+    async with running_app(load_config(path)) as app:
+        notifier = Notifier({"NOTIFY_SOCKET": notify.path})
+        daemon = DaemonUnderTest(app, path, Ticks(stall=0.5), notifier, metrics)
+        daemon._schedule()
+        daemon.scheduler.start(paused=True)  # alive, but no tick runs on its own here
+        try:
+            await daemon.health_tick()
+            wait_for(lambda: notify.seen("WATCHDOG", "1"), "a ping while healthy")
+            blocker = sqlite3.connect(tmp_path / "monitor.db", isolation_level=None)
+            blocker.execute("BEGIN EXCLUSIVE")
+            pings = len(notify.seen("WATCHDOG"))
+            await daemon.health_tick()
+            unhealthy = "unhealthy: database did not answer within 0.5s"
+            wait_for(lambda: notify.seen("STATUS", unhealthy), unhealthy)
+            assert len(notify.seen("WATCHDOG")) == pings
+            assert samples_of(metrics)["monitor_healthy"] == 0
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            await daemon.health_tick()
+            wait_for(lambda: len(notify.seen("WATCHDOG")) > pings, "pings again once healthy")
+            assert samples_of(metrics)["monitor_healthy"] == 1
+        finally:
+            daemon.scheduler.shutdown(wait=False)
+
+
+def samples_of(metrics: Metrics) -> dict[str, float]:
+    text = metrics.exposition().decode()
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.labels
+    }
