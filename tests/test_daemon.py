@@ -516,7 +516,8 @@ def test_new_feed_data_is_polled_again_after_restart(
     assert "Grok 6" in newest and "Babuschkin" not in newest
 
 
-def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["monitor.service", "monitor@.service"])
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
     """The unit as shipped, with ExecStart pointed at this checkout's monitor (it must exist)."""
     analyze = "/usr/bin/systemd-analyze"
     if not os.path.exists(analyze):
@@ -524,20 +525,21 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     executable = Path(sys.executable).with_name("monitor")
     if not executable.exists():
         pytest.skip(f"the monitor entry point is not installed next to {sys.executable}")
-    unit = (ROOT / "systemd" / "monitor.service").read_text(encoding="utf-8")
+    unit = (ROOT / "systemd" / name).read_text(encoding="utf-8")
     assert "ExecStart=/opt/monitor/bin/monitor " in unit
-    local = tmp_path / "monitor.service"
+    local = tmp_path / name.replace("@", "@1")  # a template is verified as an instance
     local.write_text(unit.replace("/opt/monitor/bin/monitor", str(executable)), encoding="utf-8")
     result = subprocess.run(
         [analyze, "verify", str(local)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "monitor.service" not in result.stderr, result.stderr  # no warnings about the unit
+    assert local.name not in result.stderr, result.stderr  # no warnings about the unit
 
 
-def test_every_unit_directive_is_commented() -> None:
+@pytest.mark.parametrize("name", ["monitor.service", "monitor@.service"])
+def test_every_unit_directive_is_commented(name: str) -> None:
     """Each directive sits in a block of directives that starts under a comment."""
-    lines = (ROOT / "systemd" / "monitor.service").read_text(encoding="utf-8").splitlines()
+    lines = (ROOT / "systemd" / name).read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines):
         if not re.match(r"^[A-Za-z]+=", line):
             continue
