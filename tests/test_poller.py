@@ -484,13 +484,13 @@ def _answer() -> int:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ParsePool]:
-    pool = ParsePool(workers=1, timeout=1, memory=512 * 2**20)
+    pool = ParsePool(workers=1, timeout=5, memory=512 * 2**20)  # room for a cold start
     yield pool
     pool.close()
 
 
 async def test_a_hung_parse_is_killed_and_the_pool_recovers(pool: ParsePool) -> None:
-    with pytest.raises(ParseError, match="longer than 1 s"):
+    with pytest.raises(ParseError, match="longer than 5 s"):
         await pool.run(_hang)
     assert await pool.run(_answer) == 42
 
