@@ -824,8 +824,13 @@ class Store:
                     _insert(tx, digest_runs)
                     .values(
                         [
-                            {"watchlist": r.watchlist, "recipient": r.recipient, "slot": r.slot,
-                             "message_id": message_id, "created_at": now}
+                            {
+                                "watchlist": r.watchlist,
+                                "recipient": r.recipient,
+                                "slot": r.slot,
+                                "message_id": message_id,
+                                "created_at": now,
+                            }
                             for r in runs
                         ]
                     )
@@ -1342,4 +1347,3 @@ def _insert_revisions(
         )
         revised.append((revision_id, revision))
     return revised
-
