@@ -30,6 +30,7 @@ from monitor.stories import (
     content_hash,
     dedupe_keys,
     fingerprints,
+    shingle_hashes,
     shingles,
 )
 
@@ -429,6 +430,9 @@ class Store:
     def __init__(self, engine: Engine, dedupe: DedupeSettings | None = None) -> None:
         self.engine = engine
         self.dedupe = dedupe or DedupeSettings()
+        # item id -> (first seen, candidate) of clustered items: a band match then costs no
+        # re-read and re-shingling of the text (see _story_candidates).
+        self._candidates: dict[int, tuple[datetime, Candidate]] = {}
 
     def close(self) -> None:
         self.engine.dispose()
@@ -448,20 +452,25 @@ class Store:
         """Make the feeds table hold the configured feeds (name -> URL); new ones are due now."""
         with self._tx() as tx:
             known = {row.name: row for row in tx.execute(sa.select(feeds))}
+            added = [
+                {
+                    "name": name,
+                    "url": url,
+                    "config_url": url,
+                    "host": host_of(url),
+                    "status": "new",
+                    "next_poll_at": now,
+                }
+                for name, url in configured.items()
+                if name not in known
+            ]
+            if added:  # workers starting together add the same feeds: the first one wins
+                tx.execute(
+                    _insert(tx, feeds).on_conflict_do_nothing(index_elements=["name"]), added
+                )
             for name, url in configured.items():
                 row = known.get(name)
-                if row is None:
-                    tx.execute(
-                        feeds.insert().values(
-                            name=name,
-                            url=url,
-                            config_url=url,
-                            host=host_of(url),
-                            status="new",
-                            next_poll_at=now,
-                        )
-                    )
-                elif row.config_url != url:  # the user changed the URL: start over with it
+                if row is not None and row.config_url != url:  # changed URL: start over
                     tx.execute(
                         feeds.update()
                         .where(feeds.c.name == name)
@@ -627,10 +636,12 @@ class Store:
             known = _known_keys(tx, [h for _, hashes in unique for h in hashes])
             seen = [(item, keys) for item, keys in unique if not known.keys().isdisjoint(keys)]
             updated = _seen_again(tx, seen, known, now)
+            for item_id, _ in updated:  # their text changed: shingle it again when needed
+                self._candidates.pop(item_id, None)
             fresh = [(item, keys) for item, keys in unique if known.keys().isdisjoint(keys)]
             ids = _insert_items(tx, fresh, now)
             new_items = tuple(item for item, _ in fresh if item.key in ids)
-            in_story = self._cluster(tx, [(ids[i.key], i) for i in new_items], now)
+            in_story, clustered = self._cluster(tx, [(ids[i.key], i) for i in new_items], now)
             found = [(item, m) for item in new_items for m in match(item)]
             self._queue(tx, [(ids[item.key], m) for item, m in found], recipients, now, in_story)
             if updated and self.dedupe.realert_on_update:
@@ -644,17 +655,19 @@ class Store:
                     .where(feeds.c.name == new_items[0].feed)
                     .values(items_total=feeds.c.items_total + len(new_items), last_new_item_at=now)
                 )
+        self._remember(clustered, now)  # only once committed: SQLite may reuse a rolled-back id
         return IngestResult(new_items, tuple(found), tuple(item for _, item in updated))
 
     def _cluster(
         self, tx: Connection, new: Sequence[tuple[int, Item]], now: datetime
-    ) -> dict[int, int]:
-        """Put each new item into a story (stored with its band hashes): item id -> story id."""
+    ) -> tuple[dict[int, int], list[Candidate]]:
+        """Put each new item into a story (stored with its band hashes): item id -> story id,
+        and the new items as candidates for later batches."""
         if not new:
-            return {}
+            return {}, []
         prints = fingerprints([(item.title, item.summary) for _, item in new], self.dedupe)
         bands = {band for fingerprint in prints for band in fingerprint.bands}
-        known = _story_candidates(tx, bands, now - self.dedupe.window)
+        known = _story_candidates(tx, bands, now - self.dedupe.window, self._candidates)
         assigned = assign_stories(
             [(item_id, item.feed, fp) for (item_id, item), fp in zip(new, prints, strict=True)],
             known,
@@ -675,7 +688,21 @@ class Store:
         ]
         if band_rows:
             _insert_bands(tx, band_rows)
-        return {item_id: a.story_id for item_id, a in pairs}
+        clustered = [
+            Candidate(item_id, a.story_id, fp.hashes, item.feed)
+            for (item_id, item), a, fp in zip(new, assigned, prints, strict=True)
+            if fp.bands
+        ]
+        return {item_id: a.story_id for item_id, a in pairs}, clustered
+
+    def _remember(self, clustered: Sequence[Candidate], now: datetime) -> None:
+        if len(self._candidates) + len(clustered) > _CANDIDATE_CACHE_SIZE:
+            since = now - self.dedupe.window
+            self._candidates = {k: v for k, v in self._candidates.items() if v[0] >= since}
+            if len(self._candidates) + len(clustered) > _CANDIDATE_CACHE_SIZE:
+                self._candidates.clear()
+        for candidate in clustered:
+            self._candidates[candidate.item_id] = (now, candidate)
 
     def _queue(
         self,
@@ -736,6 +763,7 @@ class Store:
             .where(items.c.id.not_in(busy))
         )
         recent = sa.select(items.c.id).where(items.c.first_seen_at >= bands_before)
+        self._candidates.clear()  # SQLite may give a deleted item's id to a new one
         with self._tx() as tx:
             tx.execute(item_keys.update().where(item_keys.c.item_id.in_(old)).values(item_id=None))
             bands = tx.execute(story_bands.delete().where(story_bands.c.item_id.not_in(recent)))
@@ -1083,6 +1111,7 @@ def _item_row(item: Item, now: datetime) -> dict[str, Any]:
 _STORY_LOCK = 0x73746F72696573  # "stories": one clustering transaction at a time on PostgreSQL
 _MAX_PARAMETERS = 20000  # values per IN list: bounds one statement's size
 _TOUCH_AFTER = timedelta(days=1)  # refresh a key's last_seen_at at most daily
+_CANDIDATE_CACHE_SIZE = 100_000  # clustered items kept in memory: ~0.5 KB each
 
 
 def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
@@ -1216,32 +1245,68 @@ def _insert_items(
 
 
 def _story_candidates(
-    tx: Connection, bands: Iterable[int], since: datetime
+    tx: Connection,
+    bands: Iterable[int],
+    since: datetime,
+    cache: dict[int, tuple[datetime, Candidate]],
 ) -> dict[int, list[Candidate]]:
-    """band -> the stored items (first seen since `since`) that share it, with their story."""
+    """band -> the stored items (first seen since `since`) that share it, with their story.
+
+    Unrelated news shares a band now and then (~1 in 700 pairs of the bench's articles), so
+    each new item meets dozens of candidates, again in every batch: `cache` (item id ->
+    first seen, candidate) keeps them, and only the (band, item id) pairs are read each time.
+    An entry older than the window is read again: its id may have been reused after a prune.
+    """
+    pairs = _band_members(tx, bands)
+    missing = {i for _, i in pairs if i not in cache or cache[i][0] < since}
+    cache.update(_candidates_by_id(tx, missing))
     found: dict[int, list[Candidate]] = {}
-    texts: dict[int, frozenset[str]] = {}
-    for chunk in _chunks(bands):
+    for band, item_id in pairs:
+        entry = cache.get(item_id)
+        if entry is not None and entry[0] >= since:
+            found.setdefault(band, []).append(entry[1])
+    return found
+
+
+def _band_members(tx: Connection, bands: Iterable[int]) -> list[tuple[int, int]]:
+    """(band, item id) of the stored items with any of these bands: straight to the driver,
+    as thousands of rows per batch would cost more in SQLAlchemy's row processing."""
+    if tx.dialect.name == "postgresql":
+        sql = "SELECT band, item_id FROM story_bands WHERE band = ANY(%s)"
+    else:
+        sql = "SELECT band, item_id FROM story_bands WHERE band IN (SELECT value FROM json_each(?))"
+    pairs: list[tuple[int, int]] = []
+    cursor = tx.connection.cursor()
+    try:
+        for chunk in _chunks(bands):
+            parameter = chunk if tx.dialect.name == "postgresql" else json.dumps(chunk)
+            cursor.execute(sql, (parameter,))
+            pairs += cursor.fetchall()
+    finally:
+        cursor.close()
+    return pairs
+
+
+def _candidates_by_id(
+    tx: Connection, item_ids: Iterable[int]
+) -> dict[int, tuple[datetime, Candidate]]:
+    found = {}
+    for chunk in _chunks(item_ids):
         query = (
             sa.select(
-                story_bands.c.band,
                 items.c.id,
                 items.c.feed,
                 items.c.title,
                 items.c.summary,
+                items.c.first_seen_at,
                 story_members.c.story_id,
             )
-            .join(items, items.c.id == story_bands.c.item_id)
             .join(story_members, story_members.c.item_id == items.c.id)
-            .where(_among(tx, story_bands.c.band, chunk))
-            .where(items.c.first_seen_at >= since)
+            .where(_among(tx, items.c.id, chunk))
         )
         for row in tx.execute(query):
-            words = texts.get(row.id)
-            if words is None:
-                words = texts[row.id] = shingles(row.title, row.summary)
-            candidate = Candidate(row.id, row.story_id, words, row.feed)
-            found.setdefault(row.band, []).append(candidate)
+            hashes = shingle_hashes(shingles(row.title, row.summary))
+            found[row.id] = (row.first_seen_at, Candidate(row.id, row.story_id, hashes, row.feed))
     return found
 
 
@@ -1295,7 +1360,7 @@ def _insert_bands(tx: Connection, rows: Sequence[tuple[int, int]]) -> None:
         sql = "INSERT INTO story_bands (band, item_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
     else:
         sql = "INSERT OR IGNORE INTO story_bands (band, item_id) VALUES (?, ?)"
-    tx.exec_driver_sql(sql, list(rows))
+    tx.exec_driver_sql(sql, sorted(rows))  # in key order: fewer B-tree pages touched
 
 
 def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:

@@ -8,14 +8,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
+from datasketch import MinHash
 
 from monitor.models import Hit, Item, Match, OutgoingMessage
 from monitor.store import Store, open_store
 from monitor.stories import (
     Candidate,
     DedupeSettings,
+    _band_hashes,
     assign_stories,
     dedupe_keys,
     fingerprints,
@@ -75,7 +78,7 @@ def test_assign_stories_joins_the_closest_and_chains_within_a_batch() -> None:
         ],
         SETTINGS,
     )
-    known = {band: [Candidate(7, 7, a.shingles, "n-tv")] for band in a.bands}
+    known = {band: [Candidate(7, 7, a.hashes, "n-tv")] for band in a.bands}
     new = [(10, "stern", b), (11, "zeit", c), (12, "zeit", b), (13, "n-tv", b)]
     assigned = assign_stories(new, known, SETTINGS.similarity)
     assert [x.story_id for x in assigned] == [7, 11, 7, 7]  # 13 joins via stern's copy
@@ -85,7 +88,7 @@ def test_assign_stories_joins_the_closest_and_chains_within_a_batch() -> None:
 def test_an_outlets_own_items_never_merge() -> None:
     # A recurring column ("Die Lage am Morgen") repeats its teaser under a new link each day.
     (a,) = fingerprints([("Die Lage am Morgen", "Was heute wichtig ist")], SETTINGS)
-    known = {band: [Candidate(7, 7, a.shingles, "spiegel")] for band in a.bands}
+    known = {band: [Candidate(7, 7, a.hashes, "spiegel")] for band in a.bands}
     (assigned,) = assign_stories([(8, "spiegel", a)], known, SETTINGS.similarity)
     assert assigned.is_new_story(8)
 
@@ -263,3 +266,16 @@ def test_an_updated_item_realerts_marked_when_configured(database_url: str) -> N
         assert ingest(store, [changed]).matches == ()  # the same change, seen again
     finally:
         store.close()
+
+
+def test_batch_minhash_equals_datasketch() -> None:
+    # fingerprints vectorizes datasketch's MinHash over a batch; the bands must stay what
+    # MinHash.bulk gives, or new items would stop meeting the bands stored before.
+    texts = [("Igor Babuschkin verlässt xAI", "Mitgründer geht"), ("Wetter", ""), ("…", "")]
+    texts += [(f"Nachricht {n}", " ".join(f"wort{k}" for k in range(n))) for n in range(300)]
+    wordy = [[w.encode() for w in shingles(*text)] for text in texts if shingles(*text)]
+    expected = MinHash.bulk(wordy, num_perm=SETTINGS.num_perm)
+    signatures = np.stack([minhash.hashvalues for minhash in expected])
+    bands = [tuple(row) for row in _band_hashes(signatures, SETTINGS).tolist()]
+    assert [f.bands for f in fingerprints(texts, SETTINGS) if f.bands] == bands
+    assert len(bands) == len(texts) - 1
