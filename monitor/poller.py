@@ -12,7 +12,7 @@ import asyncio
 import functools
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,11 +22,13 @@ from monitor.app import App
 from monitor.config import FeedConfig
 from monitor.errors import FetchError, ParseError
 from monitor.fetch import FetchResult
-from monitor.models import FeedState, FeedStatus
+from monitor.models import FeedState, FeedStatus, Item
 from monitor.parse import ParsedFeed, parse_feed
-from monitor.store import host_of
+from monitor.store import IngestResult, host_of
 
 log = logging.getLogger(__name__)
+
+_FEEDS_PER_TRANSACTION = 32  # bounds how long the writer holds SQLite's write lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,10 @@ class _Cycle:
     in_flight: set[asyncio.Task[PollReport]] = field(default_factory=set)
     host_load: dict[str, int] = field(default_factory=dict)  # feeds in flight per leased host
     host_blocks: dict[str, datetime] = field(default_factory=dict)
+    writer: _Writer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = _Writer(self.app)
 
     async def run(self, wanted: list[str], force: bool) -> list[PollReport]:
         batch = self.app.config.polling.concurrency
@@ -118,7 +124,8 @@ class _Cycle:
 
     async def _poll(self, state: FeedState) -> PollReport:
         try:
-            report = await poll_feed(self.app, self.configured[state.name], state, self.owner)
+            feed = self.configured[state.name]
+            report = await poll_feed(self.app, feed, state, self.owner, self.writer)
         finally:
             self._release(state.host)
         if report.host_blocked_until is not None:
@@ -133,7 +140,61 @@ class _Cycle:
             self.app.store.release_host(host, self.owner, self.app.clock(), block)
 
 
-async def poll_feed(app: App, feed: FeedConfig, state: FeedState, owner: str) -> PollReport:
+@dataclass
+class _Writer:
+    """Stores parsed feeds from a worker thread, all feeds waiting in one transaction: the
+    event loop keeps fetching and parsing meanwhile, and many feeds share one commit (a
+    commit rewrites every page the LSH band inserts touched, spread over the whole index)."""
+
+    app: App
+    waiting: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    async def ingest(self, items: Sequence[Item]) -> IngestResult:
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self.waiting.append((items, future))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        group: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = []
+        try:
+            while self.waiting:
+                group = self.waiting[:_FEEDS_PER_TRANSACTION]
+                del self.waiting[:_FEEDS_PER_TRANSACTION]
+                outcomes = await asyncio.to_thread(self._store, [items for items, _ in group])
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    if future.done():  # its poll was cancelled
+                        continue
+                    if isinstance(outcome, IngestResult):
+                        future.set_result(outcome)
+                    else:
+                        future.set_exception(outcome)
+        finally:  # cancelled: the polls waiting are cancelled too, never left hanging
+            for _, future in group + self.waiting:
+                if not future.done():
+                    future.cancel()
+
+    def _store(self, batches: list[Sequence[Item]]) -> list[IngestResult | Exception]:
+        app = self.app
+        try:
+            now = app.clock()
+            return list(app.store.ingest_many(batches, app.matcher.match, app.recipients, now))
+        except Exception:  # one feed's failure must not fail the others: each on its own
+            return [self._store_one(batch) for batch in batches]
+
+    def _store_one(self, batch: Sequence[Item]) -> IngestResult | Exception:
+        app = self.app
+        try:
+            return app.store.ingest(batch, app.matcher.match, app.recipients, app.clock())
+        except Exception as error:
+            return error
+
+
+async def poll_feed(
+    app: App, feed: FeedConfig, state: FeedState, owner: str, writer: _Writer | None = None
+) -> PollReport:
     """Fetch one feed, ingest what is new, record the outcome and release the feed's lease."""
     try:
         result = await _fetch(app, state)
@@ -142,7 +203,7 @@ async def poll_feed(app: App, feed: FeedConfig, state: FeedState, owner: str) ->
             values, report = _unchanged(app, feed, state, result)
         else:
             parsed = await _parse(app, feed, result)
-            found = app.store.ingest(parsed.items, app.matcher.match, app.recipients, app.clock())
+            found = await (writer or _Writer(app)).ingest(parsed.items)
             values = _changed(app, feed, state, result, parsed, len(found.new_items))
             values["body_hash"] = body_hash
             report = PollReport(feed.name, len(found.new_items), len(found.matches))
@@ -151,7 +212,8 @@ async def poll_feed(app: App, feed: FeedConfig, state: FeedState, owner: str) ->
     except Exception as error:  # a bug must not stop the other feeds
         log.exception("unexpected error while polling", extra={"feed": feed.name, "url": state.url})
         values, report = _failed(app, feed, state, FetchError(f"internal error: {error!r}"))
-    app.store.finish_poll(feed.name, owner, values)
+    # In a thread: it waits for SQLite's write lock while the writer holds it.
+    await asyncio.to_thread(app.store.finish_poll, feed.name, owner, values)
     return report
 
 

@@ -8,6 +8,7 @@ are stored in the transaction that claims its deliveries, before anything is sen
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -630,33 +631,63 @@ class Store:
         """
         if not batch:
             return IngestResult((), ())
-        unique = _first_of_each(batch)
+        return self.ingest_many([batch], match, recipients, now)[0]
+
+    def ingest_many(
+        self,
+        batches: Sequence[Sequence[Item]],
+        match: Callable[[Item], Sequence[Match]],
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[IngestResult]:
+        """`ingest` each batch (one feed's items), all in one transaction: a commit rewrites
+        every page the LSH band inserts touched, which are spread over the whole index, so
+        one commit for many feeds costs about what one commit for one feed does."""
+        results, clustered = [], []
         with self._tx() as tx:
             _lock_stories(tx)
-            known = _known_keys(tx, [h for _, hashes in unique for h in hashes])
-            seen = [(item, keys) for item, keys in unique if not known.keys().isdisjoint(keys)]
-            updated = _seen_again(tx, seen, known, now)
-            for item_id, _ in updated:  # their text changed: shingle it again when needed
-                self._candidates.pop(item_id, None)
-            fresh = [(item, keys) for item, keys in unique if known.keys().isdisjoint(keys)]
-            ids = _insert_items(tx, fresh, now)
-            new_items = tuple(item for item, _ in fresh if item.key in ids)
-            in_story, clustered = self._cluster(tx, [(ids[i.key], i) for i in new_items], now)
-            found = [(item, m) for item in new_items for m in match(item)]
-            self._queue(tx, [(ids[item.key], m) for item, m in found], recipients, now, in_story)
-            if updated and self.dedupe.realert_on_update:
-                revised = _insert_revisions(tx, updated, now)
-                again = [(rid, item, m) for rid, item in revised for m in match(item)]
-                self._queue(tx, [(rid, m) for rid, _, m in again], recipients, now)
-                found += [(item, m) for _, item, m in again]
-            if new_items:
-                tx.execute(
-                    feeds.update()
-                    .where(feeds.c.name == new_items[0].feed)
-                    .values(items_total=feeds.c.items_total + len(new_items), last_new_item_at=now)
-                )
+            for batch in batches:
+                result, joined = self._ingest(tx, batch, match, recipients, now)
+                results.append(result)
+                clustered += joined
         self._remember(clustered, now)  # only once committed: SQLite may reuse a rolled-back id
-        return IngestResult(new_items, tuple(found), tuple(item for _, item in updated))
+        return results
+
+    def _ingest(
+        self,
+        tx: Connection,
+        batch: Sequence[Item],
+        match: Callable[[Item], Sequence[Match]],
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> tuple[IngestResult, list[Candidate]]:
+        if not batch:
+            return IngestResult((), ()), []
+        unique = _first_of_each(batch)
+        known = _known_keys(tx, [h for _, hashes in unique for h in hashes])
+        seen = [(item, keys) for item, keys in unique if not known.keys().isdisjoint(keys)]
+        updated = _seen_again(tx, seen, known, now)
+        for item_id, _ in updated:  # their text changed: shingle it again when needed
+            self._candidates.pop(item_id, None)
+        fresh = [(item, keys) for item, keys in unique if known.keys().isdisjoint(keys)]
+        ids = _insert_items(tx, fresh, now)
+        new_items = tuple(item for item, _ in fresh if item.key in ids)
+        in_story, clustered = self._cluster(tx, [(ids[i.key], i) for i in new_items], now)
+        found = [(item, m) for item in new_items for m in match(item)]
+        self._queue(tx, [(ids[item.key], m) for item, m in found], recipients, now, in_story)
+        if updated and self.dedupe.realert_on_update:
+            revised = _insert_revisions(tx, updated, now)
+            again = [(rid, item, m) for rid, item in revised for m in match(item)]
+            self._queue(tx, [(rid, m) for rid, _, m in again], recipients, now)
+            found += [(item, m) for _, item, m in again]
+        if new_items:
+            tx.execute(
+                feeds.update()
+                .where(feeds.c.name == new_items[0].feed)
+                .values(items_total=feeds.c.items_total + len(new_items), last_new_item_at=now)
+            )
+        result = IngestResult(new_items, tuple(found), tuple(item for _, item in updated))
+        return result, clustered
 
     def _cluster(
         self, tx: Connection, new: Sequence[tuple[int, Item]], now: datetime
@@ -689,7 +720,7 @@ class Store:
         if band_rows:
             _insert_bands(tx, band_rows)
         clustered = [
-            Candidate(item_id, a.story_id, fp.hashes, item.feed)
+            Candidate(item_id, a.story_id, array("I", fp.hashes), item.feed)  # compact
             for (item_id, item), a, fp in zip(new, assigned, prints, strict=True)
             if fp.bands
         ]
@@ -870,8 +901,9 @@ class Store:
                     return False
             if message is None:
                 return True
-            tx.execute(
-                messages.insert().values(
+            stored = tx.execute(
+                _insert(tx, messages)
+                .values(
                     message_id=message.message_id,
                     recipient=message.recipient,
                     mime=message.mime,

@@ -19,6 +19,7 @@ from monitor.stories import (
     Candidate,
     DedupeSettings,
     _band_hashes,
+    _closest_vectorized,
     assign_stories,
     dedupe_keys,
     fingerprints,
@@ -279,3 +280,19 @@ def test_batch_minhash_equals_datasketch() -> None:
     bands = [tuple(row) for row in _band_hashes(signatures, SETTINGS).tolist()]
     assert [f.bands for f in fingerprints(texts, SETTINGS) if f.bands] == bands
     assert len(bands) == len(texts) - 1
+
+
+def test_vectorized_closest_equals_the_loop() -> None:
+    words = [f"w{n:05d}" for n in range(400)]
+    texts = [(" ".join(words[n : n + 30]), " ".join(words[n * 3 : n * 3 + 20])) for n in range(60)]
+    prints = fingerprints(texts, SETTINGS)
+    candidates = [Candidate(n, n % 7, p.hashes, "a") for n, p in enumerate(prints[1:], 1)]
+    for threshold in (0.2, 0.39, 0.6, 0.99):
+        for fingerprint in prints[:20]:
+            expected = None
+            for candidate in candidates:
+                similarity = jaccard(fingerprint.hashes, candidate.hashes)
+                if similarity >= threshold and (expected is None or similarity > expected[1]):
+                    expected = (candidate.story_id, similarity)
+            found = _closest_vectorized(fingerprint, candidates, threshold)
+            assert (found and (found.story_id, found.similarity)) == expected
