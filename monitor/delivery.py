@@ -88,7 +88,9 @@ def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> lis
         if plan.schedule.every is Every.IMMEDIATE:
             since = waiting.get(key)
             if since is not None and now - since >= hold:
-                due.append(Due(plan, now))
+                # The slot is the oldest waiting match: workers that see it due together
+                # record the same digest_runs row, and only one of them composes.
+                due.append(Due(plan, since))
             continue
         slot = plan.schedule.latest_slot(now, zone)
         last = handled.get(key)

@@ -130,7 +130,9 @@ class Renderer:
             {
                 "name": name,
                 "entries": [self._entry(entry) for entry in group[:cap]],
-                "more": max(0, len(group) - cap),
+                # Past the cap, items are listed one line each (title, outlet, link), never
+                # hidden: a delivery marked sent must be readable in the message.
+                "more": [self._brief(entry) for entry in group[cap:]],
                 "count": len(group),
             }
             for name, group in sorted(groups.items())
@@ -176,6 +178,11 @@ class Renderer:
                 for outlet, url in entry.also_reported_by
             ],
         }
+
+    def _brief(self, entry: DigestEntry) -> dict[str, str]:
+        item = entry.item
+        url = item.url if item.url.startswith(("https://", "http://")) else ""
+        return {"title": item.title or url, "url": url, "outlet": item.feed}
 
     def _local(self, moment: datetime) -> str:
         return moment.astimezone(self.settings.zone).strftime("%Y-%m-%d %H:%M %Z")

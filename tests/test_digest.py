@@ -83,6 +83,9 @@ def test_cap_per_watchlist_shows_more() -> None:
     parsed = parse(renderer(max_per_watchlist=25).render("a@example.org", entries, NOW).mime)
     text = parsed.get_body(("plain",)).get_content()
     assert "+5 more" in text and text.count("* Titel") == 25
+    assert all(f"Titel {n} (heise)" in text for n in range(25, 30))  # listed, not hidden
+    html = parsed.get_body(("html",)).get_content()
+    assert all(f'href="https://example.org/{n}"' in html for n in range(30))
 
 
 def test_snippet_highlights_hits_around_the_first() -> None:
