@@ -1,0 +1,358 @@
+"""Scale-out: poll and digest throughput with 1, 2 and 4 workers on PostgreSQL, against one
+worker on SQLite, on the same generated feeds, in one run.
+
+Each worker is a real `monitor run` process limited to one parse process. Feeds are served
+from 50 loopback addresses (127.0.0.2-127.0.0.51) so per-host limits act as across outlets.
+Per configuration: the cold cycle (every feed new), the warm cycle (every feed unchanged:
+304), and the time to drain the outbox (every match delivered to a local SMTP server).
+The lease overhead is the warm cycle of 1 PostgreSQL worker against the warm cycle of the
+SQLite worker, which takes no leases in another process's way.
+Needs MONITOR_TEST_POSTGRES_URL (or the default local server); prints 'skipped' otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+from aiosmtpd.controller import Controller
+
+FEEDS = int(os.environ.get("BENCH_FEEDS", "600"))
+ITEMS = 30
+HOSTS = 50
+POSTGRES = os.environ.get(
+    "MONITOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+FAST = {"MONITOR_TICK_POLL": "0.2", "MONITOR_TICK_DIGEST": "0.3", "MONITOR_TICK_HEALTH": "0.5"}
+WORDS = [
+    a + b
+    for a in (
+        "rot",
+        "blau",
+        "gruen",
+        "gelb",
+        "grau",
+        "hell",
+        "dunkel",
+        "alt",
+        "neu",
+        "hoch",
+        "tief",
+        "warm",
+        "kalt",
+        "weit",
+        "nah",
+        "klar",
+        "wild",
+        "still",
+        "fern",
+        "frueh",
+    )
+    for b in (
+        "haus",
+        "baum",
+        "weg",
+        "see",
+        "berg",
+        "tal",
+        "feld",
+        "wald",
+        "dorf",
+        "stadt",
+        "fluss",
+        "meer",
+        "turm",
+        "hof",
+        "markt",
+        "platz",
+        "tor",
+        "bach",
+        "hain",
+        "moor",
+        "rat",
+        "amt",
+        "werk",
+        "bund",
+        "netz",
+        "plan",
+        "preis",
+        "kurs",
+        "wert",
+        "zins",
+    )
+]
+TERMS = ("Alpha", "Bravo", "Charlie", "Delta")
+
+
+def document(number: int) -> bytes:
+    chooser = random.Random(number)
+    stamp = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
+    entries = []
+    for slot in range(ITEMS):
+        words = chooser.sample(WORDS, 40)
+        term = TERMS[(number + slot) % 4] if slot % 10 == 0 else "Meldung"
+        entries.append(
+            f"<item><title>{term} {' '.join(words[:6])}</title>"
+            f"<link>https://bench.example/{number}/{slot}</link>"
+            f"<description>{' '.join(words[6:])}</description>"
+            f"<pubDate>{format_datetime(stamp - timedelta(minutes=slot))}</pubDate></item>"
+        )
+    return (
+        f"<rss version='2.0'><channel><title>Feed {number}</title>{''.join(entries)}"
+        "</channel></rss>"
+    ).encode()
+
+
+class Servers:
+    def __init__(self) -> None:
+        self.bodies = {n: document(n) for n in range(FEEDS)}
+        self.servers = [self._start(f"127.0.0.{2 + n}") for n in range(HOSTS)]
+
+    def _start(self, address: str) -> ThreadingHTTPServer:
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                number = int(self.path.strip("/").split(".")[0])
+                etag = f'"{number}"'
+                if self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = bodies[number]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/rss+xml")
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer((address, 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def url(self, number: int) -> str:
+        host, port = self.servers[number % HOSTS].server_address[:2]
+        return f"http://{host}:{port}/{number}.xml"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.count += 1
+        return "250 OK"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_config(directory: Path, database: str, servers: Servers, smtp_port: int) -> Path:
+    data = {
+        "database": database,
+        "polling": {"interval": "6h", "min_interval": "5m", "parse_workers": 1, "lease": "2m"},
+        "digests": {"hold": "1s"},
+        "feeds": [{"name": f"feed-{n}", "url": servers.url(n)} for n in range(FEEDS)],
+        "watchlists": [
+            {
+                "name": term,
+                "terms": [term],
+                "digest": "immediate",
+                "recipients": [f"{term.lower()}-{r}@example.org" for r in range(5)],
+            }
+            for term in TERMS
+        ],
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "from": "m@example.org",
+            "starttls": False,
+        },
+    }
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def wait(condition: Callable[[], bool], limit: float = 900.0) -> float:
+    started = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - started > limit:
+            raise TimeoutError("benchmark condition not reached")
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
+def scalar(engine: sa.Engine, sql: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(sa.text(sql)).scalar_one())
+
+
+def run(database: str, workers: int, servers: Servers, smtp: Sink, port: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as directory:
+        path = write_config(Path(directory), database, servers, port)
+        # Create the schema and the feeds, not yet due, so worker start-up is not timed.
+        prepare = subprocess.run(
+            [sys.executable, "-m", "monitor", "--config", str(path), "feeds"],
+            capture_output=True,
+            check=True,
+        )
+        del prepare
+        engine = sa.create_engine(database)
+        later = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1)
+        with engine.begin() as connection:
+            connection.execute(sa.text("UPDATE feeds SET next_poll_at = :t"), {"t": later})
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "monitor", "--config", str(path), "run"],
+                env={**os.environ, **FAST},
+                cwd=directory,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(workers)
+        ]
+        try:
+            wait(lambda: scalar(engine, "SELECT count(*) FROM workers") >= workers, 120)
+            sent_before = smtp.count
+
+            def release() -> None:
+                now = datetime.now(UTC).replace(tzinfo=None)
+                with engine.begin() as connection:
+                    connection.execute(sa.text("UPDATE feeds SET next_poll_at = :t"), {"t": now})
+
+            release()
+            cold = wait(
+                lambda: (
+                    scalar(engine, "SELECT count(*) FROM feeds WHERE last_success_at IS NOT NULL")
+                    == FEEDS
+                )
+            )
+            drain = wait(
+                lambda: (
+                    scalar(engine, "SELECT count(*) FROM deliveries WHERE status <> 'sent'") == 0
+                )
+            )
+            deliveries = scalar(engine, "SELECT count(*) FROM deliveries")
+            items = scalar(engine, "SELECT count(*) FROM items")
+            mark = datetime.now(UTC).replace(tzinfo=None)
+            release()
+            warm = wait(
+                lambda: (
+                    scalar(
+                        engine,
+                        "SELECT count(*) FROM feeds WHERE last_polled_at "
+                        f"> '{mark.isoformat(sep=' ')}'",
+                    )
+                    == FEEDS
+                )
+            )
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=120)
+            engine.dispose()
+        return {
+            "cold": cold,
+            "warm": warm,
+            "drain": drain,
+            "deliveries": deliveries,
+            "items": items,
+            "messages": smtp.count - sent_before,
+        }
+
+
+def postgres_schema() -> tuple[str, Callable[[], None]]:
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(POSTGRES)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
+
+    def drop() -> None:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+    separator = "&" if "?" in POSTGRES else "?"
+    return f"{POSTGRES}{separator}options=-csearch_path%3D{schema}", drop
+
+
+def main() -> int:
+    try:
+        sa.create_engine(POSTGRES).connect().close()
+    except sa.exc.OperationalError as error:
+        print(f"skipped: PostgreSQL not reachable at {POSTGRES}: {error}")
+        return 0
+    servers, sink, port = Servers(), Sink(), free_port()
+    smtp = Controller(sink, hostname="127.0.0.1", port=port)
+    smtp.start()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            results["sqlite x1"] = run(f"sqlite:///{directory}/bench.db", 1, servers, sink, port)
+        for workers in (1, 2, 4):
+            url, drop = postgres_schema()
+            try:
+                results[f"postgresql x{workers}"] = run(url, workers, servers, sink, port)
+            finally:
+                drop()
+    finally:
+        smtp.stop()
+    print(f"{FEEDS} feeds x {ITEMS} items on {HOSTS} loopback hosts; each worker 1 parse process")
+    print(
+        f"{'engine, workers':18} {'cold s':>7} {'feeds/s':>8} {'warm s':>7} {'feeds/s':>8} "
+        f"{'drain s':>8} {'deliveries/s':>13}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:18} {r['cold']:7.2f} {FEEDS / r['cold']:8.0f} {r['warm']:7.2f} "
+            f"{FEEDS / r['warm']:8.0f} {r['drain']:8.2f} "
+            f"{r['deliveries'] / max(r['drain'], 1e-3):13.0f}"
+        )
+    base = results["postgresql x1"]
+    speed_up = base["cold"] / results["postgresql x2"]["cold"]
+    print(f"cold speed-up, 2 workers vs 1 (PostgreSQL): {speed_up:.2f}x (target >= 1.7x)")
+    print(
+        f"PostgreSQL x1 vs SQLite x1, cold: {base['cold'] / results['sqlite x1']['cold']:.2f}x"
+        " (target <= 1.3x)"
+    )
+    overhead = base["warm"] / results["sqlite x1"]["warm"] - 1
+    print(
+        f"lease overhead, warm cycle PostgreSQL x1 vs SQLite x1: {overhead * 100:+.0f} % "
+        "(target <= 5 %; includes the engine difference)"
+    )
+    print(f"items stored per run: {int(base['items'])}, deliveries: {int(base['deliveries'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
