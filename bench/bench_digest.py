@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import smtplib
-import socket
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 from aiosmtpd.controller import Controller
+from common import Sink, free_port
 
 from monitor.app import running_app
 from monitor.config import load_config
@@ -29,21 +29,6 @@ from monitor.store import messages
 
 RECIPIENTS = 200
 ITEMS = 25
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
-        self.count += 1
-        return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # A vocabulary of 900 made-up German-looking words: random texts from it share few shingles.

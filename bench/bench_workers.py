@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 from aiosmtpd.controller import Controller
+from common import Sink, free_port
 
 FEEDS = int(os.environ.get("BENCH_FEEDS", "600"))
 ITEMS = 30
@@ -158,21 +158,6 @@ class Servers:
     def url(self, number: int) -> str:
         host, port = self.servers[number % HOSTS].server_address[:2]
         return f"http://{host}:{port}/{number}.xml"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.count += 1
-        return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def write_config(directory: Path, database: str, servers: Servers, smtp_port: int) -> Path:

@@ -97,6 +97,20 @@ def _check_timezone(value: str) -> str:
 Duration = Annotated[float, BeforeValidator(_parse_duration)]
 Size = Annotated[int, BeforeValidator(_parse_size)]
 Address = Annotated[str, AfterValidator(_check_address)]
+
+
+def _check_schedule(value: str) -> str:
+    parse_schedule(value)  # raises ValueError naming the accepted forms
+    return value
+
+
+def _check_quiet_hours(value: str) -> str:
+    parse_quiet_hours(value)
+    return value
+
+
+ScheduleText = Annotated[str, AfterValidator(_check_schedule)]
+QuietHoursText = Annotated[str, AfterValidator(_check_quiet_hours)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
@@ -161,22 +175,8 @@ def _recipient(value: Any) -> Any:
 
 class RecipientConfig(_Model):
     address: Address
-    digest: str | None = None  # this recipient's own schedule, overriding the watchlist's
-    quiet_hours: str | None = None  # e.g. "22:00-07:00": deferred, never dropped
-
-    @field_validator("digest")
-    @classmethod
-    def _schedule(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_schedule(value)
-        return value
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _quiet(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_quiet_hours(value)
-        return value
+    digest: ScheduleText | None = None  # this recipient's own schedule, over the watchlist's
+    quiet_hours: QuietHoursText | None = None  # e.g. "22:00-07:00": deferred, never dropped
 
 
 Recipient = Annotated[RecipientConfig, BeforeValidator(_recipient)]
@@ -235,23 +235,10 @@ class WatchlistConfig(_Model):
     exclude: tuple[str, ...] | str = ()  # terms (any of them) or a query: the item is skipped
     priority: Priority = Priority.NORMAL
     recipients: tuple[Recipient, ...] = ()
-    digest: str = "daily 07:00"
-    quiet_hours: str | None = None  # e.g. "22:00-07:00"; default: digests.quiet_hours
+    digest: ScheduleText = "daily 07:00"
+    quiet_hours: QuietHoursText | None = None  # e.g. "22:00-07:00"; default: digests.quiet_hours
     languages: tuple[str, ...] = ()  # empty: every language
     feeds: tuple[str, ...] = ()  # empty: every feed
-
-    @field_validator("digest")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        parse_schedule(value)  # raises ValueError with the reason
-        return value
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _quiet(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_quiet_hours(value)
-        return value
 
     @field_validator("query")
     @classmethod
@@ -342,16 +329,9 @@ class DigestsConfig(_Model):
     subject: str = "monitor digest: {count} new for {watchlists}"
     alert_subject: str = "monitor alert: {count} new for {watchlists}"
     hold: Duration = 300.0  # immediate alerts wait this long to batch a burst into one mail
-    quiet_hours: str | None = None  # default quiet hours for every watchlist, e.g. "22:00-07:00"
+    quiet_hours: QuietHoursText | None = None  # default for every watchlist, e.g. "22:00-07:00"
     templates_dir: str | None = None  # your own digest/alert templates override the shipped ones
     unsubscribe_url: str | None = None  # an https URL for one-click unsubscribe (RFC 8058)
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _quiet(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_quiet_hours(value)
-        return value
 
     @field_validator("subject", "alert_subject")
     @classmethod
