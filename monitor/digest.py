@@ -173,6 +173,7 @@ class Renderer:
             "time": self._local(item.published),
             "snippet": snippet(item.summary, summary_spans),
             "terms": list(dict.fromkeys(h.term for h in entry.hits)),
+            "updated": entry.updated,
             "also": [
                 {"outlet": outlet, "url": url if url.startswith(("https://", "http://")) else ""}
                 for outlet, url in entry.also_reported_by

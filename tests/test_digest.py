@@ -97,3 +97,13 @@ def test_snippet_highlights_hits_around_the_first() -> None:
     assert marked == ["Elon Musk", "xAI"]
     assert parts[0] == ("… ", False) and parts[-1] == (" …", False)
     assert len("".join(t for t, _ in parts)) <= 300
+
+
+def test_updated_items_are_marked() -> None:
+    from dataclasses import replace
+
+    updated = replace(entry(1, "Neue Fassung"), updated=True)
+    parsed = parse(renderer().render("a@example.org", [updated, entry(2, "Alt")], NOW).mime)
+    text = parsed.get_body(("plain",)).get_content()
+    assert text.count("UPDATED, heise") == 1
+    assert "<strong>Updated</strong>" in parsed.get_body(("html",)).get_content()
