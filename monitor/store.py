@@ -8,7 +8,6 @@ are stored in the transaction that claims its deliveries, before anything is sen
 from __future__ import annotations
 
 import json
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -28,6 +27,7 @@ from monitor.stories import (
     Candidate,
     DedupeSettings,
     assign_stories,
+    compact,
     content_hash,
     dedupe_keys,
     fingerprints,
@@ -724,7 +724,7 @@ class Store:
         if band_rows:
             _insert_bands(tx, band_rows)
         clustered = [
-            Candidate(item_id, a.story_id, array("I", fp.hashes), item.feed)  # compact
+            Candidate(item_id, a.story_id, compact(fp.hashes), item.feed)
             for (item_id, item), a, fp in zip(new, assigned, prints, strict=True)
             if fp.bands
         ]
@@ -1345,7 +1345,7 @@ def _candidates_by_id(
             .where(_among(tx, items.c.id, chunk))
         )
         for row in tx.execute(query):
-            hashes = shingle_hashes(shingles(row.title, row.summary))
+            hashes = compact(shingle_hashes(shingles(row.title, row.summary)))
             found[row.id] = (row.first_seen_at, Candidate(row.id, row.story_id, hashes, row.feed))
     return found
 
