@@ -86,7 +86,7 @@ class Candidate:
 
     item_id: int
     story_id: int
-    hashes: Collection[int]  # its shingles' hashes, without repeats (`shingle_hashes`)
+    hashes: Collection[int]  # its shingles' hashes without repeats, as `compact` keeps them
     feed: str  # an outlet's own items never merge: a recurring column is not one story
 
 
