@@ -346,7 +346,10 @@ class Daemon:
 
 def _outcomes(report: CycleReport) -> list[PollOutcome]:
     return [
-        PollOutcome("failed" if poll.error else "unchanged" if poll.unchanged else "changed")
+        PollOutcome(
+            "failed" if poll.error else "unchanged" if poll.unchanged else "changed",
+            poll.fetch_seconds,
+        )
         for poll in report.polls
     ]
 

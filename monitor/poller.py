@@ -9,9 +9,11 @@ and reported, never dropped; its health state changes are logged once each.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,6 +42,7 @@ class PollReport:
     error: str | None = None
     status: FeedStatus = FeedStatus.OK
     host_blocked_until: datetime | None = None  # the host asked everyone to wait (429)
+    fetch_seconds: float | None = None  # how long the HTTP exchange took, when it completed
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +199,10 @@ async def poll_feed(
     app: App, feed: FeedConfig, state: FeedState, owner: str, writer: _Writer | None = None
 ) -> PollReport:
     """Fetch one feed, ingest what is new, record the outcome and release the feed's lease."""
+    started, fetched = time.monotonic(), None
     try:
         result = await _fetch(app, state)
+        fetched = time.monotonic() - started
         body_hash = _hash(result.body)
         if result.not_modified or body_hash == state.body_hash:
             values, report = _unchanged(app, feed, state, result)
@@ -214,7 +219,7 @@ async def poll_feed(
         values, report = _failed(app, feed, state, FetchError(f"internal error: {error!r}"))
     # In a thread: it waits for SQLite's write lock while the writer holds it.
     await asyncio.to_thread(app.store.finish_poll, feed.name, owner, values)
-    return report
+    return dataclasses.replace(report, fetch_seconds=fetched)
 
 
 async def _fetch(app: App, state: FeedState) -> FetchResult:

@@ -244,6 +244,7 @@ def test_starts_notifies_polls_sends_and_stops_cleanly(
 
     scraped = fetch(f"http://{metrics}/metrics")
     assert 'monitor_polls_total{result="changed"} 1.0' in scraped
+    assert "monitor_fetch_seconds_count 1.0" in scraped  # the fetch was timed
     assert 'monitor_deliveries_total{result="sent"} 2.0' in scraped
     assert 'monitor_feeds{state="ok"} 1.0' in scraped
     assert fetch(f"http://{metrics}/healthz") == "ok\n"
