@@ -676,8 +676,11 @@ class Store:
         fresh = [(item, keys) for item, keys in unique if known.keys().isdisjoint(keys)]
         ids = _insert_items(tx, fresh, now)
         new_items = tuple(item for item, _ in fresh if item.key in ids)
-        in_story, clustered = self._cluster(tx, [(ids[i.key], i) for i in new_items], now)
         found = [(item, m) for item in new_items for m in match(item)]
+        # Stories group alerts: only items that matched a watchlist are clustered. A near-copy
+        # of a matched story carries the same terms, so it matches too and joins it.
+        matched = list({item.key: item for item, _ in found}.values())
+        in_story, clustered = self._cluster(tx, [(ids[i.key], i) for i in matched], now)
         self._queue(tx, [(ids[item.key], m) for item, m in found], recipients, now, in_story)
         if updated and self.dedupe.realert_on_update:
             revised = _insert_revisions(tx, updated, now)
