@@ -4,7 +4,8 @@
 article from another feed, its link with tracking parameters, www./m./AMP variants) and
 10 % near duplicates (a wire copy with a few words changed, under its own link). Each goes
 through canonical_url/make_key, Store.ingest (dedupe keys, MinHash/LSH clustering, story
-membership, matching) into SQLite, and into PostgreSQL when MONITOR_TEST_POSTGRES_URL is
+membership (for items that match: the bench watches "xAI", 2 % of items), matching) into
+SQLite, and into PostgreSQL when MONITOR_TEST_POSTGRES_URL is
 set. The baseline, measured in the same run: the same item rows through plain SQLAlchemy
 INSERT ... ON CONFLICT DO NOTHING. Sizes: per ingested item before and after `prune`.
 Last, precision and recall of same-story detection on tests/data/story_pairs.yaml.
