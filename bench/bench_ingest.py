@@ -34,7 +34,7 @@ from monitor.config import parse_config
 from monitor.models import Hit, Item, Match
 from monitor.parse import make_key
 from monitor.retention import prune_store
-from monitor.store import _insert, create_engine, items, open_store
+from monitor.store import _insert, create_engine, item_row, items, open_store
 from monitor.stories import DedupeSettings, assign_stories, fingerprints
 from monitor.urls import canonical_url
 
@@ -143,26 +143,12 @@ def run_baseline(url: str, raw: Sequence[tuple[str, str, str, str, str]]) -> flo
     try:
         started = time.perf_counter()
         for batch in batches(normalize(raw)):
-            rows = [_row(item) for item in batch]
+            rows = [item_row(item, NOW) for item in batch]
             with engine.begin() as tx:
                 tx.execute(_insert(tx, items).on_conflict_do_nothing(), rows)
         return time.perf_counter() - started
     finally:
         engine.dispose()
-
-
-def _row(item: Item) -> dict[str, object]:
-    return {
-        "key": item.key,
-        "feed": item.feed,
-        "guid": item.guid,
-        "url": item.url,
-        "title": item.title,
-        "summary": item.summary,
-        "language": item.language,
-        "published_at": item.published,
-        "first_seen_at": NOW,
-    }
 
 
 def sizes(url: str, count: int) -> tuple[float, float]:

@@ -397,7 +397,3 @@ def _log_change(feed: FeedConfig, state: FeedState, status: FeedStatus, error: s
         log.warning("feed is stale: no new item for much longer than usual", extra=extra)
     else:
         log.warning("feed is %s: %s", status.value, error, extra=extra)
-
-
-def next_due(states: Iterable[FeedState]) -> datetime | None:
-    return min((s.next_poll_at for s in states if s.next_poll_at), default=None)

@@ -1135,7 +1135,8 @@ class Store:
             )
 
 
-def _item_row(item: Item, now: datetime) -> dict[str, Any]:
+def item_row(item: Item, now: datetime) -> dict[str, Any]:
+    """The items-table row of an item first seen at `now`."""
     return {
         "key": item.key,
         "feed": item.feed,
@@ -1264,7 +1265,7 @@ def _insert_items(
         _insert(tx, items)
         .on_conflict_do_nothing(index_elements=["key"])
         .returning(items.c.id, items.c.key),
-        [_item_row(item, now) for item, _ in fresh],
+        [item_row(item, now) for item, _ in fresh],
     ).all()
     ids = {row.key: row.id for row in inserted}
     stored = [(item, hashes) for item, hashes in fresh if item.key in ids]
@@ -1439,7 +1440,7 @@ def _insert_revisions(
         revision = replace(item, key=f"{item.key}#{content_hash(item)}")
         revision_id = tx.execute(
             _insert(tx, items)
-            .values(_item_row(revision, now))
+            .values(item_row(revision, now))
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(items.c.id)
         ).scalar()
