@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urljoin
 
 import feedparser
 
@@ -70,10 +71,20 @@ def parse_feed(
         raise ParseError("the server sent an HTML page, not a feed (is the URL the feed's?)")
     body = _DOCTYPE.sub(b"", body, count=1)
     # Without a declared type, trust the document's own XML declaration for its encoding.
-    response_headers = {"content-location": url, "content-type": "application/xml"}
+    response_headers = {"content-type": "application/xml"}
     response_headers.update({k.lower(): v for k, v in (headers or {}).items()})
+    # The document's URL is left out (content-location): feedparser would resolve every
+    # element against it, a third of its time; only the item link needs it (see _item).
+    response_headers.pop("content-location", None)
     # A BytesIO, never bytes: feedparser opens a bytes value as a *file path* if one exists.
-    result = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
+    # No sanitizing or link rewriting inside HTML: every text becomes plain text (html_to_text
+    # drops scripts and styles) and is escaped on output, so that work (30 %) would be wasted.
+    result = feedparser.parse(
+        io.BytesIO(body),
+        response_headers=response_headers,
+        sanitize_html=False,
+        resolve_relative_uris=False,
+    )
     entries = result.get("entries") or []
     channel = result.get("feed") or {}
     if not entries and result.get("bozo") and not channel.get("title"):
@@ -112,7 +123,7 @@ def item_gap(stamps: Iterable[datetime]) -> float | None:
 def _item(
     entry: Mapping[str, Any], feed_name: str, base: str, language: str, now: datetime, position: int
 ) -> Item:
-    link = canonical_url(str(entry.get("link") or ""))
+    link = canonical_url(_absolute(str(entry.get("link") or ""), base))
     title = html_to_text(str(entry.get("title") or ""))
     summary = _summary(entry)
     guid = str(entry.get("id") or link or _digest(title + summary))
@@ -127,6 +138,17 @@ def _item(
         published=published,
         language=_language(entry.get("language")) or language,
     )
+
+
+def _absolute(link: str, base: str) -> str:
+    """A relative item link resolved against the feed's URL (xml:base is feedparser's job)."""
+    link = link.strip()
+    if not link or link.startswith(("http://", "https://")):
+        return link
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return link
 
 
 def make_key(feed_name: str, guid: str, link: str) -> str:
