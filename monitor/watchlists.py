@@ -26,7 +26,20 @@ from monitor.query import And, Near, Node, Not, Or, Scope, Term, parse_query, pa
 from monitor.text import FoldedText, fold_text, lower_keep_length
 
 FIELDS = ("title", "summary")
-_BEFORE_WORD = re.compile(r"[\W_](?=[^\W_])")  # the character before a word starts
+_NOT_WORD = re.compile(r"[\W_]")
+
+
+class _Spaces(dict[int, str]):
+    """str.translate table: every non-word character to a space, so an automaton key that
+    starts with a space matches only where a word starts. Filled on first sight."""
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        mapped = self[code] = " " if _NOT_WORD.match(char) else char
+        return mapped
+
+
+_SPACES = _Spaces()  # a translate is 5x faster than re.sub over every item's text
 _WORD_REST = re.compile(r"[^\W_]*")
 _NEAR_WORD = re.compile(r"\S*[^\W_]\S*")  # what NEAR/n counts as one word
 
@@ -80,7 +93,7 @@ class _TermIndex:
         if identity not in self._by_identity:
             self._by_identity[identity] = len(self.leaves)
             cased = term.phrase.replace("-", " ") if term.case_sensitive else None
-            key = _BEFORE_WORD.sub(" ", " " + lower)
+            key = (" " + lower).translate(_SPACES)
             self.leaves.append(_Leaf(key, lower.replace("-", " "), cased, term.prefix))
         self.leaf_of[term] = self._by_identity[identity]
         return self.leaf_of[term]
@@ -103,7 +116,7 @@ class _TermIndex:
         if self._automaton is None:
             return found
         for field in fields:
-            marked = _BEFORE_WORD.sub(" ", " " + field.lower)
+            marked = (" " + field.lower).translate(_SPACES)
             for end, leaf_ids in self._automaton.iter(marked):
                 for leaf_id in leaf_ids:
                     leaf = self.leaves[leaf_id]
