@@ -365,6 +365,61 @@ def _insert(connection: Connection, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
+def _bulk_insert(
+    tx: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    returning: Sequence[str] = (),
+) -> list[Any]:
+    """INSERT ... ON CONFLICT DO NOTHING of many rows straight through the driver; the rows
+    RETURNING `returning` of those inserted (not of those skipped).
+
+    The ingest hot path: SQLAlchemy's per-value parameter processing cost more than the
+    database's own work (bench/bench_ingest.py). Values must be what the driver takes:
+    datetimes go through `_stamp`. PostgreSQL gets one statement over unnest() arrays;
+    SQLite gets executemany, or multi-row VALUES when rows are returned.
+    """
+    if not rows:
+        return []
+    names = ", ".join(columns)
+    tail = " ON CONFLICT DO NOTHING"
+    if returning:
+        tail += " RETURNING " + ", ".join(returning)
+    cursor = tx.connection.cursor()
+    try:
+        if tx.dialect.name == "postgresql":
+            types = [table.c[name].type.compile(dialect=tx.dialect) for name in columns]
+            arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+            cursor.execute(
+                f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}){tail}",
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+            return list(cursor.fetchall()) if returning else []
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        if not returning:
+            cursor.executemany(f"INSERT INTO {table.name} ({names}) VALUES {one}{tail}", rows)
+            return []
+        found: list[Any] = []
+        per_statement = max(1, 900 // len(columns))  # under SQLite's bound-parameter limit
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            values = ", ".join([one] * len(chunk))
+            flat = [value for row in chunk for value in row]
+            cursor.execute(f"INSERT INTO {table.name} ({names}) VALUES {values}{tail}", flat)
+            found += cursor.fetchall()
+        return found
+    finally:
+        cursor.close()
+
+
+def _stamp(tx: Connection, moment: datetime) -> Any:
+    """An aware datetime as `_bulk_insert` passes it: what UTCDateTime would have stored."""
+    naive = moment.astimezone(UTC).replace(tzinfo=None)
+    # SQLAlchemy's SQLite DATETIME text format, so reads parse it like any other row.
+    return naive.isoformat(" ", "microseconds") if tx.dialect.name == "sqlite" else naive
+
+
 def _aware(moment: datetime) -> datetime:
     """Aggregates (min/max) bypass the column type: make their datetimes UTC-aware."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
@@ -712,12 +767,14 @@ class Store:
             self.dedupe.similarity,
         )
         pairs = [(item_id, a) for (item_id, _), a in zip(new, assigned, strict=True)]
-        created = [{"id": i, "created_at": now} for i, a in pairs if a.is_new_story(i)]
-        if created:
-            tx.execute(stories.insert(), created)
-        tx.execute(
-            story_members.insert(),
-            [{"item_id": i, "story_id": a.story_id, "similarity": a.similarity} for i, a in pairs],
+        at = _stamp(tx, now)
+        created = [(i, at) for i, a in pairs if a.is_new_story(i)]
+        _bulk_insert(tx, stories, ("id", "created_at"), created)
+        _bulk_insert(
+            tx,
+            story_members,
+            ("item_id", "story_id", "similarity"),
+            [(i, a.story_id, a.similarity) for i, a in pairs],
         )
         band_rows = [
             (band, item_id)
@@ -752,36 +809,36 @@ class Store:
     ) -> None:
         """Record each match; queue it for each recipient not yet queued its story (in_story:
         item id -> story id, for items that may have joined an earlier story)."""
+        if not found:
+            return
+        created = _stamp(tx, now)
+        inserted = _bulk_insert(
+            tx,
+            matches,
+            ("item_id", "watchlist", "hits", "created_at"),
+            [(item_id, m.watchlist, _hits_json(m.hits), created) for item_id, m in found],
+            returning=("id", "item_id", "watchlist"),
+        )
+        match_ids = {(item_id, watchlist): match_id for match_id, item_id, watchlist in inserted}
+        told: dict[tuple[int, str], set[str]] = {}  # (story, watchlist) -> queued in this call
+        rows = []
         for item_id, found_match in found:
-            match_id = tx.execute(
-                _insert(tx, matches)
-                .values(
-                    item_id=item_id,
-                    watchlist=found_match.watchlist,
-                    hits=_hits_json(found_match.hits),
-                    created_at=now,
-                )
-                .on_conflict_do_nothing()
-                .returning(matches.c.id)
-            ).scalar()
-            if match_id is None:
+            match_id = match_ids.pop((item_id, found_match.watchlist), None)
+            if match_id is None:  # matched before (a known item), or twice in `found`
                 continue
-            rows = [
-                {
-                    "match_id": match_id,
-                    "watchlist": found_match.watchlist,
-                    "recipient": r,
-                    "status": "pending",
-                    "created_at": now,
-                }
-                for r in recipients.get(found_match.watchlist, ())
-            ]
+            watchlist = found_match.watchlist
             story = (in_story or {}).get(item_id, item_id)
-            if story != item_id:  # joined an earlier story: who was told about it already?
-                told = _already_queued(tx, story, found_match.watchlist)
-                rows = [row for row in rows if row["recipient"] not in told]
-            if rows:
-                tx.execute(deliveries.insert(), rows)
+            queued = told.get((story, watchlist))
+            if queued is None:
+                queued = told[story, watchlist] = set()
+                if story != item_id:  # joined an earlier story: who was told about it already?
+                    queued.update(_already_queued(tx, story, watchlist))
+            wanted = [r for r in recipients.get(watchlist, ()) if r not in queued]
+            queued.update(wanted)
+            rows += [(match_id, watchlist, r, "pending", created) for r in wanted]
+        _bulk_insert(
+            tx, deliveries, ("match_id", "watchlist", "recipient", "status", "created_at"), rows
+        )
 
     def prune(
         self, items_before: datetime, keys_before: datetime, bands_before: datetime
@@ -1135,19 +1192,37 @@ class Store:
             )
 
 
+ITEM_COLUMNS = (
+    "key",
+    "feed",
+    "guid",
+    "url",
+    "title",
+    "summary",
+    "language",
+    "published_at",
+    "first_seen_at",
+)
+
+
+def item_values(item: Item, published: Any, first_seen: Any) -> tuple[Any, ...]:
+    """The items-table values, in ITEM_COLUMNS order, of an item first seen at `first_seen`."""
+    return (
+        item.key,
+        item.feed,
+        item.guid,
+        item.url,
+        item.title,
+        item.summary,
+        item.language,
+        published,
+        first_seen,
+    )
+
+
 def item_row(item: Item, now: datetime) -> dict[str, Any]:
     """The items-table row of an item first seen at `now`."""
-    return {
-        "key": item.key,
-        "feed": item.feed,
-        "guid": item.guid,
-        "url": item.url,
-        "title": item.title,
-        "summary": item.summary,
-        "language": item.language,
-        "published_at": item.published,
-        "first_seen_at": now,
-    }
+    return dict(zip(ITEM_COLUMNS, item_values(item, item.published, now), strict=True))
 
 
 # --------------------------------------------------------------------------- stories
@@ -1226,25 +1301,26 @@ def _seen_again(
 ) -> list[tuple[int, Item]]:
     """Record the outlet and any new key of each known item; return (id, item) of those whose
     text changed in the feed that first carried them (the stored text is updated)."""
-    sources, new_keys, stale, updated = [], [], [], []
+    sources: list[tuple[Any, ...]] = []
+    new_keys: list[tuple[Any, ...]] = []
+    stale, updated = [], []
+    seen_at = _stamp(tx, now)
     for item, hashes in seen:
         rows = [known[h] for h in hashes if h in known]
         row = next((r for r in rows if r.key is not None), rows[0])
         stale += [r.hash for r in rows if r.last_seen_at < now - _TOUCH_AFTER]
-        new_keys += [{"hash": h, "item_id": row.item_id, "last_seen_at": now} for h in hashes]
+        new_keys += [(h, row.item_id, seen_at) for h in hashes]
         if row.key is None:  # pruned: a tombstone, nothing more to record
             continue
-        sources.append({"item_id": row.item_id, "feed": item.feed, "url": item.url, "seen_at": now})
+        sources.append((row.item_id, item.feed, item.url, seen_at))
         if row.feed == item.feed and (row.title, row.summary) != (item.title, item.summary):
             updated.append((row.item_id, replace(item, key=row.key)))
-    if new_keys:
-        tx.execute(_insert(tx, item_keys).on_conflict_do_nothing(), new_keys)
+    _bulk_insert(tx, item_keys, ("hash", "item_id", "last_seen_at"), new_keys)
     for chunk in _chunks(stale):
         tx.execute(
             item_keys.update().where(_among(tx, item_keys.c.hash, chunk)).values(last_seen_at=now)
         )
-    if sources:
-        tx.execute(_insert(tx, item_sources).on_conflict_do_nothing(), sources)
+    _bulk_insert(tx, item_sources, ("item_id", "feed", "url", "seen_at"), sources)
     for item_id, item in updated:
         tx.execute(
             items.update()
@@ -1260,31 +1336,28 @@ def _insert_items(
     """Insert the new items with their keys and own outlet; item key -> id."""
     if not fresh:
         return {}
-    # executemany with RETURNING: SQLAlchemy batches it without compiling a VALUES list per call
-    inserted = tx.execute(
-        _insert(tx, items)
-        .on_conflict_do_nothing(index_elements=["key"])
-        .returning(items.c.id, items.c.key),
-        [item_row(item, now) for item, _ in fresh],
-    ).all()
-    ids = {row.key: row.id for row in inserted}
+    seen_at = _stamp(tx, now)
+    inserted = _bulk_insert(
+        tx,
+        items,
+        ITEM_COLUMNS,
+        [item_values(item, _stamp(tx, item.published), seen_at) for item, _ in fresh],
+        returning=("id", "key"),
+    )
+    ids = {key: item_id for item_id, key in inserted}
     stored = [(item, hashes) for item, hashes in fresh if item.key in ids]
-    if stored:
-        tx.execute(
-            _insert(tx, item_keys).on_conflict_do_nothing(),
-            [
-                {"hash": h, "item_id": ids[item.key], "last_seen_at": now}
-                for item, hashes in stored
-                for h in hashes
-            ],
-        )
-        tx.execute(
-            item_sources.insert(),
-            [
-                {"item_id": ids[i.key], "feed": i.feed, "url": i.url, "seen_at": now}
-                for i, _ in stored
-            ],
-        )
+    _bulk_insert(
+        tx,
+        item_keys,
+        ("hash", "item_id", "last_seen_at"),
+        [(h, ids[item.key], seen_at) for item, hashes in stored for h in hashes],
+    )
+    _bulk_insert(
+        tx,
+        item_sources,
+        ("item_id", "feed", "url", "seen_at"),
+        [(ids[item.key], item.feed, item.url, seen_at) for item, _ in stored],
+    )
     return ids
 
 
