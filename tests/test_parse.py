@@ -125,3 +125,19 @@ def test_max_items_caps_a_huge_feed() -> None:
     entries = "".join(f"<item><title>n{i}</title><guid>{i}</guid></item>" for i in range(50))
     body = f"<rss version='2.0'><channel><title>t</title>{entries}</channel></rss>".encode()
     assert len(parse(body, max_items=10).items) == 10  # type: ignore[attr-defined]
+
+
+def test_relative_item_links_resolve_against_xml_base_or_the_feed_url() -> None:
+    body = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>T</title>
+<entry><id>1</id><title>Relative</title><link href="/news/1?utm_medium=x"/></entry>
+<entry xml:base="https://other.example.net/base/"><id>2</id><title>Based</title>
+<link href="story-2"/></entry>
+<entry><id>3</id><title type="html">&lt;a href="/x" onclick="steal()"&gt;Link&lt;/a&gt;
+&lt;style&gt;p{}&lt;/style&gt;text</title><link href="https://example.org/3"/></entry>
+</feed>"""
+    first, second, third = parse(body).items  # type: ignore[attr-defined]
+    assert first.url == "https://example.org/news/1"
+    assert first.key == "u:example.org/news/1"
+    assert second.url == "https://other.example.net/base/story-2"
+    assert third.title == "Link text"  # markup and styles gone without feedparser's sanitizer
