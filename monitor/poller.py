@@ -14,10 +14,10 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from monitor import feeds as rules
 from monitor.app import App
@@ -29,6 +29,7 @@ from monitor.parse import ParsedFeed, parse_feed
 from monitor.store import IngestResult, host_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _FEEDS_PER_TRANSACTION = 32  # bounds how long the writer holds SQLite's write lock
 
@@ -96,7 +97,7 @@ class _Cycle:
         exhausted = False
         while True:
             if not exhausted and len(self.in_flight) <= batch:
-                claimed = self._claim(sorted(remaining), batch, force)
+                claimed = await self._claim(sorted(remaining), batch, force)
                 remaining.difference_update(claimed)
                 exhausted = not claimed or not remaining
             if not self.in_flight:
@@ -106,23 +107,30 @@ class _Cycle:
                 self.in_flight.discard(task)
                 reports.append(task.result())
 
-    def _claim(self, wanted: list[str], limit: int, force: bool) -> list[str]:
+    async def _claim(self, wanted: list[str], limit: int, force: bool) -> list[str]:
         """Lease up to `limit` feeds and start polling them; return their names."""
-        now = self.app.clock()
+        store, now = self.app.store, self.app.clock()
         lease_until = now + timedelta(seconds=self.app.config.polling.lease)
-        states = self.app.store.claim_feeds(self.owner, now, lease_until, limit, wanted, force)
-        self._hold_off_new_hosts({state.host for state in states} - set(self.host_load), now)
+        states = await self.writer.call(
+            functools.partial(store.claim_feeds, self.owner, now, lease_until, limit, wanted, force)
+        )
+        new_hosts = {state.host for state in states} - set(self.host_load)
         for state in states:
             self.host_load[state.host] = self.host_load.get(state.host, 0) + 1
+        await self._hold_off(new_hosts, now)
+        for state in states:
             task = asyncio.create_task(self._poll(state))
             self.in_flight.add(task)
         return [state.name for state in states]
 
-    def _hold_off_new_hosts(self, new_hosts: set[str], now: datetime) -> None:
+    async def _hold_off(self, new_hosts: set[str], now: datetime) -> None:
         """Keep the minimum gap after another worker's last request to the same host."""
         gap = self.app.config.polling.min_gap
-        for host, last in self.app.store.host_last_requests(new_hosts).items():
-            if last is not None and (wait := gap - (now - last).total_seconds()) > 0:
+        last = await self.writer.call(
+            functools.partial(self.app.store.host_last_requests, new_hosts)
+        )
+        for host, at in last.items():
+            if at is not None and (wait := gap - (now - at).total_seconds()) > 0:
                 self.app.fetcher.hold_off(host, min(wait, gap))
 
     async def _poll(self, state: FeedState) -> PollReport:
@@ -130,75 +138,143 @@ class _Cycle:
             feed = self.configured[state.name]
             report = await poll_feed(self.app, feed, state, self.owner, self.writer)
         finally:
-            self._release(state.host)
+            await self._release(state.host)
         if report.host_blocked_until is not None:
             self.host_blocks[state.host] = report.host_blocked_until
         return report
 
-    def _release(self, host: str) -> None:
+    async def _release(self, host: str) -> None:
         self.host_load[host] -= 1
         if self.host_load[host] == 0:
             del self.host_load[host]
             block = self.host_blocks.pop(host, None)
-            self.app.store.release_host(host, self.owner, self.app.clock(), block)
+            release = self.app.store.release_host
+            await self.writer.call(
+                functools.partial(release, host, self.owner, self.app.clock(), block)
+            )
 
 
 @dataclass
 class _Writer:
-    """Stores parsed feeds from a worker thread, all feeds waiting in one transaction: the
-    event loop keeps fetching and parsing meanwhile, and many feeds share one commit (a
-    commit rewrites every page the LSH band inserts touched, spread over the whole index)."""
+    """A cycle's database work, run in one thread, all that waits in each round.
+
+    SQLite has one write lock. Writes from several threads would queue for it in SQLite's
+    busy handler, which sleeps up to 100 ms between tries, and a write from the event loop
+    would stall every fetch meanwhile. Here the event loop only queues work and keeps
+    fetching and parsing; each round stores up to _FEEDS_PER_TRANSACTION feeds' items in
+    one transaction (a commit rewrites every page the LSH band inserts touched, spread over
+    the whole index, so many feeds share one), then every waiting poll outcome in another.
+    A job is queued only once what it depends on is done, so a round may run them in any
+    order.
+    """
 
     app: App
-    waiting: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = field(default_factory=list)
+    items: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = field(default_factory=list)
+    outcomes: list[tuple[str, Mapping[str, Any], asyncio.Future[None]]] = field(
+        default_factory=list
+    )
+    calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
     async def ingest(self, items: Sequence[Item]) -> IngestResult:
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self.waiting.append((items, future))
+        self.items.append((items, future))
+        return await self._wake(future)
+
+    async def finish(self, name: str, values: Mapping[str, Any]) -> None:
+        """Record a poll's outcome and release the feed's lease."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.outcomes.append((name, values, future))
+        await self._wake(future)
+
+    async def call(self, function: Callable[[], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.calls.append((function, future))
+        return await self._wake(future)
+
+    async def _wake(self, future: asyncio.Future[T]) -> T:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
-        group: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = []
+        items: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = []
+        outcomes: list[tuple[str, Mapping[str, Any], asyncio.Future[None]]] = []
+        calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         try:
-            while self.waiting:
-                group = self.waiting[:_FEEDS_PER_TRANSACTION]
-                del self.waiting[:_FEEDS_PER_TRANSACTION]
-                outcomes = await asyncio.to_thread(self._store, [items for items, _ in group])
-                for (_, future), outcome in zip(group, outcomes, strict=True):
+            while self.items or self.outcomes or self.calls:
+                items = self.items[:_FEEDS_PER_TRANSACTION]
+                del self.items[:_FEEDS_PER_TRANSACTION]
+                outcomes, self.outcomes = self.outcomes, []
+                calls, self.calls = self.calls, []
+                results = await asyncio.to_thread(
+                    self._round,
+                    [batch for batch, _ in items],
+                    [(name, values) for name, values, _ in outcomes],
+                    [function for function, _ in calls],
+                )
+                futures = [f for *_, f in items] + [f for *_, f in outcomes] + [f for _, f in calls]
+                for future, result in zip(futures, results, strict=True):
                     if future.done():  # its poll was cancelled
                         continue
-                    if isinstance(outcome, IngestResult):
-                        future.set_result(outcome)
+                    if isinstance(result, _Failed):
+                        future.set_exception(result.error)
                     else:
-                        future.set_exception(outcome)
+                        future.set_result(result)
+                items, outcomes, calls = [], [], []
         finally:  # cancelled: the polls waiting are cancelled too, never left hanging
-            for _, future in group + self.waiting:
-                if not future.done():
-                    future.cancel()
+            waiting = items + self.items, outcomes + self.outcomes, calls + self.calls
+            for jobs in waiting:
+                for *_, future in jobs:
+                    if not future.done():
+                        future.cancel()
 
-    def _store(self, batches: list[Sequence[Item]]) -> list[IngestResult | Exception]:
+    def _round(
+        self,
+        batches: list[Sequence[Item]],
+        outcomes: list[tuple[str, Mapping[str, Any]]],
+        calls: list[Callable[[], Any]],
+    ) -> list[Any]:
         app = self.app
-        try:
-            now = app.clock()
-            return list(app.store.ingest_many(batches, app.matcher.match, app.recipients, now))
-        except Exception:  # one feed's failure must not fail the others: each on its own
-            return [self._store_one(batch) for batch in batches]
+        results: list[Any] = []
+        if batches:
+            try:
+                now = app.clock()
+                results += app.store.ingest_many(batches, app.matcher.match, app.recipients, now)
+            except Exception:  # one feed's failure must not fail the others: each on its own
+                results += [_attempt(app.store.ingest, b, *_ingest_args(app)) for b in batches]
+        if outcomes:
+            try:
+                app.store.finish_polls(outcomes)
+                results += [None] * len(outcomes)
+            except Exception:
+                results += [_attempt(app.store.finish_poll, n, v) for n, v in outcomes]
+        results += [_attempt(function) for function in calls]
+        return results
 
-    def _store_one(self, batch: Sequence[Item]) -> IngestResult | Exception:
-        app = self.app
-        try:
-            return app.store.ingest(batch, app.matcher.match, app.recipients, app.clock())
-        except Exception as error:
-            return error
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: BaseException
+
+
+def _attempt(function: Callable[..., Any], *args: Any) -> Any:
+    """function(*args), or its exception wrapped in _Failed."""
+    try:
+        return function(*args)
+    except Exception as error:
+        return _Failed(error)
+
+
+def _ingest_args(app: App) -> tuple[Any, ...]:
+    return app.matcher.match, app.recipients, app.clock()
 
 
 async def poll_feed(
     app: App, feed: FeedConfig, state: FeedState, owner: str, writer: _Writer | None = None
 ) -> PollReport:
     """Fetch one feed, ingest what is new, record the outcome and release the feed's lease."""
+    writer = writer or _Writer(app)
     started, fetched = time.monotonic(), None
     try:
         result = await _fetch(app, state)
@@ -208,7 +284,7 @@ async def poll_feed(
             values, report = _unchanged(app, feed, state, result)
         else:
             parsed = await _parse(app, feed, result)
-            found = await (writer or _Writer(app)).ingest(parsed.items)
+            found = await writer.ingest(parsed.items)
             values = _changed(app, feed, state, result, parsed, len(found.new_items))
             values["body_hash"] = body_hash
             report = PollReport(feed.name, len(found.new_items), len(found.matches))
@@ -217,8 +293,7 @@ async def poll_feed(
     except Exception as error:  # a bug must not stop the other feeds
         log.exception("unexpected error while polling", extra={"feed": feed.name, "url": state.url})
         values, report = _failed(app, feed, state, FetchError(f"internal error: {error!r}"))
-    # In a thread: it waits for SQLite's write lock while the writer holds it.
-    await asyncio.to_thread(app.store.finish_poll, feed.name, owner, values)
+    await writer.finish(feed.name, values)
     return dataclasses.replace(report, fetch_seconds=fetched)
 
 

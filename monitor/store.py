@@ -644,16 +644,22 @@ class Store:
             )
             return {row.host: row.last_request_at for row in rows}
 
-    def finish_poll(self, name: str, owner: str, values: Mapping[str, Any]) -> None:
+    def finish_poll(self, name: str, values: Mapping[str, Any]) -> None:
         """Record one poll's outcome and release the feed's lease, in one transaction."""
+        self.finish_polls([(name, values)])
+
+    def finish_polls(self, outcomes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """`finish_poll` for many feeds in one transaction."""
         with self._tx() as tx:
-            tx.execute(
-                feeds.update()
-                .where(feeds.c.name == name)
-                .values(**values, lease_owner=None, lease_expires_at=None)
-            )
-            if "url" in values:
-                _ensure_hosts(tx, [host_of(str(values["url"]))])
+            for name, values in outcomes:
+                tx.execute(
+                    feeds.update()
+                    .where(feeds.c.name == name)
+                    .values(**values, lease_owner=None, lease_expires_at=None)
+                )
+            urls = [str(values["url"]) for _, values in outcomes if "url" in values]
+            if urls:
+                _ensure_hosts(tx, {host_of(url) for url in urls})
 
     def release_host(
         self, host: str, owner: str, last_request_at: datetime, blocked_until: datetime | None
