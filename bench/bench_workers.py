@@ -232,7 +232,14 @@ def run(database: str, workers: int, servers: Servers, smtp: Sink, port: int) ->
             def release() -> None:
                 now = datetime.now(UTC).replace(tzinfo=None)
                 with engine.begin() as connection:
-                    connection.execute(sa.text("UPDATE feeds SET next_poll_at = :t"), {"t": now})
+                    # Rows locked in name order, as workers update them: no deadlock.
+                    connection.execute(
+                        sa.text(
+                            "UPDATE feeds SET next_poll_at = :t WHERE name IN "
+                            "(SELECT name FROM feeds ORDER BY name FOR UPDATE)"
+                        ),
+                        {"t": now},
+                    )
 
             release()
             cold = wait(

@@ -400,6 +400,8 @@ def _success(
         "etag": result.headers.get("etag") or state.etag,
         "last_modified": result.headers.get("last-modified") or state.last_modified,
     }
+    if new_items:  # the lease makes this worker the feed's only writer meanwhile
+        values.update(items_total=state.items_total + new_items, last_new_item_at=now)
     values.update(_redirect(feed, state, result))
     return values
 

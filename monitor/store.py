@@ -651,7 +651,8 @@ class Store:
     def finish_polls(self, outcomes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """`finish_poll` for many feeds in one transaction."""
         with self._tx() as tx:
-            for name, values in outcomes:
+            # In name order: two transactions updating rows in one order cannot deadlock.
+            for name, values in sorted(outcomes, key=lambda outcome: outcome[0]):
                 tx.execute(
                     feeds.update()
                     .where(feeds.c.name == name)
@@ -748,12 +749,6 @@ class Store:
             again = [(rid, item, m) for rid, item in revised for m in match(item)]
             self._queue(tx, [(rid, m) for rid, _, m in again], recipients, now)
             found += [(item, m) for _, item, m in again]
-        if new_items:
-            tx.execute(
-                feeds.update()
-                .where(feeds.c.name == new_items[0].feed)
-                .values(items_total=feeds.c.items_total + len(new_items), last_new_item_at=now)
-            )
         result = IngestResult(new_items, tuple(found), tuple(item for _, item in updated))
         return result, clustered
 
