@@ -8,6 +8,7 @@ are stored in the transaction that claims its deliveries, before anything is sen
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -34,6 +35,8 @@ from monitor.stories import (
     shingle_hashes,
     shingles,
 )
+
+log = logging.getLogger(__name__)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -493,6 +496,8 @@ class Store:
         # item id -> (first seen, candidate) of clustered items: a band match then costs no
         # re-read and re-shingling of the text (see _story_candidates).
         self._candidates: dict[int, tuple[datetime, Candidate]] = {}
+        # Look for matches a crash left unqueued (see ingest_many) once, with the first items.
+        self._sweep = True
 
     def close(self) -> None:
         self.engine.dispose()
@@ -690,10 +695,10 @@ class Store:
     ) -> IngestResult:
         """Store new items; match only those; queue a delivery per match and recipient.
 
-        One transaction: an item is never stored without its keys, story, matches and
-        deliveries. A known item (same URL identity, or same feed + GUID, even long after
-        it was pruned) only records its outlet. A new item that joins a story whose match
-        was already queued for a watchlist and recipient queues nothing more for them.
+        A known item (same URL identity, or same feed + GUID, even long after it was pruned)
+        only records its outlet. A new item that joins a story whose match was already
+        queued for a watchlist and recipient queues nothing more for them. See ingest_many
+        for the transactions.
         """
         if not batch:
             return IngestResult((), ())
@@ -706,17 +711,25 @@ class Store:
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
     ) -> list[IngestResult]:
-        """`ingest` each batch (one feed's items), all in one transaction: a commit rewrites
-        every page the LSH band inserts touched, which are spread over the whole index, so
-        one commit for many feeds costs about what one commit for one feed does."""
-        results, clustered = [], []
+        """`ingest` each batch (one feed's items), in two transactions.
+
+        The first stores every batch's items with their keys, outlets and matches, and may
+        run beside other workers' (several feeds share one commit: it rewrites every index
+        page touched). The second, one worker at a time (a story is decided once), puts the
+        matched items into stories and queues their deliveries. A crash between the two
+        leaves matches without deliveries: `_settle` finds them at the next start.
+        """
+        results, unsettled = [], []
         with self._tx() as tx:
-            _lock_stories(tx)
             for batch in batches:
-                result, joined = self._ingest(tx, batch, match, recipients, now)
+                result, recorded = self._ingest(tx, batch, match, recipients, now)
                 results.append(result)
-                clustered += joined
-        self._remember(clustered, now)  # only once committed: SQLite may reuse a rolled-back id
+                unsettled += recorded
+        try:
+            self._settle(unsettled, recipients, now)
+        except Exception:  # the items are stored: their deliveries follow with the next batch
+            self._sweep = True
+            log.exception("queueing deliveries failed; retried with the next items stored")
         return results
 
     def _ingest(
@@ -726,7 +739,7 @@ class Store:
         match: Callable[[Item], Sequence[Match]],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
-    ) -> tuple[IngestResult, list[Candidate]]:
+    ) -> tuple[IngestResult, list[_Recorded]]:
         if not batch:
             return IngestResult((), ()), []
         unique = _first_of_each(batch)
@@ -739,18 +752,40 @@ class Store:
         ids = _insert_items(tx, fresh, now)
         new_items = tuple(item for item, _ in fresh if item.key in ids)
         found = [(item, m) for item in new_items for m in match(item)]
-        # Stories group alerts: only items that matched a watchlist are clustered. A near-copy
-        # of a matched story carries the same terms, so it matches too and joins it.
-        matched = list({item.key: item for item, _ in found}.values())
-        in_story, clustered = self._cluster(tx, [(ids[i.key], i) for i in matched], now)
-        self._queue(tx, [(ids[item.key], m) for item, m in found], recipients, now, in_story)
+        # Stories group alerts: only items that matched a watchlist are clustered (by
+        # _settle). A near-copy of a matched story carries the same terms, so it matches too.
+        recorded = _record_matches(tx, [(ids[item.key], item, m) for item, m in found], now)
         if updated and self.dedupe.realert_on_update:
             revised = _insert_revisions(tx, updated, now)
             again = [(rid, item, m) for rid, item in revised for m in match(item)]
-            self._queue(tx, [(rid, m) for rid, _, m in again], recipients, now)
+            self._queue(tx, _record_matches(tx, again, now), recipients, now)
             found += [(item, m) for _, item, m in again]
         result = IngestResult(new_items, tuple(found), tuple(item for _, item in updated))
-        return result, clustered
+        return result, recorded
+
+    def settle(self, recipients: Mapping[str, Sequence[str]], now: datetime) -> None:
+        """Queue the deliveries of matches that a crash between ingest_many's two
+        transactions left without any (done once per process, with its first ingest)."""
+        self._settle([], recipients, now)
+
+    def _settle(
+        self, unsettled: Sequence[_Recorded], recipients: Mapping[str, Sequence[str]], now: datetime
+    ) -> None:
+        """Cluster matched items not yet in a story and queue their deliveries."""
+        if not unsettled and not self._sweep:
+            return
+        with self._tx() as tx:
+            _lock_stories(tx)
+            if self._sweep:  # left by a crash or a failed _settle
+                unsettled = [*unsettled, *_unsettled_matches(tx)]
+            # Another worker's sweep may have settled some meanwhile.
+            done = _in_stories(tx, {r.item_id for r in unsettled})
+            unsettled = [r for r in unsettled if r.item_id not in done]
+            matched = {r.item_id: r.item for r in unsettled}
+            in_story, clustered = self._cluster(tx, list(matched.items()), now)
+            self._queue(tx, unsettled, recipients, now, in_story)
+        self._sweep = False
+        self._remember(clustered, now)  # only once committed: SQLite may reuse a rolled-back id
 
     def _cluster(
         self, tx: Connection, new: Sequence[tuple[int, Item]], now: datetime
@@ -803,40 +838,26 @@ class Store:
     def _queue(
         self,
         tx: Connection,
-        found: Sequence[tuple[int, Match]],
+        recorded: Sequence[_Recorded],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
         in_story: Mapping[int, int] | None = None,
     ) -> None:
-        """Record each match; queue it for each recipient not yet queued its story (in_story:
+        """Queue each recorded match for each recipient not yet queued its story (in_story:
         item id -> story id, for items that may have joined an earlier story)."""
-        if not found:
-            return
         created = _stamp(tx, now)
-        inserted = _bulk_insert(
-            tx,
-            matches,
-            ("item_id", "watchlist", "hits", "created_at"),
-            [(item_id, m.watchlist, _hits_json(m.hits), created) for item_id, m in found],
-            returning=("id", "item_id", "watchlist"),
-        )
-        match_ids = {(item_id, watchlist): match_id for match_id, item_id, watchlist in inserted}
         told: dict[tuple[int, str], set[str]] = {}  # (story, watchlist) -> queued in this call
         rows = []
-        for item_id, found_match in found:
-            match_id = match_ids.pop((item_id, found_match.watchlist), None)
-            if match_id is None:  # matched before (a known item), or twice in `found`
-                continue
-            watchlist = found_match.watchlist
-            story = (in_story or {}).get(item_id, item_id)
-            queued = told.get((story, watchlist))
+        for found in recorded:
+            story = (in_story or {}).get(found.item_id, found.item_id)
+            queued = told.get((story, found.watchlist))
             if queued is None:
-                queued = told[story, watchlist] = set()
-                if story != item_id:  # joined an earlier story: who was told about it already?
-                    queued.update(_already_queued(tx, story, watchlist))
-            wanted = [r for r in recipients.get(watchlist, ()) if r not in queued]
+                queued = told[story, found.watchlist] = set()
+                if story != found.item_id:  # joined an earlier story: who was told already?
+                    queued.update(_already_queued(tx, story, found.watchlist))
+            wanted = [r for r in recipients.get(found.watchlist, ()) if r not in queued]
             queued.update(wanted)
-            rows += [(match_id, watchlist, r, "pending", created) for r in wanted]
+            rows += [(found.match_id, found.watchlist, r, "pending", created) for r in wanted]
         _bulk_insert(
             tx, deliveries, ("match_id", "watchlist", "recipient", "status", "created_at"), rows
         )
@@ -1487,6 +1508,58 @@ def _insert_bands(tx: Connection, rows: Sequence[tuple[int, int]]) -> None:
     else:
         sql = "INSERT OR IGNORE INTO story_bands (band, item_id) VALUES (?, ?)"
         tx.exec_driver_sql(sql, ordered)
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """A match stored by the first ingest transaction, to be queued by `_settle`."""
+
+    match_id: int
+    item_id: int
+    watchlist: str
+    item: Item
+
+
+def _record_matches(
+    tx: Connection, found: Sequence[tuple[int, Item, Match]], now: datetime
+) -> list[_Recorded]:
+    """Store (item id, item, match) rows; the recorded ones (a repeat is skipped)."""
+    inserted = _bulk_insert(
+        tx,
+        matches,
+        ("item_id", "watchlist", "hits", "created_at"),
+        [(item_id, m.watchlist, _hits_json(m.hits), _stamp(tx, now)) for item_id, _, m in found],
+        returning=("id", "item_id", "watchlist"),
+    )
+    ids = {(item_id, watchlist): match_id for match_id, item_id, watchlist in inserted}
+    recorded = []
+    for item_id, item, m in found:
+        match_id = ids.pop((item_id, m.watchlist), None)
+        if match_id is not None:
+            recorded.append(_Recorded(match_id, item_id, m.watchlist, item))
+    return recorded
+
+
+def _unsettled_matches(tx: Connection) -> list[_Recorded]:
+    """Matches never queued: without deliveries, of items in no story."""
+    query = (
+        sa.select(matches.c.id.label("match_id"), matches.c.watchlist, items)
+        .join(items, items.c.id == matches.c.item_id)
+        .where(~sa.exists().where(story_members.c.item_id == matches.c.item_id))
+        .where(~sa.exists().where(deliveries.c.match_id == matches.c.id))
+        .order_by(matches.c.id)
+    )
+    return [
+        _Recorded(row.match_id, row.id, row.watchlist, _item_from(row)) for row in tx.execute(query)
+    ]
+
+
+def _in_stories(tx: Connection, item_ids: Iterable[int]) -> set[int]:
+    found: set[int] = set()
+    for chunk in _chunks(item_ids):
+        query = sa.select(story_members.c.item_id).where(_among(tx, story_members.c.item_id, chunk))
+        found.update(tx.execute(query).scalars())
+    return found
 
 
 def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:
