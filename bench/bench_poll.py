@@ -216,9 +216,11 @@ class Server:
 
 
 class PeakRss:
-    """Samples the resident memory of this process plus its children (the parse pool)."""
+    """Samples the resident memory of this process plus its children (the parse pool), but
+    not the bench's own feed servers (`exclude`): they are not monitor's memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: set[int]) -> None:
+        self.exclude = exclude
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -233,7 +235,8 @@ class PeakRss:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, sum(_rss(pid) for pid in _tree(os.getpid())))
+            pids = set(_tree(os.getpid())) - self.exclude
+            self.peak = max(self.peak, sum(_rss(pid) for pid in pids))
 
 
 def _tree(pid: int) -> list[int]:
@@ -261,7 +264,9 @@ def _rss(pid: int) -> int:
 # ----------------------------------------------------------------------------- monitor
 
 
-async def monitor_cycles(urls: list[str], workdir: Path) -> tuple[float, float, int, int]:
+async def monitor_cycles(
+    urls: list[str], workdir: Path, servers: set[int]
+) -> tuple[float, float, int, int]:
     """(cold seconds, warm seconds, new items, peak RSS bytes) for one fresh database."""
     from monitor.app import running_app
     from monitor.config import Config
@@ -275,7 +280,7 @@ async def monitor_cycles(urls: list[str], workdir: Path) -> tuple[float, float, 
             "polling": {"concurrency": 100},
         }
     )
-    with PeakRss() as memory:
+    with PeakRss(exclude=servers) as memory:
         async with running_app(config) as app:
             ingest = app.store.ingest_many  # the poller's writer stores feeds in groups
             spent, cpu = [0.0], [0.0]
@@ -359,13 +364,14 @@ def rss2email_cycles(venv: Path, urls: list[str], workdir: Path) -> tuple[float,
 def run_scenario(count: int, latency: float, port: int, root: Path) -> dict[str, object]:
     directory = root / f"feeds-{count}-{int(latency * 1000)}"
     directory.mkdir()
-    bodies = [make_feed(n) for n in range(count)]
-    for n, body in enumerate(bodies):
-        (directory / f"{n}.xml").write_bytes(body)
+    for n in range(count):  # not kept in memory: this process's memory is monitor's
+        (directory / f"{n}.xml").write_bytes(make_feed(n))
     urls = [feed_url(n, port) for n in range(count)]
     server = Server(directory, port, latency)
     try:
-        cold, warm, new_items, peak = asyncio.run(monitor_cycles(urls, directory))
+        servers = {server.process.pid}
+        cold, warm, new_items, peak = asyncio.run(monitor_cycles(urls, directory, servers))
+        bodies = [(directory / f"{n}.xml").read_bytes() for n in range(count)]
         results: dict[str, object] = {
             "cold": cold,
             "warm": warm,

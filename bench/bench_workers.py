@@ -233,14 +233,16 @@ def run(database: str, workers: int, servers: Servers, smtp: Sink, port: int) ->
                 now = datetime.now(UTC).replace(tzinfo=None)
                 with engine.begin() as connection:
                     # Rows locked in name order, as workers update them: no deadlock.
+                    lock = "" if engine.dialect.name == "sqlite" else " FOR UPDATE"
                     connection.execute(
                         sa.text(
                             "UPDATE feeds SET next_poll_at = :t WHERE name IN "
-                            "(SELECT name FROM feeds ORDER BY name FOR UPDATE)"
+                            f"(SELECT name FROM feeds ORDER BY name{lock})"
                         ),
                         {"t": now},
                     )
 
+            before = cpu_use([proc.pid for proc in procs])
             release()
             cold = wait(
                 lambda: (
@@ -248,6 +250,7 @@ def run(database: str, workers: int, servers: Servers, smtp: Sink, port: int) ->
                     == FEEDS
                 )
             )
+            after = cpu_use([proc.pid for proc in procs])
             drain = wait(
                 lambda: (
                     scalar(engine, "SELECT count(*) FROM deliveries WHERE status <> 'sent'") == 0
@@ -280,7 +283,47 @@ def run(database: str, workers: int, servers: Servers, smtp: Sink, port: int) ->
             "deliveries": deliveries,
             "items": items,
             "messages": smtp.count - sent_before,
+            **{f"cpu {name}": after[name] - before[name] for name in after},
         }
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command name) of every process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            found[int(entry.name)] = (int(text.rsplit(")", 1)[1].split()[1]), name)
+    return found
+
+
+def cpu_use(workers: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the workers (with their parse processes), by PostgreSQL's
+    processes and by this process (the feed and SMTP servers): who is busy in a cycle."""
+    table = _processes()
+    tree, grew = set(workers), True
+    while grew:
+        children = {pid for pid, (parent, _) in table.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    database = [pid for pid, (_, name) in table.items() if name.startswith("postgres")]
+    return {
+        "workers": sum(map(_cpu_seconds, tree)),
+        "database": sum(map(_cpu_seconds, database)),
+        "bench": _cpu_seconds(os.getpid()),
+    }
 
 
 def postgres_schema() -> tuple[str, Callable[[], None]]:
@@ -329,6 +372,15 @@ def main() -> int:
             f"{name:18} {r['cold']:7.2f} {FEEDS / r['cold']:8.0f} {r['warm']:7.2f} "
             f"{FEEDS / r['warm']:8.0f} {r['drain']:8.2f} "
             f"{r['deliveries'] / max(r['drain'], 1e-3):13.0f}"
+        )
+    cores = os.cpu_count() or 1
+    print(f"CPU seconds used in the cold cycle ({cores} cores):")
+    for name, r in results.items():
+        used = r["cpu workers"] + r["cpu database"] + r["cpu bench"]
+        print(
+            f"  {name:16} workers {r['cpu workers']:5.1f}  database server "
+            f"{r['cpu database']:4.1f}  feed servers {r['cpu bench']:4.1f}  = "
+            f"{used / r['cold']:.2f} of {cores} cores busy"
         )
     base = results["postgresql x1"]
     speed_up = base["cold"] / results["postgresql x2"]["cold"]

@@ -1,6 +1,8 @@
 """Dedupe keys and story clustering: one story, however many outlets carried it.
 
-Owns datasketch (MinHash) and numpy.
+Owns numpy. The MinHash is datasketch's "affine32" scheme, computed here vectorized over a
+batch; datasketch itself is only a test dependency that checks the two agree (importing it
+costs 55 MB of memory in every process, as it imports scipy).
 
 Two levels, both pure functions here (the store keeps their results in SQL):
 
@@ -32,8 +34,6 @@ from datetime import timedelta
 from typing import TypeVar
 
 import numpy as np
-from datasketch import MinHash
-from datasketch.hashfunc import sha1_hash32
 
 from monitor.models import Item
 
@@ -170,7 +170,7 @@ def shingle_hashes(words: Iterable[str]) -> array[int]:
     for word in words:
         value = _hash_cache.get(word)
         if value is None:
-            value = _hash_cache[word] = sha1_hash32(word.encode())
+            value = _hash_cache[word] = _sha1_hash32(word.encode())
         values.append(value)
     return values
 
@@ -225,11 +225,20 @@ _permutation_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's permutation parameters (seeded: the same in every process)."""
+    """datasketch's "affine32" permutation parameters for its default seed (1): odd
+    multipliers a and offsets b drawn as it draws them. numpy's RandomState streams are
+    frozen, so they are the same in every process and version."""
     if num_perm not in _permutation_cache:
-        a, b = MinHash(num_perm=num_perm, scheme="affine32").permutations
+        draw = np.random.RandomState(1)
+        a = draw.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        b = draw.randint(0, 1 << 32, num_perm, dtype=np.uint32)
         _permutation_cache[num_perm] = (a[None, :], b[None, :])
     return _permutation_cache[num_perm]
+
+
+def _sha1_hash32(data: bytes) -> int:
+    """datasketch's sha1_hash32: the first 4 bytes of SHA-1, little-endian."""
+    return int.from_bytes(hashlib.sha1(data).digest()[:4], "little")
 
 
 def _band_hashes(signatures: np.ndarray, settings: DedupeSettings) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -296,3 +298,10 @@ def test_vectorized_closest_equals_the_loop() -> None:
                     expected = (candidate.story_id, similarity)
             found = _closest_vectorized(fingerprint, candidates, threshold)
             assert (found and (found.story_id, found.similarity)) == expected
+
+
+def test_the_daemon_does_not_load_datasketch() -> None:
+    # datasketch (and the scipy it imports) would add 55 MB to every monitor process.
+    code = "import sys, monitor.app, monitor.cli; print('datasketch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
