@@ -148,10 +148,7 @@ class _Cycle:
         if self.host_load[host] == 0:
             del self.host_load[host]
             block = self.host_blocks.pop(host, None)
-            release = self.app.store.release_host
-            await self.writer.call(
-                functools.partial(release, host, self.owner, self.app.clock(), block)
-            )
+            await self.writer.release(self.owner, host, self.app.clock(), block)
 
 
 @dataclass
@@ -173,6 +170,7 @@ class _Writer:
     outcomes: list[tuple[str, Mapping[str, Any], asyncio.Future[None]]] = field(
         default_factory=list
     )
+    releases: list[tuple[_Release, asyncio.Future[None]]] = field(default_factory=list)
     calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
@@ -185,6 +183,14 @@ class _Writer:
         """Record a poll's outcome and release the feed's lease."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.outcomes.append((name, values, future))
+        await self._wake(future)
+
+    async def release(
+        self, owner: str, host: str, last_request: datetime, blocked_until: datetime | None
+    ) -> None:
+        """Give a host back (store.release_host) once this worker's polls of it are done."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.releases.append(((host, owner, last_request, blocked_until), future))
         await self._wake(future)
 
     async def call(self, function: Callable[[], T]) -> T:
@@ -200,20 +206,24 @@ class _Writer:
     async def _drain(self) -> None:
         items: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = []
         outcomes: list[tuple[str, Mapping[str, Any], asyncio.Future[None]]] = []
+        releases: list[tuple[_Release, asyncio.Future[None]]] = []
         calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         try:
-            while self.items or self.outcomes or self.calls:
+            while self.items or self.outcomes or self.releases or self.calls:
                 items = self.items[:_FEEDS_PER_TRANSACTION]
                 del self.items[:_FEEDS_PER_TRANSACTION]
                 outcomes, self.outcomes = self.outcomes, []
+                releases, self.releases = self.releases, []
                 calls, self.calls = self.calls, []
                 results = await asyncio.to_thread(
                     self._round,
                     [batch for batch, _ in items],
                     [(name, values) for name, values, _ in outcomes],
+                    [release for release, _ in releases],
                     [function for function, _ in calls],
                 )
-                futures = [f for *_, f in items] + [f for *_, f in outcomes] + [f for _, f in calls]
+                futures = [f for *_, f in items] + [f for *_, f in outcomes]
+                futures += [f for _, f in releases] + [f for _, f in calls]
                 for future, result in zip(futures, results, strict=True):
                     if future.done():  # its poll was cancelled
                         continue
@@ -221,9 +231,14 @@ class _Writer:
                         future.set_exception(result.error)
                     else:
                         future.set_result(result)
-                items, outcomes, calls = [], [], []
+                items, outcomes, releases, calls = [], [], [], []
         finally:  # cancelled: the polls waiting are cancelled too, never left hanging
-            waiting = items + self.items, outcomes + self.outcomes, calls + self.calls
+            waiting = (
+                items + self.items,
+                outcomes + self.outcomes,
+                releases + self.releases,
+                calls + self.calls,
+            )
             for jobs in waiting:
                 for *_, future in jobs:
                     if not future.done():
@@ -233,6 +248,7 @@ class _Writer:
         self,
         batches: list[Sequence[Item]],
         outcomes: list[tuple[str, Mapping[str, Any]]],
+        releases: list[_Release],
         calls: list[Callable[[], Any]],
     ) -> list[Any]:
         app = self.app
@@ -243,14 +259,27 @@ class _Writer:
                 results += app.store.ingest_many(batches, app.matcher.match, app.recipients, now)
             except Exception:  # one feed's failure must not fail the others: each on its own
                 results += [_attempt(app.store.ingest, b, *_ingest_args(app)) for b in batches]
-        if outcomes:
-            try:
-                app.store.finish_polls(outcomes)
-                results += [None] * len(outcomes)
-            except Exception:
-                results += [_attempt(app.store.finish_poll, n, v) for n, v in outcomes]
+        results += _together(app.store.finish_polls, app.store.finish_poll, outcomes)
+        results += _together(app.store.release_hosts, app.store.release_host, releases)
         results += [_attempt(function) for function in calls]
         return results
+
+
+_Release = tuple[str, str, datetime, datetime | None]  # host, owner, last request, blocked until
+
+
+def _together(
+    all_at_once: Callable[[list[Any]], None], each: Callable[..., None], jobs: list[Any]
+) -> list[Any]:
+    """all_at_once(jobs) in one transaction; if that fails, each(*job) on its own, so one
+    bad job fails alone. One result per job: None, or the job's error as _Failed."""
+    if not jobs:
+        return []
+    try:
+        all_at_once(jobs)
+    except Exception:
+        return [_attempt(each, *job) for job in jobs]
+    return [None] * len(jobs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -617,13 +617,13 @@ class Store:
             .limit(limit)
             .with_for_update(skip_locked=True, of=feeds)
         )
-        if names is not None:
-            query = query.where(feeds.c.name.in_(list(names)))
         if not (force and names is not None):  # only a user naming a feed polls a disabled one
             query = query.where(feeds.c.status != FeedStatus.DISABLED.value)
         if not force:
             query = query.where(sa.or_(feeds.c.next_poll_at.is_(None), feeds.c.next_poll_at <= now))
         with self._tx() as tx:
+            if names is not None:
+                query = query.where(_among(tx, feeds.c.name, sorted(names), sa.Text))
             rows = tx.execute(query).all()
             if rows:
                 lease = {"lease_owner": owner, "lease_expires_at": lease_until}
@@ -671,18 +671,24 @@ class Store:
         self, host: str, owner: str, last_request_at: datetime, blocked_until: datetime | None
     ) -> None:
         """Give a host back after this worker's polls of it; keep its Retry-After, if any."""
+        self.release_hosts([(host, owner, last_request_at, blocked_until)])
+
+    def release_hosts(self, releases: Sequence[tuple[str, str, datetime, datetime | None]]) -> None:
+        """`release_host` for many (host, owner, last request, blocked until), in one
+        transaction, in host order (as every worker locks them: no deadlock)."""
         with self._tx() as tx:
-            tx.execute(
-                hosts.update()
-                .where(hosts.c.host == host)
-                .where(sa.or_(hosts.c.lease_owner == owner, hosts.c.lease_owner.is_(None)))
-                .values(
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    last_request_at=last_request_at,
-                    blocked_until=blocked_until,
+            for host, owner, last_request_at, blocked_until in sorted(releases):
+                tx.execute(
+                    hosts.update()
+                    .where(hosts.c.host == host)
+                    .where(sa.or_(hosts.c.lease_owner == owner, hosts.c.lease_owner.is_(None)))
+                    .values(
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        last_request_at=last_request_at,
+                        blocked_until=blocked_until,
+                    )
                 )
-            )
 
     # ------------------------------------------------------------------ items and matches
 
@@ -1266,11 +1272,11 @@ def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _among(tx: Connection, column: Any, values: Sequence[int]) -> Any:
-    """`column IN values` as one bound parameter: thousands of hashes per ingest would
-    otherwise cost a bind parameter each to compile."""
+def _among(tx: Connection, column: Any, values: Sequence[Any], kind: Any = sa.BigInteger) -> Any:
+    """`column IN values` as one bound parameter: thousands of hashes per ingest (or feed
+    names per claim) would otherwise cost a bind parameter each to compile."""
     if tx.dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam(None, list(values), postgresql.ARRAY(sa.BigInteger)))
+        return column == sa.any_(sa.bindparam(None, list(values), postgresql.ARRAY(kind)))
     listed = sa.func.json_each(json.dumps(list(values))).table_valued("value")
     return column.in_(sa.select(listed.c.value))
 
