@@ -6,8 +6,10 @@ App.clock and advanced by hand; nothing here sleeps to wait for a schedule.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
+import signal
 import socket
 import struct
 import threading
@@ -482,6 +484,17 @@ def _answer() -> int:
     return 42
 
 
+def _deaf_to_the_deadline() -> None:
+    # Stuck where the worker's own deadline cannot stop it (as inside one long C call).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(60)
+
+
+def _nap() -> str:
+    time.sleep(0.6)
+    return "done"
+
+
 @pytest.fixture
 async def pool() -> AsyncIterator[ParsePool]:
     pool = ParsePool(workers=1, timeout=5, memory=512 * 2**20)  # room for a cold start
@@ -493,6 +506,28 @@ async def test_a_hung_parse_is_killed_and_the_pool_recovers(pool: ParsePool) -> 
     with pytest.raises(ParseError, match="longer than 5 s"):
         await pool.run(_hang)
     assert await pool.run(_answer) == 42
+
+
+async def test_the_deadline_times_each_parse_not_its_wait_in_the_queue() -> None:
+    pool = ParsePool(workers=1, timeout=1, memory=512 * 2**20)
+    try:
+        await pool.run(_answer)  # the process is up
+        # Three 0.6 s parses on one process: the last ends 1.8 s after it was handed over.
+        results = await asyncio.gather(pool.run(_nap), pool.run(_nap), pool.run(_nap))
+        assert results == ["done"] * 3
+    finally:
+        pool.close()
+
+
+async def test_a_parse_deaf_to_its_deadline_is_killed_by_the_daemons() -> None:
+    pool = ParsePool(workers=1, timeout=0.5, memory=512 * 2**20)
+    try:
+        await pool.run(_answer)
+        with pytest.raises(ParseError, match=r"longer than 0\.5 s"):
+            await pool.run(_deaf_to_the_deadline)
+        assert await pool.run(_answer) == 42  # a new process
+    finally:
+        pool.close()
 
 
 async def test_a_memory_hungry_parse_is_stopped_and_the_pool_recovers(pool: ParsePool) -> None:
