@@ -22,7 +22,7 @@ import feedparser
 from monitor.errors import ParseError
 from monitor.models import Item
 from monitor.text import clean_text, html_to_text
-from monitor.urls import canonical_url, url_identity
+from monitor.urls import canonical_identity, canonical_url
 
 MAX_SUMMARY_CHARS = 4000
 # An internal DTD subset can define entities that expand exponentially ("billion laughs");
@@ -152,9 +152,11 @@ def _absolute(link: str, base: str) -> str:
 
 
 def make_key(feed_name: str, guid: str, link: str) -> str:
-    """Same article, same key: the link's identity across feeds, else the GUID within a feed."""
+    """Same article, same key: the link's identity across feeds, else the GUID within a feed.
+
+    `link` is what canonical_url returned."""
     if link.startswith(("http://", "https://")):
-        return "u:" + url_identity(link)
+        return "u:" + canonical_identity(link)
     return f"g:{feed_name}:{guid}"
 
 

@@ -140,7 +140,10 @@ def html_to_text(markup: str) -> str:
 
 def clean_text(text: str) -> str:
     """NFC, no control characters, runs of whitespace collapsed to one space."""
-    text = unicodedata.normalize("NFC", _CONTROL.sub("", text))
+    text = _CONTROL.sub("", text)
+    if text.isascii():  # ASCII is NFC, and str.split() knows every ASCII space
+        return " ".join(text.split())
+    text = unicodedata.normalize("NFC", text)
     return " ".join(_SPACES.sub(" ", text).split())
 
 

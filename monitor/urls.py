@@ -56,7 +56,7 @@ def canonical_url(url: str) -> str:
         return url
     query = [
         (name, value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        for name, value in (parse_qsl(parts.query, keep_blank_values=True) if parts.query else ())
         if not is_tracking_parameter(name)
     ]
     netloc = parts.netloc.lower()
@@ -82,6 +82,13 @@ def url_identity(url: str) -> str:
     AMP cache) and tracking parameters.
     """
     canonical = canonical_url(_unwrap_amp_cache(url.strip()))
+    return canonical_identity(canonical)
+
+
+def canonical_identity(canonical: str) -> str:
+    """`url_identity` of a link canonical_url already returned (parsing saves a pass)."""
+    if _AMP_CACHE_SUFFIX in canonical:  # canonical_url lowercased the host
+        return url_identity(canonical)
     parts = urlsplit(canonical)
     if not parts.netloc:
         return canonical

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.urls import canonical_url, url_identity
+from monitor.urls import canonical_identity, canonical_url, url_identity
 
 CANONICAL = [
     (
@@ -86,3 +86,12 @@ def test_identity_is_idempotent_on_its_own_output() -> None:
     identity = url_identity("https://m.example.org/amp/a/?utm_source=x&b=1")
     assert identity == "example.org/a?b=1"
     assert url_identity("https://" + identity) == identity
+
+
+@pytest.mark.parametrize(
+    "url",
+    [u for pair in SAME_ARTICLE + DIFFERENT_ARTICLES for u in pair] + [u for u, _ in CANONICAL],
+)
+def test_identity_of_a_canonical_link_is_the_links_identity(url: str) -> None:
+    # The parser canonicalizes each link once and takes its identity from that.
+    assert canonical_identity(canonical_url(url)) == url_identity(url)
