@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -749,7 +749,7 @@ class Store:
         if not batch:
             return IngestResult((), ()), []
         unique = _first_of_each(batch)
-        known = _known_keys(tx, [h for _, hashes in unique for h in hashes])
+        known = _known_keys(tx, [h for _, hashes in unique for h in hashes], now)
         seen = [(item, keys) for item, keys in unique if not known.keys().isdisjoint(keys)]
         updated = _seen_again(tx, seen, known, now)
         for item_id, _ in updated:  # their text changed: shingle it again when needed
@@ -1300,31 +1300,47 @@ def _lock_stories(tx: Connection) -> None:
         tx.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORY_LOCK})
 
 
-def _known_keys(tx: Connection, hashes: Iterable[int]) -> dict[int, Any]:
-    """hash -> (item_id, last_seen_at, feed, key, title, summary) for the stored ones."""
-    known: dict[int, Any] = {}
-    for chunk in _chunks(set(hashes)):
-        query = (
-            sa.select(
-                item_keys.c.hash,
-                item_keys.c.item_id,
-                item_keys.c.last_seen_at,
-                items.c.feed,
-                items.c.key,
-                items.c.title,
-                items.c.summary,
-            )
-            .outerjoin(items, items.c.id == item_keys.c.item_id)
-            .where(_among(tx, item_keys.c.hash, chunk))
-        )
-        known.update({row.hash: row for row in tx.execute(query)})
+class _Known(NamedTuple):
+    """A stored dedupe key, with its item (feed, key, title and summary are None once the
+    item was pruned)."""
+
+    hash: int
+    item_id: int | None
+    stale: bool  # last seen long enough ago to refresh
+    feed: str | None
+    key: str | None
+    title: str | None
+    summary: str | None
+
+
+def _known_keys(tx: Connection, hashes: Iterable[int], now: datetime) -> dict[int, _Known]:
+    """hash -> what is stored under it, for the stored ones. Straight to the driver: one
+    query per feed, on the ingest hot path."""
+    postgres = tx.dialect.name == "postgresql"
+    if postgres:
+        before, among = "%s", "= ANY(%s)"
+    else:
+        before, among = "?", "IN (SELECT value FROM json_each(?))"
+    sql = (
+        f"SELECT k.hash, k.item_id, k.last_seen_at < {before}, i.feed, i.key, i.title, "
+        f"i.summary FROM item_keys k LEFT JOIN items i ON i.id = k.item_id WHERE k.hash {among}"
+    )
+    touch_before = _stamp(tx, now - _TOUCH_AFTER)
+    known: dict[int, _Known] = {}
+    cursor = tx.connection.cursor()
+    try:
+        for chunk in _chunks(set(hashes)):
+            cursor.execute(sql, (touch_before, chunk if postgres else json.dumps(chunk)))
+            known.update((row[0], _Known(*row)) for row in cursor.fetchall())
+    finally:
+        cursor.close()
     return known
 
 
 def _seen_again(
     tx: Connection,
     seen: Sequence[tuple[Item, tuple[int, ...]]],
-    known: Mapping[int, Any],
+    known: Mapping[int, _Known],
     now: datetime,
 ) -> list[tuple[int, Item]]:
     """Record the outlet and any new key of each known item; return (id, item) of those whose
@@ -1336,9 +1352,9 @@ def _seen_again(
     for item, hashes in seen:
         rows = [known[h] for h in hashes if h in known]
         row = next((r for r in rows if r.key is not None), rows[0])
-        stale += [r.hash for r in rows if r.last_seen_at < now - _TOUCH_AFTER]
+        stale += [r.hash for r in rows if r.stale]
         new_keys += [(h, row.item_id, seen_at) for h in hashes]
-        if row.key is None:  # pruned: a tombstone, nothing more to record
+        if row.key is None or row.item_id is None:  # pruned: a tombstone, nothing to record
             continue
         sources.append((row.item_id, item.feed, item.url, seen_at))
         if row.feed == item.feed and (row.title, row.summary) != (item.title, item.summary):
