@@ -1,8 +1,10 @@
 """Everything monitor keeps between runs, in SQLite (default) or PostgreSQL. Owns SQLAlchemy.
 
-Each public method is one transaction. The outbox invariant lives here: a match and its
-pending deliveries are written in the transaction that stores the item; a message's bytes
-are stored in the transaction that claims its deliveries, before anything is sent.
+Each public method is one transaction, except `ingest_many` (two, see there). The outbox
+invariant lives here: a match is stored with its item, and its pending deliveries follow in
+the next transaction or, after a crash between the two, at the next start (`settle`); a
+message's bytes are stored in the transaction that claims its deliveries, before anything
+is sent.
 """
 
 from __future__ import annotations
