@@ -259,27 +259,18 @@ class _Writer:
                 results += app.store.ingest_many(batches, app.matcher.match, app.recipients, now)
             except Exception:  # one feed's failure must not fail the others: each on its own
                 results += [_attempt(app.store.ingest, b, *_ingest_args(app)) for b in batches]
-        results += _together(app.store.finish_polls, app.store.finish_poll, outcomes)
-        results += _together(app.store.release_hosts, app.store.release_host, releases)
+        if outcomes or releases:
+            try:  # one transaction
+                app.store.finish_polls(outcomes, releases)
+                results += [None] * (len(outcomes) + len(releases))
+            except Exception:  # each on its own, so that one bad job fails alone
+                results += [_attempt(app.store.finish_poll, *job) for job in outcomes]
+                results += [_attempt(app.store.release_host, *job) for job in releases]
         results += [_attempt(function) for function in calls]
         return results
 
 
 _Release = tuple[str, str, datetime, datetime | None]  # host, owner, last request, blocked until
-
-
-def _together(
-    all_at_once: Callable[[list[Any]], None], each: Callable[..., None], jobs: list[Any]
-) -> list[Any]:
-    """all_at_once(jobs) in one transaction; if that fails, each(*job) on its own, so one
-    bad job fails alone. One result per job: None, or the job's error as _Failed."""
-    if not jobs:
-        return []
-    try:
-        all_at_once(jobs)
-    except Exception:
-        return [_attempt(each, *job) for job in jobs]
-    return [None] * len(jobs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -478,6 +478,30 @@ def _feed_from(row: Any) -> FeedState:
     )
 
 
+def _release_hosts(
+    tx: Connection, releases: Sequence[tuple[str, str, datetime, datetime | None]]
+) -> None:
+    """(host, owner, last request, blocked until): in host order, as every worker locks them."""
+    if not releases:
+        return
+    statement = (
+        hosts.update()
+        .where(hosts.c.host == sa.bindparam("released_host"))
+        .where(sa.or_(hosts.c.lease_owner == sa.bindparam("owner"), hosts.c.lease_owner.is_(None)))
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            last_request_at=sa.bindparam("last", type_=hosts.c.last_request_at.type),
+            blocked_until=sa.bindparam("blocked", type_=hosts.c.blocked_until.type),
+        )
+    )
+    rows = [
+        {"released_host": host, "owner": owner, "last": last, "blocked": blocked}
+        for host, owner, last, blocked in sorted(releases)
+    ]
+    tx.execute(statement, rows)
+
+
 def _ensure_hosts(tx: Connection, names: Iterable[str]) -> None:
     rows = [{"host": name} for name in sorted(set(names))]
     if rows:
@@ -630,9 +654,10 @@ class Store:
             if rows:
                 lease = {"lease_owner": owner, "lease_expires_at": lease_until}
                 ids = [row.id for row in rows]
-                tx.execute(feeds.update().where(feeds.c.id.in_(ids)).values(**lease))
+                tx.execute(feeds.update().where(_among(tx, feeds.c.id, ids)).values(**lease))
                 taken = sorted({row.host for row in rows})
-                tx.execute(hosts.update().where(hosts.c.host.in_(taken)).values(**lease))
+                where = _among(tx, hosts.c.host, taken, sa.Text)
+                tx.execute(hosts.update().where(where).values(**lease))
         return [_feed_from(row) for row in rows]
 
     def release_feed_leases(self) -> None:
@@ -655,9 +680,14 @@ class Store:
         """Record one poll's outcome and release the feed's lease, in one transaction."""
         self.finish_polls([(name, values)])
 
-    def finish_polls(self, outcomes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """`finish_poll` for many feeds in one transaction: one executemany per set of
-        columns changed (SQLAlchemy built one statement per feed, the writer's main cost)."""
+    def finish_polls(
+        self,
+        outcomes: Sequence[tuple[str, Mapping[str, Any]]],
+        releases: Sequence[tuple[str, str, datetime, datetime | None]] = (),
+    ) -> None:
+        """`finish_poll` for many feeds and `release_host` for many (host, owner, last
+        request, blocked until), in one transaction: one executemany per set of columns
+        changed (SQLAlchemy built one statement per feed, the writer's main cost)."""
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for name, values in outcomes:
             row = {f"new_{column}": value for column, value in values.items()}
@@ -682,29 +712,13 @@ class Store:
             urls = [str(values["url"]) for _, values in outcomes if "url" in values]
             if urls:
                 _ensure_hosts(tx, {host_of(url) for url in urls})
+            _release_hosts(tx, releases)
 
     def release_host(
         self, host: str, owner: str, last_request_at: datetime, blocked_until: datetime | None
     ) -> None:
         """Give a host back after this worker's polls of it; keep its Retry-After, if any."""
-        self.release_hosts([(host, owner, last_request_at, blocked_until)])
-
-    def release_hosts(self, releases: Sequence[tuple[str, str, datetime, datetime | None]]) -> None:
-        """`release_host` for many (host, owner, last request, blocked until), in one
-        transaction, in host order (as every worker locks them: no deadlock)."""
-        with self._tx() as tx:
-            for host, owner, last_request_at, blocked_until in sorted(releases):
-                tx.execute(
-                    hosts.update()
-                    .where(hosts.c.host == host)
-                    .where(sa.or_(hosts.c.lease_owner == owner, hosts.c.lease_owner.is_(None)))
-                    .values(
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        last_request_at=last_request_at,
-                        blocked_until=blocked_until,
-                    )
-                )
+        self.finish_polls((), [(host, owner, last_request_at, blocked_until)])
 
     # ------------------------------------------------------------------ items and matches
 
