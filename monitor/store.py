@@ -755,12 +755,8 @@ class Store:
         matched items into stories and queues their deliveries. A crash between the two
         leaves matches without deliveries: `_settle` finds them at the next start.
         """
-        results, unsettled = [], []
         with self._tx() as tx:
-            for batch in batches:
-                result, recorded = self._ingest(tx, batch, match, recipients, now)
-                results.append(result)
-                unsettled += recorded
+            results, unsettled = self._ingest(tx, batches, match, recipients, now)
         try:
             self._settle(unsettled, recipients, now)
         except Exception:  # the items are stored: their deliveries follow with the next batch
@@ -771,33 +767,59 @@ class Store:
     def _ingest(
         self,
         tx: Connection,
-        batch: Sequence[Item],
+        batches: Sequence[Sequence[Item]],
         match: Callable[[Item], Sequence[Match]],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
-    ) -> tuple[IngestResult, list[_Recorded]]:
-        if not batch:
-            return IngestResult((), ()), []
-        unique = _first_of_each(batch)
-        known = _known_keys(tx, [h for _, hashes in unique for h in hashes], now)
-        seen = [(item, keys) for item, keys in unique if not known.keys().isdisjoint(keys)]
+    ) -> tuple[list[IngestResult], list[_Recorded]]:
+        """Store every batch's new items, in a few statements for all of them (on
+        PostgreSQL each statement is a round trip). An item a batch shares with an earlier
+        batch of the same call is handled as that batch's item seen again."""
+        uniques = [_first_of_each(batch) for batch in batches]
+        known = _known_keys(tx, {h for u in uniques for _, hashes in u for h in hashes}, now)
+        claimed: dict[int, Item] = {}  # key hash -> the new item of this call that has it
+        fresh: list[list[tuple[Item, tuple[int, ...]]]] = []
+        seen: list[tuple[Item, tuple[int, ...]]] = []
+        repeats: list[tuple[Item, tuple[int, ...], Item]] = []  # (item, hashes, first)
+        for unique in uniques:
+            fresh.append([])
+            for item, hashes in unique:
+                first = next((claimed[h] for h in hashes if h in claimed), None)
+                if not known.keys().isdisjoint(hashes):
+                    seen.append((item, hashes))
+                elif first is not None:
+                    repeats.append((item, hashes, first))
+                else:
+                    fresh[-1].append((item, hashes))
+                    claimed.update(dict.fromkeys(hashes, item))
         updated = _seen_again(tx, seen, known, now)
-        for item_id, _ in updated:  # their text changed: shingle it again when needed
+        for item_id, _, _ in updated:  # their text changed: shingle it again when needed
             self._candidates.pop(item_id, None)
-        fresh = [(item, keys) for item, keys in unique if known.keys().isdisjoint(keys)]
-        ids = _insert_items(tx, fresh, now)
-        new_items = tuple(item for item, _ in fresh if item.key in ids)
-        found = [(item, m) for item in new_items for m in match(item)]
+        ids = _insert_items(tx, [pair for pairs in fresh for pair in pairs], now)
+        _record_repeats(tx, repeats, ids, now)
+        new_items = [tuple(item for item, _ in pairs if item.key in ids) for pairs in fresh]
+        found = [[(item, m) for item in items for m in match(item)] for items in new_items]
         # Stories group alerts: only items that matched a watchlist are clustered (by
         # _settle). A near-copy of a matched story carries the same terms, so it matches too.
-        recorded = _record_matches(tx, [(ids[item.key], item, m) for item, m in found], now)
-        if updated and self.dedupe.realert_on_update:
-            revised = _insert_revisions(tx, updated, now)
-            again = [(rid, item, m) for rid, item in revised for m in match(item)]
-            self._queue(tx, _record_matches(tx, again, now), recipients, now)
-            found += [(item, m) for _, item, m in again]
-        result = IngestResult(new_items, tuple(found), tuple(item for _, item in updated))
-        return result, recorded
+        rows = [(ids[item.key], item, m) for pairs in found for item, m in pairs]
+        recorded = _record_matches(tx, rows, now)
+        changed: dict[int, list[tuple[int, Item]]] = {}  # batch index -> (id, changed item)
+        batch_of = {id(item): n for n, unique in enumerate(uniques) for item, _ in unique}
+        for item_id, item, original in updated:
+            changed.setdefault(batch_of[id(original)], []).append((item_id, item))
+        if changed and self.dedupe.realert_on_update:
+            for n, revised_items in changed.items():
+                revised = _insert_revisions(tx, revised_items, now)
+                again = [(rid, item, m) for rid, item in revised for m in match(item)]
+                self._queue(tx, _record_matches(tx, again, now), recipients, now)
+                found[n] += [(item, m) for _, item, m in again]
+        results = [
+            IngestResult(
+                new_items[n], tuple(found[n]), tuple(item for _, item in changed.get(n, ()))
+            )
+            for n in range(len(batches))
+        ]
+        return results, recorded
 
     def settle(self, recipients: Mapping[str, Sequence[str]], now: datetime) -> None:
         """Queue the deliveries of matches that a crash between ingest_many's two
@@ -1372,12 +1394,14 @@ def _seen_again(
     seen: Sequence[tuple[Item, tuple[int, ...]]],
     known: Mapping[int, _Known],
     now: datetime,
-) -> list[tuple[int, Item]]:
-    """Record the outlet and any new key of each known item; return (id, item) of those whose
-    text changed in the feed that first carried them (the stored text is updated)."""
+) -> list[tuple[int, Item, Item]]:
+    """Record the outlet and any new key of each known item; return (id, item with the
+    stored key, item as given) of those whose text changed in the feed that first carried
+    them (the stored text is updated)."""
     sources: list[tuple[Any, ...]] = []
     new_keys: list[tuple[Any, ...]] = []
-    stale, updated = [], []
+    stale: list[int] = []
+    updated: list[tuple[int, Item, Item]] = []
     seen_at = _stamp(tx, now)
     for item, hashes in seen:
         rows = [known[h] for h in hashes if h in known]
@@ -1388,20 +1412,36 @@ def _seen_again(
             continue
         sources.append((row.item_id, item.feed, item.url, seen_at))
         if row.feed == item.feed and (row.title, row.summary) != (item.title, item.summary):
-            updated.append((row.item_id, replace(item, key=row.key)))
+            updated.append((row.item_id, replace(item, key=row.key), item))
     _bulk_insert(tx, item_keys, ("hash", "item_id", "last_seen_at"), new_keys)
     for chunk in _chunks(stale):
         tx.execute(
             item_keys.update().where(_among(tx, item_keys.c.hash, chunk)).values(last_seen_at=now)
         )
     _bulk_insert(tx, item_sources, ("item_id", "feed", "url", "seen_at"), sources)
-    for item_id, item in updated:
+    for item_id, item, _ in updated:
         tx.execute(
             items.update()
             .where(items.c.id == item_id)
             .values(title=item.title, summary=item.summary)
         )
     return updated
+
+
+def _record_repeats(
+    tx: Connection,
+    repeats: Sequence[tuple[Item, tuple[int, ...], Item]],
+    ids: Mapping[str, int],
+    now: datetime,
+) -> None:
+    """Items that an earlier batch of the same ingest carries as new (item, its key hashes,
+    that batch's item): their keys and their outlet, as for any item seen again."""
+    stored = [(item, hashes, ids[first.key]) for item, hashes, first in repeats if first.key in ids]
+    seen_at = _stamp(tx, now)
+    keys = [(h, item_id, seen_at) for _, hashes, item_id in stored for h in hashes]
+    _bulk_insert(tx, item_keys, ("hash", "item_id", "last_seen_at"), keys)
+    outlets = [(item_id, item.feed, item.url, seen_at) for item, _, item_id in stored]
+    _bulk_insert(tx, item_sources, ("item_id", "feed", "url", "seen_at"), outlets)
 
 
 def _insert_items(

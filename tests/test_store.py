@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -66,6 +67,25 @@ def test_same_url_in_another_feed_is_not_new(store: Store) -> None:
     store.ingest([make_item(1, feed="heise")], match_all, RECIPIENTS, NOW)
     result = store.ingest([make_item(1, feed="spiegel")], match_all, RECIPIENTS, NOW)
     assert result.new_items == ()
+
+
+def test_one_article_in_two_feeds_of_one_ingest_is_stored_once_with_both_outlets(
+    store: Store,
+) -> None:
+    first = make_item(1, feed="heise")
+    # The same article under a tracking-free mobile link, and its own GUID, in another feed.
+    copy = Item(first.key, "spiegel", "spiegel-7", "https://m.example.org/1", *astuple(first)[4:])
+    heise, spiegel = store.ingest_many([[first], [copy]], match_all, RECIPIENTS, NOW)
+    assert heise.new_items == (first,) and spiegel.new_items == ()
+    assert spiegel.matches == ()
+    assert store.item_count() == 1
+    entries = [
+        entry for recipient, entry in store.pending_entries() if recipient == "a@example.org"
+    ]
+    assert len(entries) == 1
+    assert entries[0].also_reported_by == (("spiegel", copy.url),)
+    # Its GUID was recorded too: the copy is known on its own from now on.
+    assert store.ingest([copy], match_all, RECIPIENTS, NOW).new_items == ()
 
 
 def test_claim_is_exclusive_and_mark_sent_finishes(store: Store) -> None:
