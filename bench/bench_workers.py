@@ -5,8 +5,10 @@ Each worker is a real `monitor run` process limited to one parse process. Feeds 
 from 50 loopback addresses (127.0.0.2-127.0.0.51) so per-host limits act as across outlets.
 Per configuration: the cold cycle (every feed new), the warm cycle (every feed unchanged:
 304), and the time to drain the outbox (every match delivered to a local SMTP server).
-The lease overhead is the warm cycle of 1 PostgreSQL worker against the warm cycle of the
-SQLite worker, which takes no leases in another process's way.
+Also printed: the CPU seconds the workers, PostgreSQL's server and the feed servers used in
+each cold cycle (how busy the 2 cores were), and the lease overhead: the time one worker,
+polling in this process, spends in lease calls (claiming feeds and hosts, reading hosts'
+last requests, releasing hosts) as a share of its warm cycle on PostgreSQL.
 Needs MONITOR_TEST_POSTGRES_URL (or the default local server); prints 'skipped' otherwise.
 """
 
