@@ -484,14 +484,25 @@ def _release_hosts(
     """(host, owner, last request, blocked until): in host order, as every worker locks them."""
     if not releases:
         return
+    owner: Any = sa.bindparam("owner")
+    last: Any = sa.bindparam("last", type_=hosts.c.last_request_at.type)
+    # A feed of the host claimed meanwhile keeps the host leased, to be released with that
+    # feed: the worker's count of the host's feeds in flight can reach 0 just before it
+    # counts a claim made in the same writer round.
+    busy = (
+        sa.exists()
+        .where(feeds.c.host == hosts.c.host)
+        .where(feeds.c.lease_owner == owner)
+        .where(feeds.c.lease_expires_at > last)
+    )
     statement = (
         hosts.update()
         .where(hosts.c.host == sa.bindparam("released_host"))
-        .where(sa.or_(hosts.c.lease_owner == sa.bindparam("owner"), hosts.c.lease_owner.is_(None)))
+        .where(sa.or_(hosts.c.lease_owner == owner, hosts.c.lease_owner.is_(None)))
         .values(
-            lease_owner=None,
-            lease_expires_at=None,
-            last_request_at=sa.bindparam("last", type_=hosts.c.last_request_at.type),
+            lease_owner=sa.case((busy, hosts.c.lease_owner), else_=None),
+            lease_expires_at=sa.case((busy, hosts.c.lease_expires_at), else_=None),
+            last_request_at=last,
             blocked_until=sa.bindparam("blocked", type_=hosts.c.blocked_until.type),
         )
     )
@@ -787,6 +798,12 @@ class Store:
                 first = next((claimed[h] for h in hashes if h in claimed), None)
                 if not known.keys().isdisjoint(hashes):
                     seen.append((item, hashes))
+                    # Its new keys (a changed link) name the stored item from now on, also
+                    # for the batches after this one.
+                    stored = [known[h] for h in hashes if h in known]
+                    row = next((r for r in stored if r.key is not None), stored[0])
+                    for h in hashes:
+                        known.setdefault(h, row._replace(hash=h, stale=False))
                 elif first is not None:
                     repeats.append((item, hashes, first))
                 else:
@@ -1413,8 +1430,8 @@ def _seen_again(
         sources.append((row.item_id, item.feed, item.url, seen_at))
         if row.feed == item.feed and (row.title, row.summary) != (item.title, item.summary):
             updated.append((row.item_id, replace(item, key=row.key), item))
-    _bulk_insert(tx, item_keys, ("hash", "item_id", "last_seen_at"), new_keys)
-    for chunk in _chunks(stale):
+    _bulk_insert(tx, item_keys, ("hash", "item_id", "last_seen_at"), sorted(new_keys))
+    for chunk in _chunks(sorted(stale)):
         tx.execute(
             item_keys.update().where(_among(tx, item_keys.c.hash, chunk)).values(last_seen_at=now)
         )
@@ -1438,7 +1455,7 @@ def _record_repeats(
     that batch's item): their keys and their outlet, as for any item seen again."""
     stored = [(item, hashes, ids[first.key]) for item, hashes, first in repeats if first.key in ids]
     seen_at = _stamp(tx, now)
-    keys = [(h, item_id, seen_at) for _, hashes, item_id in stored for h in hashes]
+    keys = sorted((h, item_id, seen_at) for _, hashes, item_id in stored for h in hashes)
     _bulk_insert(tx, item_keys, ("hash", "item_id", "last_seen_at"), keys)
     outlets = [(item_id, item.feed, item.url, seen_at) for item, _, item_id in stored]
     _bulk_insert(tx, item_sources, ("item_id", "feed", "url", "seen_at"), outlets)
@@ -1455,7 +1472,8 @@ def _insert_items(
         tx,
         items,
         ITEM_COLUMNS,
-        [item_values(item, _stamp(tx, item.published), seen_at) for item, _ in fresh],
+        # In key order, as every worker inserts them: two cannot deadlock on the index.
+        sorted(item_values(item, _stamp(tx, item.published), seen_at) for item, _ in fresh),
         returning=("id", "key"),
     )
     ids = {key: item_id for item_id, key in inserted}
@@ -1464,7 +1482,7 @@ def _insert_items(
         tx,
         item_keys,
         ("hash", "item_id", "last_seen_at"),
-        [(h, ids[item.key], seen_at) for item, hashes in stored for h in hashes],
+        sorted((h, ids[item.key], seen_at) for item, hashes in stored for h in hashes),
     )
     _bulk_insert(
         tx,
@@ -1688,14 +1706,10 @@ def _insert_revisions(
         story = tx.execute(
             sa.select(story_members.c.story_id).where(story_members.c.item_id == original_id)
         ).scalar()
-        if story is None:  # stored before stories existed: it starts its own now
-            tx.execute(stories.insert().values(id=original_id, created_at=now))
-            tx.execute(
-                story_members.insert().values(
-                    item_id=original_id, story_id=original_id, similarity=1.0
-                )
-            )
-            story = original_id
+        if story is None:  # the original is in no story (unmatched, or not settled yet):
+            # the revision starts its own; the original's story is _settle's to decide.
+            tx.execute(stories.insert().values(id=revision_id, created_at=now))
+            story = revision_id
         tx.execute(
             story_members.insert().values(
                 item_id=revision_id, story_id=story, similarity=1.0, revision_of=original_id

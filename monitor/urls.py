@@ -87,9 +87,9 @@ def url_identity(url: str) -> str:
 
 def canonical_identity(canonical: str) -> str:
     """`url_identity` of a link canonical_url already returned (parsing saves a pass)."""
-    if _AMP_CACHE_SUFFIX in canonical:  # canonical_url lowercased the host
-        return url_identity(canonical)
     parts = urlsplit(canonical)
+    if parts.netloc.endswith(_AMP_CACHE_SUFFIX):  # canonical_url lowercased the host
+        parts = urlsplit(canonical_url(_unwrap_amp_cache(canonical)))
     if not parts.netloc:
         return canonical
     host = _desktop_host(parts.netloc)

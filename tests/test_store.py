@@ -201,3 +201,49 @@ def test_a_failed_queueing_is_retried_with_the_next_items(
         "u:example.org/2",
         "u:example.org/2",
     ]
+
+
+def test_a_host_stays_leased_while_another_of_its_feeds_is_claimed(store: Store) -> None:
+    # The poller's count of a host's feeds in flight can reach 0 just before it counts a new
+    # claim of the same host; the release must then keep the host leased.
+    urls = {"a": "https://heise.de/a", "b": "https://heise.de/b"}
+    store.sync_feeds(urls, NOW)
+    until = NOW + timedelta(minutes=10)
+    assert [f.name for f in store.claim_feeds("w1", NOW, until, 1, ["a"], force=True)] == ["a"]
+    assert [f.name for f in store.claim_feeds("w1", NOW, until, 1, ["b"], force=True)] == ["b"]
+    store.finish_poll("a", {"last_polled_at": NOW})
+    store.release_host("heise.de", "w1", NOW, None)
+    assert store.claim_feeds("w2", NOW, until, 5, force=True) == []  # still w1's host
+    store.finish_poll("b", {"last_polled_at": NOW})
+    store.release_host("heise.de", "w1", NOW, None)
+    assert len(store.claim_feeds("w2", NOW, until, 5, force=True)) == 2
+
+
+def test_a_changed_link_seen_by_two_feeds_of_one_ingest_stays_one_item(store: Store) -> None:
+    first = make_item(1, feed="heise")
+    store.ingest([first], match_all, RECIPIENTS, NOW)
+    # heise moves the article to a new link (same GUID, new text); spiegel carries that link.
+    moved = Item(
+        "u:example.org/new",
+        "heise",
+        first.guid,
+        "https://example.org/new",
+        "Musk und xAI",
+        "Neuer Text",
+        NOW,
+        "de",
+    )
+    copy = Item(
+        "u:example.org/new",
+        "spiegel",
+        "s-1",
+        "https://example.org/new",
+        "Musk und xAI",
+        "Anderer Text",
+        NOW,
+        "de",
+    )
+    heise, spiegel = store.ingest_many([[moved], [copy]], match_all, RECIPIENTS, NOW)
+    assert heise.new_items == () and spiegel.new_items == ()
+    assert store.item_count() == 1
+    assert len(store.pending_entries()) == 2  # the first alert only, to 2 recipients

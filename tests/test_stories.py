@@ -305,3 +305,23 @@ def test_the_daemon_does_not_load_datasketch() -> None:
     code = "import sys, monitor.app, monitor.cli; print('datasketch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_an_update_of_an_unqueued_match_still_queues_the_original(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(database_url, DedupeSettings(realert_on_update=True))
+    try:
+        item = make_item("1", feed="n-tv", **BABUSCHKIN["a"])
+        cluster = store._cluster
+        monkeypatch.setattr(store, "_cluster", lambda *args: 1 / 0)
+        ingest(store, [item])  # stored and matched; queueing failed
+        monkeypatch.setattr(store, "_cluster", cluster)
+        changed = replace(item, summary="Babuschkin bestätigt den Abschied von xAI.")
+        ingest(store, [changed])
+        pending = store.pending_entries()
+        originals = [e for _, e in pending if not e.updated]
+        updates = [e for _, e in pending if e.updated]
+        assert len(originals) == 2 and len(updates) == 2
+    finally:
+        store.close()

@@ -88,9 +88,18 @@ def test_identity_is_idempotent_on_its_own_output() -> None:
     assert url_identity("https://" + identity) == identity
 
 
+AMP_CACHE_ELSEWHERE = [  # the AMP cache's name outside the host: not an AMP cache link
+    "https://example.com/x?next=a.cdn.ampproject.org",
+    "https://example.com/a.cdn.ampproject.org/x",
+    "https://www-spiegel-de.cdn.ampproject.org/c/s/www.spiegel.de/a.html",
+]
+
+
 @pytest.mark.parametrize(
     "url",
-    [u for pair in SAME_ARTICLE + DIFFERENT_ARTICLES for u in pair] + [u for u, _ in CANONICAL],
+    [u for pair in SAME_ARTICLE + DIFFERENT_ARTICLES for u in pair]
+    + [u for u, _ in CANONICAL]
+    + AMP_CACHE_ELSEWHERE,
 )
 def test_identity_of_a_canonical_link_is_the_links_identity(url: str) -> None:
     # The parser canonicalizes each link once and takes its identity from that.
