@@ -10,6 +10,7 @@ message makes exactly one of them send it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -49,12 +50,20 @@ class Due:
 async def run_digests(
     app: App, *, force: bool = False, only: Iterable[str] | None = None
 ) -> DeliveryReport:
-    """Compose what is due (force: everything pending, now), then send everything stored."""
+    """Compose what is due (force: everything pending, now), then send everything stored.
+
+    Database work and rendering run in a thread: on SQLite a write waits for the poll
+    writer's transaction, and the event loop must keep fetching meanwhile.
+    """
     now = app.clock()
-    due = all_plans(app, only, now) if force else due_plans(app, now, only)
-    composed = compose(app, due, now, record_runs=not force)
+    composed = await asyncio.to_thread(_compose_due, app, now, force, only)
     sent, retrying, dead = await send_ready(app)
     return DeliveryReport(composed, sent, retrying, dead)
+
+
+def _compose_due(app: App, now: datetime, force: bool, only: Iterable[str] | None) -> int:
+    due = all_plans(app, only, now) if force else due_plans(app, now, only)
+    return compose(app, due, now, record_runs=not force)
 
 
 def all_plans(app: App, only: Iterable[str] | None, now: datetime) -> list[Due]:
@@ -162,27 +171,32 @@ async def send_ready(app: App) -> tuple[int, int, int]:
     async def report(message: OutgoingMessage, error: DeliveryError | None) -> None:
         now = app.clock()
         if error is None:
-            app.store.mark_sent(message.message_id, now)
+            await asyncio.to_thread(app.store.mark_sent, message.message_id, now)
             counts["sent"] += 1
         elif isinstance(error, PermanentDeliveryError):
-            app.store.mark_dead(message.message_id, str(error), now)
+            await asyncio.to_thread(app.store.mark_dead, message.message_id, str(error), now)
             log.error("recipient refused; dead-lettered: %s", error, extra=_fields(message))
             counts["dead"] += 1
         else:
-            app.store.mark_retry(message.message_id, str(error), now, retry_delay)
+            mark_retry = app.store.mark_retry
+            await asyncio.to_thread(mark_retry, message.message_id, str(error), now, retry_delay)
             log.warning("delivery failed, will retry: %s", error, extra=_fields(message))
             counts["retrying"] += 1
 
-    now = app.clock()
-    batch = [
-        message
-        for message in app.store.ready_messages(now)
-        if app.store.lease_message(message.message_id, app.worker_id, now, now + SEND_LEASE)
-    ]
+    batch = await asyncio.to_thread(_lease_ready, app, app.clock())
     await app.mailer.deliver(batch, report)
     for message in batch:
         log.debug("delivery attempt done", extra=_fields(message))
     return counts["sent"], counts["retrying"], counts["dead"]
+
+
+def _lease_ready(app: App, now: datetime) -> list[OutgoingMessage]:
+    """The stored messages ready to send that this worker could lease."""
+    return [
+        message
+        for message in app.store.ready_messages(now)
+        if app.store.lease_message(message.message_id, app.worker_id, now, now + SEND_LEASE)
+    ]
 
 
 def _fields(message: OutgoingMessage) -> dict[str, str]:
