@@ -58,6 +58,7 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value is not None else None
 
 
+_READ_ONLY = "monitor_read_only"  # execution option of Store._read's connections
 _MIGRATION_LOCK = 0x6D6F6E69746F72  # "monitor": the advisory lock id for migrations
 
 metadata = sa.MetaData()
@@ -343,7 +344,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A reader (Store._read) begins deferred: in WAL mode it reads a snapshot and never
+    # waits for the writer's lock.
+    reading = connection.get_execution_options().get(_READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
 
 def migrate(engine: Engine) -> None:
@@ -544,6 +548,14 @@ class Store:
         with self.engine.begin() as connection:
             yield connection
 
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A transaction that only reads: on SQLite it neither takes nor waits for the
+        write lock, so status displays and digest composing go on beside a long ingest."""
+        options = {_READ_ONLY: True}
+        with self.engine.connect() as connection, connection.execution_options(**options).begin():
+            yield connection
+
     def ping(self) -> bool:
         with self.engine.connect() as connection:
             return connection.execute(sa.text("SELECT 1")).scalar() == 1
@@ -593,11 +605,11 @@ class Store:
             _ensure_hosts(tx, [host_of(url) for url in configured.values()])
 
     def feed_states(self) -> list[FeedState]:
-        with self._tx() as tx:
+        with self._read() as tx:
             return [_feed_from(row) for row in tx.execute(sa.select(feeds).order_by(feeds.c.name))]
 
     def feed_state(self, name: str) -> FeedState | None:
-        with self._tx() as tx:
+        with self._read() as tx:
             row = tx.execute(sa.select(feeds).where(feeds.c.name == name)).first()
             return _feed_from(row) if row else None
 
@@ -609,7 +621,7 @@ class Store:
             .where(sa.or_(feeds.c.next_poll_at.is_(None), feeds.c.next_poll_at <= now))
             .order_by(feeds.c.next_poll_at)
         )
-        with self._tx() as tx:
+        with self._read() as tx:
             return [_feed_from(row) for row in tx.execute(query)]
 
     def update_feed(self, name: str, **values: Any) -> None:
@@ -679,7 +691,7 @@ class Store:
 
     def host_last_requests(self, names: Iterable[str]) -> dict[str, datetime | None]:
         """When each host was last asked (by any worker), for the minimum gap."""
-        with self._tx() as tx:
+        with self._read() as tx:
             rows = tx.execute(
                 sa.select(hosts.c.host, hosts.c.last_request_at).where(
                     hosts.c.host.in_(list(names))
@@ -973,7 +985,7 @@ class Store:
         return Pruned(gone.rowcount, keys.rowcount, bands.rowcount, empty.rowcount, sent.rowcount)
 
     def item_count(self) -> int:
-        with self._tx() as tx:
+        with self._read() as tx:
             return int(tx.execute(sa.select(sa.func.count()).select_from(items)).scalar_one())
 
     def recent_items(self, since: datetime) -> list[tuple[int, Item]]:
@@ -983,7 +995,7 @@ class Store:
             .where(items.c.first_seen_at >= since)
             .order_by(items.c.first_seen_at, items.c.id)
         )
-        with self._tx() as tx:
+        with self._read() as tx:
             return [(row.id, _item_from(row)) for row in tx.execute(query)]
 
     def stored_item(self, id_or_key: str) -> tuple[int, Item] | None:
@@ -991,7 +1003,7 @@ class Store:
         where = items.c.key == id_or_key
         if id_or_key.isdigit():
             where = sa.or_(items.c.id == int(id_or_key), where)
-        with self._tx() as tx:
+        with self._read() as tx:
             row = tx.execute(sa.select(items).where(where).order_by(items.c.id)).first()
         return (row.id, _item_from(row)) if row else None
 
@@ -1020,7 +1032,7 @@ class Store:
         )
         if watchlists is not None:
             query = query.where(deliveries.c.watchlist.in_(list(watchlists)))
-        with self._tx() as tx:
+        with self._read() as tx:
             rows = tx.execute(query).all()
             outlets = _story_outlets(tx, {r.story_id for r in rows if r.story_id is not None})
         return _one_entry_per_story(rows, outlets)
@@ -1095,7 +1107,7 @@ class Store:
         query = sa.select(
             digest_runs.c.watchlist, digest_runs.c.recipient, sa.func.max(digest_runs.c.slot)
         ).group_by(digest_runs.c.watchlist, digest_runs.c.recipient)
-        with self._tx() as tx:
+        with self._read() as tx:
             return {(w, r): _aware(slot) for w, r, slot in tx.execute(query)}
 
     def pending_since(self) -> dict[tuple[str, str], datetime]:
@@ -1107,7 +1119,7 @@ class Store:
             .where(deliveries.c.status == "pending")
             .group_by(deliveries.c.watchlist, deliveries.c.recipient)
         )
-        with self._tx() as tx:
+        with self._read() as tx:
             return {(w, r): _aware(created) for w, r, created in tx.execute(query)}
 
     def ready_messages(self, now: datetime) -> list[OutgoingMessage]:
@@ -1119,7 +1131,7 @@ class Store:
             .where(sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until <= now))
             .order_by(messages.c.created_at)
         )
-        with self._tx() as tx:
+        with self._read() as tx:
             return [
                 OutgoingMessage(r.message_id, r.recipient, bytes(r.mime), r.kind)
                 for r in tx.execute(query)
@@ -1212,7 +1224,7 @@ class Store:
             )
 
     def outbox(self) -> Outbox:
-        with self._tx() as tx:
+        with self._read() as tx:
             pending = tx.execute(
                 sa.select(sa.func.count(), sa.func.min(deliveries.c.created_at)).where(
                     deliveries.c.status.in_(("pending", "claimed"))
@@ -1229,7 +1241,7 @@ class Store:
 
     def dead_letters(self) -> list[tuple[str, str]]:
         """(recipient, last error) of each message the server refused for good."""
-        with self._tx() as tx:
+        with self._read() as tx:
             rows = tx.execute(
                 sa.select(messages.c.recipient, messages.c.last_error).where(
                     messages.c.status == "dead"
@@ -1262,7 +1274,7 @@ class Store:
     def live_workers(self, since: datetime) -> list[WorkerInfo]:
         """Workers whose last heartbeat is not older than `since`."""
         query = sa.select(workers).where(workers.c.heartbeat_at >= since).order_by(workers.c.host)
-        with self._tx() as tx:
+        with self._read() as tx:
             return [
                 WorkerInfo(r.worker_id, r.host, r.pid, r.config_hash, r.heartbeat_at)
                 for r in tx.execute(query)
@@ -1278,7 +1290,7 @@ class Store:
             )
 
     def get_meta(self, key: str) -> str | None:
-        with self._tx() as tx:
+        with self._read() as tx:
             return tx.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def set_meta(self, key: str, value: str) -> None:

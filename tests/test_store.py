@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from monitor.models import Hit, Item, Match, OutgoingMessage
 from monitor.store import DigestRun, Store, open_store
@@ -247,3 +250,28 @@ def test_a_changed_link_seen_by_two_feeds_of_one_ingest_stays_one_item(store: St
     assert heise.new_items == () and spiegel.new_items == ()
     assert store.item_count() == 1
     assert len(store.pending_entries()) == 2  # the first alert only, to 2 recipients
+
+
+def test_sqlite_readers_do_not_wait_for_the_writer(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/monitor.db")
+    store.sync_feeds({"a": "https://a.example/feed"}, NOW)
+    holding, done = threading.Event(), threading.Event()
+
+    def writer() -> None:  # holds the write lock until the reads below are done
+        with store._tx() as tx:
+            tx.execute(sa.text("UPDATE feeds SET etag = 'changing'"))
+            holding.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        # Were reads to wait for the lock, they would fail after the 30 s busy timeout.
+        assert [(f.name, f.etag) for f in store.feed_states()] == [("a", None)]
+        assert store.get_meta("first_poll_done") is None
+        assert store.pending_entries() == []
+    finally:
+        done.set()
+        thread.join()
+        store.close()
