@@ -126,7 +126,7 @@ def _item(
     link = canonical_url(_absolute(str(entry.get("link") or ""), base))
     title = html_to_text(str(entry.get("title") or ""))
     summary = _summary(entry)
-    guid = str(entry.get("id") or link or _digest(title + summary))
+    guid = _guid(entry, base) or link or _digest(title + summary)
     published = _published(entry, now, position)
     return Item(
         key=make_key(feed_name, guid, link),
@@ -149,6 +149,22 @@ def _absolute(link: str, base: str) -> str:
         return urljoin(base, link)
     except ValueError:
         return link
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _guid(entry: Mapping[str, Any], base: str) -> str:
+    """The item's id. A relative permalink id of an item without a link is joined to the
+    feed URL, as feedparser did when it was given the URL: an earlier version's key for
+    such an item stays the same. (An item with a link is known by its link anyway.)"""
+    guid = str(entry.get("id") or "")
+    if not guid or not entry.get("guidislink") or _SCHEME.match(guid):
+        return guid
+    try:
+        return urljoin(base, guid)
+    except ValueError:
+        return guid
 
 
 def make_key(feed_name: str, guid: str, link: str) -> str:

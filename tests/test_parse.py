@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,3 +142,25 @@ def test_relative_item_links_resolve_against_xml_base_or_the_feed_url() -> None:
     assert first.key == "u:example.org/news/1"
     assert second.url == "https://other.example.net/base/story-2"
     assert third.title == "Link text"  # markup and styles gone without feedparser's sanitizer
+
+
+@pytest.mark.parametrize(
+    "guid",
+    [
+        f"<guid{permalink}>{value}</guid>"
+        for permalink in ("", " isPermaLink='true'", " isPermaLink='false'")
+        for value in ("12345", "/item/7", "item?id=3", "tag:example.org,2026:1", "x y")
+    ],
+)
+def test_ids_of_items_without_a_link_stay_what_earlier_versions_stored(guid: str) -> None:
+    # Earlier versions gave feedparser the feed URL, which joined relative permalink ids to
+    # it; an item without a link is known by its id, so its key must not change.
+    body = (
+        f"<rss version='2.0'><channel><title>T</title><item><title>A</title>{guid}</item>"
+        "</channel></rss>"
+    ).encode()
+    headers = {"content-location": "https://example.org/feed", "content-type": "application/xml"}
+    earlier = feedparser.parse(io.BytesIO(body), response_headers=headers).entries[0]
+    item = parse(body).items[0]  # type: ignore[attr-defined]
+    assert item.guid == earlier.id
+    assert item.url == (earlier.get("link") or "")
