@@ -97,9 +97,9 @@ class _Cycle:
         exhausted = False
         while True:
             if not exhausted and len(self.in_flight) <= batch:
-                # Two windows' worth: half as many claims (each a transaction), while the
-                # fetcher still has `concurrency` feeds to work on until the next claim.
-                claimed = await self._claim(sorted(remaining), 2 * batch, force)
+                # One window at a time: a claimed feed waits in this process for its turn at
+                # its host, and must be polled well within its lease.
+                claimed = await self._claim(sorted(remaining), batch, force)
                 remaining.difference_update(claimed)
                 exhausted = not claimed or not remaining
             if not self.in_flight:
