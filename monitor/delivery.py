@@ -27,6 +27,7 @@ from monitor.store import DigestRun
 
 log = logging.getLogger(__name__)
 FIRST_POLL_DONE = "first_poll_done"
+UNSETTLED_WINDOW = timedelta(days=1)  # how far back each digest tick looks for unqueued matches
 SEND_LEASE = timedelta(minutes=10)  # longer than any batch takes; a dead sender's lease expires
 UNHEALTHY = (FeedStatus.DEGRADED, FeedStatus.STALE, FeedStatus.BROKEN, FeedStatus.DISABLED)
 
@@ -62,6 +63,9 @@ async def run_digests(
 
 
 def _compose_due(app: App, now: datetime, force: bool, only: Iterable[str] | None) -> int:
+    # A worker that died between storing matches and queueing them (see Store.ingest_many)
+    # leaves them to whoever looks next.
+    app.store.settle(app.recipients, now, since=now - UNSETTLED_WINDOW)
     due = all_plans(app, only, now) if force else due_plans(app, now, only)
     return compose(app, due, now, record_runs=not force)
 

@@ -850,10 +850,19 @@ class Store:
         ]
         return results, recorded
 
-    def settle(self, recipients: Mapping[str, Sequence[str]], now: datetime) -> None:
+    def settle(
+        self,
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+        since: datetime | None = None,
+    ) -> None:
         """Queue the deliveries of matches that a crash between ingest_many's two
-        transactions left without any (done once per process, with its first ingest)."""
-        self._settle([], recipients, now)
+        transactions left without any: every such match (at start), or those stored since
+        `since` (the daemon looks every digest tick: another worker may have died)."""
+        with self._read() as tx:
+            found = _unsettled_matches(tx, since)
+        if found or self._sweep:
+            self._settle(found, recipients, now)
 
     def _settle(
         self, unsettled: Sequence[_Recorded], recipients: Mapping[str, Sequence[str]], now: datetime
@@ -1662,8 +1671,9 @@ def _record_matches(
     return recorded
 
 
-def _unsettled_matches(tx: Connection) -> list[_Recorded]:
-    """Matches never queued: without deliveries, of items in no story."""
+def _unsettled_matches(tx: Connection, since: datetime | None = None) -> list[_Recorded]:
+    """Matches never queued (stored since `since`): without deliveries, of items in no
+    story."""
     query = (
         sa.select(matches.c.id.label("match_id"), matches.c.watchlist, items)
         .join(items, items.c.id == matches.c.item_id)
@@ -1671,6 +1681,8 @@ def _unsettled_matches(tx: Connection) -> list[_Recorded]:
         .where(~sa.exists().where(deliveries.c.match_id == matches.c.id))
         .order_by(matches.c.id)
     )
+    if since is not None:
+        query = query.where(matches.c.created_at >= since)
     return [
         _Recorded(row.match_id, row.id, row.watchlist, _item_from(row)) for row in tx.execute(query)
     ]

@@ -275,3 +275,20 @@ def test_sqlite_readers_do_not_wait_for_the_writer(tmp_path: Path) -> None:
         done.set()
         thread.join()
         store.close()
+
+
+def test_a_live_worker_queues_what_a_dead_one_left(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = open_store(database_url)
+    live.settle(RECIPIENTS, NOW)  # its start-up sweep is done: what dies later is not seen
+    dead = open_store(database_url)
+    monkeypatch.setattr(dead, "_cluster", lambda *args: 1 / 0)  # dies between the two
+    dead.ingest([make_item(1)], match_all, RECIPIENTS, NOW)
+    dead.close()
+    assert live.pending_entries() == []
+    live.settle(RECIPIENTS, NOW, since=NOW - timedelta(hours=1))  # the digest tick's look
+    assert len(live.pending_entries()) == 2
+    live.settle(RECIPIENTS, NOW, since=NOW - timedelta(hours=1))
+    assert len(live.pending_entries()) == 2
+    live.close()
