@@ -123,7 +123,7 @@ def item_gap(stamps: Iterable[datetime]) -> float | None:
 def _item(
     entry: Mapping[str, Any], feed_name: str, base: str, language: str, now: datetime, position: int
 ) -> Item:
-    link = canonical_url(_absolute(str(entry.get("link") or ""), base))
+    link = canonical_url(_absolute(str(entry.get("link") or "").strip(), base))
     title = html_to_text(str(entry.get("title") or ""))
     summary = _summary(entry)
     guid = _guid(entry, base) or link or _digest(title + summary)
@@ -140,18 +140,18 @@ def _item(
     )
 
 
-def _absolute(link: str, base: str) -> str:
-    """A relative item link resolved against the feed's URL (xml:base is feedparser's job)."""
-    link = link.strip()
-    if not link or link.startswith(("http://", "https://")):
-        return link
-    try:
-        return urljoin(base, link)
-    except ValueError:
-        return link
-
-
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _absolute(reference: str, base: str) -> str:
+    """A relative reference joined to the feed's URL (xml:base is feedparser's job); one
+    with a scheme stays as it is."""
+    if not reference or _SCHEME.match(reference):
+        return reference
+    try:
+        return urljoin(base, reference)
+    except ValueError:
+        return reference
 
 
 def _guid(entry: Mapping[str, Any], base: str) -> str:
@@ -159,12 +159,7 @@ def _guid(entry: Mapping[str, Any], base: str) -> str:
     feed URL, as feedparser did when it was given the URL: an earlier version's key for
     such an item stays the same. (An item with a link is known by its link anyway.)"""
     guid = str(entry.get("id") or "")
-    if not guid or not entry.get("guidislink") or _SCHEME.match(guid):
-        return guid
-    try:
-        return urljoin(base, guid)
-    except ValueError:
-        return guid
+    return _absolute(guid, base) if entry.get("guidislink") else guid
 
 
 def make_key(feed_name: str, guid: str, link: str) -> str:

@@ -168,111 +168,108 @@ class _Writer:
     """
 
     app: App
-    items: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = field(default_factory=list)
-    outcomes: list[tuple[str, Mapping[str, Any], asyncio.Future[None]]] = field(
-        default_factory=list
-    )
-    releases: list[tuple[_Release, asyncio.Future[None]]] = field(default_factory=list)
-    calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = field(default_factory=list)
+    jobs: list[_Job] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
     async def ingest(self, items: Sequence[Item]) -> IngestResult:
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self.items.append((items, future))
-        return await self._wake(future)
+        result: IngestResult = await self._queue("ingest", items)
+        return result
 
     async def finish(self, name: str, values: Mapping[str, Any]) -> None:
         """Record a poll's outcome and release the feed's lease."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.outcomes.append((name, values, future))
-        await self._wake(future)
+        await self._queue("finish", (name, values))
 
     async def release(
         self, owner: str, host: str, last_request: datetime, blocked_until: datetime | None
     ) -> None:
         """Give a host back (store.release_host) once this worker's polls of it are done."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.releases.append(((host, owner, last_request, blocked_until), future))
-        await self._wake(future)
+        await self._queue("release", (host, owner, last_request, blocked_until))
 
     async def call(self, function: Callable[[], T]) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self.calls.append((function, future))
-        return await self._wake(future)
+        result: T = await self._queue("call", function)
+        return result
 
-    async def _wake(self, future: asyncio.Future[T]) -> T:
+    async def _queue(self, kind: str, payload: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.jobs.append(_Job(kind, payload, future))
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
-        items: list[tuple[Sequence[Item], asyncio.Future[IngestResult]]] = []
-        outcomes: list[tuple[str, Mapping[str, Any], asyncio.Future[None]]] = []
-        releases: list[tuple[_Release, asyncio.Future[None]]] = []
-        calls: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        taken: list[_Job] = []
         try:
-            while self.items or self.outcomes or self.releases or self.calls:
-                items = self.items[:_FEEDS_PER_TRANSACTION]
-                del self.items[:_FEEDS_PER_TRANSACTION]
-                outcomes, self.outcomes = self.outcomes, []
-                releases, self.releases = self.releases, []
-                calls, self.calls = self.calls, []
-                results = await asyncio.to_thread(
-                    self._round,
-                    [batch for batch, _ in items],
-                    [(name, values) for name, values, _ in outcomes],
-                    [release for release, _ in releases],
-                    [function for function, _ in calls],
-                )
-                futures = [f for *_, f in items] + [f for *_, f in outcomes]
-                futures += [f for _, f in releases] + [f for _, f in calls]
-                for future, result in zip(futures, results, strict=True):
-                    if future.done():  # its poll was cancelled
+            while self.jobs:
+                taken, self.jobs = _one_round(self.jobs)
+                results = await asyncio.to_thread(self._round, taken)
+                for job, result in zip(taken, results, strict=True):
+                    if job.future.done():  # its poll was cancelled
                         continue
                     if isinstance(result, _Failed):
-                        future.set_exception(result.error)
+                        job.future.set_exception(result.error)
                     else:
-                        future.set_result(result)
-                items, outcomes, releases, calls = [], [], [], []
+                        job.future.set_result(result)
+                taken = []
         finally:  # cancelled: the polls waiting are cancelled too, never left hanging
-            waiting = (
-                items + self.items,
-                outcomes + self.outcomes,
-                releases + self.releases,
-                calls + self.calls,
-            )
-            for jobs in waiting:
-                for *_, future in jobs:
-                    if not future.done():
-                        future.cancel()
+            for job in taken + self.jobs:
+                if not job.future.done():
+                    job.future.cancel()
 
-    def _round(
-        self,
-        batches: list[Sequence[Item]],
-        outcomes: list[tuple[str, Mapping[str, Any]]],
-        releases: list[_Release],
-        calls: list[Callable[[], Any]],
-    ) -> list[Any]:
-        app = self.app
-        results: list[Any] = []
-        if batches:
+    def _round(self, jobs: list[_Job]) -> list[Any]:
+        """Each job's result (or _Failed), in the jobs' order."""
+        store = self.app.store
+        results: list[Any] = [None] * len(jobs)
+        ingests = [n for n, job in enumerate(jobs) if job.kind == "ingest"]
+        if ingests:
+            batches = [jobs[n].payload for n in ingests]
+            match, recipients, now = self.app.matcher.match, self.app.recipients, self.app.clock()
             try:
-                now = app.clock()
-                results += app.store.ingest_many(batches, app.matcher.match, app.recipients, now)
+                stored: list[Any] = store.ingest_many(batches, match, recipients, now)
             except Exception:  # one feed's failure must not fail the others: each on its own
-                results += [_attempt(app.store.ingest, b, *_ingest_args(app)) for b in batches]
+                stored = [_attempt(store.ingest, b, match, recipients, now) for b in batches]
+            for n, result in zip(ingests, stored, strict=True):
+                results[n] = result
+        outcomes = [n for n, job in enumerate(jobs) if job.kind == "finish"]
+        releases = [n for n, job in enumerate(jobs) if job.kind == "release"]
         if outcomes or releases:
             try:  # one transaction
-                app.store.finish_polls(outcomes, releases)
-                results += [None] * (len(outcomes) + len(releases))
+                store.finish_polls(
+                    [jobs[n].payload for n in outcomes], [jobs[n].payload for n in releases]
+                )
             except Exception:  # each on its own, so that one bad job fails alone
-                results += [_attempt(app.store.finish_poll, *job) for job in outcomes]
-                results += [_attempt(app.store.release_host, *job) for job in releases]
-        results += [_attempt(function) for function in calls]
+                for n in outcomes:
+                    results[n] = _attempt(store.finish_poll, *jobs[n].payload)
+                for n in releases:
+                    results[n] = _attempt(store.release_host, *jobs[n].payload)
+        for n, job in enumerate(jobs):
+            if job.kind == "call":
+                results[n] = _attempt(job.payload)
         return results
 
 
-_Release = tuple[str, str, datetime, datetime | None]  # host, owner, last request, blocked until
+@dataclass(frozen=True, slots=True)
+class _Job:
+    # ingest: items | finish: (name, values) | release: (host, owner, last request,
+    # blocked until) | call: a function of no arguments
+    kind: str
+    payload: Any
+    future: asyncio.Future[Any]
+
+
+def _one_round(jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
+    """(this round's jobs, the rest): every job but the feeds' items past the first
+    _FEEDS_PER_TRANSACTION, which wait for the next round."""
+    taken: list[_Job] = []
+    rest: list[_Job] = []
+    ingests = 0
+    for job in jobs:
+        if job.kind == "ingest":
+            ingests += 1
+            if ingests > _FEEDS_PER_TRANSACTION:
+                rest.append(job)
+                continue
+        taken.append(job)
+    return taken, rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,10 +283,6 @@ def _attempt(function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
     except Exception as error:
         return _Failed(error)
-
-
-def _ingest_args(app: App) -> tuple[Any, ...]:
-    return app.matcher.match, app.recipients, app.clock()
 
 
 async def poll_feed(

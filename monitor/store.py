@@ -859,6 +859,10 @@ class Store:
         """Queue the deliveries of matches that a crash between ingest_many's two
         transactions left without any: every such match (at start), or those stored since
         `since` (the daemon looks every digest tick: another worker may have died)."""
+        if since is None:  # every one: the sweep under the story lock finds them
+            self._sweep = True
+            self._settle([], recipients, now)
+            return
         with self._read() as tx:
             found = _unsettled_matches(tx, since)
         if found or self._sweep:
@@ -1404,27 +1408,36 @@ class _Known(NamedTuple):
 
 
 def _known_keys(tx: Connection, hashes: Iterable[int], now: datetime) -> dict[int, _Known]:
-    """hash -> what is stored under it, for the stored ones. Straight to the driver: one
-    query per feed, on the ingest hot path."""
-    postgres = tx.dialect.name == "postgresql"
-    if postgres:
-        before, among = "%s", "= ANY(%s)"
-    else:
-        before, among = "?", "IN (SELECT value FROM json_each(?))"
-    sql = (
-        f"SELECT k.hash, k.item_id, k.last_seen_at < {before}, i.feed, i.key, i.title, "
-        f"i.summary FROM item_keys k LEFT JOIN items i ON i.id = k.item_id WHERE k.hash {among}"
+    """hash -> what is stored under it, for the stored ones. One query per round, on the
+    ingest hot path."""
+    rows = _select_among(
+        tx,
+        "SELECT k.hash, k.item_id, k.last_seen_at < {p}, i.feed, i.key, i.title, i.summary "
+        "FROM item_keys k LEFT JOIN items i ON i.id = k.item_id WHERE k.hash {among}",
+        set(hashes),
+        _stamp(tx, now - _TOUCH_AFTER),
     )
-    touch_before = _stamp(tx, now - _TOUCH_AFTER)
-    known: dict[int, _Known] = {}
+    return {row[0]: _Known(*row) for row in rows}
+
+
+def _select_among(tx: Connection, sql: str, values: Iterable[int], *before: Any) -> list[Any]:
+    """The rows of `sql`, straight through the driver: thousands per round would cost more
+    in SQLAlchemy's row processing. `{among}` in it stands for `IN values` (a chunk at a
+    time, bound as one parameter, as `_among` does), `{p}` for a parameter from `before`."""
+    postgres = tx.dialect.name == "postgresql"
+    statement = sql.format(
+        p="%s" if postgres else "?",
+        among="= ANY(%s)" if postgres else "IN (SELECT value FROM json_each(?))",
+    )
+    rows: list[Any] = []
     cursor = tx.connection.cursor()
     try:
-        for chunk in _chunks(set(hashes)):
-            cursor.execute(sql, (touch_before, chunk if postgres else json.dumps(chunk)))
-            known.update((row[0], _Known(*row)) for row in cursor.fetchall())
+        for chunk in _chunks(values):
+            cursor.execute(statement, (*before, chunk if postgres else json.dumps(chunk)))
+            rows += cursor.fetchall()
     finally:
         cursor.close()
-    return known
+    return rows
 
 
 def _seen_again(
@@ -1539,21 +1552,9 @@ def _story_candidates(
 
 
 def _band_members(tx: Connection, bands: Iterable[int]) -> list[tuple[int, int]]:
-    """(band, item id) of the stored items with any of these bands: straight to the driver,
-    as thousands of rows per batch would cost more in SQLAlchemy's row processing."""
-    if tx.dialect.name == "postgresql":
-        sql = "SELECT band, item_id FROM story_bands WHERE band = ANY(%s)"
-    else:
-        sql = "SELECT band, item_id FROM story_bands WHERE band IN (SELECT value FROM json_each(?))"
-    pairs: list[tuple[int, int]] = []
-    cursor = tx.connection.cursor()
-    try:
-        for chunk in _chunks(bands):
-            parameter = chunk if tx.dialect.name == "postgresql" else json.dumps(chunk)
-            cursor.execute(sql, (parameter,))
-            pairs += cursor.fetchall()
-    finally:
-        cursor.close()
+    """(band, item id) of the stored items with any of these bands."""
+    sql = "SELECT band, item_id FROM story_bands WHERE band {among}"
+    pairs: list[tuple[int, int]] = _select_among(tx, sql, bands)
     return pairs
 
 

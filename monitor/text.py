@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections.abc import Callable
 from html.parser import HTMLParser
 from itertools import chain, repeat
 
@@ -187,15 +188,19 @@ def fold_char(char: str) -> str:
     return folded
 
 
-class _FoldTable(dict[int, str]):
-    """str.translate table: code point -> folded text, filled on first sight of a character."""
+class CharTable(dict[int, str]):
+    """A str.translate table: code point -> map_char(character), filled on first sight."""
+
+    def __init__(self, map_char: Callable[[str], str]) -> None:
+        super().__init__()
+        self._map_char = map_char
 
     def __missing__(self, code: int) -> str:
-        folded = self[code] = fold_char(chr(code))
-        return folded
+        mapped = self[code] = self._map_char(chr(code))
+        return mapped
 
 
-_TABLE = _FoldTable()
+_TABLE = CharTable(fold_char)
 
 
 class FoldedText:

@@ -23,23 +23,15 @@ import ahocorasick
 from monitor.config import WatchlistConfig
 from monitor.models import Hit, Item, Match
 from monitor.query import And, Near, Node, Not, Or, Scope, Term, parse_query, parse_term, terms_of
-from monitor.text import FoldedText, fold_text, lower_keep_length
+from monitor.text import CharTable, FoldedText, fold_text, lower_keep_length
 
 FIELDS = ("title", "summary")
 _NOT_WORD = re.compile(r"[\W_]")
 
 
-class _Spaces(dict[int, str]):
-    """str.translate table: every non-word character to a space, so an automaton key that
-    starts with a space matches only where a word starts. Filled on first sight."""
-
-    def __missing__(self, code: int) -> str:
-        char = chr(code)
-        mapped = self[code] = " " if _NOT_WORD.match(char) else char
-        return mapped
-
-
-_SPACES = _Spaces()  # a translate is 5x faster than re.sub over every item's text
+# Every non-word character to a space, so an automaton key that starts with a space matches
+# only where a word starts. A translate is 5x faster than re.sub over every item's text.
+_SPACES = CharTable(lambda char: " " if _NOT_WORD.match(char) else char)
 _WORD_REST = re.compile(r"[^\W_]*")
 _NEAR_WORD = re.compile(r"\S*[^\W_]\S*")  # what NEAR/n counts as one word
 

@@ -338,20 +338,31 @@ def test_sighup_applies_an_added_feed_and_a_new_watchlist(
     assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
 
 
+def hold_fetches(
+    httpserver: HTTPServer, only_first: bool = False
+) -> tuple[threading.Event, threading.Event]:
+    """(fetching, release): /de.xml answers a request (only the first, with only_first) once
+    `release` is set; `fetching` is set when such a request arrives."""
+    fetching, release = threading.Event(), threading.Event()
+    requests: list[Request] = []
+
+    def held(request: Request) -> Response:
+        requests.append(request)
+        if not only_first or len(requests) == 1:
+            fetching.set()
+            release.wait(60)
+        return Response(GERMAN, content_type="application/rss+xml")
+
+    httpserver.expect_request("/de.xml").respond_with_handler(held)
+    return fetching, release
+
+
 def test_sigterm_during_a_slow_fetch_finishes_it_within_the_bound(
     httpserver: HTTPServer,
     write_config: Callable[..., Path],
     start: Callable[..., Daemon],
 ) -> None:
-    release = threading.Event()
-    fetching = threading.Event()
-
-    def slow(_request: Request) -> Response:
-        fetching.set()
-        release.wait(30)
-        return Response(GERMAN, content_type="application/rss+xml")
-
-    httpserver.expect_request("/de.xml").respond_with_handler(slow)
+    fetching, release = hold_fetches(httpserver)
     data = base_config(httpserver, 1)
     del data["smtp"]
     config = write_config(data)
@@ -372,15 +383,7 @@ def test_sigterm_during_a_slow_fetch_finishes_it_within_the_bound(
 def test_second_signal_exits_at_once(
     httpserver: HTTPServer, write_config: Callable[..., Path], start: Callable[..., Daemon]
 ) -> None:
-    release = threading.Event()
-    fetching = threading.Event()
-
-    def stuck(_request: Request) -> Response:
-        fetching.set()
-        release.wait(60)
-        return Response(GERMAN, content_type="application/rss+xml")
-
-    httpserver.expect_request("/de.xml").respond_with_handler(stuck)
+    fetching, release = hold_fetches(httpserver)
     data = base_config(httpserver, 1)
     del data["smtp"]
     daemon = start(write_config(data), MONITOR_TICK_GRACE="60")
@@ -402,18 +405,7 @@ def test_kill_9_mid_poll_then_restart_loses_nothing(
     start: Callable[..., Daemon],
 ) -> None:
     recorder, port = smtp_server
-    release = threading.Event()
-    fetching = threading.Event()
-    calls = []
-
-    def first_hangs(_request: Request) -> Response:
-        calls.append(1)
-        if len(calls) == 1:
-            fetching.set()
-            release.wait(30)
-        return Response(GERMAN, content_type="application/rss+xml")
-
-    httpserver.expect_request("/de.xml").respond_with_handler(first_hangs)
+    fetching, release = hold_fetches(httpserver, only_first=True)
     config = write_config(base_config(httpserver, port))
     daemon = start(config)
     wait_for(fetching.is_set, "the daemon to start fetching")
