@@ -7,8 +7,8 @@ Per configuration: the cold cycle (every feed new), the warm cycle (every feed u
 304), and the time to drain the outbox (every match delivered to a local SMTP server).
 Also printed: the CPU seconds the workers, PostgreSQL's server and the feed servers used in
 each cold cycle (how busy the 2 cores were), and the lease overhead: the time one worker,
-polling in this process, spends in lease calls (claiming feeds and hosts, reading hosts'
-last requests, releasing hosts) as a share of its warm cycle on PostgreSQL.
+polling in this process, spends in lease calls (claiming feeds with their hosts and the
+hosts' last requests, releasing hosts) as a share of its warm cycle on PostgreSQL.
 Needs MONITOR_TEST_POSTGRES_URL (or the default local server); prints 'skipped' otherwise.
 """
 
@@ -289,7 +289,7 @@ def run(database: str, workers: int, servers: Servers, smtp: Sink, port: int) ->
         }
 
 
-LEASE_CALLS = ("claim_feeds", "host_last_requests")
+LEASE_CALLS = ("claim_feeds",)
 
 
 def lease_share(database: str, servers: Servers, port: int) -> tuple[float, float]:

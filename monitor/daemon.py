@@ -163,7 +163,8 @@ class Daemon:
             self.notifier.status(f"unhealthy: {health.describe()}")
             return
         now = self.app.clock()
-        snapshot = take_snapshot(self.app.store, self.app.config, now)
+        # In a thread: the event loop keeps fetching while the database answers.
+        snapshot = await asyncio.to_thread(take_snapshot, self.app.store, self.app.config, now)
         self.metrics.record_snapshot(snapshot, now)
         self.notifier.status(snapshot.summary())
 

@@ -151,8 +151,8 @@ def feed_health(app: App) -> list[FeedHealth]:
     configured = {feed.name for feed in app.config.feeds}
     return [
         FeedHealth(state.name, state.status.value, state.last_error or "", state.error_since)
-        for state in app.store.feed_states()
-        if state.name in configured and state.status in UNHEALTHY
+        for state in app.store.feed_states(UNHEALTHY)
+        if state.name in configured
     ]
 
 

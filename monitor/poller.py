@@ -113,25 +113,23 @@ class _Cycle:
         """Lease up to `limit` feeds and start polling them; return their names."""
         store, now = self.app.store, self.app.clock()
         lease_until = now + timedelta(seconds=self.app.config.polling.lease)
-        states = await self.writer.call(
+        claim = await self.writer.call(
             functools.partial(store.claim_feeds, self.owner, now, lease_until, limit, wanted, force)
         )
+        states = claim.feeds
         new_hosts = {state.host for state in states} - set(self.host_load)
         for state in states:
             self.host_load[state.host] = self.host_load.get(state.host, 0) + 1
-        await self._hold_off(new_hosts, now)
+        self._hold_off({host: claim.last_requests.get(host) for host in new_hosts}, now)
         for state in states:
             task = asyncio.create_task(self._poll(state))
             self.in_flight.add(task)
         return [state.name for state in states]
 
-    async def _hold_off(self, new_hosts: set[str], now: datetime) -> None:
+    def _hold_off(self, last_requests: Mapping[str, datetime | None], now: datetime) -> None:
         """Keep the minimum gap after another worker's last request to the same host."""
         gap = self.app.config.polling.min_gap
-        last = await self.writer.call(
-            functools.partial(self.app.store.host_last_requests, new_hosts)
-        )
-        for host, at in last.items():
+        for host, at in last_requests.items():
             if at is not None and (wait := gap - (now - at).total_seconds()) > 0:
                 self.app.fetcher.hold_off(host, min(wait, gap))
 

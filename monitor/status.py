@@ -121,9 +121,9 @@ class Snapshot:
 def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
     """Read the feed states, outbox counts and heartbeat; configured feeds only."""
     configured = {feed.name for feed in config.feeds}
-    rows = [state for state in store.feed_states() if state.name in configured]
-    states = Counter(state.status.value for state in rows)
-    states["new"] += len(configured) - len(rows)  # configured but not yet in the database
+    known = {name: s for name, s in store.feed_statuses().items() if name in configured}
+    states = Counter(status.value for status in known.values())
+    states["new"] += len(configured) - len(known)  # configured but not yet in the database
     if not states["new"]:
         del states["new"]
     return Snapshot(

@@ -482,6 +482,14 @@ def _feed_from(row: Any) -> FeedState:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Feeds leased to one worker, and when each of their hosts was last asked."""
+
+    feeds: list[FeedState]
+    last_requests: dict[str, datetime | None]
+
+
 def _release_hosts(
     tx: Connection, releases: Sequence[tuple[str, str, datetime, datetime | None]]
 ) -> None:
@@ -604,9 +612,21 @@ class Store:
                     )
             _ensure_hosts(tx, [host_of(url) for url in configured.values()])
 
-    def feed_states(self) -> list[FeedState]:
+    def feed_states(self, statuses: Iterable[FeedStatus] | None = None) -> list[FeedState]:
+        """Every feed's state, by name; only those in `statuses` when given (the digest's
+        health section asks for the unwell few on every compose)."""
+        query = sa.select(feeds).order_by(feeds.c.name)
+        if statuses is not None:
+            query = query.where(feeds.c.status.in_([status.value for status in statuses]))
         with self._read() as tx:
-            return [_feed_from(row) for row in tx.execute(sa.select(feeds).order_by(feeds.c.name))]
+            return [_feed_from(row) for row in tx.execute(query)]
+
+    def feed_statuses(self) -> dict[str, FeedStatus]:
+        """feed name -> status: what the status line and gauges count, every health tick,
+        without reading (and converting) every feed's whole row."""
+        with self._read() as tx:
+            rows = tx.execute(sa.select(feeds.c.name, feeds.c.status))
+            return {name: FeedStatus(status) for name, status in rows}
 
     def feed_state(self, name: str) -> FeedState | None:
         with self._read() as tx:
@@ -638,8 +658,9 @@ class Store:
         limit: int,
         names: Iterable[str] | None = None,
         force: bool = False,
-    ) -> list[FeedState]:
+    ) -> Claim:
         """Lease up to `limit` due feeds, and their hosts, to `owner`: one poller per feed.
+        With them, when each of their hosts was last asked (by any worker), for the gap.
 
         On PostgreSQL host and feed rows are taken FOR UPDATE SKIP LOCKED, so workers claiming
         at the same moment get disjoint sets; on SQLite BEGIN IMMEDIATE serializes claims.
@@ -674,30 +695,25 @@ class Store:
             if names is not None:
                 query = query.where(_among(tx, feeds.c.name, sorted(names), sa.Text))
             rows = tx.execute(query).all()
+            last_requests: dict[str, datetime | None] = {}
             if rows:
                 lease = {"lease_owner": owner, "lease_expires_at": lease_until}
                 ids = [row.id for row in rows]
                 tx.execute(feeds.update().where(_among(tx, feeds.c.id, ids)).values(**lease))
                 taken = sorted({row.host for row in rows})
                 where = _among(tx, hosts.c.host, taken, sa.Text)
-                tx.execute(hosts.update().where(where).values(**lease))
-        return [_feed_from(row) for row in rows]
+                returning = (hosts.c.host, hosts.c.last_request_at)
+                leased = tx.execute(
+                    hosts.update().where(where).values(**lease).returning(*returning)
+                )
+                last_requests = {row.host: row.last_request_at for row in leased}
+        return Claim([_feed_from(row) for row in rows], last_requests)
 
     def release_feed_leases(self) -> None:
         """Drop every feed and host lease: on SQLite only one process runs, so they are stale."""
         with self._tx() as tx:
             tx.execute(feeds.update().values(lease_owner=None, lease_expires_at=None))
             tx.execute(hosts.update().values(lease_owner=None, lease_expires_at=None))
-
-    def host_last_requests(self, names: Iterable[str]) -> dict[str, datetime | None]:
-        """When each host was last asked (by any worker), for the minimum gap."""
-        with self._read() as tx:
-            rows = tx.execute(
-                sa.select(hosts.c.host, hosts.c.last_request_at).where(
-                    hosts.c.host.in_(list(names))
-                )
-            )
-            return {row.host: row.last_request_at for row in rows}
 
     def finish_poll(self, name: str, values: Mapping[str, Any]) -> None:
         """Record one poll's outcome and release the feed's lease, in one transaction."""

@@ -449,7 +449,7 @@ async def test_a_dead_workers_leases_expire(
     httpserver.expect_request("/f").respond_with_data(GERMAN)
     async with start_app({"f": httpserver.url_for("/f")}, database=database_url) as app:
         lease_until = clock.now + timedelta(minutes=10)
-        taken = app.store.claim_feeds("dead-worker", clock.now, lease_until, 10)
+        taken = app.store.claim_feeds("dead-worker", clock.now, lease_until, 10).feeds
         assert [s.name for s in taken] == ["f"]
         assert (await poll_due(app, owner="live")).polls == ()  # the lease still holds
         clock.advance(timedelta(minutes=11))
@@ -464,9 +464,9 @@ async def test_a_host_leased_by_another_worker_is_left_alone(
     feeds = {"a": httpserver.url_for("/a"), "b": httpserver.url_for("/a?b")}
     async with start_app(feeds, database=database_url) as app:
         later = clock.now + timedelta(minutes=10)
-        assert len(app.store.claim_feeds("one", clock.now, later, 1)) == 1
-        assert app.store.claim_feeds("two", clock.now, later, 10) == []  # same host: busy
-        assert len(app.store.claim_feeds("one", clock.now, later, 10)) == 1  # its own host
+        assert len(app.store.claim_feeds("one", clock.now, later, 1).feeds) == 1
+        assert app.store.claim_feeds("two", clock.now, later, 10).feeds == []  # same host: busy
+        assert len(app.store.claim_feeds("one", clock.now, later, 10).feeds) == 1  # its own host
 
 
 # ----------------------------------------------------------------------------- the parse pool

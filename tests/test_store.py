@@ -212,14 +212,28 @@ def test_a_host_stays_leased_while_another_of_its_feeds_is_claimed(store: Store)
     urls = {"a": "https://heise.de/a", "b": "https://heise.de/b"}
     store.sync_feeds(urls, NOW)
     until = NOW + timedelta(minutes=10)
-    assert [f.name for f in store.claim_feeds("w1", NOW, until, 1, ["a"], force=True)] == ["a"]
-    assert [f.name for f in store.claim_feeds("w1", NOW, until, 1, ["b"], force=True)] == ["b"]
+    assert [f.name for f in store.claim_feeds("w1", NOW, until, 1, ["a"], force=True).feeds] == [
+        "a"
+    ]
+    assert [f.name for f in store.claim_feeds("w1", NOW, until, 1, ["b"], force=True).feeds] == [
+        "b"
+    ]
     store.finish_poll("a", {"last_polled_at": NOW})
     store.release_host("heise.de", "w1", NOW, None)
-    assert store.claim_feeds("w2", NOW, until, 5, force=True) == []  # still w1's host
+    assert store.claim_feeds("w2", NOW, until, 5, force=True).feeds == []  # still w1's host
     store.finish_poll("b", {"last_polled_at": NOW})
     store.release_host("heise.de", "w1", NOW, None)
-    assert len(store.claim_feeds("w2", NOW, until, 5, force=True)) == 2
+    claim = store.claim_feeds("w2", NOW, until, 5, force=True)
+    assert len(claim.feeds) == 2
+    # When w1 last asked the host comes with the claim: w2 keeps the minimum gap after it.
+    assert claim.last_requests == {"heise.de": NOW}
+
+
+def test_a_claim_of_a_never_asked_host_says_so(store: Store) -> None:
+    store.sync_feeds({"a": "https://heise.de/a"}, NOW)
+    claim = store.claim_feeds("w1", NOW, NOW + timedelta(minutes=10), 5, force=True)
+    assert [f.name for f in claim.feeds] == ["a"]
+    assert claim.last_requests == {"heise.de": None}
 
 
 def test_a_changed_link_seen_by_two_feeds_of_one_ingest_stays_one_item(store: Store) -> None:
