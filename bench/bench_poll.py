@@ -5,7 +5,8 @@ listening on 50 loopback addresses (127.0.0.2-127.0.0.51), so per-host limits ac
 would across real outlets. Prints, in one run:
   - monitor: cold cycle (all new) and warm cycle (all unchanged, 304) for N=1,000, peak RSS
     (this process plus its parse processes); N=200 with 200 ms added latency per request;
-  - the floor: feedparser.parse alone on the same bytes, divided by the cores used;
+  - the floor: feedparser.parse alone on the same bytes, divided by the cores used (timed
+    before and after monitor's cycles, the mean: the machine's speed drifts);
   - rss2email 3.14 on the same feeds, when its venv exists (RSS2EMAIL_VENV, default
     /tmp/r2e-venv; create it with `python3 -m venv /tmp/r2e-venv` and pip install rss2email==3.14),
     with a keyword filter as its post-process hook.
@@ -311,14 +312,26 @@ async def monitor_cycles(
     return cold_seconds, warm_seconds, cold.new_items, memory.peak
 
 
-def floor(bodies: list[bytes]) -> tuple[float, int]:
-    """feedparser.parse alone, serially, on the same bytes; (seconds, cores) to divide by."""
+def floor(directory: Path, count: int) -> float:
+    """Seconds feedparser.parse alone takes, serially, on the same bytes: in a child process,
+    so that neither the documents nor feedparser's memory count as monitor's."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--floor", str(directory), str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout)
+
+
+def _floor_here(directory: Path, count: int) -> None:
     import feedparser
 
+    bodies = [(directory / f"{n}.xml").read_bytes() for n in range(count)]
     started = time.perf_counter()
     for body in bodies:
         feedparser.parse(io.BytesIO(body))
-    return time.perf_counter() - started, os.cpu_count() or 1
+    print(time.perf_counter() - started)
 
 
 # ----------------------------------------------------------------------------- rss2email
@@ -370,17 +383,22 @@ def run_scenario(count: int, latency: float, port: int, root: Path) -> dict[str,
     server = Server(directory, port, latency)
     try:
         servers = {server.process.pid}
+        # The floor is timed before and after monitor's cycles: this machine's speed drifts
+        # by tens of percent within minutes, and a ratio needs both at the same speed.
+        before = floor(directory, count) if latency == 0 else None
         cold, warm, new_items, peak = asyncio.run(monitor_cycles(urls, directory, servers))
-        bodies = [(directory / f"{n}.xml").read_bytes() for n in range(count)]
+        size = sum((directory / f"{n}.xml").stat().st_size for n in range(count))
         results: dict[str, object] = {
             "cold": cold,
             "warm": warm,
             "items": new_items,
             "peak": peak,
-            "kb": sum(map(len, bodies)) / count / 1024,
+            "kb": size / count / 1024,
         }
-        if latency == 0:
-            results["floor"] = floor(bodies)
+        if before is not None:
+            after = floor(directory, count)
+            results["floor"] = (before + after) / 2
+            results["floors"] = (before, after)
         venv = Path(os.environ.get("RSS2EMAIL_VENV", "/tmp/r2e-venv"))
         if (venv / "bin" / "r2e").exists():
             try:
@@ -401,14 +419,15 @@ def main() -> int:
         root = Path(tmp)
         fast = run_scenario(count, 0.0, 18080, root)
         slow = run_scenario(slow_count, 0.2, 18081, root)
-    serial, cores = fast["floor"]  # type: ignore[misc]
+    serial, cores = float(fast["floor"]), os.cpu_count() or 1  # type: ignore[arg-type]
     floor_seconds = serial / cores
     print(
         f"feeds: {count} (avg {fast['kb']:.1f} KB, {fast['items']} items), 50 hosts, {cores} cores"
     )
+    first, last = fast["floors"]  # type: ignore[misc]
     print(
-        f"floor: feedparser.parse alone {serial:.2f} s serial "
-        f"= {serial / count * 1000:.1f} ms/feed; "
+        f"floor: feedparser.parse alone {serial:.2f} s serial (mean of {first:.2f} s before "
+        f"and {last:.2f} s after monitor's cycles) = {serial / count * 1000:.1f} ms/feed; "
         f"/ {cores} cores = {floor_seconds:.2f} s"
     )
     print(
@@ -438,5 +457,7 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--serve":
         serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--floor":
+        _floor_here(Path(sys.argv[2]), int(sys.argv[3]))
     else:
         sys.exit(main())
