@@ -1386,7 +1386,11 @@ def _among(tx: Connection, column: Any, values: Sequence[Any], kind: Any = sa.Bi
     """`column IN values` as one bound parameter: thousands of hashes per ingest (or feed
     names per claim) would otherwise cost a bind parameter each to compile."""
     if tx.dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam(None, list(values), postgresql.ARRAY(kind)))
+        # IN (SELECT unnest(...)), not = ANY(...): a prepared statement's generic plan tests
+        # ANY element by element for every row it filters (a claim's 600 feed names against
+        # each feed: 6.6 ms), where the set is hashed once (under 1 ms).
+        array = sa.bindparam(None, list(values), postgresql.ARRAY(kind))
+        return column.in_(sa.select(sa.func.unnest(array)))
     listed = sa.func.json_each(json.dumps(list(values))).table_valued("value")
     return column.in_(sa.select(listed.c.value))
 
