@@ -85,6 +85,11 @@ class _Cycle:
     in_flight: set[asyncio.Task[PollReport]] = field(default_factory=set)
     host_load: dict[str, int] = field(default_factory=dict)  # feeds in flight per leased host
     host_blocks: dict[str, datetime] = field(default_factory=dict)
+    # Hosts with no feed in flight, still leased: (last request, blocked until). The next
+    # claim releases them in its own transaction, and often leases them again at once: a
+    # release per host and window would cost a statement each (bench_workers).
+    idle: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
+    exhausted: bool = False  # no claim is coming: idle hosts are released at once
     writer: _Writer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,14 +99,15 @@ class _Cycle:
         batch = self.app.config.polling.concurrency
         remaining = set(wanted)  # each feed at most once per cycle, even when forced
         reports: list[PollReport] = []
-        exhausted = False
         while True:
-            if not exhausted and len(self.in_flight) <= batch:
+            if not self.exhausted and len(self.in_flight) <= batch:
                 # One window at a time: a claimed feed waits in this process for its turn at
                 # its host, and must be polled well within its lease.
                 claimed = await self._claim(sorted(remaining), batch, force)
                 remaining.difference_update(claimed)
-                exhausted = not claimed or not remaining
+                self.exhausted = not claimed or not remaining
+                if self.exhausted:
+                    await self._release_idle()
             if not self.in_flight:
                 return reports
             done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -113,9 +119,18 @@ class _Cycle:
         """Lease up to `limit` feeds and start polling them; return their names."""
         store, now = self.app.store, self.app.clock()
         lease_until = now + timedelta(seconds=self.app.config.polling.lease)
-        claim = await self.writer.call(
-            functools.partial(store.claim_feeds, self.owner, now, lease_until, limit, wanted, force)
-        )
+        idle, self.idle = self.idle, {}
+        releases = [(host, self.owner, at, block) for host, (at, block) in idle.items()]
+        claim_feeds = store.claim_feeds
+        try:
+            claim = await self.writer.call(
+                functools.partial(
+                    claim_feeds, self.owner, now, lease_until, limit, wanted, force, releases
+                )
+            )
+        except BaseException:
+            self.idle.update(idle)  # still leased: released with the next claim, or at the end
+            raise
         states = claim.feeds
         new_hosts = {state.host for state in states} - set(self.host_load)
         for state in states:
@@ -137,18 +152,28 @@ class _Cycle:
         try:
             feed = self.configured[state.name]
             report = await poll_feed(self.app, feed, state, self.owner, self.writer)
-        finally:
+        except BaseException:
             await self._release(state.host)
-        if report.host_blocked_until is not None:
+            raise
+        if report.host_blocked_until is not None:  # before the release, which records it
             self.host_blocks[state.host] = report.host_blocked_until
+        await self._release(state.host)
         return report
 
     async def _release(self, host: str) -> None:
         self.host_load[host] -= 1
         if self.host_load[host] == 0:
             del self.host_load[host]
-            block = self.host_blocks.pop(host, None)
-            await self.writer.release(self.owner, host, self.app.clock(), block)
+            self.idle[host] = (self.app.clock(), self.host_blocks.pop(host, None))
+            if self.exhausted:
+                await self._release_idle()
+
+    async def _release_idle(self) -> None:
+        """Give back the idle hosts now (store.release_host), with no claim to carry them."""
+        idle, self.idle = self.idle, {}
+        await asyncio.gather(
+            *(self.writer.release(self.owner, h, at, block) for h, (at, block) in idle.items())
+        )
 
 
 @dataclass

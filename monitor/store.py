@@ -658,9 +658,12 @@ class Store:
         limit: int,
         names: Iterable[str] | None = None,
         force: bool = False,
+        releases: Sequence[tuple[str, str, datetime, datetime | None]] = (),
     ) -> Claim:
         """Lease up to `limit` due feeds, and their hosts, to `owner`: one poller per feed.
         With them, when each of their hosts was last asked (by any worker), for the gap.
+        `releases` (as for `release_host`) are given back first, in the same transaction:
+        the owner's idle hosts, which this claim may lease again.
 
         On PostgreSQL host and feed rows are taken FOR UPDATE SKIP LOCKED, so workers claiming
         at the same moment get disjoint sets; on SQLite BEGIN IMMEDIATE serializes claims.
@@ -692,6 +695,7 @@ class Store:
         if not force:
             query = query.where(sa.or_(feeds.c.next_poll_at.is_(None), feeds.c.next_poll_at <= now))
         with self._tx() as tx:
+            _release_hosts(tx, releases)
             if names is not None:
                 query = query.where(_among(tx, feeds.c.name, sorted(names), sa.Text))
             rows = tx.execute(query).all()

@@ -223,6 +223,19 @@ async def test_429_with_retry_after_holds_off_the_whole_host(
     assert sorted(p.feed for p in report.polls) == ["fine", "limited"]
 
 
+async def test_a_host_wide_retry_after_reaches_the_other_workers(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    # The only feed of its host: the host's release must carry the block it just reported.
+    httpserver.expect_request("/limited").respond_with_data("", 429, {"Retry-After": "3600"})
+    async with start_app({"limited": httpserver.url_for("/limited")}) as app:
+        await poll_due(app)
+        later = clock.now + timedelta(minutes=10)
+        assert app.store.claim_feeds("other", clock.now, later, 10, force=True).feeds == []
+        clock.advance(timedelta(minutes=61))
+        assert len(app.store.claim_feeds("other", clock.now, later, 10, force=True).feeds) == 1
+
+
 async def test_server_errors_back_off_turn_broken_and_are_logged_once(
     httpserver: HTTPServer,
     start_app: Callable[..., Any],
