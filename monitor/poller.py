@@ -99,21 +99,26 @@ class _Cycle:
         batch = self.app.config.polling.concurrency
         remaining = set(wanted)  # each feed at most once per cycle, even when forced
         reports: list[PollReport] = []
-        while True:
-            if not self.exhausted and len(self.in_flight) <= batch:
-                # One window at a time: a claimed feed waits in this process for its turn at
-                # its host, and must be polled well within its lease.
-                claimed = await self._claim(sorted(remaining), batch, force)
-                remaining.difference_update(claimed)
-                self.exhausted = not claimed or not remaining
-                if self.exhausted:
-                    await self._release_idle()
-            if not self.in_flight:
-                return reports
-            done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                self.in_flight.discard(task)
-                reports.append(task.result())
+        try:
+            while True:
+                if not self.exhausted and len(self.in_flight) <= batch:
+                    # One window at a time: a claimed feed waits in this process for its turn
+                    # at its host, and must be polled well within its lease.
+                    claimed = await self._claim(sorted(remaining), batch, force)
+                    remaining.difference_update(claimed)
+                    self.exhausted = not claimed or not remaining
+                    if self.exhausted:
+                        await self._release_idle()
+                if not self.in_flight:
+                    return reports
+                done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    self.in_flight.discard(task)
+                    reports.append(task.result())
+        finally:  # a failed claim or a shutdown: no claim is coming to release the idle hosts
+            self.exhausted = True
+            if self.idle:
+                await asyncio.shield(self._release_idle())
 
     async def _claim(self, wanted: list[str], limit: int, force: bool) -> list[str]:
         """Lease up to `limit` feeds and start polling them; return their names."""
@@ -132,6 +137,12 @@ class _Cycle:
             self.idle.update(idle)  # still leased: released with the next claim, or at the end
             raise
         states = claim.feeds
+        for host in {state.host for state in states} & set(self.idle):
+            # Went idle while this claim ran, and leased again by it: busy, not idle. A block
+            # it reported meanwhile waits for its next release.
+            _, block = self.idle.pop(host)
+            if block is not None:
+                self.host_blocks[host] = max(block, self.host_blocks.get(host, block))
         new_hosts = {state.host for state in states} - set(self.host_load)
         for state in states:
             self.host_load[state.host] = self.host_load.get(state.host, 0) + 1

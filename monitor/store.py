@@ -498,6 +498,7 @@ def _release_hosts(
         return
     owner: Any = sa.bindparam("owner")
     last: Any = sa.bindparam("last", type_=hosts.c.last_request_at.type)
+    blocked: Any = sa.bindparam("blocked", type_=hosts.c.blocked_until.type)
     # A feed of the host claimed meanwhile keeps the host leased, to be released with that
     # feed: the worker's count of the host's feeds in flight can reach 0 just before it
     # counts a claim made in the same writer round.
@@ -515,7 +516,11 @@ def _release_hosts(
             lease_owner=sa.case((busy, hosts.c.lease_owner), else_=None),
             lease_expires_at=sa.case((busy, hosts.c.lease_expires_at), else_=None),
             last_request_at=last,
-            blocked_until=sa.bindparam("blocked", type_=hosts.c.blocked_until.type),
+            # A host-wide Retry-After only ever moves later: it ends by itself.
+            blocked_until=sa.case(
+                (sa.or_(blocked.is_(None), hosts.c.blocked_until > blocked), hosts.c.blocked_until),
+                else_=blocked,
+            ),
         )
     )
     rows = [

@@ -236,6 +236,37 @@ async def test_a_host_wide_retry_after_reaches_the_other_workers(
         assert len(app.store.claim_feeds("other", clock.now, later, 10, force=True).feeds) == 1
 
 
+async def test_a_failed_claim_leaves_no_host_leased(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    # The second claim fails while the first feed is in flight: once that feed is done, its
+    # host must be given back, although no claim comes to carry the release.
+    httpserver.expect_request("/a").respond_with_data(GERMAN)
+    httpserver.expect_request("/b").respond_with_data(GERMAN)
+    feeds = {"a": httpserver.url_for("/a"), "b": httpserver.url_for("/b")}
+    async with start_app(feeds, concurrency=1) as app:
+        claim_feeds, calls = app.store.claim_feeds, []
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            if len(calls) == 2:
+                raise sa.exc.OperationalError("claim", {}, Exception("the database went away"))
+            return claim_feeds(*args, **kwargs)
+
+        app.store.claim_feeds = failing  # type: ignore[method-assign]
+        with pytest.raises(sa.exc.OperationalError):
+            await poll_due(app)
+        later = clock.now + timedelta(minutes=10)
+        for _ in range(200):  # the first feed's poll goes on after the cycle failed
+            with app.store.engine.connect() as connection:
+                owners = connection.execute(sa.text("SELECT lease_owner FROM hosts")).all()
+            if owners == [(None,)]:
+                break
+            await asyncio.sleep(0.05)
+        taken = claim_feeds("other", clock.now, later, 10, force=True).feeds
+    assert sorted(f.name for f in taken) == ["a", "b"]
+
+
 async def test_server_errors_back_off_turn_broken_and_are_logged_once(
     httpserver: HTTPServer,
     start_app: Callable[..., Any],

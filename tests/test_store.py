@@ -229,6 +229,21 @@ def test_a_host_stays_leased_while_another_of_its_feeds_is_claimed(store: Store)
     assert claim.last_requests == {"heise.de": NOW}
 
 
+def test_a_host_wide_retry_after_only_moves_later(store: Store) -> None:
+    store.sync_feeds({"a": "https://heise.de/a"}, NOW)
+    until = NOW + timedelta(minutes=10)
+    store.claim_feeds("w1", NOW, until, 5, force=True)
+    store.finish_poll("a", {"last_polled_at": NOW})
+    store.release_host("heise.de", "w1", NOW, NOW + timedelta(hours=1))
+    # A later release without a block (another feed of the host, polled meanwhile) and one
+    # with an earlier block keep the hour.
+    store.release_host("heise.de", "w1", NOW, None)
+    store.release_host("heise.de", "w1", NOW, NOW + timedelta(minutes=5))
+    assert store.claim_feeds("w2", NOW + timedelta(minutes=59), until, 5, force=True).feeds == []
+    later = NOW + timedelta(hours=1, minutes=1)
+    assert len(store.claim_feeds("w2", later, later + timedelta(minutes=10), 5).feeds) == 1
+
+
 def test_a_claim_of_a_never_asked_host_says_so(store: Store) -> None:
     store.sync_feeds({"a": "https://heise.de/a"}, NOW)
     claim = store.claim_feeds("w1", NOW, NOW + timedelta(minutes=10), 5, force=True)
