@@ -9,6 +9,7 @@ and reported, never dropped; its health state changes are logged once each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -26,7 +27,7 @@ from monitor.errors import FetchError, ParseError
 from monitor.fetch import FetchResult
 from monitor.models import FeedState, FeedStatus, Item
 from monitor.parse import ParsedFeed, parse_feed
-from monitor.store import IngestResult, host_of
+from monitor.store import Claim, IngestResult, host_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,10 +116,24 @@ class _Cycle:
                 for task in done:
                     self.in_flight.discard(task)
                     reports.append(task.result())
+        except asyncio.CancelledError:  # shutdown, after its grace period: stop the polls too
+            for task in self.in_flight:
+                task.cancel()
+            raise
         finally:  # a failed claim or a shutdown: no claim is coming to release the idle hosts
-            self.exhausted = True
-            if self.idle:
+            await self._wind_down()
+
+    async def _wind_down(self) -> None:
+        """After a failed or cancelled cycle: let the polls end (each records its outcome
+        and gives its host back), then give back the idle hosts."""
+        self.exhausted = True
+        if self.in_flight:
+            await asyncio.gather(*self.in_flight, return_exceptions=True)
+        if self.idle:
+            try:
                 await asyncio.shield(self._release_idle())
+            except Exception:  # the database is gone: the leases expire
+                log.warning("could not release hosts %s", ", ".join(sorted(self.idle)))
 
     async def _claim(self, wanted: list[str], limit: int, force: bool) -> list[str]:
         """Lease up to `limit` feeds and start polling them; return their names."""
@@ -126,13 +141,15 @@ class _Cycle:
         lease_until = now + timedelta(seconds=self.app.config.polling.lease)
         idle, self.idle = self.idle, {}
         releases = [(host, self.owner, at, block) for host, (at, block) in idle.items()]
-        claim_feeds = store.claim_feeds
+        claim_feeds = functools.partial(
+            store.claim_feeds, self.owner, now, lease_until, limit, wanted, force, releases
+        )
+        call = asyncio.ensure_future(self.writer.call(claim_feeds))
         try:
-            claim = await self.writer.call(
-                functools.partial(
-                    claim_feeds, self.owner, now, lease_until, limit, wanted, force, releases
-                )
-            )
+            claim = await asyncio.shield(call)
+        except asyncio.CancelledError:  # the writer finishes a claim it has begun: undo it
+            await self._give_back(call, idle)
+            raise
         except BaseException:
             self.idle.update(idle)  # still leased: released with the next claim, or at the end
             raise
@@ -152,6 +169,21 @@ class _Cycle:
             self.in_flight.add(task)
         return [state.name for state in states]
 
+    async def _give_back(
+        self, call: asyncio.Future[Claim], idle: dict[str, tuple[datetime, datetime | None]]
+    ) -> None:
+        """Release what a claim whose cycle was cancelled took, once it has run: the feeds
+        would otherwise wait, unpolled, for their lease to expire."""
+        try:
+            claim = await call
+        except Exception:  # it failed: the idle hosts it carried are still leased
+            self.idle.update(idle)
+            return
+        now = self.app.clock()
+        feeds: list[tuple[str, dict[str, Any]]] = [(state.name, {}) for state in claim.feeds]
+        hosts = [(host, self.owner, now, None) for host in sorted(claim.last_requests)]
+        await self.writer.call(functools.partial(self.app.store.finish_polls, feeds, hosts))
+
     def _hold_off(self, last_requests: Mapping[str, datetime | None], now: datetime) -> None:
         """Keep the minimum gap after another worker's last request to the same host."""
         gap = self.app.config.polling.min_gap
@@ -163,7 +195,9 @@ class _Cycle:
         try:
             feed = self.configured[state.name]
             report = await poll_feed(self.app, feed, state, self.owner, self.writer)
-        except BaseException:
+        except BaseException:  # cancelled: give the feed back unpolled, then its host
+            with contextlib.suppress(Exception):
+                await self.writer.finish(state.name, {})
             await self._release(state.host)
             raise
         if report.host_blocked_until is not None:  # before the release, which records it

@@ -257,14 +257,68 @@ async def test_a_failed_claim_leaves_no_host_leased(
         with pytest.raises(sa.exc.OperationalError):
             await poll_due(app)
         later = clock.now + timedelta(minutes=10)
-        for _ in range(200):  # the first feed's poll goes on after the cycle failed
-            with app.store.engine.connect() as connection:
-                owners = connection.execute(sa.text("SELECT lease_owner FROM hosts")).all()
-            if owners == [(None,)]:
-                break
-            await asyncio.sleep(0.05)
         taken = claim_feeds("other", clock.now, later, 10, force=True).feeds
     assert sorted(f.name for f in taken) == ["a", "b"]
+
+
+def leased_hosts(app: App) -> list[tuple[str | None]]:
+    with app.store.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text("SELECT lease_owner FROM hosts"))]
+
+
+async def test_a_cancelled_cycle_gives_back_the_claim_it_was_waiting_for(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    # Shutdown cancels a cycle while the writer thread runs its claim: the claim commits
+    # anyway, and its feed must not wait, leased to nobody polling it, for the lease to end.
+    httpserver.expect_request("/a").respond_with_data(GERMAN)
+    async with start_app({"a": httpserver.url_for("/a")}) as app:
+        claim_feeds, claiming, claimed = app.store.claim_feeds, threading.Event(), threading.Event()
+
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            claiming.set()
+            time.sleep(0.5)
+            try:
+                return claim_feeds(*args, **kwargs)
+            finally:
+                claimed.set()
+
+        app.store.claim_feeds = slow  # type: ignore[method-assign]
+        cycle = asyncio.create_task(poll_due(app))
+        while not claiming.is_set():
+            await asyncio.sleep(0.01)
+        cycle.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cycle
+        assert await asyncio.to_thread(claimed.wait, 10)
+        later = clock.now + timedelta(minutes=10)
+        taken = claim_feeds("other", clock.now, later, 10, force=True).feeds
+    assert [f.name for f in taken] == ["a"]
+    assert not httpserver.log  # it was never polled
+
+
+async def test_a_cancelled_cycle_stops_its_polls_and_gives_back_their_hosts(
+    httpserver: HTTPServer, start_app: Callable[..., Any]
+) -> None:
+    fetching, release = threading.Event(), threading.Event()
+
+    def held(request: Request) -> Response:
+        fetching.set()
+        release.wait(10)
+        return Response(GERMAN, content_type="application/rss+xml")
+
+    httpserver.expect_request("/a").respond_with_handler(held)
+    try:
+        async with start_app({"a": httpserver.url_for("/a")}) as app:
+            cycle = asyncio.create_task(poll_due(app))
+            while not fetching.is_set():
+                await asyncio.sleep(0.01)
+            cycle.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cycle
+            assert leased_hosts(app) == [(None,)]
+    finally:
+        release.set()
 
 
 async def test_server_errors_back_off_turn_broken_and_are_logged_once(
