@@ -341,8 +341,8 @@ class Daemon:
         _, late = await asyncio.wait(self.in_flight, timeout=self.ticks.grace)
         for task in late:
             task.cancel()
-        if late:
-            await asyncio.wait(late)
+        if late:  # a cancelled cycle gives back its leases; a stuck database must not hang us
+            await asyncio.wait(late, timeout=self.ticks.grace)
 
 
 def _outcomes(report: CycleReport) -> list[PollOutcome]:

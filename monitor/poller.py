@@ -148,7 +148,10 @@ class _Cycle:
         try:
             claim = await asyncio.shield(call)
         except asyncio.CancelledError:  # the writer finishes a claim it has begun: undo it
-            await self._give_back(call, idle)
+            try:
+                await self._give_back(call, idle)
+            except Exception:  # the database is gone: the leases expire
+                log.warning("could not give back a cancelled claim", exc_info=True)
             raise
         except BaseException:
             self.idle.update(idle)  # still leased: released with the next claim, or at the end
@@ -179,10 +182,12 @@ class _Cycle:
         except Exception:  # it failed: the idle hosts it carried are still leased
             self.idle.update(idle)
             return
+        names = [state.name for state in claim.feeds]
+        give_back = self.app.store.give_back
         now = self.app.clock()
-        feeds: list[tuple[str, dict[str, Any]]] = [(state.name, {}) for state in claim.feeds]
-        hosts = [(host, self.owner, now, None) for host in sorted(claim.last_requests)]
-        await self.writer.call(functools.partial(self.app.store.finish_polls, feeds, hosts))
+        await self.writer.call(
+            functools.partial(give_back, self.owner, names, sorted(claim.last_requests), now)
+        )
 
     def _hold_off(self, last_requests: Mapping[str, datetime | None], now: datetime) -> None:
         """Keep the minimum gap after another worker's last request to the same host."""
@@ -196,8 +201,9 @@ class _Cycle:
             feed = self.configured[state.name]
             report = await poll_feed(self.app, feed, state, self.owner, self.writer)
         except BaseException:  # cancelled: give the feed back unpolled, then its host
+            give_back = functools.partial(self.app.store.give_back, self.owner, [state.name], [])
             with contextlib.suppress(Exception):
-                await self.writer.finish(state.name, {})
+                await self.writer.call(functools.partial(give_back, self.app.clock()))
             await self._release(state.host)
             raise
         if report.host_blocked_until is not None:  # before the release, which records it

@@ -789,6 +789,22 @@ class Store:
         """Give a host back after this worker's polls of it; keep its Retry-After, if any."""
         self.finish_polls((), [(host, owner, last_request_at, blocked_until)])
 
+    def give_back(
+        self, owner: str, names: Sequence[str], hosts: Sequence[str], now: datetime
+    ) -> None:
+        """Release feeds `owner` leased but will not poll (its cycle was cancelled), with
+        no outcome recorded, and then their hosts. A feed leased by another worker since is
+        left alone."""
+        with self._tx() as tx:
+            if names:
+                tx.execute(
+                    feeds.update()
+                    .where(_among(tx, feeds.c.name, sorted(names), sa.Text))
+                    .where(feeds.c.lease_owner == owner)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+            _release_hosts(tx, [(host, owner, now, None) for host in hosts])
+
     # ------------------------------------------------------------------ items and matches
 
     def ingest(

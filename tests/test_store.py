@@ -244,6 +244,16 @@ def test_a_host_wide_retry_after_only_moves_later(store: Store) -> None:
     assert len(store.claim_feeds("w2", later, later + timedelta(minutes=10), 5).feeds) == 1
 
 
+def test_giving_back_a_claim_leaves_another_workers_lease_alone(store: Store) -> None:
+    store.sync_feeds({"a": "https://heise.de/a", "b": "https://golem.de/b"}, NOW)
+    until = NOW + timedelta(minutes=10)
+    assert len(store.claim_feeds("w1", NOW, until, 1, ["a"], force=True).feeds) == 1
+    assert len(store.claim_feeds("w2", NOW, until, 1, ["b"], force=True).feeds) == 1
+    store.give_back("w1", ["a", "b"], ["heise.de", "golem.de"], NOW)
+    # "a" and its host are free again; "b" and its host are still w2's.
+    assert [f.name for f in store.claim_feeds("w3", NOW, until, 5, force=True).feeds] == ["a"]
+
+
 def test_a_claim_of_a_never_asked_host_says_so(store: Store) -> None:
     store.sync_feeds({"a": "https://heise.de/a"}, NOW)
     claim = store.claim_feeds("w1", NOW, NOW + timedelta(minutes=10), 5, force=True)
