@@ -129,11 +129,11 @@ class _Cycle:
         self.exhausted = True
         if self.in_flight:
             await asyncio.gather(*self.in_flight, return_exceptions=True)
-        if self.idle:
+        if idle := sorted(self.idle):
             try:
                 await asyncio.shield(self._release_idle())
             except Exception:  # the database is gone: the leases expire
-                log.warning("could not release hosts %s", ", ".join(sorted(self.idle)))
+                log.warning("could not release hosts %s", ", ".join(idle))
 
     async def _claim(self, wanted: list[str], limit: int, force: bool) -> list[str]:
         """Lease up to `limit` feeds and start polling them; return their names."""
@@ -201,9 +201,12 @@ class _Cycle:
             feed = self.configured[state.name]
             report = await poll_feed(self.app, feed, state, self.owner, self.writer)
         except BaseException:  # cancelled: give the feed back unpolled, then its host
-            give_back = functools.partial(self.app.store.give_back, self.owner, [state.name], [])
+            give_back = self.app.store.give_back
+            now = self.app.clock()
             with contextlib.suppress(Exception):
-                await self.writer.call(functools.partial(give_back, self.app.clock()))
+                await self.writer.call(
+                    functools.partial(give_back, self.owner, [state.name], [], now)
+                )
             await self._release(state.host)
             raise
         if report.host_blocked_until is not None:  # before the release, which records it

@@ -400,7 +400,7 @@ def _bulk_insert(
     cursor = tx.connection.cursor()
     try:
         if tx.dialect.name == "postgresql":
-            return _copy_insert(cursor, table.name, names, rows, tail, bool(returning))
+            return _copy_insert(cursor, table.name, columns, rows, tail, bool(returning))
         one = "(" + ", ".join("?" * len(columns)) + ")"
         if not returning:
             cursor.executemany(f"INSERT INTO {table.name} ({names}) VALUES {one}{tail}", rows)
@@ -419,7 +419,12 @@ def _bulk_insert(
 
 
 def _copy_insert(
-    cursor: Any, table: str, names: str, rows: Sequence[Sequence[Any]], tail: str, returns: bool
+    cursor: Any,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    tail: str,
+    returns: bool,
 ) -> list[Any]:
     """PostgreSQL's half of `_bulk_insert`. COPY formats rows in the driver's C code, where
     unnest() arrays were dumped value by value in Python (the daemon's largest single cost
@@ -427,6 +432,7 @@ def _copy_insert(
     emptied at commit; its rows are taken out as they are inserted, so several inserts into
     one table share it in a transaction. Rows go in sorted, as every worker inserts them,
     so that two cannot deadlock on a unique index."""
+    names = ", ".join(columns)
     stage = f"monitor_stage_{table}_{zlib.crc32(names.encode()):08x}"  # one per column set
     cursor.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
@@ -435,7 +441,7 @@ def _copy_insert(
     with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
-    order = ", ".join(str(n) for n in range(1, names.count(",") + 2))
+    order = ", ".join(str(n) for n in range(1, len(columns) + 1))
     cursor.execute(
         f"WITH staged AS (DELETE FROM {stage} RETURNING {names}) "
         f"INSERT INTO {table} ({names}) SELECT {names} FROM staged ORDER BY {order}{tail}"

@@ -266,6 +266,16 @@ def leased_hosts(app: App) -> list[tuple[str | None]]:
         return [tuple(row) for row in connection.execute(sa.text("SELECT lease_owner FROM hosts"))]
 
 
+async def cancel_cycle_once(app: App, started: threading.Event) -> None:
+    """Run a cycle, cancel it (as shutdown does) once `started` is set, and let it end."""
+    cycle = asyncio.create_task(poll_due(app))
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    cycle.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cycle
+
+
 async def test_a_cancelled_cycle_gives_back_the_claim_it_was_waiting_for(
     httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
 ) -> None:
@@ -284,12 +294,7 @@ async def test_a_cancelled_cycle_gives_back_the_claim_it_was_waiting_for(
                 claimed.set()
 
         app.store.claim_feeds = slow  # type: ignore[method-assign]
-        cycle = asyncio.create_task(poll_due(app))
-        while not claiming.is_set():
-            await asyncio.sleep(0.01)
-        cycle.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await cycle
+        await cancel_cycle_once(app, claiming)
         assert await asyncio.to_thread(claimed.wait, 10)
         later = clock.now + timedelta(minutes=10)
         taken = claim_feeds("other", clock.now, later, 10, force=True).feeds
@@ -310,12 +315,7 @@ async def test_a_cancelled_cycle_stops_its_polls_and_gives_back_their_hosts(
     httpserver.expect_request("/a").respond_with_handler(held)
     try:
         async with start_app({"a": httpserver.url_for("/a")}) as app:
-            cycle = asyncio.create_task(poll_due(app))
-            while not fetching.is_set():
-                await asyncio.sleep(0.01)
-            cycle.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await cycle
+            await cancel_cycle_once(app, fetching)
             assert leased_hosts(app) == [(None,)]
     finally:
         release.set()
