@@ -726,6 +726,8 @@ class Store:
             query = query.where(feeds.c.status != FeedStatus.DISABLED.value)
         if not force:
             query = query.where(sa.or_(feeds.c.next_poll_at.is_(None), feeds.c.next_poll_at <= now))
+        if self.engine.dialect.name == "postgresql":
+            return self._claim_in_one_statement(owner, lease_until, query, names, releases)
         with self._tx() as tx:
             _release_hosts(tx, releases)
             if names is not None:
@@ -743,6 +745,49 @@ class Store:
                     hosts.update().where(where).values(**lease).returning(*returning)
                 )
                 last_requests = {row.host: row.last_request_at for row in leased}
+        return Claim([_feed_from(row) for row in rows], last_requests)
+
+    def _claim_in_one_statement(
+        self,
+        owner: str,
+        lease_until: datetime,
+        query: sa.Select[Any],
+        names: Iterable[str] | None,
+        releases: Sequence[tuple[str, str, datetime, datetime | None]],
+    ) -> Claim:
+        """claim_feeds on PostgreSQL: pick, lease the feeds, lease their hosts and read the
+        hosts' last requests in one statement (data-modifying CTEs), each statement in its
+        own transaction. A claim was six round trips to the server, and the lease calls a
+        quarter of a warm cycle (bench_workers); one statement is atomic by itself, and
+        releasing the idle hosts a moment before the claim needs no shared transaction."""
+        lease = {"lease_owner": owner, "lease_expires_at": lease_until}
+        with self.engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            _release_hosts(autocommit, releases)
+            if names is not None:
+                query = query.where(_among(autocommit, feeds.c.name, sorted(names), sa.Text))
+            picked = query.with_only_columns(feeds.c.id).cte("picked")
+            leased = (
+                feeds.update()
+                .where(feeds.c.id.in_(sa.select(picked.c.id)))
+                .values(**lease)
+                .returning(*feeds.c)
+                .cte("leased")
+            )
+            leased_hosts = (
+                hosts.update()
+                .where(hosts.c.host.in_(sa.select(leased.c.host)))
+                .values(**lease)
+                .returning(hosts.c.host, hosts.c.last_request_at)
+                .cte("leased_hosts")
+            )
+            statement = (
+                sa.select(leased, leased_hosts.c.last_request_at.label("host_last_request_at"))
+                .join_from(leased, leased_hosts, leased.c.host == leased_hosts.c.host)
+                .order_by(leased.c.next_poll_at, leased.c.id)
+            )
+            rows = autocommit.execute(statement).all()
+        last_requests = {row.host: row.host_last_request_at for row in rows}
         return Claim([_feed_from(row) for row in rows], last_requests)
 
     def release_feed_leases(self) -> None:
