@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from monitor.models import Hit, Item, Match, OutgoingMessage
+from monitor.models import FeedStatus, Hit, Item, Match, OutgoingMessage
 from monitor.store import DigestRun, Store, open_store
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -252,6 +252,35 @@ def test_giving_back_a_claim_leaves_another_workers_lease_alone(store: Store) ->
     store.give_back("w1", ["a", "b"], ["heise.de", "golem.de"], NOW)
     # "a" and its host are free again; "b" and its host are still w2's.
     assert [f.name for f in store.claim_feeds("w3", NOW, until, 5, force=True).feeds] == ["a"]
+
+
+def test_a_claim_by_name_takes_exactly_the_named_feeds_whatever_their_names(
+    store: Store,
+) -> None:
+    # Names go to the database as one array literal (PostgreSQL) or JSON text (SQLite):
+    # quotes, backslashes, commas, braces and "NULL" must arrive as written.
+    names = ['say "hi"', "back\\slash", "a,b", "{braces}", "NULL", "Ümläut ✓", "it's"]
+    store.sync_feeds({name: f"https://h{n}.example.org/feed" for n, name in enumerate(names)}, NOW)
+    store.sync_feeds({"other": "https://other.example.org/feed"}, NOW)
+    until = NOW + timedelta(minutes=10)
+    claim = store.claim_feeds("w1", NOW, until, 50, names, force=True)
+    assert sorted(f.name for f in claim.feeds) == sorted(names)
+    assert [f.name for f in store.claim_feeds("w2", NOW, until, 50).feeds] == ["other"]
+
+
+def test_a_claim_takes_due_enabled_feeds_unless_a_user_names_them(store: Store) -> None:
+    store.sync_feeds({"due": "https://a.example.org/f", "later": "https://b.example.org/f"}, NOW)
+    store.sync_feeds({"gone": "https://c.example.org/f"}, NOW)
+    store.finish_poll("later", {"next_poll_at": NOW + timedelta(hours=1)})
+    store.finish_poll("gone", {"status": FeedStatus.DISABLED.value})
+    until = NOW + timedelta(minutes=10)
+    assert [f.name for f in store.claim_feeds("w1", NOW, until, 50).feeds] == ["due"]
+    store.give_back("w1", ["due"], ["a.example.org"], NOW)
+    forced = store.claim_feeds("w1", NOW, until, 50, force=True).feeds
+    assert sorted(f.name for f in forced) == ["due", "later"]  # forced, but not the disabled
+    store.give_back("w1", ["due", "later"], ["a.example.org", "b.example.org"], NOW)
+    named = store.claim_feeds("w1", NOW, until, 50, ["gone", "due"], force=True).feeds
+    assert sorted(f.name for f in named) == ["due", "gone"]
 
 
 def test_a_claim_of_a_never_asked_host_says_so(store: Store) -> None:
