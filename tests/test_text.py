@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.text import fold, fold_text, html_to_text, lower_keep_length, normalize, single_line
+from monitor.text import (
+    _TextExtractor,
+    clean_text,
+    fold,
+    fold_text,
+    html_to_text,
+    lower_keep_length,
+    normalize,
+    single_line,
+)
 
 
 def test_fold_umlauts_diacritics_and_quotes() -> None:
@@ -82,3 +93,63 @@ def test_offsets_are_monotonic_and_in_range(text: str) -> None:
     assert len(offsets) == len(folded) + 1
     assert offsets == sorted(offsets)
     assert offsets[-1] == len(text)
+
+
+def _through_html_parser(markup: str) -> str:
+    """html_to_text without its fast path: HTMLParser for everything."""
+    extractor = _TextExtractor()
+    extractor.feed(markup)
+    extractor.close()
+    return clean_text("".join(extractor.parts))
+
+
+FRAGMENTS = [
+    '<p>Musk &amp; <a href="https://x.ai/?a=1&amp;b=2" title=\'t\'>xAI</a></p><br/>Grok',
+    "<P CLASS=lead>Upper<BR>case</P>",
+    "a <3 b &lt;tag&gt; &amp;amp; &#8222;quoted&#8220; &nbsp;&euro;",
+    "<p>split &am</p><p>p; entity</p>",
+    "<!-- a comment --><p>after</p>",
+    "<script>alert(1)</script><p>text</p><style>p{}</style>",
+    "<title>skipped</title>kept<textarea><b>raw</b></textarea>",
+    '<img src="a.jpg" alt="a > b">caption',
+    "<o:p>Word</o:p> and <h1-x>odd</h1-x> tags",
+    "<![CDATA[data]]> and <?pi?> and <!DOCTYPE html>",
+    "</p class='x'>end tag with attributes",
+    "trailing & ampersand &copy",
+    "<br/ class=x>slash <p/>self-closed<hr />",
+    "",
+    "no markup at all",
+]
+
+
+def test_html_to_text_fast_path_matches_html_parser_on_fragments() -> None:
+    for fragment in FRAGMENTS:
+        assert html_to_text(fragment) == _through_html_parser(fragment), fragment
+
+
+PIECES = ["<p>", "</p>", "<b>", "</B>", "<br/>", '<a href="x">', "<a href='y'>", "<i class=z>"]
+PIECES += ["<script>", "</script>", "<!--", "-->", "<", ">", "&amp;", "&", "&#x41;", ";"]
+PIECES += ["text", " ", "\n", "ä", "x=1", '"', "'", "/", "<title>", "<div\n id=d>"]
+
+
+@given(st.lists(st.sampled_from(PIECES)).map("".join))
+def test_html_to_text_fast_path_matches_html_parser(markup: str) -> None:
+    assert html_to_text(markup) == _through_html_parser(markup)
+
+
+def test_html_to_text_fast_path_matches_html_parser_on_the_corpus(corpus: Path) -> None:
+    import feedparser
+
+    checked = 0
+    for path in sorted(corpus.rglob("*")):
+        if not path.is_file() or path.suffix not in {".xml", ".rss", ".atom", ".rdf", ""}:
+            continue
+        parsed = feedparser.parse(path.read_bytes(), sanitize_html=False)
+        for entry in parsed.entries:
+            texts = [entry.get("title"), entry.get("summary")]
+            texts += [content.get("value") for content in entry.get("content") or []]
+            for text in texts:
+                if isinstance(text, str):
+                    assert html_to_text(text) == _through_html_parser(text), (path.name, text)
+                    checked += 1
+    assert checked > 1000
