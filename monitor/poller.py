@@ -91,6 +91,7 @@ class _Cycle:
     # release per host and window would cost a statement each (bench_workers).
     idle: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
     exhausted: bool = False  # no claim is coming: idle hosts are released at once
+    polling: set[str] = field(default_factory=set)  # feeds claimed and not yet done
     writer: _Writer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +101,7 @@ class _Cycle:
         batch = self.app.config.polling.concurrency
         remaining = set(wanted)  # each feed at most once per cycle, even when forced
         reports: list[PollReport] = []
+        renewer = asyncio.create_task(self._renew_leases())
         try:
             while True:
                 if not self.exhausted and len(self.in_flight) <= batch:
@@ -121,7 +123,27 @@ class _Cycle:
                 task.cancel()
             raise
         finally:  # a failed claim or a shutdown: no claim is coming to release the idle hosts
-            await self._wind_down()
+            try:
+                await self._wind_down()
+            finally:
+                renewer.cancel()
+
+    async def _renew_leases(self) -> None:
+        """Every third of the lease, extend this cycle's leases: a feed waiting for its turn
+        at a slow host, or a long poll, must not lose its lease (and be polled by a second
+        worker) while this worker is alive. A worker that dies or hangs stops renewing."""
+        lease = self.app.config.polling.lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            names, held = sorted(self.polling), sorted({*self.host_load, *self.idle})
+            if not names and not held:
+                continue
+            until = self.app.clock() + timedelta(seconds=lease)
+            renew = functools.partial(self.app.store.renew_leases, self.owner, names, held, until)
+            try:
+                await self.writer.call(renew)
+            except Exception:  # the database is away: the next renewal tries again
+                log.warning("could not renew the leases of %d feeds", len(names), exc_info=True)
 
     async def _wind_down(self) -> None:
         """After a failed or cancelled cycle: let the polls end (each records its outcome
@@ -168,6 +190,7 @@ class _Cycle:
             self.host_load[state.host] = self.host_load.get(state.host, 0) + 1
         self._hold_off({host: claim.last_requests.get(host) for host in new_hosts}, now)
         for state in states:
+            self.polling.add(state.name)
             task = asyncio.create_task(self._poll(state))
             self.in_flight.add(task)
         return [state.name for state in states]
@@ -207,8 +230,10 @@ class _Cycle:
                 await self.writer.call(
                     functools.partial(give_back, self.owner, [state.name], [], now)
                 )
+            self.polling.discard(state.name)
             await self._release(state.host)
             raise
+        self.polling.discard(state.name)
         if report.host_blocked_until is not None:  # before the release, which records it
             self.host_blocks[state.host] = report.host_blocked_until
         await self._release(state.host)

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from monitor import store
 from monitor.app import App, running_app
 from monitor.config import Config
 from monitor.errors import ParseError
@@ -317,6 +318,44 @@ async def test_a_cancelled_cycle_stops_its_polls_and_gives_back_their_hosts(
         async with start_app({"a": httpserver.url_for("/a")}) as app:
             await cancel_cycle_once(app, fetching)
             assert leased_hosts(app) == [(None,)]
+    finally:
+        release.set()
+
+
+def lease_ends(app: App) -> list[datetime | None]:
+    """When the leases of the (only) feed and host end, as stored."""
+    with app.store.engine.connect() as connection:
+        return [
+            connection.execute(sa.select(table.c.lease_expires_at)).scalar_one()
+            for table in (store.feeds, store.hosts)
+        ]
+
+
+async def test_a_poll_longer_than_its_lease_keeps_its_feed_and_host(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    # A slow host (or a long queue at it) must not let a second worker take a feed whose
+    # poll is still running: the cycle renews its leases every third of the lease.
+    fetching, release = threading.Event(), threading.Event()
+
+    def held(request: Request) -> Response:
+        fetching.set()
+        release.wait(10)
+        return Response(GERMAN, content_type="application/rss+xml")
+
+    httpserver.expect_request("/slow").respond_with_handler(held)
+    try:
+        async with start_app({"slow": httpserver.url_for("/slow")}, lease=0.3) as app:
+            cycle = asyncio.create_task(poll_due(app))
+            assert await asyncio.to_thread(fetching.wait, 10)
+            clock.advance(timedelta(seconds=5))  # long past the lease the claim wrote
+            await asyncio.sleep(0.5)  # renewals every 0.1 s, from the clock's new time
+            assert all(end is not None and end > clock.now for end in lease_ends(app))
+            later = clock.now + timedelta(minutes=10)
+            assert app.store.claim_feeds("other", clock.now, later, 10, force=True).feeds == []
+            release.set()
+            report = await cycle
+        assert [p.feed for p in report.polls] == ["slow"] and not report.failed
     finally:
         release.set()
 

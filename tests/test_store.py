@@ -283,6 +283,18 @@ def test_a_claim_takes_due_enabled_feeds_unless_a_user_names_them(store: Store) 
     assert sorted(f.name for f in named) == ["due", "gone"]
 
 
+def test_renewing_leases_extends_only_the_owners_own(store: Store) -> None:
+    store.sync_feeds({"a": "https://heise.de/a", "b": "https://golem.de/b"}, NOW)
+    until = NOW + timedelta(minutes=1)
+    store.claim_feeds("w1", NOW, until, 1, ["a"], force=True)
+    store.claim_feeds("w2", NOW, until, 1, ["b"], force=True)
+    store.renew_leases("w1", ["a", "b"], ["heise.de", "golem.de"], NOW + timedelta(hours=1))
+    # Two minutes on, w2's lease of "b" (and its host) has ended; w1's of "a" has not.
+    later = NOW + timedelta(minutes=2)
+    taken = store.claim_feeds("w3", later, later + timedelta(minutes=1), 5, force=True).feeds
+    assert [f.name for f in taken] == ["b"]
+
+
 def test_a_claim_of_a_never_asked_host_says_so(store: Store) -> None:
     store.sync_feeds({"a": "https://heise.de/a"}, NOW)
     claim = store.claim_feeds("w1", NOW, NOW + timedelta(minutes=10), 5, force=True)

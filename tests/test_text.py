@@ -104,7 +104,7 @@ def _through_html_parser(markup: str) -> str:
 
 
 FRAGMENTS = [
-    '<p>Musk &amp; <a href="https://x.ai/?a=1&amp;b=2" title=\'t\'>xAI</a></p><br/>Grok',
+    "<p>Musk &amp; <a href=\"https://x.ai/?a=1&amp;b=2\" title='t'>xAI</a></p><br/>Grok",
     "<P CLASS=lead>Upper<BR>case</P>",
     "a <3 b &lt;tag&gt; &amp;amp; &#8222;quoted&#8220; &nbsp;&euro;",
     "<p>split &am</p><p>p; entity</p>",
