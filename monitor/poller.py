@@ -87,11 +87,12 @@ class _Cycle:
     host_load: dict[str, int] = field(default_factory=dict)  # feeds in flight per leased host
     host_blocks: dict[str, datetime] = field(default_factory=dict)
     # Hosts with no feed in flight, still leased: (last request, blocked until). The next
-    # claim releases them in its own transaction, and often leases them again at once: a
-    # release per host and window would cost a statement each (bench_workers).
+    # claim releases them (or the next lease renewal, if no claim came), and often leases
+    # them again at once: a release per host and window would cost a statement each.
     idle: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
     exhausted: bool = False  # no claim is coming: idle hosts are released at once
     polling: set[str] = field(default_factory=set)  # feeds claimed and not yet done
+    renewing: bool = True  # until the cycle ends: a renewal still queued then does nothing
     writer: _Writer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +127,7 @@ class _Cycle:
             try:
                 await self._wind_down()
             finally:
+                self.renewing = False
                 renewer.cancel()
 
     async def _renew_leases(self) -> None:
@@ -135,15 +137,22 @@ class _Cycle:
         lease = self.app.config.polling.lease
         while True:
             await asyncio.sleep(lease / 3)
-            names, held = sorted(self.polling), sorted({*self.host_load, *self.idle})
-            if not names and not held:
-                continue
+            names, busy = sorted(self.polling), sorted(self.host_load)
             until = self.app.clock() + timedelta(seconds=lease)
-            renew = functools.partial(self.app.store.renew_leases, self.owner, names, held, until)
+            renew = functools.partial(self._renew, names, busy, until)
             try:
-                await self.writer.call(renew)
+                # Idle hosts are not renewed but given back: no claim may come for a while
+                # (the window stays full at a slow host), and other workers may want them.
+                await self._release_idle()
+                if names or busy:
+                    await self.writer.call(renew)
             except Exception:  # the database is away: the next renewal tries again
                 log.warning("could not renew the leases of %d feeds", len(names), exc_info=True)
+
+    def _renew(self, names: list[str], busy: list[str], until: datetime) -> None:
+        """store.renew_leases, in the writer's thread, unless the cycle ended meanwhile."""
+        if self.renewing:
+            self.app.store.renew_leases(self.owner, names, busy, until)
 
     async def _wind_down(self) -> None:
         """After a failed or cancelled cycle: let the polls end (each records its outcome
@@ -176,7 +185,9 @@ class _Cycle:
                 log.warning("could not give back a cancelled claim", exc_info=True)
             raise
         except BaseException:
-            self.idle.update(idle)  # still leased: released with the next claim, or at the end
+            # Maybe still leased (on PostgreSQL the releases commit before the claim runs):
+            # released with the next claim, or at the end; a repeated release is harmless.
+            self.idle.update(idle)
             raise
         states = claim.feeds
         for host in {state.host for state in states} & set(self.idle):
@@ -202,7 +213,7 @@ class _Cycle:
         would otherwise wait, unpolled, for their lease to expire."""
         try:
             claim = await call
-        except Exception:  # it failed: the idle hosts it carried are still leased
+        except Exception:  # it failed: the idle hosts it carried may still be leased
             self.idle.update(idle)
             return
         names = [state.name for state in claim.feeds]

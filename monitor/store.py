@@ -553,7 +553,12 @@ def _release_statement() -> Any:
         .values(
             lease_owner=sa.case((busy, hosts.c.lease_owner), else_=None),
             lease_expires_at=sa.case((busy, hosts.c.lease_expires_at), else_=None),
-            last_request_at=last,
+            # Never back: a release repeated after another worker asked the host (a claim
+            # that failed after its releases committed, on PostgreSQL) keeps the newer time.
+            last_request_at=sa.case(
+                (sa.or_(hosts.c.last_request_at.is_(None), hosts.c.last_request_at < last), last),
+                else_=hosts.c.last_request_at,
+            ),
             # A host-wide Retry-After only ever moves later: it ends by itself.
             blocked_until=sa.case(
                 (sa.or_(blocked.is_(None), hosts.c.blocked_until > blocked), hosts.c.blocked_until),
@@ -700,8 +705,9 @@ class Store:
     ) -> Claim:
         """Lease up to `limit` due feeds, and their hosts, to `owner`: one poller per feed.
         With them, when each of their hosts was last asked (by any worker), for the gap.
-        `releases` (as for `release_host`) are given back first, in the same transaction:
-        the owner's idle hosts, which this claim may lease again.
+        `releases` (as for `release_host`) are given back first: the owner's idle hosts,
+        which this claim may lease again (on SQLite in the claim's transaction, on
+        PostgreSQL just before it; a release repeated later is harmless).
 
         On PostgreSQL host and feed rows are taken FOR UPDATE SKIP LOCKED, so workers claiming
         at the same moment get disjoint sets; on SQLite BEGIN IMMEDIATE serializes claims.

@@ -295,6 +295,19 @@ def test_renewing_leases_extends_only_the_owners_own(store: Store) -> None:
     assert [f.name for f in taken] == ["b"]
 
 
+def test_a_repeated_release_never_moves_the_last_request_back(store: Store) -> None:
+    # On PostgreSQL a claim's releases commit before the claim; if the claim fails, the
+    # poller releases the same hosts again later, maybe after another worker asked them.
+    store.sync_feeds({"a": "https://heise.de/a"}, NOW)
+    store.release_host("heise.de", "w1", NOW + timedelta(seconds=1), None)
+    store.claim_feeds("w2", NOW, NOW + timedelta(minutes=10), 5, force=True)
+    store.finish_poll("a", {"last_polled_at": NOW})
+    store.release_host("heise.de", "w2", NOW + timedelta(seconds=10), None)
+    store.release_host("heise.de", "w1", NOW + timedelta(seconds=1), None)  # the repeat
+    claim = store.claim_feeds("w3", NOW, NOW + timedelta(minutes=10), 5, force=True)
+    assert claim.last_requests == {"heise.de": NOW + timedelta(seconds=10)}
+
+
 def test_a_claim_of_a_never_asked_host_says_so(store: Store) -> None:
     store.sync_feeds({"a": "https://heise.de/a"}, NOW)
     claim = store.claim_feeds("w1", NOW, NOW + timedelta(minutes=10), 5, force=True)
