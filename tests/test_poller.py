@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -358,6 +359,61 @@ async def test_a_poll_longer_than_its_lease_keeps_its_feed_and_host(
         assert [p.feed for p in report.polls] == ["slow"] and not report.failed
     finally:
         release.set()
+
+
+async def test_a_lease_renewal_gives_back_hosts_gone_idle_while_no_claim_comes(
+    start_app: Callable[..., Any],
+) -> None:
+    # Claims of 2 feeds, each after a poll ends while 2 or fewer are in flight; 2
+    # connections. a, c, d answer at once, b and e are held. a's end brings the claim of c
+    # and d, c's that of e and f (with c's host released); d then ends with 3 in flight, so
+    # no claim comes to release d's host, and b and e hold both connections until the test
+    # lets them go. Only the lease renewal (every 0.2 s) can give d's host back meanwhile.
+    release = threading.Event()
+    fast = {"127.0.0.2", "127.0.0.4", "127.0.0.5"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.server.server_address[0] not in fast:
+                release.wait(10)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(GERMAN)))
+            self.end_headers()
+            self.wfile.write(GERMAN)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer((f"127.0.0.{n}", 0), Handler) for n in range(2, 9)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    feeds = {
+        name: "http://{}:{}/feed".format(*server.server_address)
+        for name, server in zip("abcdefg", servers, strict=True)
+    }
+    try:
+        async with start_app(feeds, concurrency=2, lease=0.6, timeout=30) as app:
+            cycle = asyncio.create_task(poll_due(app))
+
+            async def d_polled() -> None:
+                while (state := app.store.feed_state("d")) is None or not state.last_polled_at:
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(d_polled(), 20)
+            await asyncio.sleep(0.5)
+            with app.store.engine.connect() as connection:
+                hosts = store.hosts.c
+                owners = dict(connection.execute(sa.select(hosts.host, hosts.lease_owner)).all())
+            release.set()
+            report = await cycle
+        assert owners["127.0.0.5"] is None  # d's host: given back, though no claim came
+        assert owners["127.0.0.3"] is not None and owners["127.0.0.6"] is not None  # b, e
+        assert sorted(p.feed for p in report.polls) == list("abcdefg")
+    finally:
+        release.set()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 async def test_server_errors_back_off_turn_broken_and_are_logged_once(
