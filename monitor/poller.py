@@ -83,7 +83,7 @@ class _Cycle:
     app: App
     owner: str
     configured: dict[str, FeedConfig]
-    in_flight: set[asyncio.Task[PollReport]] = field(default_factory=set)
+    in_flight: dict[asyncio.Task[PollReport], str] = field(default_factory=dict)  # -> feed
     host_load: dict[str, int] = field(default_factory=dict)  # feeds in flight per leased host
     host_blocks: dict[str, datetime] = field(default_factory=dict)
     # Hosts with no feed in flight, still leased: (last request, blocked until). The next
@@ -91,7 +91,6 @@ class _Cycle:
     # them again at once: a release per host and window would cost a statement each.
     idle: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
     exhausted: bool = False  # no claim is coming: idle hosts are released at once
-    polling: set[str] = field(default_factory=set)  # feeds claimed and not yet done
     renewing: bool = True  # until the cycle ends: a renewal still queued then does nothing
     writer: _Writer = field(init=False)
 
@@ -117,7 +116,7 @@ class _Cycle:
                     return reports
                 done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    self.in_flight.discard(task)
+                    del self.in_flight[task]
                     reports.append(task.result())
         except asyncio.CancelledError:  # shutdown, after its grace period: stop the polls too
             for task in self.in_flight:
@@ -137,7 +136,7 @@ class _Cycle:
         lease = self.app.config.polling.lease
         while True:
             await asyncio.sleep(lease / 3)
-            names, busy = sorted(self.polling), sorted(self.host_load)
+            names, busy = sorted(self.in_flight.values()), sorted(self.host_load)
             until = self.app.clock() + timedelta(seconds=lease)
             renew = functools.partial(self._renew, names, busy, until)
             try:
@@ -201,9 +200,7 @@ class _Cycle:
             self.host_load[state.host] = self.host_load.get(state.host, 0) + 1
         self._hold_off({host: claim.last_requests.get(host) for host in new_hosts}, now)
         for state in states:
-            self.polling.add(state.name)
-            task = asyncio.create_task(self._poll(state))
-            self.in_flight.add(task)
+            self.in_flight[asyncio.create_task(self._poll(state))] = state.name
         return [state.name for state in states]
 
     async def _give_back(
@@ -241,10 +238,8 @@ class _Cycle:
                 await self.writer.call(
                     functools.partial(give_back, self.owner, [state.name], [], now)
                 )
-            self.polling.discard(state.name)
             await self._release(state.host)
             raise
-        self.polling.discard(state.name)
         if report.host_blocked_until is not None:  # before the release, which records it
             self.host_blocks[state.host] = report.host_blocked_until
         await self._release(state.host)

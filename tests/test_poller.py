@@ -268,6 +268,19 @@ def leased_hosts(app: App) -> list[tuple[str | None]]:
         return [tuple(row) for row in connection.execute(sa.text("SELECT lease_owner FROM hosts"))]
 
 
+def hold_requests(server: HTTPServer, path: str) -> tuple[threading.Event, threading.Event]:
+    """(fetching, release): requests to `path` set `fetching`, then wait for `release`."""
+    fetching, release = threading.Event(), threading.Event()
+
+    def held(request: Request) -> Response:
+        fetching.set()
+        release.wait(10)
+        return Response(GERMAN, content_type="application/rss+xml")
+
+    server.expect_request(path).respond_with_handler(held)
+    return fetching, release
+
+
 async def cancel_cycle_once(app: App, started: threading.Event) -> None:
     """Run a cycle, cancel it (as shutdown does) once `started` is set, and let it end."""
     cycle = asyncio.create_task(poll_due(app))
@@ -307,14 +320,7 @@ async def test_a_cancelled_cycle_gives_back_the_claim_it_was_waiting_for(
 async def test_a_cancelled_cycle_stops_its_polls_and_gives_back_their_hosts(
     httpserver: HTTPServer, start_app: Callable[..., Any]
 ) -> None:
-    fetching, release = threading.Event(), threading.Event()
-
-    def held(request: Request) -> Response:
-        fetching.set()
-        release.wait(10)
-        return Response(GERMAN, content_type="application/rss+xml")
-
-    httpserver.expect_request("/a").respond_with_handler(held)
+    fetching, release = hold_requests(httpserver, "/a")
     try:
         async with start_app({"a": httpserver.url_for("/a")}) as app:
             await cancel_cycle_once(app, fetching)
@@ -337,14 +343,7 @@ async def test_a_poll_longer_than_its_lease_keeps_its_feed_and_host(
 ) -> None:
     # A slow host (or a long queue at it) must not let a second worker take a feed whose
     # poll is still running: the cycle renews its leases every third of the lease.
-    fetching, release = threading.Event(), threading.Event()
-
-    def held(request: Request) -> Response:
-        fetching.set()
-        release.wait(10)
-        return Response(GERMAN, content_type="application/rss+xml")
-
-    httpserver.expect_request("/slow").respond_with_handler(held)
+    fetching, release = hold_requests(httpserver, "/slow")
     try:
         async with start_app({"slow": httpserver.url_for("/slow")}, lease=0.3) as app:
             cycle = asyncio.create_task(poll_due(app))
