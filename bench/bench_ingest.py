@@ -19,9 +19,7 @@ import os
 import random
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +27,7 @@ from tempfile import TemporaryDirectory
 
 import sqlalchemy as sa
 import yaml
+from common import postgres_schema
 
 from monitor.config import parse_config
 from monitor.models import Hit, Item, Match
@@ -183,29 +182,6 @@ def database_bytes(url: str) -> int:
             return int(total or 0)
     finally:
         engine.dispose()
-
-
-@contextmanager
-def postgres_schema(base: str) -> Iterator[Callable[[], str]]:
-    """Fresh schemas in the test database, each dropped afterwards."""
-    admin = sa.create_engine(base)
-    made: list[str] = []
-
-    def fresh() -> str:
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        with admin.begin() as connection:
-            connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        made.append(schema)
-        separator = "&" if "?" in base else "?"
-        return f"{base}{separator}options=-csearch_path%3D{schema}"
-
-    try:
-        yield fresh
-    finally:
-        with admin.begin() as connection:
-            for schema in made:
-                connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def report(backend: str, count: int, seconds: float, baseline: float, new: int) -> None:

@@ -112,7 +112,7 @@ async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[A
                 clock=clock,
             )
             app.apply_config(config)
-            store.sync_feeds({f.name: f.url for f in config.feeds}, clock())
+            store.sync_feeds(config.feed_urls(), clock(), config.polled_feeds())
             store.settle(app.recipients, clock())  # matches a crash left without deliveries
             if store.is_sqlite:  # one process per SQLite file (lock.py): stale leases are ours
                 store.release_message_leases()

@@ -441,6 +441,14 @@ class Config(_Model):
     def feed_interval(self, feed: FeedConfig) -> float:
         return feed.interval or self.polling.interval
 
+    def feed_urls(self) -> dict[str, str]:
+        """name -> URL of every configured feed, switched off or not (store.sync_feeds)."""
+        return {feed.name: feed.url for feed in self.feeds}
+
+    def polled_feeds(self) -> set[str]:
+        """The names of the feeds to poll: configured and not switched off."""
+        return {feed.name for feed in self.feeds if feed.enabled}
+
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)

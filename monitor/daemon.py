@@ -229,7 +229,7 @@ class Daemon:
         before = self.app.config
         self.app.apply_config(config)
         self.registry.reconfigure(config)
-        self.app.store.sync_feeds({f.name: f.url for f in config.feeds}, self.app.clock())
+        self.app.store.sync_feeds(config.feed_urls(), self.app.clock(), config.polled_feeds())
         log.info(
             "configuration reloaded: %d feeds, %d watchlists%s",
             len(config.feeds),

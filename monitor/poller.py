@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,8 +70,8 @@ async def poll_due(
 ) -> CycleReport:
     """Poll every due feed (or the named ones; force: whether due or not) concurrently."""
     configured = {feed.name: feed for feed in app.config.feeds if feed.enabled}
-    wanted = [n for n in (names if names is not None else configured) if n in configured]
-    if not wanted:
+    wanted = None if names is None else [n for n in names if n in configured]
+    if not configured or wanted == []:
         return CycleReport(())
     cycle = _Cycle(app, owner or app.worker_id, configured)
     return CycleReport(tuple(await cycle.run(wanted, force)))
@@ -92,14 +93,17 @@ class _Cycle:
     idle: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
     exhausted: bool = False  # no claim is coming: idle hosts are released at once
     renewing: bool = True  # until the cycle ends: a renewal still queued then does nothing
+    cycle: str = field(default_factory=lambda: uuid.uuid4().hex)  # marks the feeds it claimed
     writer: _Writer = field(init=False)
 
     def __post_init__(self) -> None:
         self.writer = _Writer(self.app)
 
-    async def run(self, wanted: list[str], force: bool) -> list[PollReport]:
+    async def run(self, wanted: list[str] | None, force: bool) -> list[PollReport]:
+        """Poll the due feeds (or the `wanted` ones), each at most once, even when forced:
+        the claims mark what they took with this cycle."""
         batch = self.app.config.polling.concurrency
-        remaining = set(wanted)  # each feed at most once per cycle, even when forced
+        remaining = None if wanted is None else set(wanted)
         reports: list[PollReport] = []
         renewer = asyncio.create_task(self._renew_leases())
         try:
@@ -107,9 +111,11 @@ class _Cycle:
                 if not self.exhausted and len(self.in_flight) <= batch:
                     # One window at a time: a claimed feed waits in this process for its turn
                     # at its host, and must be polled well within its lease.
-                    claimed = await self._claim(sorted(remaining), batch, force)
-                    remaining.difference_update(claimed)
-                    self.exhausted = not claimed or not remaining
+                    names = None if remaining is None else sorted(remaining)
+                    claimed = await self._claim(names, batch, force)
+                    if remaining is not None:
+                        remaining.difference_update(claimed)
+                    self.exhausted = not claimed or remaining == set()
                     if self.exhausted:
                         await self._release_idle()
                 if not self.in_flight:
@@ -165,14 +171,22 @@ class _Cycle:
             except Exception:  # the database is gone: the leases expire
                 log.warning("could not release hosts %s", ", ".join(idle))
 
-    async def _claim(self, wanted: list[str], limit: int, force: bool) -> list[str]:
+    async def _claim(self, wanted: list[str] | None, limit: int, force: bool) -> list[str]:
         """Lease up to `limit` feeds and start polling them; return their names."""
         store, now = self.app.store, self.app.clock()
         lease_until = now + timedelta(seconds=self.app.config.polling.lease)
         idle, self.idle = self.idle, {}
         releases = [(host, self.owner, at, block) for host, (at, block) in idle.items()]
         claim_feeds = functools.partial(
-            store.claim_feeds, self.owner, now, lease_until, limit, wanted, force, releases
+            store.claim_feeds,
+            self.owner,
+            now,
+            lease_until,
+            limit,
+            wanted,
+            force,
+            releases,
+            cycle=self.cycle,
         )
         call = asyncio.ensure_future(self.writer.call(claim_feeds))
         try:
@@ -188,7 +202,7 @@ class _Cycle:
             # released with the next claim, or at the end; a repeated release is harmless.
             self.idle.update(idle)
             raise
-        states = claim.feeds
+        states = await self._known(claim, now)
         for host in {state.host for state in states} & set(self.idle):
             # Went idle while this claim ran, and leased again by it: busy, not idle. A block
             # it reported meanwhile waits for its next release.
@@ -201,7 +215,30 @@ class _Cycle:
         self._hold_off({host: claim.last_requests.get(host) for host in new_hosts}, now)
         for state in states:
             self.in_flight[asyncio.create_task(self._poll(state))] = state.name
-        return [state.name for state in states]
+        return [state.name for state in claim.feeds]
+
+    async def _known(self, claim: Claim, now: datetime) -> list[FeedState]:
+        """The claimed feeds this worker's configuration polls. Another worker's config (or
+        a newer one, not yet reloaded here) may poll more: those are given back at once,
+        for the workers that know them; this cycle does not claim them again."""
+        states = [state for state in claim.feeds if state.name in self.configured]
+        if unknown := sorted(
+            state.name for state in claim.feeds if state.name not in self.configured
+        ):
+            log.warning(
+                "feeds %s are polled by another worker's configuration, not this one's; "
+                "left to the others (workers should share one config)",
+                ", ".join(unknown),
+            )
+            give_back = functools.partial(self.app.store.give_back, self.owner, unknown, [], now)
+            try:
+                await self.writer.call(give_back)
+            except Exception:  # the database is away: their leases expire
+                log.warning("could not give back feeds %s", ", ".join(unknown), exc_info=True)
+            for host in {state.host for state in claim.feeds} - {s.host for s in states}:
+                if host not in self.host_load:  # leased by the claim for nothing: idle now
+                    self.idle.setdefault(host, (claim.last_requests.get(host) or now, None))
+        return states
 
     async def _give_back(
         self, call: asyncio.Future[Claim], idle: dict[str, tuple[datetime, datetime | None]]

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -77,7 +78,7 @@ feeds = sa.Table(
     sa.Column("etag", sa.Text),
     sa.Column("last_modified", sa.Text),
     sa.Column("body_hash", sa.Text),
-    sa.Column("next_poll_at", UTCDateTime, index=True),
+    sa.Column("next_poll_at", UTCDateTime),  # NULL: never again (410 Gone)
     sa.Column("last_polled_at", UTCDateTime),
     sa.Column("last_success_at", UTCDateTime),
     sa.Column("last_new_item_at", UTCDateTime),
@@ -96,6 +97,11 @@ feeds = sa.Table(
     sa.Column("item_gap", sa.Float),
     sa.Column("interval", sa.Float),
     sa.Column("last_error_at", UTCDateTime),
+    # Claims (migration 0006_claims): which feeds the configuration polls, and the cycle
+    # that last claimed each, so a claim reads only due feeds (ix_feeds_due) and no list.
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("poll_cycle", sa.Text),
+    sa.Index("ix_feeds_due", "next_poll_at", "id"),
 )
 
 # Shared per-host politeness: one worker at a time leases a host, so the per-host connection
@@ -613,8 +619,13 @@ class Store:
 
     # ------------------------------------------------------------------ feeds
 
-    def sync_feeds(self, configured: Mapping[str, str], now: datetime) -> None:
-        """Make the feeds table hold the configured feeds (name -> URL); new ones are due now."""
+    def sync_feeds(
+        self, configured: Mapping[str, str], now: datetime, polled: Collection[str] | None = None
+    ) -> None:
+        """Make the feeds table hold the configured feeds (name -> URL); new ones are due now.
+        Claims take only the `polled` ones (default: all configured): a feed removed from the
+        configuration, or switched off in it, keeps its history but is no longer polled."""
+        active = set(configured if polled is None else polled)
         with self._tx() as tx:
             known = {row.name: row for row in tx.execute(sa.select(feeds))}
             added = [
@@ -654,6 +665,16 @@ class Store:
                         )
                     )
             _ensure_hosts(tx, [host_of(url) for url in configured.values()])
+            switched = [row.name for row in known.values() if row.active != (row.name in active)]
+            switched += [row["name"] for row in added if row["name"] not in active]
+            for value in (True, False):
+                names = sorted(name for name in switched if (name in active) is value)
+                if names:
+                    tx.execute(
+                        feeds.update()
+                        .where(_among(tx, feeds.c.name, names, sa.Text))
+                        .values(active=value)
+                    )
 
     def feed_states(self, statuses: Iterable[FeedStatus] | None = None) -> list[FeedState]:
         """Every feed's state, by name; only those in `statuses` when given (the digest's
@@ -702,21 +723,34 @@ class Store:
         names: Iterable[str] | None = None,
         force: bool = False,
         releases: Sequence[tuple[str, str, datetime, datetime | None]] = (),
+        *,
+        cycle: str | None = None,
     ) -> Claim:
         """Lease up to `limit` due feeds, and their hosts, to `owner`: one poller per feed.
         With them, when each of their hosts was last asked (by any worker), for the gap.
-        `releases` (as for `release_host`) are given back first: the owner's idle hosts,
-        which this claim may lease again (on SQLite in the claim's transaction, on
-        PostgreSQL just before it; a release repeated later is harmless).
 
-        On PostgreSQL host and feed rows are taken FOR UPDATE SKIP LOCKED, so workers claiming
+        Without `names`, the feeds the configuration polls (sync_feeds), oldest due first;
+        with them, just those (and with `force`, whether due or not, even disabled). A claim
+        marks its feeds with `cycle`: later claims of the same cycle skip them, so a cycle
+        polls each feed once (no cycle given: a cycle of its own). `releases` (as for
+        `release_host`) are given back first: the owner's idle hosts, which this claim may
+        lease again (on SQLite in the claim's transaction, on PostgreSQL just before it; a
+        release repeated later is harmless).
+
+        On PostgreSQL feed and host rows are taken FOR UPDATE SKIP LOCKED, so workers claiming
         at the same moment get disjoint sets; on SQLite BEGIN IMMEDIATE serializes claims.
         A host leased by another worker is skipped whole, so per-host politeness holds across
         workers. The leases of a worker that dies expire at `lease_until`.
         """
         dialect = self.engine.dialect.name
         named, with_disabled = names is not None, bool(force and names is not None)
-        values: dict[str, Any] = {"now": now, "owner": owner, "limit": limit}
+        values: dict[str, Any] = {
+            "now": now,
+            "owner": owner,
+            "limit": limit,
+            "cycle": cycle or uuid.uuid4().hex,
+            "lease_until": lease_until,
+        }
         if names is not None:
             values["names"] = _listed(dialect, sorted(names))
         if dialect == "postgresql":
@@ -728,8 +762,7 @@ class Store:
                 autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
                 _release_hosts(autocommit, releases)
                 statement = _claim_statement(named, force, with_disabled)
-                leased = autocommit.execute(statement, {**values, "lease_until": lease_until})
-                picked = leased.all()
+                picked = autocommit.execute(statement, values).all()
             last_requests = {row.host: row.host_last_request_at for row in picked}
             return Claim([_feed_from(row) for row in picked], last_requests)
         with self._tx() as tx:
@@ -739,7 +772,11 @@ class Store:
             if rows:
                 lease = {"lease_owner": owner, "lease_expires_at": lease_until}
                 ids = [row.id for row in rows]
-                tx.execute(feeds.update().where(_among(tx, feeds.c.id, ids)).values(**lease))
+                tx.execute(
+                    feeds.update()
+                    .where(_among(tx, feeds.c.id, ids))
+                    .values(**lease, poll_cycle=values["cycle"])
+                )
                 taken = sorted({row.host for row in rows})
                 where = _among(tx, hosts.c.host, taken, sa.Text)
                 returning = (hosts.c.host, hosts.c.last_request_at)
@@ -1456,13 +1493,19 @@ def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
 
 @functools.cache
 def _claim_query(dialect: str, named: bool, force: bool, with_disabled: bool) -> Any:
-    """The due feeds a claim may take, with bound parameters now, owner, limit (and names):
-    built and compiled once, not on every claim (SQLAlchemy's construction was most of a
-    claim's own CPU time)."""
+    """The due feeds a claim may take, with bound parameters now, owner, cycle, limit (and
+    names): built and compiled once, not on every claim (SQLAlchemy's construction was most
+    of a claim's own CPU time).
+
+    It reads the due feeds in (next_poll_at, id) order from ix_feeds_due, each with its
+    host, and stops at the limit: the cost follows the due feeds, not all feeds. A feed
+    whose row, or host's row, another claim has locked is skipped (SKIP LOCKED); only the
+    hosts of the rows returned are locked."""
     now = sa.bindparam("now", type_=UTCDateTime())
     owner = sa.bindparam("owner", type_=sa.Text)
-    free_hosts = (
-        sa.select(hosts.c.host)
+    query = (
+        sa.select(feeds)
+        .join(hosts, hosts.c.host == feeds.c.host)
         .where(
             sa.or_(
                 hosts.c.lease_owner.is_(None),
@@ -1471,30 +1514,29 @@ def _claim_query(dialect: str, named: bool, force: bool, with_disabled: bool) ->
             )
         )
         .where(sa.or_(hosts.c.blocked_until.is_(None), hosts.c.blocked_until <= now))
-        .with_for_update(skip_locked=True)
-    )
-    query = (
-        sa.select(feeds)
         .where(sa.or_(feeds.c.lease_owner.is_(None), feeds.c.lease_expires_at <= now))
-        .where(feeds.c.host.in_(free_hosts))
+        .where(feeds.c.poll_cycle.is_distinct_from(sa.bindparam("cycle", type_=sa.Text)))
         .order_by(feeds.c.next_poll_at, feeds.c.id)
         .limit(sa.bindparam("limit", type_=sa.Integer))
-        .with_for_update(skip_locked=True, of=feeds)
+        .with_for_update(skip_locked=True, of=[feeds, hosts])
     )
     if not with_disabled:  # only a user naming a feed polls a disabled one
         query = query.where(feeds.c.status != FeedStatus.DISABLED.value)
-    if not force:
-        query = query.where(sa.or_(feeds.c.next_poll_at.is_(None), feeds.c.next_poll_at <= now))
+    if not force:  # never NULL when due: only a disabled feed has no next poll
+        query = query.where(feeds.c.next_poll_at <= now)
     if named:
         names = sa.bindparam("names", type_=sa.Text)
         query = query.where(feeds.c.name.in_(_listed_select(dialect, names)))
+    else:
+        query = query.where(feeds.c.active)
     return query
 
 
 @functools.cache
 def _claim_statement(named: bool, force: bool, with_disabled: bool) -> Any:
-    """PostgreSQL's claim in one statement: the picked feeds leased, their hosts leased,
-    each feed returned with its host's last request (data-modifying CTEs)."""
+    """PostgreSQL's claim in one statement: the picked feeds leased and marked with the
+    cycle, their hosts leased, each feed returned with its host's last request
+    (data-modifying CTEs)."""
     lease = {
         "lease_owner": sa.bindparam("owner", type_=sa.Text),
         "lease_expires_at": sa.bindparam("lease_until", type_=UTCDateTime()),
@@ -1504,7 +1546,7 @@ def _claim_statement(named: bool, force: bool, with_disabled: bool) -> Any:
     leased = (
         feeds.update()
         .where(feeds.c.id.in_(sa.select(picked.c.id)))
-        .values(**lease)
+        .values(**lease, poll_cycle=sa.bindparam("cycle", type_=sa.Text))
         .returning(*feeds.c)
         .cte("leased")
     )

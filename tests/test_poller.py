@@ -649,6 +649,27 @@ async def test_a_dead_workers_leases_expire(
     assert [p.feed for p in report.polls] == ["f"] and report.failed == 0
 
 
+async def test_a_feed_only_another_workers_config_polls_is_left_to_it(
+    httpserver: HTTPServer,
+    start_app: Callable[..., Any],
+    database_url: str,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    httpserver.expect_request("/a").respond_with_data(GERMAN)
+    async with start_app({"a": httpserver.url_for("/a")}, database=database_url) as app:
+        # Another worker, started with one more feed (of another host), synced last.
+        urls = {"a": httpserver.url_for("/a"), "theirs": "http://127.0.0.2:9/theirs"}
+        app.store.sync_feeds(urls, clock.now)
+        report = await poll_due(app)
+        assert [p.feed for p in report.polls] == ["a"] and report.failed == 0
+        assert "theirs are polled by another worker's configuration" in caplog.text
+        # Given back at once, with its host: the other worker takes it now, not at expiry.
+        later = clock.now + timedelta(minutes=10)
+        taken = app.store.claim_feeds("other", clock.now, later, 10).feeds
+    assert [f.name for f in taken] == ["theirs"]
+
+
 async def test_a_host_leased_by_another_worker_is_left_alone(
     httpserver: HTTPServer, start_app: Callable[..., Any], database_url: str, clock: Clock
 ) -> None:
