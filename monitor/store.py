@@ -527,22 +527,64 @@ class Claim:
 def _release_hosts(
     tx: Connection, releases: Sequence[tuple[str, str, datetime, datetime | None]]
 ) -> None:
-    """(host, owner, last request, blocked until): in host order, as every worker locks them."""
-    if not releases:
+    """(host, owner, last request, blocked until): in host order, as every worker locks them.
+    A host released twice in one call keeps the later request and the later block."""
+    merged: dict[tuple[str, str], tuple[datetime, datetime | None]] = {}
+    for host, owner, last, blocked in releases:
+        if (host, owner) in merged:
+            before, block = merged[host, owner]
+            last = max(last, before)
+            blocked = max(blocked, block) if blocked and block else blocked or block
+        merged[host, owner] = (last, blocked)
+    if not merged:
+        return
+    ordered = sorted(merged.items())
+    if tx.dialect.name == "postgresql":  # one UPDATE ... FROM unnest(arrays)
+        as_naive = UTCDateTime().process_bind_param
+        tx.execute(
+            _release_statement("postgresql"),
+            {
+                "released_hosts": _listed("postgresql", [host for (host, _), _ in ordered]),
+                "owners": _listed("postgresql", [owner for (_, owner), _ in ordered]),
+                "lasts": [as_naive(last, tx.dialect) for _, (last, _) in ordered],
+                "blocks": [as_naive(block, tx.dialect) for _, (_, block) in ordered],
+            },
+        )
         return
     rows = [
         {"released_host": host, "owner": owner, "last": last, "blocked": blocked}
-        for host, owner, last, blocked in sorted(releases)
+        for (host, owner), (last, blocked) in ordered
     ]
-    tx.execute(_release_statement(), rows)
+    tx.execute(_release_statement(tx.dialect.name), rows)
 
 
 @functools.cache
-def _release_statement() -> Any:
-    """_release_hosts' UPDATE, built once: it runs with most claims and writer rounds."""
-    owner: Any = sa.bindparam("owner")
-    last: Any = sa.bindparam("last", type_=hosts.c.last_request_at.type)
-    blocked: Any = sa.bindparam("blocked", type_=hosts.c.blocked_until.type)
+def _release_statement(dialect: str) -> Any:
+    """_release_hosts' UPDATE, built once: it runs with most claims and writer rounds. On
+    PostgreSQL one statement for all the hosts (executemany ran one UPDATE per host: as
+    long as the claim it came with); on SQLite one per host."""
+    if dialect == "postgresql":
+        released = (
+            sa.func.unnest(
+                sa.cast(sa.bindparam("released_hosts", type_=sa.Text), postgresql.ARRAY(sa.Text)),
+                sa.cast(sa.bindparam("owners", type_=sa.Text), postgresql.ARRAY(sa.Text)),
+                sa.bindparam("lasts", type_=postgresql.ARRAY(sa.DateTime)),
+                sa.bindparam("blocks", type_=postgresql.ARRAY(sa.DateTime)),
+            )
+            .table_valued("host", "owner", "last", "blocked")
+            .render_derived(name="released")
+        )
+        host, owner, last, blocked = (
+            released.c.host,
+            released.c.owner,
+            released.c.last,
+            released.c.blocked,
+        )
+    else:
+        host = sa.bindparam("released_host")
+        owner = sa.bindparam("owner")
+        last = sa.bindparam("last", type_=hosts.c.last_request_at.type)
+        blocked = sa.bindparam("blocked", type_=hosts.c.blocked_until.type)
     # A feed of the host claimed meanwhile keeps the host leased, to be released with that
     # feed: the worker's count of the host's feeds in flight can reach 0 just before it
     # counts a claim made in the same writer round.
@@ -554,7 +596,7 @@ def _release_statement() -> Any:
     )
     return (
         hosts.update()
-        .where(hosts.c.host == sa.bindparam("released_host"))
+        .where(hosts.c.host == host)
         .where(sa.or_(hosts.c.lease_owner == owner, hosts.c.lease_owner.is_(None)))
         .values(
             lease_owner=sa.case((busy, hosts.c.lease_owner), else_=None),

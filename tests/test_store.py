@@ -367,6 +367,32 @@ def test_a_repeated_release_never_moves_the_last_request_back(store: Store) -> N
     assert claim.last_requests == {"heise.de": NOW + timedelta(seconds=10)}
 
 
+def test_hosts_released_together_each_keep_their_own_outcome(store: Store) -> None:
+    # One statement for all of them on PostgreSQL: each row gets its own values, a host
+    # released twice keeps the later request and block, another worker's host is untouched.
+    hosts = {"a": "heise.de", "b": "golem.de", "c": "t3n.de", "d": "spiegel.de"}
+    store.sync_feeds({name: f"https://{host}/{name}" for name, host in hosts.items()}, NOW)
+    until = NOW + timedelta(minutes=10)
+    assert len(store.claim_feeds("w1", NOW, until, 5, ["a", "b", "c"], force=True).feeds) == 3
+    assert len(store.claim_feeds("w2", NOW, until, 5, ["d"], force=True).feeds) == 1
+    second = timedelta(seconds=1)
+    store.finish_polls(
+        [(name, {"last_polled_at": NOW}) for name in "abc"],
+        [
+            ("heise.de", "w1", NOW + 5 * second, NOW + timedelta(hours=1)),
+            ("golem.de", "w1", NOW + 2 * second, None),
+            ("heise.de", "w1", NOW + second, None),
+            ("spiegel.de", "w1", NOW + 3 * second, None),  # not w1's
+        ],
+    )
+    claim = store.claim_feeds("w3", NOW, until, 5, force=True)
+    assert [f.name for f in claim.feeds] == ["b"]  # heise blocked, t3n w1's, spiegel w2's
+    assert claim.last_requests == {"golem.de": NOW + 2 * second}
+    later = NOW + timedelta(hours=1, minutes=1)
+    claim = store.claim_feeds("w3", later, later + timedelta(minutes=10), 5, ["a"], force=True)
+    assert claim.last_requests == {"heise.de": NOW + 5 * second}
+
+
 def test_a_claim_of_a_never_asked_host_says_so(store: Store) -> None:
     store.sync_feeds({"a": "https://heise.de/a"}, NOW)
     claim = store.claim_feeds("w1", NOW, NOW + timedelta(minutes=10), 5, force=True)
