@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("check", help="validate the config; exit 0, or 2 listing every problem")
     commands.add_parser("run", help="run the daemon in the foreground")
     poll = commands.add_parser("poll", help="poll due feeds once, then exit")
-    poll.add_argument("--all", action="store_true", help="poll every feed, due or not")
+    poll.add_argument(
+        "--all",
+        action="store_true",
+        help="poll every feed, due or not (one disabled by HTTP 410 only with --feed)",
+    )
     poll.add_argument("--feed", action="append", metavar="NAME", help="poll only this feed")
     digest = commands.add_parser("digest", help="preview or send pending digests")
     mode = digest.add_mutually_exclusive_group(required=True)

@@ -119,7 +119,9 @@ class _Cycle:
                     if self.exhausted:
                         await self._release_idle()
                 if not self.in_flight:
-                    return reports
+                    if self.exhausted:
+                        return reports
+                    continue  # the claim took only feeds this worker does not poll
                 done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     del self.in_flight[task]
@@ -202,7 +204,7 @@ class _Cycle:
             # released with the next claim, or at the end; a repeated release is harmless.
             self.idle.update(idle)
             raise
-        states = await self._known(claim, now)
+        states = [state for state in claim.feeds if state.name in self.configured]
         for host in {state.host for state in states} & set(self.idle):
             # Went idle while this claim ran, and leased again by it: busy, not idle. A block
             # it reported meanwhile waits for its next release.
@@ -215,30 +217,31 @@ class _Cycle:
         self._hold_off({host: claim.last_requests.get(host) for host in new_hosts}, now)
         for state in states:
             self.in_flight[asyncio.create_task(self._poll(state))] = state.name
+        if len(states) < len(claim.feeds):
+            await self._hand_over(claim, now)
         return [state.name for state in claim.feeds]
 
-    async def _known(self, claim: Claim, now: datetime) -> list[FeedState]:
-        """The claimed feeds this worker's configuration polls. Another worker's config (or
-        a newer one, not yet reloaded here) may poll more: those are given back at once,
-        for the workers that know them; this cycle does not claim them again."""
-        states = [state for state in claim.feeds if state.name in self.configured]
-        if unknown := sorted(
-            state.name for state in claim.feeds if state.name not in self.configured
-        ):
+    async def _hand_over(self, claim: Claim, now: datetime) -> None:
+        """Give back at once the claimed feeds this cycle does not poll, for the workers
+        whose configuration does (this cycle does not claim them again): another worker's
+        config, or a reload here since the cycle began, has more feeds."""
+        unknown = sorted(state.name for state in claim.feeds if state.name not in self.configured)
+        reloaded = {feed.name for feed in self.app.config.feeds if feed.enabled}
+        if others := [name for name in unknown if name not in reloaded]:
             log.warning(
-                "feeds %s are polled by another worker's configuration, not this one's; "
-                "left to the others (workers should share one config)",
-                ", ".join(unknown),
+                "feeds %s are polled by another worker's configuration, not this one's: "
+                "left to that worker (all workers should read the same config)",
+                ", ".join(others),
             )
-            give_back = functools.partial(self.app.store.give_back, self.owner, unknown, [], now)
-            try:
-                await self.writer.call(give_back)
-            except Exception:  # the database is away: their leases expire
-                log.warning("could not give back feeds %s", ", ".join(unknown), exc_info=True)
-            for host in {state.host for state in claim.feeds} - {s.host for s in states}:
-                if host not in self.host_load:  # leased by the claim for nothing: idle now
-                    self.idle.setdefault(host, (claim.last_requests.get(host) or now, None))
-        return states
+        give_back = functools.partial(self.app.store.give_back, self.owner, unknown, [], now)
+        try:  # shielded: a shutdown meanwhile must not leave them leased
+            await asyncio.shield(self.writer.call(give_back))
+        except Exception:  # the database is away: their leases expire
+            log.warning("could not give back feeds %s", ", ".join(unknown), exc_info=True)
+        finally:
+            for host in {state.host for state in claim.feeds} - set(self.host_load):
+                # Leased by the claim for nothing: idle now, released as the others are.
+                self.idle.setdefault(host, (claim.last_requests.get(host) or now, None))
 
     async def _give_back(
         self, call: asyncio.Future[Claim], idle: dict[str, tuple[datetime, datetime | None]]

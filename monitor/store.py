@@ -101,7 +101,15 @@ feeds = sa.Table(
     # that last claimed each, so a claim reads only due feeds (ix_feeds_due) and no list.
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("poll_cycle", sa.Text),
-    sa.Index("ix_feeds_due", "next_poll_at", "id"),
+    # Only the polled feeds: one removed from the configuration keeps its old next poll,
+    # and would otherwise stay at the front of the index for every claim to step over.
+    sa.Index(
+        "ix_feeds_due",
+        "next_poll_at",
+        "id",
+        postgresql_where=sa.text("active"),
+        sqlite_where=sa.text("active = 1"),
+    ),
 )
 
 # Shared per-host politeness: one worker at a time leases a host, so the per-host connection
@@ -527,8 +535,12 @@ class Claim:
 def _release_hosts(
     tx: Connection, releases: Sequence[tuple[str, str, datetime, datetime | None]]
 ) -> None:
-    """(host, owner, last request, blocked until): in host order, as every worker locks them.
-    A host released twice in one call keeps the later request and the later block."""
+    """(host, owner, last request, blocked until). A host released twice in one call keeps
+    the later request and the later block. On SQLite in host order; on PostgreSQL one
+    statement locks them in the order its plan reads them. Claims never wait for a host
+    (SKIP LOCKED) and a worker releases only hosts it holds (or a free host, repeating a
+    release), so two releases of the same hosts at once are rare; should they deadlock,
+    PostgreSQL aborts one, and the poller's writer retries its jobs one by one."""
     merged: dict[tuple[str, str], tuple[datetime, datetime | None]] = {}
     for host, owner, last, blocked in releases:
         if (host, owner) in merged:
@@ -686,7 +698,7 @@ class Store:
                 tx.execute(
                     _insert(tx, feeds).on_conflict_do_nothing(index_elements=["name"]), added
                 )
-            for name, url in configured.items():
+            for name, url in sorted(configured.items()):  # rows locked in name order
                 row = known.get(name)
                 if row is not None and row.config_url != url:  # changed URL: start over
                     tx.execute(
@@ -709,6 +721,13 @@ class Store:
             _ensure_hosts(tx, [host_of(url) for url in configured.values()])
             switched = [row.name for row in known.values() if row.active != (row.name in active)]
             switched += [row["name"] for row in added if row["name"] not in active]
+            if switched and tx.dialect.name == "postgresql":  # in name order, as all lock them
+                tx.execute(
+                    sa.select(feeds.c.id)
+                    .where(_among(tx, feeds.c.name, sorted(switched), sa.Text))
+                    .order_by(feeds.c.name)
+                    .with_for_update()
+                )
             for value in (True, False):
                 names = sorted(name for name in switched if (name in active) is value)
                 if names:
@@ -717,6 +736,12 @@ class Store:
                         .where(_among(tx, feeds.c.name, names, sa.Text))
                         .values(active=value)
                     )
+                    if known.keys() & set(names):
+                        log.info(
+                            "feeds %s: %s",
+                            "polled again" if value else "no longer polled",
+                            ", ".join(name for name in names if name in known),
+                        )
 
     def feed_states(self, statuses: Iterable[FeedStatus] | None = None) -> list[FeedState]:
         """Every feed's state, by name; only those in `statuses` when given (the digest's

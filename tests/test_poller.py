@@ -670,6 +670,20 @@ async def test_a_feed_only_another_workers_config_polls_is_left_to_it(
     assert [f.name for f in taken] == ["theirs"]
 
 
+async def test_a_claim_of_only_unknown_feeds_does_not_end_the_cycle(
+    httpserver: HTTPServer, start_app: Callable[..., Any], database_url: str, clock: Clock
+) -> None:
+    httpserver.expect_request("/a").respond_with_data(GERMAN)
+    url = httpserver.url_for("/a")
+    async with start_app({"a": url}, database=database_url, concurrency=2) as app:
+        # Another worker's config has three more feeds, due before "a": the first claims
+        # take only those.
+        theirs = {f"theirs-{n}": f"http://127.0.0.{n + 2}:9/f" for n in range(3)}
+        app.store.sync_feeds({"a": url, **theirs}, clock.now - HOUR)
+        report = await poll_due(app)
+    assert [p.feed for p in report.polls] == ["a"]
+
+
 async def test_a_host_leased_by_another_worker_is_left_alone(
     httpserver: HTTPServer, start_app: Callable[..., Any], database_url: str, clock: Clock
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import astuple
@@ -305,7 +306,9 @@ def test_a_claim_takes_due_enabled_feeds_unless_a_user_names_them(store: Store) 
     assert sorted(f.name for f in named) == ["due", "gone"]
 
 
-def test_a_claim_takes_only_the_feeds_the_configuration_polls(store: Store) -> None:
+def test_a_claim_takes_only_the_feeds_the_configuration_polls(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
     urls = {name: f"https://{name}.example.org/f" for name in ("kept", "off", "dropped")}
     store.sync_feeds(urls, NOW, polled={"kept", "dropped"})
     until = NOW + timedelta(minutes=10)
@@ -316,7 +319,9 @@ def test_a_claim_takes_only_the_feeds_the_configuration_polls(store: Store) -> N
         return sorted(names)
 
     assert claimed() == ["dropped", "kept"]
-    store.sync_feeds({"kept": urls["kept"], "off": urls["off"]}, NOW, polled={"kept"})
+    with caplog.at_level(logging.INFO, logger="monitor.store"):
+        store.sync_feeds({"kept": urls["kept"], "off": urls["off"]}, NOW, polled={"kept"})
+    assert "feeds no longer polled: dropped" in caplog.text
     assert claimed() == ["kept"]
     # Switched on again, and a user naming a feed polls it whatever the configuration says.
     store.sync_feeds(urls, NOW)

@@ -6,7 +6,7 @@ at 10,000 feeds over 2,000 hosts a claim took 20-45 ms, and once psycopg prepare
 statement, its generic plan took 2.4-4.5 s per claim. Now sync_feeds marks which feeds
 the configuration polls (`active`), and a claim marks each feed it takes with its cycle
 (`poll_cycle`), so one cycle takes each feed at most once; the claim reads the due feeds
-in order from the (next_poll_at, id) index and stops at its limit.
+in order from the (next_poll_at, id) index of the polled feeds and stops at its limit.
 
 Revision ID: 0006_claims
 Revises: 0002_polling
@@ -28,7 +28,13 @@ def upgrade() -> None:
     )
     op.add_column("feeds", sa.Column("poll_cycle", sa.Text))
     op.drop_index("ix_feeds_next_poll_at", "feeds")
-    op.create_index("ix_feeds_due", "feeds", ["next_poll_at", "id"])
+    op.create_index(
+        "ix_feeds_due",
+        "feeds",
+        ["next_poll_at", "id"],
+        postgresql_where=sa.text("active"),
+        sqlite_where=sa.text("active = 1"),
+    )
 
 
 def downgrade() -> None:
