@@ -6,7 +6,9 @@ feeds (one host per 5 feeds, as across real outlets) on SQLite and PostgreSQL:
 - a cycle: every feed due, claims of 20 until 40 claims are done (30 at 600 feeds; past the
   point where psycopg prepares the statement and PostgreSQL may switch to a generic plan),
   each claim's feeds then finished as polled, as the poller does;
-- the steady state: 10 feeds due among all the others, claimed in one claim.
+- the steady state: 10 feeds due among all the others, claimed in one claim;
+- a cycle over the smallest size's feeds when the largest size's were configured once and
+  the rest removed since (they stay due, and first in due order, for ever).
 Baseline, same run and connection pool: a `SELECT 1` round trip (the floor of any claim).
 A claim should cost about the same at 600 feeds as at 60,000. Needs
 MONITOR_TEST_POSTGRES_URL for PostgreSQL; prints 'skipped' otherwise.
@@ -43,11 +45,15 @@ def milliseconds(seconds: list[float]) -> str:
     return f"median {median:7.2f} ms, worst {worst:8.2f} ms"
 
 
-def filled(url: str, count: int) -> Store:
+def filled(url: str, count: int, polled: int | None = None) -> Store:
+    """`count` feeds, all due; only the last `polled` in the configuration, if given (the
+    others were removed from it and keep their old next poll)."""
     store = open_store(url)
     hosts = max(1, count // FEEDS_PER_HOST)
     urls = {f"feed-{n:06d}": f"https://h{n % hosts}.example.org/{n}.xml" for n in range(count)}
     store.sync_feeds(urls, NOW - timedelta(hours=1))
+    if polled is not None:
+        store.sync_feeds(dict(list(urls.items())[-polled:]), NOW)  # the newest stay
     with store.engine.begin() as connection:
         connection.execute(sa.text("ANALYZE"))
     return store
@@ -110,6 +116,18 @@ def bench(backend: str, urls: Callable[[], str]) -> None:
             )
         finally:
             store.close()
+    # Feeds removed from the configuration stay due forever, first in due order: the claim
+    # must not step over them (its index holds only the polled feeds).
+    count, polled = max(SIZES), min(SIZES)
+    store = filled(urls(), count, polled)
+    try:
+        print(
+            f"{backend:10} {count:6,} feeds, {count - polled:,} of them removed from the config"
+            f" | cycle claim {milliseconds(cycle(store, polled))}",
+            flush=True,
+        )
+    finally:
+        store.close()
 
 
 def main() -> int:
