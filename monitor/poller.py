@@ -226,7 +226,7 @@ class _Cycle:
         whose configuration does (this cycle does not claim them again): another worker's
         config, or a reload here since the cycle began, has more feeds."""
         unknown = sorted(state.name for state in claim.feeds if state.name not in self.configured)
-        reloaded = {feed.name for feed in self.app.config.feeds if feed.enabled}
+        reloaded = self.app.config.polled_feeds()
         if others := [name for name in unknown if name not in reloaded]:
             log.warning(
                 "feeds %s are polled by another worker's configuration, not this one's: "

@@ -628,6 +628,18 @@ def _release_statement(dialect: str) -> Any:
     )
 
 
+def _lock_feeds(tx: Connection, names: Sequence[str]) -> None:
+    """On PostgreSQL, lock these feed rows in name order before updating them, as every
+    writer of several feed rows does: no deadlock between workers."""
+    if names and tx.dialect.name == "postgresql":
+        tx.execute(
+            sa.select(feeds.c.id)
+            .where(_among(tx, feeds.c.name, sorted(names), sa.Text))
+            .order_by(feeds.c.name)
+            .with_for_update()
+        )
+
+
 def _ensure_hosts(tx: Connection, names: Iterable[str]) -> None:
     rows = [{"host": name} for name in sorted(set(names))]
     if rows:
@@ -721,13 +733,7 @@ class Store:
             _ensure_hosts(tx, [host_of(url) for url in configured.values()])
             switched = [row.name for row in known.values() if row.active != (row.name in active)]
             switched += [row["name"] for row in added if row["name"] not in active]
-            if switched and tx.dialect.name == "postgresql":  # in name order, as all lock them
-                tx.execute(
-                    sa.select(feeds.c.id)
-                    .where(_among(tx, feeds.c.name, sorted(switched), sa.Text))
-                    .order_by(feeds.c.name)
-                    .with_for_update()
-                )
+            _lock_feeds(tx, switched)
             for value in (True, False):
                 names = sorted(name for name in switched if (name in active) is value)
                 if names:
@@ -892,14 +898,7 @@ class Store:
             row = {f"new_{column}": value for column, value in values.items()}
             groups.setdefault(tuple(sorted(values)), []).append({"feed_name": name, **row})
         with self._tx() as tx:
-            if tx.dialect.name == "postgresql":
-                # Rows locked in name order first, as everyone locks them: no deadlock.
-                tx.execute(
-                    sa.select(feeds.c.id)
-                    .where(_among(tx, feeds.c.name, sorted(n for n, _ in outcomes), sa.Text))
-                    .order_by(feeds.c.name)
-                    .with_for_update()
-                )
+            _lock_feeds(tx, [name for name, _ in outcomes])
             for columns, rows in groups.items():
                 changes = {c: sa.bindparam(f"new_{c}", type_=feeds.c[c].type) for c in columns}
                 tx.execute(
