@@ -67,6 +67,7 @@ class ParsePool:
         self.memory = memory
         self._slots = asyncio.Semaphore(self.workers * _JOBS_PER_PROCESS)
         self._pool = self._start()
+        self.running = 0  # jobs handed to run() and not yet returned, queued ones included
 
     def _start(self) -> ProcessPoolExecutor:
         # forkserver: never fork a process that already runs threads (aiohttp's resolver, etc.).
@@ -79,11 +80,15 @@ class ParsePool:
 
     async def run(self, job: Callable[[], T]) -> T:
         """Run job in a worker; raise ParseError if it overruns, runs out of memory or dies."""
-        async with self._slots:
-            try:
-                return await self._attempt(job)
-            except BrokenProcessPool:  # killed beside another job's overrun: try once more
-                return await self._attempt(job)
+        self.running += 1
+        try:
+            async with self._slots:
+                try:
+                    return await self._attempt(job)
+                except BrokenProcessPool:  # killed beside another job's overrun: try once more
+                    return await self._attempt(job)
+        finally:
+            self.running -= 1
 
     async def _attempt(self, job: Callable[[], T]) -> T:
         pool = self._pool

@@ -24,14 +24,15 @@ import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from monitor import store
+from monitor import poller, store
 from monitor.app import App, running_app
 from monitor.config import Config
 from monitor.errors import ParseError
 from monitor.models import FeedState, FeedStatus
 from monitor.parse_pool import ParsePool
-from monitor.poller import poll_due
-from tests.feeds import GERMAN, rss
+from monitor.parse import parse_feed
+from monitor.poller import _Writer, poll_due
+from tests.feeds import ENGLISH, GERMAN, rss
 
 START = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -764,6 +765,44 @@ async def test_a_memory_hungry_parse_is_stopped_and_the_pool_recovers(pool: Pars
 
 
 # ----------------------------------------------------------------------------- monitor feeds
+
+
+async def test_the_writer_gathers_feeds_parsed_close_together_into_one_round(
+    start_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While parses run, a round waits for more feeds' items (a round's transactions cost
+    the same for one feed as for eight); with none running, it stores what is there at once."""
+    monkeypatch.setattr(poller, "_GATHER_SECONDS", 1.0)
+    batches = [
+        parse_feed(body, feed_name=name, url=f"https://{name}.example.org/", now=START).items
+        for name, body in (("a", GERMAN), ("b", ENGLISH), ("c", rss("c", [("c1", "x", "y")])))
+    ]
+    async with start_app({"a": "http://127.0.0.1:9/never-polled.xml"}) as app:
+        rounds: list[int] = []
+        ingest_many = app.store.ingest_many
+
+        def counted(parsed: list[Any], *args: Any) -> Any:
+            rounds.append(len(parsed))
+            return ingest_many(parsed, *args)
+
+        app.store.ingest_many = counted
+        writer = _Writer(app)
+        parsing = asyncio.create_task(app.parse_pool.run(_nap))
+        await asyncio.sleep(0)  # the parse has been handed over
+        first = asyncio.create_task(writer.ingest(batches[0]))
+        await asyncio.sleep(0.2)
+        second = asyncio.create_task(writer.ingest(batches[1]))
+        results = await asyncio.gather(first, second)
+        assert rounds == [2]
+        assert [len(r.new_items) for r in results] == [len(batches[0]), len(batches[1])]
+        await parsing
+        assert app.parse_pool.running == 0
+        third = asyncio.create_task(writer.ingest(batches[2]))
+        await asyncio.sleep(0.2)
+        fourth = asyncio.create_task(writer.ingest(batches[0]))  # seen before: no new item
+        results = await asyncio.gather(third, fourth)
+        assert rounds == [2, 1, 1]
+        assert [len(r.new_items) for r in results] == [1, 0]
 
 
 async def test_feeds_command_shows_health_errors_and_rhythm(
