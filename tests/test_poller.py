@@ -29,8 +29,8 @@ from monitor.app import App, running_app
 from monitor.config import Config
 from monitor.errors import ParseError
 from monitor.models import FeedState, FeedStatus
-from monitor.parse_pool import ParsePool
 from monitor.parse import parse_feed
+from monitor.parse_pool import ParsePool
 from monitor.poller import _Writer, poll_due
 from tests.feeds import ENGLISH, GERMAN, rss
 
