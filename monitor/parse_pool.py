@@ -78,6 +78,12 @@ class ParsePool:
             initargs=(self.memory,),
         )
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether every process has its jobs and more wait for a turn: the pool stays busy
+        for a while even if no job is handed over meanwhile."""
+        return self.running > self.workers * _JOBS_PER_PROCESS
+
     async def run(self, job: Callable[[], T]) -> T:
         """Run job in a worker; raise ParseError if it overruns, runs out of memory or dies."""
         self.running += 1

@@ -34,11 +34,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _FEEDS_PER_TRANSACTION = 32  # bounds how long the writer holds SQLite's write lock
-# While feeds are being parsed, a writer round with fewer feeds' items than this waits up to
-# _GATHER_SECONDS for more: the fixed cost of a round (three transactions, each statement's
-# overhead) is then shared. Alerts wait that much longer; a cycle of unchanged feeds never.
+# While the parse processes have more work queued than they can start, a writer round with
+# fewer feeds' items than _GATHER_FEEDS waits (up to _GATHER_SECONDS) for more: the fixed
+# cost of a round (three transactions, each statement's overhead) is then shared. With no
+# backlog the round runs at once, so that the polls it holds free their places in the window
+# and the parse processes get work. Alerts wait at most that much longer.
 _GATHER_FEEDS = 16
 _GATHER_SECONDS = 0.1
+_GATHER_CHECK = 0.01  # seconds between looks at the backlog while gathering
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +116,11 @@ class _Cycle:
         renewer = asyncio.create_task(self._renew_leases())
         try:
             while True:
-                if not self.exhausted and len(self.in_flight) <= batch:
+                if not self.exhausted and len(self.in_flight) - self.writer.holding <= batch:
                     # One window at a time: a claimed feed waits in this process for its turn
-                    # at its host, and must be polled well within its lease.
+                    # at its host, and must be polled well within its lease. Polls that only
+                    # wait for the writer (which gathers several feeds per round) leave the
+                    # window, so that the fetches and parses never run dry meanwhile.
                     names = None if remaining is None else sorted(remaining)
                     claimed = await self._claim(names, batch, force)
                     if remaining is not None:
@@ -127,8 +132,7 @@ class _Cycle:
                     if self.exhausted:
                         return reports
                     continue  # the claim took only feeds this worker does not poll
-                done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+                for task in await self._next_done():
                     del self.in_flight[task]
                     reports.append(task.result())
         except asyncio.CancelledError:  # shutdown, after its grace period: stop the polls too
@@ -141,6 +145,22 @@ class _Cycle:
             finally:
                 self.renewing = False
                 renewer.cancel()
+
+    async def _next_done(self) -> set[asyncio.Task[PollReport]]:
+        """The polls done by now, once one is, or once a poll is handed to the writer while
+        a claim may follow (the window has room then)."""
+        waiting: set[asyncio.Future[Any]] = set(self.in_flight)
+        handed = None
+        if not self.exhausted:
+            self.writer.handed.clear()
+            handed = asyncio.ensure_future(self.writer.handed.wait())
+            waiting.add(handed)
+        try:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if handed is not None:
+                handed.cancel()
+        return {task for task in self.in_flight if task in done}
 
     async def _renew_leases(self) -> None:
         """Every third of the lease, extend this cycle's leases: a feed waiting for its turn
@@ -323,6 +343,13 @@ class _Writer:
     app: App
     jobs: list[_Job] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    round: list[_Job] = field(default_factory=list)  # the jobs the thread is running
+    handed: asyncio.Event = field(default_factory=asyncio.Event)  # set by each poll's job
+
+    @property
+    def holding(self) -> int:
+        """Polls waiting for the writer: done with the network and their parse."""
+        return sum(job.kind in ("ingest", "finish") for job in (*self.round, *self.jobs))
 
     async def ingest(self, items: Sequence[Item]) -> IngestResult:
         result: IngestResult = await self._queue("ingest", items)
@@ -345,6 +372,8 @@ class _Writer:
     async def _queue(self, kind: str, payload: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.jobs.append(_Job(kind, payload, future))
+        if kind in ("ingest", "finish"):
+            self.handed.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain())
         return await future
@@ -353,10 +382,11 @@ class _Writer:
         taken: list[_Job] = []
         try:
             while self.jobs:
-                if self._more_coming():
-                    await asyncio.sleep(_GATHER_SECONDS)
+                await self._gather()
                 taken, self.jobs = _one_round(self.jobs)
+                self.round = taken
                 results = await asyncio.to_thread(self._round, taken)
+                self.round = []
                 for job, result in zip(taken, results, strict=True):
                     if job.future.done():  # its poll was cancelled
                         continue
@@ -370,12 +400,17 @@ class _Writer:
                 if not job.future.done():
                     job.future.cancel()
 
-    def _more_coming(self) -> bool:
-        """Whether this round should wait for more feeds' items: parses are running (so
-        items are on their way) and the round would store few."""
-        if not self.app.parse_pool.running:
-            return False
-        return sum(job.kind == "ingest" for job in self.jobs) < _GATHER_FEEDS
+    async def _gather(self) -> None:
+        """Wait while more feeds' items are surely on their way and this round would store
+        few: the parse processes are backlogged."""
+        waited = 0.0
+        while waited < _GATHER_SECONDS and self.app.parse_pool.backlogged:
+            if any(job.kind == "call" for job in self.jobs):
+                return  # a claim: the feeds it brings keep the parse processes fed
+            if sum(job.kind == "ingest" for job in self.jobs) >= _GATHER_FEEDS:
+                return
+            await asyncio.sleep(_GATHER_CHECK)
+            waited += _GATHER_CHECK
 
     def _round(self, jobs: list[_Job]) -> list[Any]:
         """Each job's result (or _Failed), in the jobs' order."""

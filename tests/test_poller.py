@@ -770,8 +770,9 @@ async def test_a_memory_hungry_parse_is_stopped_and_the_pool_recovers(pool: Pars
 async def test_the_writer_gathers_feeds_parsed_close_together_into_one_round(
     start_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While parses run, a round waits for more feeds' items (a round's transactions cost
-    the same for one feed as for eight); with none running, it stores what is there at once."""
+    """While the parse processes are backlogged, a round waits for more feeds' items (a
+    round's transactions cost the same for one feed as for sixteen); with no parse waiting,
+    it stores what is there at once."""
     monkeypatch.setattr(poller, "_GATHER_SECONDS", 1.0)
     batches = [
         parse_feed(body, feed_name=name, url=f"https://{name}.example.org/", now=START).items
@@ -787,15 +788,19 @@ async def test_the_writer_gathers_feeds_parsed_close_together_into_one_round(
 
         app.store.ingest_many = counted
         writer = _Writer(app)
-        parsing = asyncio.create_task(app.parse_pool.run(_nap))
-        await asyncio.sleep(0)  # the parse has been handed over
+        # One parse process, three jobs handed to it, a fourth waiting: a backlog.
+        parsing = [asyncio.create_task(app.parse_pool.run(_nap)) for _ in range(4)]
+        await asyncio.sleep(0)  # the parses have been handed over
+        assert app.parse_pool.backlogged
         first = asyncio.create_task(writer.ingest(batches[0]))
         await asyncio.sleep(0.2)
+        assert writer.holding == 1 and writer.handed.is_set()  # out of the cycle's window
         second = asyncio.create_task(writer.ingest(batches[1]))
         results = await asyncio.gather(first, second)
         assert rounds == [2]
         assert [len(r.new_items) for r in results] == [len(batches[0]), len(batches[1])]
-        await parsing
+        assert writer.holding == 0
+        await asyncio.gather(*parsing)
         assert app.parse_pool.running == 0
         third = asyncio.create_task(writer.ingest(batches[2]))
         await asyncio.sleep(0.2)
