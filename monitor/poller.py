@@ -385,8 +385,10 @@ class _Writer:
                 await self._gather()
                 taken, self.jobs = _one_round(self.jobs)
                 self.round = taken
-                results = await asyncio.to_thread(self._round, taken)
-                self.round = []
+                try:
+                    results = await asyncio.to_thread(self._round, taken)
+                finally:
+                    self.round = []
                 for job, result in zip(taken, results, strict=True):
                     if job.future.done():  # its poll was cancelled
                         continue
