@@ -8,7 +8,10 @@ Per configuration: the cold cycle (every feed new), the warm cycle (every feed u
 Also printed: the CPU seconds the workers, PostgreSQL's server and the feed servers used in
 each cold cycle (how busy the 2 cores were), and the lease overhead: the time one worker,
 polling in this process, spends in lease calls (claiming feeds with their hosts and the
-hosts' last requests, releasing hosts) as a share of its warm cycle on PostgreSQL.
+hosts' last requests, releasing hosts) as a share of its warm cycle on PostgreSQL. Last,
+the poll pipeline alone on each engine: one worker polling in this process, no daemon
+composing and sending alerts beside it (which, on PostgreSQL, runs during the cold cycle
+instead of waiting for SQLite's write lock).
 Every configuration runs once per round (BENCH_ROUNDS, default 2) and the best run counts:
 the machine's speed drifts between runs. Needs MONITOR_TEST_POSTGRES_URL (or the default
 local server); prints 'skipped' otherwise.
@@ -30,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 import yaml
@@ -292,9 +295,18 @@ def run(database: str, workers: int, servers: Servers, smtp: Sink, port: int) ->
         }
 
 
-def lease_share(database: str, servers: Servers, port: int) -> tuple[float, float]:
-    """(seconds in lease calls, warm cycle seconds) of one worker polling in this process:
-    the lease overhead itself, without the engine difference in the warm cycle."""
+class InProcess(NamedTuple):
+    """One worker polling in this process, with no daemon around it (no alerts composed
+    or sent meanwhile): the poll pipeline's own cost on an engine."""
+
+    cold: float  # seconds of the cold cycle
+    warm: float  # seconds of the warm cycle
+    leasing: float  # seconds of the warm cycle spent in lease calls
+
+
+def in_process(database: str, servers: Servers, port: int) -> InProcess:
+    """A cold and a warm cycle of one worker polling in this process; in the warm one, the
+    time spent in lease calls: the lease overhead itself, without the engine difference."""
     import asyncio
 
     from monitor.app import running_app
@@ -305,11 +317,13 @@ def lease_share(database: str, servers: Servers, port: int) -> tuple[float, floa
         path = write_config(Path(directory), database, servers, port)
         config = Config.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
 
-    async def cycles() -> tuple[float, float]:
+    async def cycles() -> InProcess:
         import monitor.store
 
         async with running_app(config) as app:
+            started = time.perf_counter()
             await poll_due(app, force=True)  # cold: every item stored
+            cold = time.perf_counter() - started
             spent = [0.0]
             inside = [0]  # a claim releases the worker's idle hosts: count that time once
 
@@ -328,10 +342,15 @@ def lease_share(database: str, servers: Servers, port: int) -> tuple[float, floa
 
             app.store.claim_feeds = timed(app.store.claim_feeds)  # type: ignore[method-assign]
             # The other host releases share the transaction that records polls' outcomes.
-            monitor.store._release_hosts = timed(monitor.store._release_hosts)  # type: ignore[attr-defined]
-            started = time.perf_counter()
-            await poll_due(app, force=True)
-            return spent[0], time.perf_counter() - started
+            release = monitor.store._release_hosts  # type: ignore[attr-defined]
+            monitor.store._release_hosts = timed(release)  # type: ignore[attr-defined]
+            try:
+                started = time.perf_counter()
+                await poll_due(app, force=True)
+                warm = time.perf_counter() - started
+            finally:
+                monitor.store._release_hosts = release  # type: ignore[attr-defined]
+            return InProcess(cold, warm, spent[0])
 
     return asyncio.run(cycles())
 
@@ -413,7 +432,7 @@ def main() -> int:
     # speed drifts by tens of percent within minutes, and the best of each configuration's
     # runs compares them at the same speed more often than one run each does.
     runs: dict[str, list[dict[str, float]]] = {}
-    shares: list[tuple[float, float]] = []
+    alone: dict[str, list[InProcess]] = {"sqlite": [], "postgresql": []}
     try:
         for _ in range(ROUNDS):
             with tempfile.TemporaryDirectory() as directory:
@@ -426,9 +445,12 @@ def main() -> int:
                     runs.setdefault(f"postgresql x{workers}", []).append(outcome)
                 finally:
                     drop()
+            with tempfile.TemporaryDirectory() as directory:
+                database = f"sqlite:///{directory}/alone.db"
+                alone["sqlite"].append(in_process(database, servers, port))
             url, drop = postgres_schema()
             try:
-                shares.append(lease_share(url, servers, port))
+                alone["postgresql"].append(in_process(url, servers, port))
             finally:
                 drop()
     finally:
@@ -466,6 +488,7 @@ def main() -> int:
         f"PostgreSQL x1 vs SQLite x1, cold: {base['cold'] / results['sqlite x1']['cold']:.2f}x"
         " (target <= 1.3x)"
     )
+    shares = [(r.leasing, r.warm) for r in alone["postgresql"]]
     spent, warm = min(shares, key=lambda share: share[0] / share[1])
     percents = ", ".join(f"{s / w * 100:.1f} %" for s, w in shares)
     print(
@@ -473,12 +496,26 @@ def main() -> int:
         f"PostgreSQL = {spent / warm * 100:.1f} % (rounds: {percents}; target <= 5 %; "
         "one worker, in-process)"
     )
+    # The daemon composes and sends alerts while it polls; on PostgreSQL those run beside
+    # the ingest, on SQLite they wait for its write lock. Without them, the engines' cost
+    # in the poll pipeline alone:
+    lite, post = (min(alone[name], key=lambda r: r.cold) for name in ("sqlite", "postgresql"))
+    print(
+        f"poll pipeline alone (one worker in this process, no alerts composed meanwhile): "
+        f"cold SQLite {lite.cold:.2f} s, PostgreSQL {post.cold:.2f} s = "
+        f"{post.cold / lite.cold:.2f}x; warm {min(r.warm for r in alone['sqlite']):.2f} s "
+        f"vs {min(r.warm for r in alone['postgresql']):.2f} s"
+    )
     overhead = base["warm"] / results["sqlite x1"]["warm"] - 1
     print(
         f"warm cycle, PostgreSQL x1 vs SQLite x1: {overhead * 100:+.0f} % "
         "(the engine difference and the lease calls together)"
     )
     print(f"items stored per run: {int(base['items'])}, deliveries: {int(base['deliveries'])}")
+    print(
+        "alert messages sent per run (fewer, larger ones when composing waits): "
+        + ", ".join(f"{name} {int(r['messages'])}" for name, r in results.items())
+    )
     return 0
 
 
