@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import socket
 import threading
@@ -21,6 +22,11 @@ from aiosmtpd.controller import Controller
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "feeds"
 POSTGRES_URL = os.environ.get("MONITOR_TEST_POSTGRES_URL")
+
+# pytest-httpserver's werkzeug logs each request at INFO from the server's own thread: noise
+# here, and a line emitted while a daemon test replaced the root handlers printed a
+# "Logging error" traceback into the run.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
 @pytest.fixture(autouse=True)
