@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import astuple
@@ -14,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from monitor.models import FeedStatus, Hit, Item, Match, OutgoingMessage
-from monitor.store import DigestRun, Store, metadata, open_store
+from monitor.store import DigestRun, Store, _claim_statement, metadata, open_store
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -329,6 +330,46 @@ def test_a_claim_takes_only_the_feeds_the_configuration_polls(
     store.sync_feeds(urls, NOW, polled=set())
     assert claimed(names=["off"]) == ["off"]
     assert store.feed_state("dropped") is not None  # its history stays
+
+
+def test_a_prepared_claim_still_reads_the_due_index(postgres_url: str) -> None:
+    # psycopg prepares a statement on its fifth run, and PostgreSQL may then plan it once for
+    # any parameters. With the disabled status as a parameter, that generic plan guessed
+    # that almost no feed qualifies (every feed has the same status) and read and sorted
+    # every feed on each claim instead of the first due ones from ix_feeds_due.
+    from psycopg import sql
+
+    store = open_store(postgres_url)
+    try:
+        urls = {f"feed-{n:04d}": f"https://h{n % 50}.example.org/{n}.xml" for n in range(600)}
+        store.sync_feeds(urls, NOW - timedelta(hours=1))
+        with store.engine.connect() as connection:
+            connection.execute(sa.text("ANALYZE feeds"))
+            connection.execute(sa.text("ANALYZE hosts"))
+            connection.execute(sa.text("SET plan_cache_mode = force_generic_plan"))
+            compiled = _claim_statement(False, False, False).compile(dialect=connection.dialect)
+            names: list[str] = []  # pyformat parameters -> $1, $2, ... in order of appearance
+
+            def numbered(found: re.Match[str]) -> str:
+                if found.group(1) not in names:
+                    names.append(found.group(1))
+                return f"${names.index(found.group(1)) + 1}"
+
+            prepared = re.sub(r"%\((\w+)\)s", numbered, str(compiled))
+            connection.exec_driver_sql(f"PREPARE claim AS {prepared}")
+            now = NOW.replace(tzinfo=None)
+            given = {**compiled.params, "now": now, "lease_until": now + timedelta(minutes=10)}
+            given |= {"owner": "w1", "cycle": "c1", "limit": 20}
+            driver = connection.connection.driver_connection
+            arguments = ", ".join(sql.Literal(given[n]).as_string(driver) for n in names)
+            explained = connection.exec_driver_sql(f"EXPLAIN EXECUTE claim({arguments})")
+            plan = "\n".join(row[0] for row in explained)
+            connection.rollback()
+    finally:
+        store.close()
+    picking = plan.split("CTE leased")[0]  # the plan of the CTE that picks the due feeds
+    assert "ix_feeds_due" in picking, plan
+    assert "Seq Scan on feeds" not in picking, plan
 
 
 def test_one_cycle_claims_each_feed_once(store: Store) -> None:
