@@ -42,6 +42,11 @@ _FEEDS_PER_TRANSACTION = 32  # bounds how long the writer holds SQLite's write l
 _GATHER_FEEDS = 16
 _GATHER_SECONDS = 0.1
 _GATHER_CHECK = 0.01  # seconds between looks at the backlog while gathering
+# A round of poll outcomes alone (a warm cycle's: every feed unchanged) waits for more for
+# up to as long as the last round took, at most _GATHER_OUTCOMES_SECONDS: the round's fixed
+# cost (on PostgreSQL a few round trips, milliseconds; on SQLite under one) is then shared
+# by about twice as many feeds, and an outcome's time in the writer at most doubles.
+_GATHER_OUTCOMES_SECONDS = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +350,7 @@ class _Writer:
     task: asyncio.Task[None] | None = None
     round: list[_Job] = field(default_factory=list)  # the jobs the thread is running
     handed: asyncio.Event = field(default_factory=asyncio.Event)  # set by each poll's job
+    last_round: float = 0.0  # seconds the thread took for the last round
 
     @property
     def holding(self) -> int:
@@ -385,10 +391,12 @@ class _Writer:
                 await self._gather()
                 taken, self.jobs = _one_round(self.jobs)
                 self.round = taken
+                began = time.monotonic()
                 try:
                     results = await asyncio.to_thread(self._round, taken)
                 finally:
                     self.round = []
+                    self.last_round = time.monotonic() - began
                 for job, result in zip(taken, results, strict=True):
                     if job.future.done():  # its poll was cancelled
                         continue
@@ -403,16 +411,23 @@ class _Writer:
                     job.future.cancel()
 
     async def _gather(self) -> None:
-        """Wait while more feeds' items are surely on their way and this round would store
-        few: the parse processes are backlogged."""
-        waited = 0.0
-        while waited < _GATHER_SECONDS and self.app.parse_pool.backlogged:
-            if any(job.kind == "call" for job in self.jobs):
-                return  # a claim: the feeds it brings keep the parse processes fed
-            if sum(job.kind == "ingest" for job in self.jobs) >= _GATHER_FEEDS:
+        """Wait while more work is surely on its way and this round would be small: feeds'
+        items while the parse processes are backlogged; poll outcomes alone, briefly (see
+        _GATHER_OUTCOMES_SECONDS). Never while a claim waits: the feeds it brings keep the
+        fetches and parses going."""
+        started = time.monotonic()
+        outcomes_for = min(self.last_round, _GATHER_OUTCOMES_SECONDS)
+        while not any(job.kind == "call" for job in self.jobs):
+            waited = time.monotonic() - started
+            ingests = sum(job.kind == "ingest" for job in self.jobs)
+            if self.app.parse_pool.backlogged:
+                if ingests >= _GATHER_FEEDS or waited >= _GATHER_SECONDS:
+                    return
+                await asyncio.sleep(_GATHER_CHECK)
+                continue
+            if ingests or len(self.jobs) >= _GATHER_FEEDS or waited >= outcomes_for:
                 return
-            await asyncio.sleep(_GATHER_CHECK)
-            waited += _GATHER_CHECK
+            await asyncio.sleep(min(_GATHER_CHECK, outcomes_for - waited))
 
     def _round(self, jobs: list[_Job]) -> list[Any]:
         """Each job's result (or _Failed), in the jobs' order."""

@@ -810,6 +810,45 @@ async def test_the_writer_gathers_feeds_parsed_close_together_into_one_round(
         assert [len(r.new_items) for r in results] == [1, 0]
 
 
+async def test_the_writer_shares_a_round_among_poll_outcomes_arriving_while_it_waits(
+    start_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no feed's items to store (a warm cycle), a round of outcomes waits for more for
+    as long as the last round took, not longer, and not at all once a claim is queued."""
+    monkeypatch.setattr(poller, "_GATHER_OUTCOMES_SECONDS", 10.0)
+    async with start_app({"a": "http://127.0.0.1:9/never-polled.xml"}) as app:
+        rounds: list[int] = []
+        finish_polls = app.store.finish_polls
+
+        def counted(outcomes: Any, *args: Any) -> Any:
+            rounds.append(len(outcomes))
+            return finish_polls(outcomes, *args)
+
+        app.store.finish_polls = counted
+        writer = _Writer(app)
+        values = {"last_error": None}
+        writer.last_round = 0.5  # rounds are slow: share them
+        first = asyncio.create_task(writer.finish("a", values))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(writer.finish("a", values))
+        await asyncio.gather(first, second)
+        assert rounds == [2]
+        writer.last_round = 0.0  # rounds are cheap: each outcome at once
+        third = asyncio.create_task(writer.finish("a", values))
+        await asyncio.sleep(0.1)
+        fourth = asyncio.create_task(writer.finish("a", values))
+        await asyncio.gather(third, fourth)
+        assert rounds == [2, 1, 1]
+        writer.last_round = 5.0
+        began = time.monotonic()
+        fifth = asyncio.create_task(writer.finish("a", values))
+        await asyncio.sleep(0.05)
+        assert await writer.call(lambda: 42) == 42  # a claim: the round runs now
+        await fifth
+        assert rounds == [2, 1, 1, 1]
+        assert time.monotonic() - began < 2.5  # not the 5 s the round could have waited
+
+
 async def test_feeds_command_shows_health_errors_and_rhythm(
     httpserver: HTTPServer,
     start_app: Callable[..., Any],
