@@ -1591,7 +1591,7 @@ def _claim_query(dialect: str, named: bool, force: bool, with_disabled: bool) ->
         # plan it for any parameters, and guessed from `status <> $n` (every feed has the
         # same status) that almost no feed qualifies: it read and sorted all feeds on each
         # claim instead of taking the first due ones from ix_feeds_due.
-        disabled: Any = sa.literal_column(f"'{FeedStatus.DISABLED.value}'")  # a fixed word
+        disabled = sa.literal_column(f"'{FeedStatus.DISABLED.value}'", sa.Text)  # fixed word
         query = query.where(feeds.c.status != disabled)
     if not force:  # never NULL when due: only a disabled feed has no next poll
         query = query.where(feeds.c.next_poll_at <= now)
