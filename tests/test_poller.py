@@ -7,8 +7,10 @@ App.clock and advanced by hand; nothing here sleeps to wait for a schedule.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import logging
+import multiprocessing
 import signal
 import socket
 import struct
@@ -762,6 +764,25 @@ async def test_a_memory_hungry_parse_is_stopped_and_the_pool_recovers(pool: Pars
     with pytest.raises(ParseError, match=r"memory|died"):
         await pool.run(_hog)
     assert await pool.run(_answer) == 42
+
+
+async def test_the_parse_processes_start_with_the_pool_with_the_parser_loaded() -> None:
+    """The first parses of a cycle find their processes running and feedparser imported:
+    they neither wait for a process to start nor spend it importing."""
+    before = {process.pid for process in multiprocessing.active_children()}
+    pool = ParsePool(workers=2, timeout=5, memory=512 * 2**20)
+    try:
+        started = {process.pid for process in multiprocessing.active_children()} - before
+        assert len(started) >= 2  # the fork server, if new, is not a child Process
+        # Run by eval, in the worker as it is: no module of ours is imported to unpickle it.
+        loaded = functools.partial(
+            eval, "__import__('os').getpid(), 'feedparser' in __import__('sys').modules"
+        )
+        results = await asyncio.gather(*(pool.run(loaded) for _ in range(6)))
+        assert {pid for pid, _ in results} <= started
+        assert all(found for _, found in results)
+    finally:
+        pool.close()
 
 
 # ----------------------------------------------------------------------------- monitor feeds
