@@ -662,6 +662,7 @@ class Store:
         self._candidates: dict[int, tuple[datetime, Candidate]] = {}
         # Look for matches a crash left unqueued (see ingest_many) once, with the first items.
         self._sweep = True
+        self._grouped: bool | None = None  # the dedupe key scheme, once a first ingest committed
 
     def close(self) -> None:
         self.engine.dispose()
@@ -970,7 +971,9 @@ class Store:
         leaves matches without deliveries: `_settle` finds them at the next start.
         """
         with self._tx() as tx:
-            results, unsettled = self._ingest(tx, batches, match, recipients, now)
+            grouped = self._grouped if self._grouped is not None else _grouped_keys(tx)
+            results, unsettled = self._ingest(tx, batches, match, recipients, now, grouped)
+        self._grouped = grouped  # stored: with the first keys, the scheme's row committed
         try:
             self._settle(unsettled, recipients, now)
         except Exception:  # the items are stored: their deliveries follow with the next batch
@@ -985,11 +988,13 @@ class Store:
         match: Callable[[Item], Sequence[Match]],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
+        grouped: bool,
     ) -> tuple[list[IngestResult], list[_Recorded]]:
         """Store every batch's new items, in a few statements for all of them (on
         PostgreSQL each statement is a round trip). An item a batch shares with an earlier
-        batch of the same call is handled as that batch's item seen again."""
-        uniques = [_first_of_each(batch) for batch in batches]
+        batch of the same call is handled as that batch's item seen again. `grouped`: the
+        dedupe key scheme (_grouped_keys)."""
+        uniques = [_first_of_each(batch, grouped) for batch in batches]
         known = _known_keys(tx, {h for u in uniques for _, hashes in u for h in hashes}, now)
         claimed: dict[int, Item] = {}  # key hash -> the new item of this call that has it
         fresh: list[list[tuple[Item, tuple[int, ...]]]] = []
@@ -1542,6 +1547,7 @@ def item_row(item: Item, now: datetime) -> dict[str, Any]:
 
 _STORY_LOCK = 0x73746F72696573  # "stories": one clustering transaction at a time on PostgreSQL
 _MAX_PARAMETERS = 20000  # values per IN list: bounds one statement's size
+_KEY_SCHEME = "dedupe_keys"  # meta: "grouped", or no row for the earlier kind (_grouped_keys)
 _TOUCH_AFTER = timedelta(days=1)  # refresh a key's last_seen_at at most daily
 _CANDIDATE_CACHE_SIZE = 100_000  # clustered items kept in memory: ~0.5 KB each
 
@@ -1667,12 +1673,27 @@ def _among(tx: Connection, column: Any, values: Sequence[Any], kind: Any = sa.Bi
     return column.in_(_listed_select(tx.dialect.name, listed))
 
 
-def _first_of_each(batch: Sequence[Item]) -> list[tuple[Item, tuple[int, ...]]]:
+def _grouped_keys(tx: Connection) -> bool:
+    """Whether this database's dedupe keys are grouped (stories.dedupe_keys): those of a
+    database that had none when this version first stored items. One that has keys of the
+    earlier, ungrouped kind keeps that kind: its keys must still find its items. Decided in
+    the first ingest's transaction, so the first keys and the scheme are stored together."""
+    stored = tx.execute(sa.select(meta.c.value).where(meta.c.key == _KEY_SCHEME)).scalar()
+    if stored is not None:
+        return bool(stored == "grouped")
+    if tx.execute(sa.select(item_keys.c.hash).limit(1)).first() is not None:
+        return False
+    row = {"key": _KEY_SCHEME, "value": "grouped"}
+    tx.execute(_insert(tx, meta).values(row).on_conflict_do_nothing(index_elements=["key"]))
+    return True
+
+
+def _first_of_each(batch: Sequence[Item], grouped: bool) -> list[tuple[Item, tuple[int, ...]]]:
     """The batch without repeats (by any dedupe key), each item with its key hashes."""
     seen: set[int] = set()
     unique = []
     for item in batch:
-        hashes = dedupe_keys(item)
+        hashes = dedupe_keys(item, grouped)
         if not seen.intersection(hashes):
             unique.append((item, hashes))
         seen.update(hashes)

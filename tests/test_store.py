@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from monitor.models import FeedStatus, Hit, Item, Match, OutgoingMessage
 from monitor.store import DigestRun, Store, _claim_statement, metadata, open_store
+from monitor.stories import dedupe_keys
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -107,6 +108,60 @@ def test_one_article_in_two_feeds_of_one_ingest_is_stored_once_with_both_outlets
     assert entries[0].also_reported_by == (("spiegel", copy.url),)
     # Its GUID was recorded too: the copy is known on its own from now on.
     assert store.ingest([copy], match_all, RECIPIENTS, NOW).new_items == ()
+
+
+def _stored_keys(store: Store) -> set[int]:
+    with store.engine.connect() as connection:
+        return set(connection.execute(sa.text("SELECT hash FROM item_keys")).scalars())
+
+
+def test_a_new_database_groups_its_dedupe_keys_and_an_earlier_one_keeps_its_own(
+    database_url: str,
+) -> None:
+    """A database that had no keys groups them by host and feed (stories.dedupe_keys); one
+    whose keys were stored ungrouped, by an earlier version, keeps finding its items."""
+    store = open_store(database_url)
+    try:
+        store.ingest([make_item(1)], match_all, RECIPIENTS, NOW)
+        assert store.get_meta("dedupe_keys") == "grouped"
+        assert _stored_keys(store) == set(dedupe_keys(make_item(1)))
+    finally:
+        store.close()
+    earlier = open_store(database_url)
+    try:  # the same database, as an earlier version left it: ungrouped keys, no scheme row
+        with earlier.engine.begin() as connection:
+            for table in ("deliveries", "matches", "story_bands", "story_members", "stories"):
+                connection.execute(sa.text(f"DELETE FROM {table}"))
+            connection.execute(sa.text("DELETE FROM item_sources"))
+            connection.execute(sa.text("DELETE FROM item_keys"))
+            connection.execute(sa.text("DELETE FROM items"))
+            connection.execute(sa.text("DELETE FROM meta WHERE key = 'dedupe_keys'"))
+        earlier._grouped = False  # what it did
+        earlier.ingest([make_item(1)], match_all, RECIPIENTS, NOW)
+        assert _stored_keys(earlier) == set(dedupe_keys(make_item(1), grouped=False))
+    finally:
+        earlier.close()
+    upgraded = open_store(database_url)
+    try:
+        assert upgraded.ingest([make_item(1)], match_all, RECIPIENTS, NOW).new_items == ()
+        assert upgraded.ingest([make_item(2)], match_all, RECIPIENTS, NOW).new_items
+        assert upgraded.get_meta("dedupe_keys") is None
+        ungrouped = {*dedupe_keys(make_item(1), False), *dedupe_keys(make_item(2), False)}
+        assert _stored_keys(upgraded) == ungrouped
+    finally:
+        upgraded.close()
+
+
+def test_a_rolled_back_first_ingest_leaves_the_key_scheme_undecided(store: Store) -> None:
+    def failing(item: Item) -> list[Match]:
+        raise RuntimeError("matcher bug")
+
+    with pytest.raises(RuntimeError):
+        store.ingest([make_item(1)], failing, RECIPIENTS, NOW)
+    assert store.get_meta("dedupe_keys") is None and not _stored_keys(store)
+    store.ingest([make_item(1)], match_all, RECIPIENTS, NOW)
+    assert store.get_meta("dedupe_keys") == "grouped"
+    assert _stored_keys(store) == set(dedupe_keys(make_item(1)))
 
 
 def test_claim_is_exclusive_and_mark_sent_finishes(store: Store) -> None:

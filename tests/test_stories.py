@@ -102,6 +102,21 @@ def test_dedupe_keys_name_url_and_feed_guid() -> None:
     assert dedupe_keys(replace(item, feed="spiegel"))[0] == dedupe_keys(item)[0]  # same URL
     no_link = replace(item, key="g:heise:x", url="")
     assert dedupe_keys(no_link) == dedupe_keys(item)[1:]
+    for grouped in (True, False):
+        assert dedupe_keys(no_link, grouped) == dedupe_keys(item, grouped)[1:]
+        assert all(0 <= key < 2**63 for key in dedupe_keys(item, grouped))  # a BIGINT
+
+
+def test_grouped_dedupe_keys_of_one_host_or_feed_lie_side_by_side() -> None:
+    """One feed's new keys land in one region of the key index (few pages rewritten per
+    commit); the earlier, ungrouped keys scatter."""
+    items = [make_item(f"a{n}", feed="heise") for n in range(50)]
+    other = make_item("a0", feed="spiegel")
+    top = {key >> 51 for item in items for key in dedupe_keys(item)}
+    assert len(top) <= 2  # the link's host, the feed
+    assert {key >> 51 for key in dedupe_keys(other)}.isdisjoint(top)
+    assert len({key >> 51 for item in items for key in dedupe_keys(item, False)}) > 50
+    assert len({k for item in items for k in dedupe_keys(item)}) == 100  # still all distinct
 
 
 # --------------------------------------------------------------------------- the store
