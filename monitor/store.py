@@ -2003,11 +2003,8 @@ def _unsettled_matches(tx: Connection, since: datetime | None = None) -> list[_R
 
 
 def _in_stories(tx: Connection, item_ids: Iterable[int]) -> set[int]:
-    found: set[int] = set()
-    for chunk in _chunks(item_ids):
-        query = sa.select(story_members.c.item_id).where(_among(tx, story_members.c.item_id, chunk))
-        found.update(tx.execute(query).scalars())
-    return found
+    sql = "SELECT item_id FROM story_members WHERE item_id {among}"
+    return {item_id for (item_id,) in _select_among(tx, sql, item_ids)}
 
 
 def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:

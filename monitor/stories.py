@@ -25,6 +25,7 @@ repeats one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from array import array
@@ -157,7 +158,12 @@ _REST_MASK = (1 << _REST) - 1
 
 
 def _grouped_hash(group: str, text: str) -> int:
-    return (stable_hash(group) >> _REST << _REST) | (stable_hash(text) & _REST_MASK)
+    return _group_bits(group) | (stable_hash(text) & _REST_MASK)
+
+
+@functools.lru_cache(maxsize=4096)  # hosts and feeds recur in every round
+def _group_bits(group: str) -> int:
+    return stable_hash(group) >> _REST << _REST
 
 
 def content_hash(item: Item) -> str:
