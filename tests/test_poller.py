@@ -632,6 +632,28 @@ async def test_two_workers_never_poll_a_feed_twice(
     assert sorted(polled) == sorted(feeds) and len(requests_to(httpserver, "/shared")) == 30
 
 
+async def test_a_cycle_claims_two_windows_once_one_has_room(
+    httpserver: HTTPServer, start_app: Callable[..., Any]
+) -> None:
+    """Claims cost round trips beyond their rows on PostgreSQL: each takes twice the
+    concurrency, and the next comes only once no more than the concurrency is in flight."""
+    httpserver.expect_request("/shared").respond_with_data(GERMAN)
+    feeds = {f"f{n}": httpserver.url_for(f"/shared?n={n}") for n in range(9)}
+    async with start_app(feeds, concurrency=2) as app:
+        claim_feeds, claims = app.store.claim_feeds, []
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            claim = claim_feeds(*args, **kwargs)
+            claims.append((args[3], len(claim.feeds)))
+            return claim
+
+        app.store.claim_feeds = counted  # type: ignore[method-assign]
+        report = await poll_due(app, force=True)
+    assert len(report.polls) == 9 and report.failed == 0
+    assert {limit for limit, _ in claims} == {4}
+    assert [taken for _, taken in claims][:3] == [4, 4, 1]
+
+
 async def _together(*jobs: Any) -> list[Any]:
     import asyncio
 
