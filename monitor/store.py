@@ -340,7 +340,18 @@ def create_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    sa.event.listen(engine, "rollback", _forget_staging)
+    return engine
+
+
+_STAGED = "monitor_staged"  # connection info: the session's staging tables (_copy_insert)
+
+
+def _forget_staging(connection: Connection) -> None:
+    """A rollback may have undone the creation of a staging table: create them again."""
+    if not connection.invalidated:  # else its session is gone, and its info with it
+        connection.info.pop(_STAGED, None)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -415,7 +426,8 @@ def _bulk_insert(
     cursor = tx.connection.cursor()
     try:
         if tx.dialect.name == "postgresql":
-            return _copy_insert(cursor, table.name, columns, rows, tail, bool(returning))
+            staged = tx.connection.info.setdefault(_STAGED, set())
+            return _copy_insert(cursor, staged, table.name, columns, rows, tail, bool(returning))
         one = "(" + ", ".join("?" * len(columns)) + ")"
         if not returning:
             cursor.executemany(f"INSERT INTO {table.name} ({names}) VALUES {one}{tail}", rows)
@@ -435,6 +447,7 @@ def _bulk_insert(
 
 def _copy_insert(
     cursor: Any,
+    staged: set[str],
     table: str,
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
@@ -446,13 +459,18 @@ def _copy_insert(
     on PostgreSQL), and it costs the server less too. The staging table is this session's,
     emptied at commit; its rows are taken out as they are inserted, so several inserts into
     one table share it in a transaction. Rows go in sorted, as every worker inserts them,
-    so that two cannot deadlock on a unique index."""
+    so that two cannot deadlock on a unique index. `staged`: the staging tables this
+    session has, created at most once per session (each creation was a round trip, seven
+    per writer round); a rollback may undo a creation, so it empties the set
+    (_forget_staging)."""
     names = ", ".join(columns)
     stage = f"monitor_stage_{table}_{zlib.crc32(names.encode()):08x}"  # one per column set
-    cursor.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
-        f"SELECT {names} FROM {table} WITH NO DATA"
-    )
+    if stage not in staged:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+            f"SELECT {names} FROM {table} WITH NO DATA"
+        )
+        staged.add(stage)
     with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)

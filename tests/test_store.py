@@ -159,6 +159,8 @@ def test_a_rolled_back_first_ingest_leaves_the_key_scheme_undecided(store: Store
     with pytest.raises(RuntimeError):
         store.ingest([make_item(1)], failing, RECIPIENTS, NOW)
     assert store.get_meta("dedupe_keys") is None and not _stored_keys(store)
+    # On PostgreSQL the rollback also undid the creation of the session's staging tables:
+    # the next ingest must create them again (store._forget_staging).
     store.ingest([make_item(1)], match_all, RECIPIENTS, NOW)
     assert store.get_meta("dedupe_keys") == "grouped"
     assert _stored_keys(store) == set(dedupe_keys(make_item(1)))
