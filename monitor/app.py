@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import uuid
@@ -94,11 +95,21 @@ def build_parse_pool(config: Config) -> ParsePool:
     return ParsePool(polling.parse_workers, polling.parse_timeout, polling.parse_memory)
 
 
+# The interpreter's cyclic garbage collector looks at the youngest objects after every 700
+# more allocated than freed. A cycle keeps tens of thousands of items and rows alive for a
+# while, so it ran 510 times in a cold cycle of 1,000 feeds, 0.5-0.7 s of the main process's
+# CPU (a tenth); every 10,000, 20 times, 0.1 s. Almost everything here is freed by reference
+# counting anyway; the few cycles just wait a little longer.
+_GC_YOUNG_THRESHOLD = 10_000
+
+
 @asynccontextmanager
 async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[App]:
     """Open the store (migrating it), the HTTP session and the parse pool; close them after."""
     store = open_store(config.database, build_dedupe(config))
     pool = build_parse_pool(config)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], _GC_YOUNG_THRESHOLD), *thresholds[1:])
     try:
         async with Fetcher(config.polling) as fetcher:
             app = App(
@@ -121,3 +132,4 @@ async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[A
     finally:
         pool.close()
         store.close()
+        gc.set_threshold(*thresholds)
