@@ -102,6 +102,8 @@ class _Cycle:
     owner: str
     configured: dict[str, FeedConfig]
     in_flight: dict[asyncio.Task[PollReport], str] = field(default_factory=dict)  # -> feed
+    finished: list[asyncio.Task[PollReport]] = field(default_factory=list)  # not yet collected
+    polled: asyncio.Event = field(default_factory=asyncio.Event)  # set as each poll ends
     host_load: dict[str, int] = field(default_factory=dict)  # feeds in flight per leased host
     host_blocks: dict[str, datetime] = field(default_factory=dict)
     # Hosts with no feed in flight, still leased: (last request, blocked until). The next
@@ -156,21 +158,28 @@ class _Cycle:
                 self.renewing = False
                 renewer.cancel()
 
-    async def _next_done(self) -> set[asyncio.Task[PollReport]]:
+    async def _next_done(self) -> list[asyncio.Task[PollReport]]:
         """The polls done by now, once one is, or once a poll is handed to the writer while
-        a claim may follow (the window has room then)."""
-        waiting: set[asyncio.Future[Any]] = set(self.in_flight)
-        handed = None
-        if not self.exhausted:
-            self.writer.handed.clear()
-            handed = asyncio.ensure_future(self.writer.handed.wait())
-            waiting.add(handed)
-        try:
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if handed is not None:
-                handed.cancel()
-        return {task for task in self.in_flight if task in done}
+        a claim may follow (the window has room then). Each poll reports its end itself
+        (_collect): waiting on every poll in flight each time cost a pass over all of them
+        per poll done (0.2 s of the event loop's time in a cold cycle of 1,000 feeds)."""
+        if not self.finished:
+            self.polled.clear()
+            waiting = {asyncio.ensure_future(self.polled.wait())}
+            if not self.exhausted:
+                self.writer.handed.clear()
+                waiting.add(asyncio.ensure_future(self.writer.handed.wait()))
+            try:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiting:
+                    waiter.cancel()
+        done, self.finished = self.finished, []
+        return done
+
+    def _collect(self, task: asyncio.Task[PollReport]) -> None:
+        self.finished.append(task)
+        self.polled.set()
 
     async def _renew_leases(self) -> None:
         """Every third of the lease, extend this cycle's leases: a feed waiting for its turn
@@ -251,7 +260,9 @@ class _Cycle:
             self.host_load[state.host] = self.host_load.get(state.host, 0) + 1
         self._hold_off({host: claim.last_requests.get(host) for host in new_hosts}, now)
         for state in states:
-            self.in_flight[asyncio.create_task(self._poll(state))] = state.name
+            task = asyncio.create_task(self._poll(state))
+            task.add_done_callback(self._collect)
+            self.in_flight[task] = state.name
         if len(states) < len(claim.feeds):
             await self._hand_over(claim, now)
         return [state.name for state in claim.feeds]
