@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import io
+import pickle
 import time
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +11,9 @@ import feedparser
 import pytest
 
 from monitor.errors import ParseError
+from monitor.models import Item
 from monitor.parse import parse_feed
+from tests.feeds import GERMAN
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -164,3 +168,17 @@ def test_ids_of_items_without_a_link_stay_what_earlier_versions_stored(guid: str
     item = parse(body).items[0]  # type: ignore[attr-defined]
     assert item.guid == earlier.id
     assert item.url == (earlier.get("link") or "")
+
+
+def test_parsed_items_cross_to_the_daemon_whole() -> None:
+    """Items come back from the parse processes pickled (Item.__reduce__): every field, with
+    its type, arrives; a field added to Item comes along without touching __reduce__."""
+    items = parse_feed(GERMAN, feed_name="n-tv", url="https://n-tv.example/rss", now=NOW).items
+    assert items
+    for item in items:
+        copy = pickle.loads(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+        assert copy == item and type(copy) is Item
+        assert [getattr(copy, f.name) for f in fields(Item)] == [
+            getattr(item, f.name) for f in fields(Item)
+        ]
+        assert copy.published.tzinfo is not None
