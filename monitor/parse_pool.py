@@ -154,4 +154,11 @@ class ParsePool:
             process.kill()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """End the processes, then wait for the pool's own thread to finish. Left to finish
+        by itself, that thread may still be closing its pipe when the interpreter exits, and
+        concurrent.futures' exit hook then writes to the closed pipe: a "Bad file
+        descriptor" traceback at every other exit (Python 3.11), since the pool starts with
+        the app. A parse still running is not waited for (up to `parse_timeout`)."""
+        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+            process.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -816,7 +816,15 @@ async def test_the_parse_processes_start_with_the_pool_with_the_parser_loaded() 
         assert {pid for pid, _ in results} <= started
         assert all(found for _, found in results)
     finally:
+        manager = pool._pool._executor_manager_thread  # type: ignore[attr-defined]
         pool.close()
+    # Its thread is done: none is left to race the interpreter's exit hook.
+    assert manager is not None and not manager.is_alive()
+    assert not any(
+        process.is_alive()
+        for process in multiprocessing.active_children()
+        if process.pid in started
+    )
 
 
 # ----------------------------------------------------------------------------- monitor feeds
