@@ -20,7 +20,7 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from monitor.errors import ParseError
 
@@ -148,7 +148,7 @@ class ParsePool:
             return
         self._pool = self._start()
         # The executor cannot stop a running call; ending its processes is the only way.
-        processes = list(getattr(pool, "_processes", {}).values())
+        processes = _processes(pool)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.kill()
@@ -159,6 +159,12 @@ class ParsePool:
         concurrent.futures' exit hook then writes to the closed pipe: a "Bad file
         descriptor" traceback at every other exit (Python 3.11), since the pool starts with
         the app. A parse still running is not waited for (up to `parse_timeout`)."""
-        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+        for process in _processes(self._pool):
             process.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _processes(pool: ProcessPoolExecutor) -> list[Any]:
+    """The pool's worker processes. Private to the executor (None once it is shut down),
+    but the only way to end a call it cannot stop."""
+    return list((getattr(pool, "_processes", None) or {}).values())

@@ -34,15 +34,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _FEEDS_PER_TRANSACTION = 32  # bounds how long the writer holds SQLite's write lock
+# A claim costs about 2 ms beyond its rows on PostgreSQL (round trips, the statement's own
+# work): two windows per claim halve the claims of a cycle (bench_workers: 16 instead of 31
+# per 600-feed warm cycle, lease calls 7-8 % of it instead of 9-11 %).
+_CLAIM_WINDOWS = 2
 # While the parse processes have more work queued than they can start, a writer round with
 # fewer feeds' items than _GATHER_FEEDS waits (up to _GATHER_SECONDS) for more: the fixed
 # cost of a round (three transactions, each statement's overhead) is then shared. With no
 # backlog the round runs at once, so that the polls it holds free their places in the window
 # and the parse processes get work. Alerts wait at most that much longer.
-# A claim costs about 2 ms beyond its rows on PostgreSQL (round trips, the statement's own
-# work): two windows per claim halve the claims of a cycle (bench_workers: 16 instead of 31
-# per 600-feed warm cycle, lease calls 7-8 % of it instead of 9-11 %).
-_CLAIM_WINDOWS = 2
 _GATHER_FEEDS = 16
 _GATHER_SECONDS = 0.1
 _GATHER_CHECK = 0.01  # seconds between looks at the backlog while gathering

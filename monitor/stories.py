@@ -139,14 +139,15 @@ def dedupe_keys(item: Item, grouped: bool = True) -> tuple[int, ...]:
     new items then rewrites a few of its pages, not nearly all of them (bench: the ingest
     transactions wrote 91 MiB of SQLite WAL instead of 253 MiB for 44,563 new items).
     Databases whose keys were stored ungrouped keep that scheme (Store._grouped_keys)."""
-    if not grouped:
-        keys = [stable_hash(f"g:{item.feed}\0{item.guid}")]
-        if item.key.startswith("u:"):
-            keys.insert(0, stable_hash(item.key))
-        return tuple(keys)
-    keys = [_grouped_hash(item.feed, f"g:{item.feed}\0{item.guid}")]
+
+    def key(group: str, text: str) -> int:
+        return (
+            _group_bits(group) | (stable_hash(text) & _REST_MASK) if grouped else stable_hash(text)
+        )
+
+    keys = [key(item.feed, f"g:{item.feed}\0{item.guid}")]
     if item.key.startswith("u:"):
-        keys.insert(0, _grouped_hash(item.key[2:].split("/", 1)[0], item.key))
+        keys.insert(0, key(item.key[2:].split("/", 1)[0], item.key))
     return tuple(keys)
 
 
@@ -155,10 +156,6 @@ def dedupe_keys(item: Item, grouped: bool = True) -> tuple[int, ...]:
 _GROUP_BITS = 12
 _REST = 63 - _GROUP_BITS
 _REST_MASK = (1 << _REST) - 1
-
-
-def _grouped_hash(group: str, text: str) -> int:
-    return _group_bits(group) | (stable_hash(text) & _REST_MASK)
 
 
 @functools.lru_cache(maxsize=4096)  # hosts and feeds recur in every round
