@@ -178,7 +178,8 @@ deliveries = sa.Table(
     sa.Column("watchlist", sa.Text, nullable=False),
     sa.Column("recipient", sa.Text, nullable=False),
     sa.Column("status", sa.Text, nullable=False),  # pending | claimed | sent | dead
-    sa.Column("message_id", sa.Text, sa.ForeignKey("messages.message_id")),
+    # Indexed (migration 0007): marking a message sent updates the deliveries it carries.
+    sa.Column("message_id", sa.Text, sa.ForeignKey("messages.message_id"), index=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),
     sa.UniqueConstraint("match_id", "recipient", name="uq_deliveries_match_recipient"),

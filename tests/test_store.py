@@ -181,6 +181,21 @@ def test_claim_is_exclusive_and_mark_sent_finishes(store: Store) -> None:
     assert (outbox.pending, outbox.ready, outbox.dead) == (1, 0, 0)  # b@ still pending
 
 
+def test_marking_a_message_finds_its_deliveries_by_index(store: Store) -> None:
+    # mark_sent / mark_dead update the deliveries a message carries. Without an index on
+    # deliveries.message_id each send read every delivery ever made.
+    update = "UPDATE deliveries SET status = 'sent' WHERE message_id = '<m@x>'"
+    with store.engine.begin() as connection:
+        if store.is_sqlite:
+            plan = " ".join(
+                str(row[-1]) for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {update}")
+            )
+        else:  # the table is tiny: forbid the scan, so only an index can avoid it
+            connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = " ".join(str(row[0]) for row in connection.exec_driver_sql(f"EXPLAIN {update}"))
+    assert "ix_deliveries_message_id" in plan, plan
+
+
 def test_retry_then_dead_letter(store: Store) -> None:
     store.ingest([make_item(1)], match_all, {"xAI": ("a@example.org",)}, NOW)
     ids = [e.delivery_ids[0] for _, e in store.pending_entries()]
