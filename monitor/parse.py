@@ -7,10 +7,12 @@ deadline: a hostile document can neither block the event loop nor exhaust the da
 from __future__ import annotations
 
 import calendar
+import copy
 import hashlib
 import io
 import json
 import re
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +20,8 @@ from typing import Any
 from urllib.parse import urljoin
 
 import feedparser
+import feedparser.mixin
+from feedparser.util import FeedParserDict
 
 from monitor.errors import ParseError
 from monitor.models import Item
@@ -38,6 +42,33 @@ _SY_PERIODS = {
     "monthly": 30 * 86400,
     "yearly": 365 * 86400,
 }
+
+
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def _deepcopy(value: Any) -> Any:
+    """copy.deepcopy as feedparser's parser uses it. For the title, summary and content of
+    every item it deep-copies the element's content parameters, a dict of a few strings
+    (type, language, base), by copy's generic reduce-and-rebuild: about a tenth of our parse
+    time on bench_poll's feeds. A dict whose values are all immutable is deep-copied exactly by
+    copying the dict itself; anything else still goes to copy.deepcopy."""
+    if type(value) is FeedParserDict and all(type(v) in _IMMUTABLE for v in value.values()):
+        return FeedParserDict(value)
+    return copy.deepcopy(value)
+
+
+def _cheaper_deepcopy_in_feedparser() -> None:
+    """Give feedparser's parser module a `copy` module whose deepcopy is `_deepcopy` (the
+    rest unchanged), where that parser module uses the copy module as we know it."""
+    if getattr(feedparser.mixin, "copy", None) is copy:
+        patched = types.ModuleType("copy")
+        patched.__dict__.update(vars(copy))
+        patched.deepcopy = _deepcopy  # type: ignore[attr-defined]
+        feedparser.mixin.copy = patched
+
+
+_cheaper_deepcopy_in_feedparser()
 
 
 @dataclass(frozen=True, slots=True)

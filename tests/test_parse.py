@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import io
 import pickle
 import time
@@ -8,11 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import feedparser
+import feedparser.mixin
 import pytest
+from feedparser.util import FeedParserDict
 
 from monitor.errors import ParseError
 from monitor.models import Item
-from monitor.parse import parse_feed
+from monitor.parse import _deepcopy, parse_feed
 from tests.feeds import GERMAN
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -44,6 +47,36 @@ def test_every_corpus_feed_parses_or_is_rejected_with_a_reason(corpus: Path) -> 
             assert "<" not in item.title or ">" not in item.title or "&lt;" in item.title
         ingested += 1
     assert ingested >= 80 and rejected <= 8
+
+
+def test_feedparser_parses_every_corpus_feed_the_same_with_the_cheaper_deepcopy(
+    corpus: Path,
+) -> None:
+    # monitor.parse gives feedparser's parser a cheaper deepcopy (_deepcopy): each document
+    # must parse to exactly what feedparser as shipped makes of it.
+    patched = feedparser.mixin.copy
+    assert patched is not copy and patched.deepcopy is _deepcopy
+    for path in corpus_files(corpus):
+        body = path.read_bytes()
+        ours = feedparser.parse(io.BytesIO(body))
+        feedparser.mixin.copy = copy
+        try:
+            shipped = feedparser.parse(io.BytesIO(body))
+        finally:
+            feedparser.mixin.copy = patched
+        assert (ours.feed, ours.entries) == (shipped.feed, shipped.entries), path.name
+
+
+def test_the_cheaper_deepcopy_copies_whole() -> None:
+    params = FeedParserDict(type="text/html", language="de", base="", base64=False)
+    copied = _deepcopy(params)
+    assert copied == params and copied is not params and type(copied) is FeedParserDict
+    copied["value"] = "Text"
+    assert "value" not in params
+    nested = FeedParserDict(links=[FeedParserDict(href="https://example.org/a")])
+    deep = _deepcopy(nested)  # a mutable value inside: copied deep, by copy.deepcopy
+    deep["links"][0]["href"] = "https://example.org/b"
+    assert nested["links"][0]["href"] == "https://example.org/a"
 
 
 def test_german_feed_keeps_umlauts_and_language(corpus: Path) -> None:
