@@ -7,10 +7,12 @@ a header (subjects are built from watchlist names and counts; header values are 
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -55,6 +57,39 @@ class FeedHealth:
     since: datetime | None
 
 
+class _HeaderClasses(HeaderRegistry):
+    """The email package's header registry, building each header's class once: the stock
+    registry builds a new class (type()) for every header of every message and part, a
+    sixth of a message's composing time outside the templates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        if key not in self._classes:
+            self._classes[key] = super().__getitem__(name)
+        return self._classes[key]
+
+
+_POLICY = SMTP.clone(header_factory=_HeaderClasses())
+
+
+def _text_part(text: str, subtype: str) -> EmailMessage:
+    """A text/`subtype` UTF-8 part, quoted-printable (readable in the raw message, no
+    spam-filter signal as base64 text is). Encoded by binascii's C encoder: the email
+    package's own (set_content) is Python, character by character, and took a third of
+    a message's composing time outside the templates. The text ends with a line break,
+    as set_content's did."""
+    part = EmailMessage(policy=_POLICY)
+    part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    text = text if text.endswith("\n") else text + "\n"
+    part.set_payload(binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii"))
+    return part
+
+
 class Renderer:
     """Renders digests; user templates (templates_dir) override the shipped ones, sandboxed."""
 
@@ -83,7 +118,7 @@ class Renderer:
         text = self._env.get_template(f"{kind}.txt.j2").render(context)
         # Inlined CSS: Gmail and Outlook drop <style> blocks but keep style attributes.
         html = css_inline.inline(self._env.get_template(f"{kind}.html.j2").render(context))
-        message = EmailMessage(policy=SMTP)
+        message = EmailMessage(policy=_POLICY)
         message_id = self.message_id(recipient, entries, now)
         message["From"] = self.settings.sender
         message["To"] = recipient
@@ -98,8 +133,10 @@ class Renderer:
             unsubscribe += f", <{self.settings.unsubscribe_url}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message["List-Unsubscribe"] = unsubscribe
-        message.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-        message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+        message["MIME-Version"] = "1.0"
+        message.make_alternative()
+        message.attach(_text_part(text, "plain"))
+        message.attach(_text_part(html, "html"))
         return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
 
     def message_id(

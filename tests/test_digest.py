@@ -45,6 +45,24 @@ def test_headers_and_structure() -> None:
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
 
 
+def test_parts_are_quoted_printable_within_line_limits_and_decode_exactly() -> None:
+    # Long lines, '=', umlauts, a trailing space: what QP must wrap and escape.
+    summary = "Grüße = Gleichung; " + "ein sehr langer Satz über xAI " * 12 + "Ende "
+    message = renderer().render("a@example.org", [entry(1, "Straße ß = x", summary)], NOW)
+    lines = message.mime.split(b"\r\n")
+    assert message.mime.isascii() and max(map(len, lines)) <= 76
+    assert lines.count(b"MIME-Version: 1.0") == 1
+    parsed = parse(message.mime)
+    for part in parsed.iter_parts():
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+        assert part.get_content_charset() == "utf-8"
+        content = part.get_content()
+        assert content.endswith("\n")
+        assert "Straße ß = x" in content
+    text = parsed.get_body(("plain",)).get_content()
+    assert "ein sehr langer Satz über xAI" in text and "\r" not in text.replace("\r\n", "")
+
+
 def test_umlaut_subject_is_rfc2047_encoded_and_round_trips() -> None:
     message = renderer(subject="Überblick: {count} neue für {watchlists}").render(
         "a@example.org", [entry(1, "x", watchlist="Müller")], NOW
