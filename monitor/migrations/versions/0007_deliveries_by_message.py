@@ -2,8 +2,9 @@
 
 Marking a message sent, dead-lettered or (on PostgreSQL) deleting one updates the
 deliveries it carries, found by `message_id`. Without an index each of those read the whole
-deliveries table: bench_workers' 120 alert messages spent 250 ms of PostgreSQL's time in
-that one UPDATE over 9,000 deliveries, and the cost grows with every delivery ever made.
+deliveries table, which holds those of every item kept (`retention.items`, 30 days by
+default): on SQLite with 500,000 deliveries one mark took 34 ms, and takes 0.95 ms with the
+index.
 
 Revision ID: 0007_deliveries_by_message
 Revises: 0004_delivery
