@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,8 +21,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import feedparser
-import feedparser.mixin
-from feedparser.util import FeedParserDict
+from feedparser import FeedParserDict
 
 from monitor.errors import ParseError
 from monitor.models import Item
@@ -60,12 +60,14 @@ def _deepcopy(value: Any) -> Any:
 
 def _cheaper_deepcopy_in_feedparser() -> None:
     """Give feedparser's parser module a `copy` module whose deepcopy is `_deepcopy` (the
-    rest unchanged), where that parser module uses the copy module as we know it."""
-    if getattr(feedparser.mixin, "copy", None) is copy:
+    rest unchanged), where that parser module exists and uses the copy module as we know
+    it; a feedparser built otherwise parses as shipped."""
+    parser = sys.modules.get("feedparser.mixin")
+    if parser is not None and getattr(parser, "copy", None) is copy:
         patched = types.ModuleType("copy")
         patched.__dict__.update(vars(copy))
         patched.deepcopy = _deepcopy  # type: ignore[attr-defined]
-        feedparser.mixin.copy = patched
+        parser.copy = patched  # type: ignore[attr-defined]
 
 
 _cheaper_deepcopy_in_feedparser()
