@@ -15,7 +15,18 @@ import pytest
 import sqlalchemy as sa
 
 from monitor.models import FeedStatus, Hit, Item, Match, OutgoingMessage
-from monitor.store import DigestRun, Store, _claim_statement, metadata, open_store
+from monitor.store import (
+    ITEM_COLUMNS,
+    DigestRun,
+    Store,
+    _bulk_insert,
+    _claim_statement,
+    _stamp,
+    item_values,
+    items,
+    metadata,
+    open_store,
+)
 from monitor.stories import dedupe_keys
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -179,6 +190,27 @@ def test_claim_is_exclusive_and_mark_sent_finishes(store: Store) -> None:
     assert store.ready_messages(NOW) == []
     outbox = store.outbox()
     assert (outbox.pending, outbox.ready, outbox.dead) == (1, 0, 0)  # b@ still pending
+
+
+def test_rows_thought_new_that_another_worker_stored_meanwhile_are_skipped(store: Store) -> None:
+    # On PostgreSQL, rows the caller found absent go in by one COPY; if another worker
+    # stored one of them meanwhile, the COPY is undone and the staging path inserts the rest.
+    def rows(tx: Any, *numbers: int) -> list[tuple[Any, ...]]:
+        stamp = _stamp(tx, NOW)
+        return [item_values(make_item(n), stamp, stamp) for n in numbers]
+
+    with store.engine.begin() as tx:
+        _bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 2), new=True)
+    with store.engine.begin() as tx:
+        inserted = _bulk_insert(
+            tx, items, ITEM_COLUMNS, rows(tx, 1, 2, 3), returning=("id", "key"), new=True
+        )
+        _bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 4), new=True)  # the transaction goes on
+    assert sorted(key for _, key in inserted) == ["u:example.org/1", "u:example.org/3"]
+    with store.engine.connect() as connection:
+        stored = dict(connection.execute(sa.select(items.c.key, items.c.id)).all())
+    assert sorted(stored) == [f"u:example.org/{n}" for n in (1, 2, 3, 4)]
+    assert {key: stored[key] for _, key in inserted} == {key: i for i, key in inserted}
 
 
 def test_marking_a_message_finds_its_deliveries_by_index(store: Store) -> None:
