@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from email import quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -76,17 +77,25 @@ class _HeaderClasses(HeaderRegistry):
 _POLICY = SMTP.clone(header_factory=_HeaderClasses())
 
 
+_QP_LINE = 76  # RFC 2045's limit for an encoded line
+
+
 def _text_part(text: str, subtype: str) -> EmailMessage:
     """A text/`subtype` UTF-8 part, quoted-printable (readable in the raw message, no
     spam-filter signal as base64 text is). Encoded by binascii's C encoder: the email
     package's own (set_content) is Python, character by character, and took two fifths
-    of a message's composing time outside the templates. The text ends with a line break,
-    as set_content's did."""
+    of a message's composing time outside the templates. Lines are split as set_content
+    split them (at \\n, \\r and \\r\\n), so a lone \\r is a line end too, and the text ends
+    with one. binascii lets a line that ends in an encoded space run to 77-78 characters;
+    such a part is encoded by the email package's encoder instead (RFC 2045: 76)."""
+    body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    encoded = binascii.b2a_qp(body, istext=True).decode("ascii")
+    if any(len(line) > _QP_LINE for line in encoded.splitlines()):
+        encoded = quoprimime.body_encode(body.decode("latin-1"), _QP_LINE)
     part = EmailMessage(policy=_POLICY)
     part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
     part["Content-Transfer-Encoding"] = "quoted-printable"
-    text = text if text.endswith("\n") else text + "\n"
-    part.set_payload(binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii"))
+    part.set_payload(encoded)
     return part
 
 

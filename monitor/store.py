@@ -476,8 +476,10 @@ def _copy_new(
     their unique key, as _copy_insert orders them: two workers cannot deadlock."""
     from psycopg import errors
 
-    ordered = sorted(rows, key=lambda row: row[0])
     names = list(columns)
+    if any(name not in names and name != "id" for name in returning):
+        return None  # only the staging path's RETURNING can give it
+    ordered = sorted(rows, key=lambda row: row[0])
     if "id" in returning and "id" not in names:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",

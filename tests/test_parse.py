@@ -73,6 +73,9 @@ def test_the_cheaper_deepcopy_copies_whole() -> None:
     assert copied == params and copied is not params and type(copied) is FeedParserDict
     copied["value"] = "Text"
     assert "value" not in params
+    legacy = FeedParserDict()
+    dict.__setitem__(legacy, "url", "https://example.org/")  # a key __setitem__ maps
+    assert _deepcopy(legacy) == copy.deepcopy(legacy)
     nested = FeedParserDict(links=[FeedParserDict(href="https://example.org/a")])
     deep = _deepcopy(nested)  # a mutable value inside: copied deep, by copy.deepcopy
     deep["links"][0]["href"] = "https://example.org/b"

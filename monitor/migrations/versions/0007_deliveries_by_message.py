@@ -7,14 +7,14 @@ default): on SQLite with 500,000 deliveries one mark took 34 ms, and takes 0.95 
 index.
 
 Revision ID: 0007_deliveries_by_message
-Revises: 0004_delivery
+Revises: 0001
 Create Date: 2026-12-03
 """
 
 from alembic import op
 
 revision = "0007_deliveries_by_message"
-down_revision = "0004_delivery"
+down_revision = "0001"
 branch_labels = None
 depends_on = None
 
