@@ -4,7 +4,9 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from zoneinfo import ZoneInfo
 
-from monitor.digest import DigestSettings, Renderer, snippet
+import pytest
+
+from monitor.digest import DigestSettings, Renderer, _text_part, snippet
 from monitor.models import DigestEntry, Hit, Item
 
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
@@ -61,6 +63,18 @@ def test_parts_are_quoted_printable_within_line_limits_and_decode_exactly() -> N
         assert "Straße ß = x" in content
     text = parsed.get_body(("plain",)).get_content()
     assert "ein sehr langer Satz über xAI" in text and "\r" not in text.replace("\r\n", "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a" * 74 + " ", "a" * 75 + " ", "x" * 73 + "ü ", "a \rb", "ü" * 100 + " \n" + "=" * 90],
+)
+def test_a_text_part_keeps_to_76_characters_per_line_and_decodes_as_written(text: str) -> None:
+    # binascii alone lets a line ending in an encoded space run past 76 characters.
+    raw = _text_part(text, "plain").as_bytes()
+    assert max(len(line) for line in raw.split(b"\r\n\r\n", 1)[1].split(b"\r\n")) <= 76
+    decoded = parse(raw).get_content().replace("\r\n", "\n")
+    assert decoded == "\n".join(text.splitlines()) + "\n"
 
 
 def test_umlaut_subject_is_rfc2047_encoded_and_round_trips() -> None:
