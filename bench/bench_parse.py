@@ -3,7 +3,7 @@
 Prints ms per feed for both, and the ratio: normalization (plain text, canonical links,
 UTC dates, keys) should cost little on top of feedparser itself. The baseline is feedparser
 as shipped: monitor.parse makes two of feedparser's hot paths cheaper (a deepcopy and
-FeedParserDict's lookups, see _speed_up_feedparser there), undone while the baseline runs
+FeedParserDict's lookups, see _speed_ups there), undone while the baseline runs
 (feedparser_as_shipped); feedparser with them alone is printed too. The three run
 interleaved, round after round: the machine's speed drifts.
 Uses the real publisher feeds in ../shared/corpus/feeds when present.

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urljoin
 
 import feedparser
@@ -101,39 +101,51 @@ def _contains(self: FeedParserDict, key: Any) -> bool:
     return dict.__contains__(self, key)
 
 
-def _speed_up_feedparser() -> None:
-    """Give feedparser's parser module a `copy` module whose deepcopy is `_deepcopy` (the
-    rest unchanged), where that parser module exists and uses the copy module as we know
-    it; and FeedParserDict the lookups above, in the feedparser version whose aliases
-    _ALIASED lists. A feedparser built otherwise parses as shipped."""
+class _SpeedUp(NamedTuple):
+    target: Any  # the module or class
+    attribute: str
+    shipped: Any  # feedparser's value
+    ours: Any
+
+
+def _speed_ups() -> list[_SpeedUp]:
+    """The speed-ups this feedparser takes: its parser module's `copy` module, with
+    `_deepcopy` (the rest unchanged), where that parser module exists and uses the copy
+    module as we know it; FeedParserDict's lookups above, in the feedparser version whose
+    aliases _ALIASED lists. A feedparser built otherwise parses as shipped."""
+    found: list[_SpeedUp] = []
     parser = sys.modules.get("feedparser.mixin")
     if parser is not None and getattr(parser, "copy", None) is copy:
-        patched = types.ModuleType("copy")
-        patched.__dict__.update(vars(copy))
-        patched.deepcopy = _deepcopy  # type: ignore[attr-defined]
-        parser.copy = patched  # type: ignore[attr-defined]
+        cheaper = types.ModuleType("copy")
+        cheaper.__dict__.update(vars(copy))
+        cheaper.deepcopy = _deepcopy  # type: ignore[attr-defined]
+        found.append(_SpeedUp(parser, "copy", copy, cheaper))
     if str(getattr(feedparser, "__version__", "")).startswith("6.0."):
-        FeedParserDict.get = _get
-        FeedParserDict.__contains__ = _contains
+        found.append(_SpeedUp(FeedParserDict, "get", _SHIPPED_GET, _get))
+        found.append(_SpeedUp(FeedParserDict, "__contains__", _SHIPPED_CONTAINS, _contains))
+    return found
+
+
+_SPEED_UPS = _speed_ups()
+
+
+def _install(ours: bool) -> None:
+    for speed_up in _SPEED_UPS:
+        value = speed_up.ours if ours else speed_up.shipped
+        setattr(speed_up.target, speed_up.attribute, value)
 
 
 @contextmanager
 def feedparser_as_shipped() -> Iterator[None]:
     """feedparser without monitor's speed-ups, for comparing against it (tests, bench)."""
-    parser = sys.modules.get("feedparser.mixin")
-    saved = (getattr(parser, "copy", None), FeedParserDict.get, FeedParserDict.__contains__)
-    if parser is not None:
-        parser.copy = copy  # type: ignore[attr-defined]
-    FeedParserDict.get, FeedParserDict.__contains__ = _SHIPPED_GET, _SHIPPED_CONTAINS
+    _install(ours=False)
     try:
         yield
     finally:
-        if parser is not None:
-            parser.copy = saved[0]  # type: ignore[attr-defined]
-        FeedParserDict.get, FeedParserDict.__contains__ = saved[1], saved[2]
+        _install(ours=True)
 
 
-_speed_up_feedparser()
+_install(ours=True)
 
 
 @dataclass(frozen=True, slots=True)

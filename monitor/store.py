@@ -490,9 +490,7 @@ def _copy_new(
         names.insert(0, "id")
     cursor.execute("SAVEPOINT monitor_copy_new")
     try:
-        with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
-            for row in ordered:
-                copy.write_row(row)
+        _copy_rows(cursor, table, names, ordered)
     except errors.UniqueViolation:
         cursor.execute("ROLLBACK TO SAVEPOINT monitor_copy_new")
         return None
@@ -501,6 +499,15 @@ def _copy_new(
         return []
     at = [names.index(name) for name in returning]
     return [tuple(row[n] for n in at) for row in ordered]
+
+
+def _copy_rows(
+    cursor: Any, target: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """COPY rows into `target` (PostgreSQL): formatted in the driver's C code."""
+    with cursor.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _copy_insert(
@@ -529,9 +536,7 @@ def _copy_insert(
             f"SELECT {names} FROM {table.name} WITH NO DATA"
         )
         staged.add(stage)
-    with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+    _copy_rows(cursor, stage, columns, rows)
     # Texts in code point order (COLLATE "C"), as Python sorts them for _copy_new.
     order = ", ".join(
         f'{column} COLLATE "C"' if isinstance(table.c[column].type, sa.String) else column
@@ -2028,9 +2033,7 @@ def _insert_bands(tx: Connection, rows: Sequence[tuple[int, int]]) -> None:
     if tx.dialect.name == "postgresql":
         cursor = tx.connection.cursor()
         try:
-            with cursor.copy("COPY story_bands (band, item_id) FROM STDIN") as copy:
-                for row in ordered:
-                    copy.write_row(row)
+            _copy_rows(cursor, "story_bands", ("band", "item_id"), ordered)
         finally:
             cursor.close()
     else:
