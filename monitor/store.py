@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import uuid
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -745,6 +746,9 @@ class Store:
         # item id -> (first seen, candidate) of clustered items: a band match then costs no
         # re-read and re-shingling of the text (see _story_candidates).
         self._candidates: dict[int, tuple[datetime, Candidate]] = {}
+        # Held to change _candidates: the poller's writer, the daemon's settling (digest
+        # ticks) and pruning each run in a thread of their own.
+        self._candidates_lock = threading.Lock()
         # Look for matches a crash left unqueued (see ingest_many) once, with the first items.
         self._sweep = True
         self._grouped: bool | None = None  # the dedupe key scheme, once a first ingest committed
@@ -1103,8 +1107,9 @@ class Store:
                     fresh[-1].append((item, hashes))
                     claimed.update(dict.fromkeys(hashes, item))
         updated = _seen_again(tx, seen, known, now)
-        for item_id, _, _ in updated:  # their text changed: shingle it again when needed
-            self._candidates.pop(item_id, None)
+        with self._candidates_lock:  # their text changed: shingle it again when needed
+            for item_id, _, _ in updated:
+                self._candidates.pop(item_id, None)
         ids = _insert_items(tx, [pair for pairs in fresh for pair in pairs], now)
         _record_repeats(tx, repeats, ids, now)
         new_items = [tuple(item for item, _ in pairs if item.key in ids) for pairs in fresh]
@@ -1177,7 +1182,8 @@ class Store:
             return {}, []
         prints = fingerprints([(item.title, item.summary) for _, item in new], self.dedupe)
         bands = {band for fingerprint in prints for band in fingerprint.bands}
-        known = _story_candidates(tx, bands, now - self.dedupe.window, self._candidates)
+        since = now - self.dedupe.window
+        known = _story_candidates(tx, bands, since, self._candidates, self._candidates_lock)
         assigned = assign_stories(
             [(item_id, item.feed, fp) for (item_id, item), fp in zip(new, prints, strict=True)],
             known,
@@ -1208,13 +1214,16 @@ class Store:
         return {item_id: a.story_id for item_id, a in pairs}, clustered
 
     def _remember(self, clustered: Sequence[Candidate], now: datetime) -> None:
-        if len(self._candidates) + len(clustered) > _CANDIDATE_CACHE_SIZE:
-            since = now - self.dedupe.window
-            self._candidates = {k: v for k, v in self._candidates.items() if v[0] >= since}
-            if len(self._candidates) + len(clustered) > _CANDIDATE_CACHE_SIZE:
-                self._candidates.clear()
-        for candidate in clustered:
-            self._candidates[candidate.item_id] = (now, candidate)
+        with self._candidates_lock:
+            cache = self._candidates
+            if len(cache) + len(clustered) > _CANDIDATE_CACHE_SIZE:
+                since = now - self.dedupe.window
+                for item_id in [k for k, v in cache.items() if v[0] < since]:
+                    del cache[item_id]
+                if len(cache) + len(clustered) > _CANDIDATE_CACHE_SIZE:
+                    cache.clear()
+            for candidate in clustered:
+                cache[candidate.item_id] = (now, candidate)
 
     def _queue(
         self,
@@ -1261,7 +1270,8 @@ class Store:
             .where(items.c.id.not_in(busy))
         )
         recent = sa.select(items.c.id).where(items.c.first_seen_at >= bands_before)
-        self._candidates.clear()  # SQLite may give a deleted item's id to a new one
+        with self._candidates_lock:  # SQLite may give a deleted item's id to a new one
+            self._candidates.clear()
         with self._tx() as tx:
             tx.execute(item_keys.update().where(item_keys.c.item_id.in_(old)).values(item_id=None))
             bands = tx.execute(story_bands.delete().where(story_bands.c.item_id.not_in(recent)))
@@ -1933,6 +1943,7 @@ def _story_candidates(
     bands: Iterable[int],
     since: datetime,
     cache: dict[int, tuple[datetime, Candidate]],
+    lock: threading.Lock,
 ) -> dict[int, list[Candidate]]:
     """band -> the stored items (first seen since `since`) that share it, with their story.
 
@@ -1940,13 +1951,16 @@ def _story_candidates(
     each new item meets dozens of candidates, again in every batch: `cache` (item id ->
     first seen, candidate) keeps them, and only the (band, item id) pairs are read each time.
     An entry older than the window is read again: its id may have been reused after a prune.
+    `lock` is held to change `cache`; other threads may change it meanwhile.
     """
     pairs = _band_members(tx, bands)
-    missing = {i for _, i in pairs if i not in cache or cache[i][0] < since}
-    cache.update(_candidates_by_id(tx, missing))
+    missing = {i for _, i in pairs if (entry := cache.get(i)) is None or entry[0] < since}
+    fetched = _candidates_by_id(tx, missing)
+    with lock:
+        cache.update(fetched)
     found: dict[int, list[Candidate]] = {}
     for band, item_id in pairs:
-        entry = cache.get(item_id)
+        entry = fetched.get(item_id) or cache.get(item_id)
         if entry is not None and entry[0] >= since:
             found.setdefault(band, []).append(entry[1])
     return found
