@@ -413,10 +413,10 @@ def _bulk_insert(
     new: bool = False,
 ) -> list[Any]:
     """INSERT ... ON CONFLICT DO NOTHING of many rows straight through the driver; the rows
-    RETURNING `returning` of those inserted (not of those skipped). `new`: the caller found
-    none of the rows stored, in this transaction, so only another worker inserting them at
-    the same moment can make one conflict (PostgreSQL then tries a plain COPY first, see
-    _copy_new).
+    RETURNING `returning` of those inserted (not of those skipped). `new`: the caller knows
+    none of the rows is stored (it found none of their keys in this transaction, or they
+    belong to rows it just inserted), so that at most another worker inserting them at the
+    same moment makes one conflict: PostgreSQL then tries a plain COPY first (_copy_new).
 
     The ingest hot path: SQLAlchemy's per-value parameter processing cost more than the
     database's own work (bench/bench_ingest.py). Values must be what the driver takes:
@@ -481,21 +481,27 @@ def _copy_new(
     if any(name not in names and name != "id" for name in returning):
         return None  # only the staging path's RETURNING can give it
     ordered = sorted(rows, key=lambda row: row[0])
+    # The savepoint is never released (that would cost a round trip): it ends with the
+    # transaction, and a later one of the same name hides it until then.
     if "id" in returning and "id" not in names:
+        # One round trip with the savepoint: no parameters, so psycopg sends both
+        # statements as one query (the table is ours, the count a number).
         cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-            (table, len(ordered)),
+            "SAVEPOINT monitor_copy_new; "
+            f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) "
+            f"FROM generate_series(1, {len(ordered)})"
         )
+        cursor.nextset()  # the SELECT's result
         ids = [row[0] for row in cursor.fetchall()]
         ordered = [(item_id, *row) for item_id, row in zip(ids, ordered, strict=True)]
         names.insert(0, "id")
-    cursor.execute("SAVEPOINT monitor_copy_new")
+    else:
+        cursor.execute("SAVEPOINT monitor_copy_new")
     try:
         _copy_rows(cursor, table, names, ordered)
     except errors.UniqueViolation:
         cursor.execute("ROLLBACK TO SAVEPOINT monitor_copy_new")
         return None
-    cursor.execute("RELEASE SAVEPOINT monitor_copy_new")
     if not returning:
         return []
     at = [names.index(name) for name in returning]
@@ -1192,12 +1198,14 @@ class Store:
         pairs = [(item_id, a) for (item_id, _), a in zip(new, assigned, strict=True)]
         at = _stamp(tx, now)
         created = [(i, at) for i, a in pairs if a.is_new_story(i)]
-        _bulk_insert(tx, stories, ("id", "created_at"), created)
+        # Under the story lock, of items in no story yet: new rows.
+        _bulk_insert(tx, stories, ("id", "created_at"), created, new=True)
         _bulk_insert(
             tx,
             story_members,
             ("item_id", "story_id", "similarity"),
             [(i, a.story_id, a.similarity) for i, a in pairs],
+            new=True,
         )
         band_rows = [
             (band, item_id)
@@ -1248,9 +1256,8 @@ class Store:
             wanted = [r for r in recipients.get(found.watchlist, ()) if r not in queued]
             queued.update(wanted)
             rows += [(found.match_id, found.watchlist, r, "pending", created) for r in wanted]
-        _bulk_insert(
-            tx, deliveries, ("match_id", "watchlist", "recipient", "status", "created_at"), rows
-        )
+        columns = ("match_id", "watchlist", "recipient", "status", "created_at")
+        _bulk_insert(tx, deliveries, columns, rows, new=True)  # of matches just recorded
 
     def prune(
         self, items_before: datetime, keys_before: datetime, bands_before: datetime
@@ -2075,6 +2082,7 @@ def _record_matches(
         ("item_id", "watchlist", "hits", "created_at"),
         [(item_id, m.watchlist, _hits_json(m.hits), _stamp(tx, now)) for item_id, _, m in found],
         returning=("id", "item_id", "watchlist"),
+        new=True,  # of items (or revisions) this transaction inserted
     )
     ids = {(item_id, watchlist): match_id for match_id, item_id, watchlist in inserted}
     recorded = []

@@ -202,6 +202,8 @@ def test_rows_thought_new_that_another_worker_stored_meanwhile_are_skipped(store
     with store.engine.begin() as tx:
         _bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 2), new=True)
     with store.engine.begin() as tx:
+        # Its savepoint stays open; undoing the next COPY must not undo this one.
+        _bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 5), new=True)
         inserted = _bulk_insert(
             tx, items, ITEM_COLUMNS, rows(tx, 1, 2, 3), returning=("id", "key"), new=True
         )
@@ -209,7 +211,7 @@ def test_rows_thought_new_that_another_worker_stored_meanwhile_are_skipped(store
     assert sorted(key for _, key in inserted) == ["u:example.org/1", "u:example.org/3"]
     with store.engine.connect() as connection:
         stored = dict(connection.execute(sa.select(items.c.key, items.c.id)).all())
-    assert sorted(stored) == [f"u:example.org/{n}" for n in (1, 2, 3, 4)]
+    assert sorted(stored) == [f"u:example.org/{n}" for n in (1, 2, 3, 4, 5)]
     assert {key: stored[key] for _, key in inserted} == {key: i for i, key in inserted}
 
 
