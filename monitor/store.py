@@ -961,6 +961,7 @@ class Store:
         """Extend `owner`'s leases of these feeds and hosts to `until`: its polls of them
         are still running. A lease another worker holds by now is left alone."""
         with self._tx() as tx:
+            _lock_feeds(tx, names)  # the poller records outcomes of some of them meanwhile
             for key, keys in ((feeds.c.name, names), (hosts.c.host, held)):
                 if keys:
                     table = key.table
@@ -1022,6 +1023,7 @@ class Store:
         left alone."""
         with self._tx() as tx:
             if names:
+                _lock_feeds(tx, names)
                 tx.execute(
                     feeds.update()
                     .where(_among(tx, feeds.c.name, sorted(names), sa.Text))

@@ -912,6 +912,34 @@ async def test_the_writer_shares_a_round_among_poll_outcomes_arriving_while_it_w
         assert time.monotonic() - began < 2.5  # not the 5 s the round could have waited
 
 
+async def test_on_postgresql_a_claim_does_not_wait_for_the_round_storing_items(
+    start_app: Callable[..., Any], database_url: str
+) -> None:
+    """A claim that waited for the writer's round (50 ms and more on PostgreSQL) let the
+    parse processes run dry; PostgreSQL takes it beside the round. SQLite's one write lock
+    serializes them anyway: there it waits its turn."""
+    items = parse_feed(GERMAN, feed_name="a", url="https://a.example.org/", now=START).items
+    async with start_app({"a": "http://127.0.0.1:9/never-polled.xml"}, database_url) as app:
+        storing, go_on = threading.Event(), threading.Event()
+        ingest_many = app.store.ingest_many
+
+        def held(*args: Any) -> Any:
+            storing.set()
+            go_on.wait(10)
+            return ingest_many(*args)
+
+        app.store.ingest_many = held
+        writer = _Writer(app)
+        ingest = asyncio.create_task(writer.ingest(items))
+        assert await asyncio.to_thread(storing.wait, 10)
+        claim = asyncio.create_task(writer.call(lambda: 42))
+        done, _ = await asyncio.wait({claim}, timeout=1.0)
+        assert bool(done) is not app.store.is_sqlite
+        go_on.set()
+        assert await claim == 42
+        assert len((await ingest).new_items) == len(items)
+
+
 async def test_feeds_command_shows_health_errors_and_rhythm(
     httpserver: HTTPServer,
     start_app: Callable[..., Any],
