@@ -402,6 +402,7 @@ class _Writer:
         await self._lane()._queue("release", (host, owner, last_request, blocked_until))
 
     async def call(self, function: Callable[[], T]) -> T:
+        """Run a lease job (a claim, a renewal, a give-back) in a writer's thread."""
         result: T = await self._lane()._queue("call", function)
         return result
 
