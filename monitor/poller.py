@@ -321,8 +321,10 @@ class _Cycle:
             give_back = self.app.store.give_back
             now = self.app.clock()
             with contextlib.suppress(Exception):
+                # After the poll's outcome, if it queued one: by the writer that records it.
                 await self.writer.call(
-                    functools.partial(give_back, self.owner, [state.name], [], now)
+                    functools.partial(give_back, self.owner, [state.name], [], now),
+                    after_outcomes=True,
                 )
             await self._release(state.host)
             raise
@@ -365,8 +367,10 @@ class _Writer:
     before it, 50 ms and more, while the window emptied and the parse process ran dry
     (bench_workers' poll pipeline: a 40 ms gap every 200 ms; its cold cycle, five
     interleaved pairs, 3.44-3.55 s -> 3.14-3.26 s, SQLite's 2.80-2.87 s). The two writers
-    share no row but the feed rows of renewals and outcomes, which both lock in name order.
-    On SQLite a second writer would only queue for the one write lock.
+    share feed rows (outcomes, renewals, give-backs: each locks them in name order) and host
+    rows (only lease jobs lock those; an outcome of a redirect may wait for one, holding no
+    host row): no cycle of waits. A poll's give-back after a cancel goes with the outcomes,
+    after its own. On SQLite a second writer would only queue for the one write lock.
     """
 
     app: App
@@ -401,9 +405,11 @@ class _Writer:
         """Give a host back (store.release_host) once this worker's polls of it are done."""
         await self._lane()._queue("release", (host, owner, last_request, blocked_until))
 
-    async def call(self, function: Callable[[], T]) -> T:
-        """Run a lease job (a claim, a renewal, a give-back) in a writer's thread."""
-        result: T = await self._lane()._queue("call", function)
+    async def call(self, function: Callable[[], T], after_outcomes: bool = False) -> T:
+        """Run a lease job (a claim, a renewal, a give-back) in a writer's thread; with
+        `after_outcomes`, in this writer's, after the outcomes queued before it."""
+        writer = self if after_outcomes else self._lane()
+        result: T = await writer._queue("call", function)
         return result
 
     def _lane(self) -> _Writer:
@@ -455,7 +461,7 @@ class _Writer:
         while not any(job.kind == "call" for job in self.jobs):
             waited = time.monotonic() - started
             ingests = sum(job.kind == "ingest" for job in self.jobs)
-            if self.app.parse_pool.backlogged:
+            if self.app.parse_pool.backlogged and not self.of_leases:
                 if ingests >= _GATHER_FEEDS or waited >= _GATHER_SECONDS:
                     return
                 await asyncio.sleep(_GATHER_CHECK)

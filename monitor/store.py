@@ -1069,8 +1069,13 @@ class Store:
         """
         with self._tx() as tx:
             grouped = self._grouped if self._grouped is not None else _grouped_keys(tx)
-            results, unsettled = self._ingest(tx, batches, match, recipients, now, grouped)
+            results, unsettled, rewritten = self._ingest(
+                tx, batches, match, recipients, now, grouped
+            )
         self._grouped = grouped  # stored: with the first keys, the scheme's row committed
+        # Dropped again once committed: a settle in another thread may have cached the old
+        # text meanwhile.
+        self._forget_candidates(rewritten)
         try:
             self._settle(unsettled, recipients, now)
         except Exception:  # the items are stored: their deliveries follow with the next batch
@@ -1086,7 +1091,7 @@ class Store:
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
         grouped: bool,
-    ) -> tuple[list[IngestResult], list[_Recorded]]:
+    ) -> tuple[list[IngestResult], list[_Recorded], list[int]]:
         """Store every batch's new items, in a few statements for all of them (on
         PostgreSQL each statement is a round trip). An item a batch shares with an earlier
         batch of the same call is handled as that batch's item seen again. `grouped`: the
@@ -1115,9 +1120,7 @@ class Store:
                     fresh[-1].append((item, hashes))
                     claimed.update(dict.fromkeys(hashes, item))
         updated = _seen_again(tx, seen, known, now)
-        with self._candidates_lock:  # their text changed: shingle it again when needed
-            for item_id, _, _ in updated:
-                self._candidates.pop(item_id, None)
+        self._forget_candidates(item_id for item_id, _, _ in updated)  # text changed
         ids = _insert_items(tx, [pair for pairs in fresh for pair in pairs], now)
         _record_repeats(tx, repeats, ids, now)
         new_items = [tuple(item for item, _ in pairs if item.key in ids) for pairs in fresh]
@@ -1131,18 +1134,24 @@ class Store:
         for item_id, item, original in updated:
             changed.setdefault(batch_of[id(original)], []).append((item_id, item))
         if changed and self.dedupe.realert_on_update:
+            # Every feed's revisions in one insert each: each is a subtransaction on
+            # PostgreSQL (_copy_new), and past 64 in one transaction every session's
+            # snapshots slow down.
+            again: list[tuple[int, int, Item, Match]] = []  # (batch index, id, item, match)
             for n, revised_items in changed.items():
-                revised = _insert_revisions(tx, revised_items, now)
-                again = [(rid, item, m) for rid, item in revised for m in match(item)]
-                self._queue(tx, _record_matches(tx, again, now), recipients, now)
-                found[n] += [(item, m) for _, item, m in again]
+                for rid, item in _insert_revisions(tx, revised_items, now):
+                    again += [(n, rid, item, m) for m in match(item)]
+            rows = [(rid, item, m) for _, rid, item, m in again]
+            self._queue(tx, _record_matches(tx, rows, now), recipients, now)
+            for n, _, item, m in again:
+                found[n].append((item, m))
         results = [
             IngestResult(
                 new_items[n], tuple(found[n]), tuple(item for _, item in changed.get(n, ()))
             )
             for n in range(len(batches))
         ]
-        return results, recorded
+        return results, recorded, [item_id for item_id, _, _ in updated]
 
     def settle(
         self,
@@ -1223,6 +1232,12 @@ class Store:
         ]
         return {item_id: a.story_id for item_id, a in pairs}, clustered
 
+    def _forget_candidates(self, item_ids: Iterable[int]) -> None:
+        """Drop these items from the candidate cache: shingled again when next needed."""
+        with self._candidates_lock:
+            for item_id in item_ids:
+                self._candidates.pop(item_id, None)
+
     def _remember(self, clustered: Sequence[Candidate], now: datetime) -> None:
         with self._candidates_lock:
             cache = self._candidates
@@ -1259,7 +1274,9 @@ class Store:
             queued.update(wanted)
             rows += [(found.match_id, found.watchlist, r, "pending", created) for r in wanted]
         columns = ("match_id", "watchlist", "recipient", "status", "created_at")
-        _bulk_insert(tx, deliveries, columns, rows, new=True)  # of matches just recorded
+        # New rows: a match is queued once, with its item's story (_settle, under the story
+        # lock, skips items already in one) or as a revision just stored.
+        _bulk_insert(tx, deliveries, columns, rows, new=True)
 
     def prune(
         self, items_before: datetime, keys_before: datetime, bands_before: datetime

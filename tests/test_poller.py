@@ -940,6 +940,36 @@ async def test_on_postgresql_a_claim_does_not_wait_for_the_round_storing_items(
         assert len((await ingest).new_items) == len(items)
 
 
+async def test_a_give_back_after_outcomes_waits_for_the_outcome_queued_before_it(
+    start_app: Callable[..., Any], database_url: str
+) -> None:
+    """A poll cancelled after queueing its outcome gives its feed back: on PostgreSQL lease
+    jobs have a writer of their own, but this one must follow that outcome, or the feed
+    would be free for another worker while its outcome is still to be written."""
+    async with start_app({"a": "http://127.0.0.1:9/never-polled.xml"}, database_url) as app:
+        order: list[str] = []
+        recording, go_on = threading.Event(), threading.Event()
+        finish_polls = app.store.finish_polls
+
+        def held(*args: Any) -> Any:
+            recording.set()
+            go_on.wait(10)
+            order.append("outcome")
+            return finish_polls(*args)
+
+        app.store.finish_polls = held
+        writer = _Writer(app)
+        outcome = asyncio.create_task(writer.finish("a", {"last_error": None}))
+        assert await asyncio.to_thread(recording.wait, 10)
+        give_back = asyncio.create_task(
+            writer.call(lambda: order.append("give back"), after_outcomes=True)
+        )
+        await asyncio.sleep(0.3)
+        go_on.set()
+        await asyncio.gather(outcome, give_back)
+        assert order == ["outcome", "give back"]
+
+
 async def test_feeds_command_shows_health_errors_and_rhythm(
     httpserver: HTTPServer,
     start_app: Callable[..., Any],
