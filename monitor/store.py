@@ -420,9 +420,9 @@ def _bulk_insert(
 
     The ingest hot path: SQLAlchemy's per-value parameter processing cost more than the
     database's own work (bench/bench_ingest.py). Values must be what the driver takes:
-    datetimes go through `_stamp`. PostgreSQL gets the rows by COPY into a staging table,
-    then one INSERT ... SELECT; SQLite gets executemany, or multi-row VALUES when rows are
-    returned.
+    datetimes go through `_stamp`. PostgreSQL gets new rows by one COPY into the table, and
+    others by COPY into a staging table, then one INSERT ... SELECT; SQLite gets
+    executemany, or multi-row VALUES when rows are returned.
     """
     if not rows:
         return []
@@ -1073,8 +1073,8 @@ class Store:
                 tx, batches, match, recipients, now, grouped
             )
         self._grouped = grouped  # stored: with the first keys, the scheme's row committed
-        # Dropped again once committed: a settle in another thread may have cached the old
-        # text meanwhile.
+        # Items whose text changed are shingled again when next needed; dropped once
+        # committed, or a settle in another thread could cache the old text meanwhile.
         self._forget_candidates(rewritten)
         try:
             self._settle(unsettled, recipients, now)
@@ -1120,7 +1120,6 @@ class Store:
                     fresh[-1].append((item, hashes))
                     claimed.update(dict.fromkeys(hashes, item))
         updated = _seen_again(tx, seen, known, now)
-        self._forget_candidates(item_id for item_id, _, _ in updated)  # text changed
         ids = _insert_items(tx, [pair for pairs in fresh for pair in pairs], now)
         _record_repeats(tx, repeats, ids, now)
         new_items = [tuple(item for item, _ in pairs if item.key in ids) for pairs in fresh]
