@@ -1420,9 +1420,12 @@ class Store:
                 tx.rollback()
                 return False
             if delivery_ids:
+                # One bound array, not a parameter per id: a digest binds hundreds, and
+                # each count made a statement of its own to compile and plan (bench: a
+                # fifth of the claim's time on PostgreSQL).
                 claimed = tx.execute(
                     deliveries.update()
-                    .where(deliveries.c.id.in_(list(delivery_ids)))
+                    .where(_among(tx, deliveries.c.id, sorted(delivery_ids)))
                     .where(deliveries.c.status == "pending")
                     .values(status="claimed", message_id=message.message_id)
                 ).rowcount
