@@ -19,8 +19,8 @@ from monitor.config import (
     FeedConfig,
     _parse_duration,
     find_config,
-    is_address,
     load_config,
+    mailbox_address,
 )
 from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_email
 from monitor.errors import ConfigError, LockedError, MonitorError
@@ -205,8 +205,10 @@ def _migrate_db(config: Config, target: str) -> int:
 
 
 async def _test_email(config: Config, address: str) -> int:
-    if not is_address(address):
-        print(f"monitor: {address!r} is not an email address", file=sys.stderr)
+    try:
+        address = mailbox_address(address)
+    except ValueError as refused:
+        print(f"monitor: {refused}", file=sys.stderr)
         return EXIT_USAGE
     async with running_app(config) as app:
         error = await send_test_email(app, address)

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import idna
 import yaml
 from pydantic import (
     AfterValidator,
@@ -73,15 +74,25 @@ def _parse_size(value: Any) -> int:
     return int(found.group(1)) * _SIZE_UNITS[found.group(2)]
 
 
-def is_address(text: str) -> bool:
-    """A plain mailbox address: name@domain.tld, nothing that could split a header."""
-    return bool(_ADDRESS.match(text))
-
-
-def _check_address(value: str) -> str:
-    if not _ADDRESS.match(value):
-        raise ValueError(f"{value!r} is not an email address like name@example.org")
-    return value
+def mailbox_address(text: str) -> str:
+    """A plain mailbox address (name@domain.tld, nothing that could split a header) as SMTP
+    takes it: an international domain in its ASCII form (IDNA), so that name@bücher.de is
+    delivered. A name before the @ beyond ASCII would need SMTPUTF8 from every server on
+    the way; it is refused here rather than failing at every send."""
+    if not _ADDRESS.match(text) or not text.isprintable():
+        raise ValueError(f"{text!r} is not an email address like name@example.org")
+    local, _, domain = text.rpartition("@")
+    if not local.isascii():
+        raise ValueError(
+            f"{text!r}: letters beyond ASCII before the @ need SMTPUTF8, which monitor does "
+            "not use; give the mailbox's ASCII address"
+        )
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError as error:
+            raise ValueError(f"{text!r}: {domain!r} is not a valid domain name: {error}") from None
+    return f"{local}@{domain}"
 
 
 def _check_timezone(value: str) -> str:
@@ -96,7 +107,7 @@ def _check_timezone(value: str) -> str:
 
 Duration = Annotated[float, BeforeValidator(_parse_duration)]
 Size = Annotated[int, BeforeValidator(_parse_size)]
-Address = Annotated[str, AfterValidator(_check_address)]
+Address = Annotated[str, AfterValidator(mailbox_address)]
 
 
 def _check_schedule(value: str) -> str:

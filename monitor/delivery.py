@@ -28,7 +28,7 @@ from monitor.store import DigestRun
 log = logging.getLogger(__name__)
 FIRST_POLL_DONE = "first_poll_done"
 UNSETTLED_WINDOW = timedelta(days=1)  # how far back each digest tick looks for unqueued matches
-SEND_LEASE = timedelta(minutes=10)  # longer than any batch takes; a dead sender's lease expires
+SEND_LEASE = timedelta(minutes=10)  # longer than one message takes; a dead sender's expires
 UNHEALTHY = (FeedStatus.DEGRADED, FeedStatus.STALE, FeedStatus.BROKEN, FeedStatus.DISABLED)
 
 
@@ -162,8 +162,18 @@ def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage
     due = all_plans(app, only, now)
     pending = _pending(app, {pair.plan.watchlist for pair in due})
     health = feed_health(app)
+    immediate: dict[str, bool] = {}  # recipient -> whether all their pairs alert (as compose)
+    for pair in due:
+        alerts = pair.plan.schedule.every is Every.IMMEDIATE
+        immediate[pair.plan.recipient] = immediate.get(pair.plan.recipient, True) and alerts
     return [
-        app.renderer.render(recipient, entries, now, health=health)
+        app.renderer.render(
+            recipient,
+            entries,
+            now,
+            kind="alert" if immediate.get(recipient) else "digest",
+            health=health,
+        )
         for recipient, entries in pending.items()
     ]
 
@@ -187,20 +197,19 @@ async def send_ready(app: App) -> tuple[int, int, int]:
             log.warning("delivery failed, will retry: %s", error, extra=_fields(message))
             counts["retrying"] += 1
 
-    batch = await asyncio.to_thread(_lease_ready, app, app.clock())
-    await app.mailer.deliver(batch, report)
-    for message in batch:
-        log.debug("delivery attempt done", extra=_fields(message))
+    async def take(message: OutgoingMessage) -> bool:
+        """Lease the message right before it is handed over, not the batch up front: a
+        batch can outlast any lease (a slow server, a backlog after an outage), and another
+        worker would then send the rest too."""
+        now = app.clock()
+        lease = app.store.lease_message
+        return await asyncio.to_thread(
+            lease, message.message_id, app.worker_id, now, now + SEND_LEASE
+        )
+
+    batch = await asyncio.to_thread(app.store.ready_messages, app.clock())
+    await app.mailer.deliver(batch, report, take)
     return counts["sent"], counts["retrying"], counts["dead"]
-
-
-def _lease_ready(app: App, now: datetime) -> list[OutgoingMessage]:
-    """The stored messages ready to send that this worker could lease."""
-    return [
-        message
-        for message in app.store.ready_messages(now)
-        if app.store.lease_message(message.message_id, app.worker_id, now, now + SEND_LEASE)
-    ]
 
 
 def _fields(message: OutgoingMessage) -> dict[str, str]:
@@ -217,7 +226,7 @@ async def send_test_email(app: App, address: str) -> DeliveryError | None:
     """Send one sample digest to address through the configured mailer, bypassing the outbox."""
     now = app.clock()
     sample = Item(
-        key="test",
+        key=f"test:{now.isoformat()}",  # a Message-ID of its own: clients hide repeats
         feed="monitor",
         guid="test",
         url="https://example.org/monitor-test",

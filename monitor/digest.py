@@ -151,12 +151,20 @@ class Renderer:
     def message_id(
         self, recipient: str, entries: Sequence[DigestEntry], now: datetime | None = None
     ) -> str:
-        """Deterministic: the same recipient and deliveries always give the same Message-ID.
+        """Deterministic: the same recipient and deliveries always give the same Message-ID,
+        whichever worker composes them. The items' keys count too: SQLite gives the ids of
+        deliveries pruned from the end of the table to new ones, which must not reuse an old
+        message's ID (a mail client would hide the new message as a duplicate).
 
         An empty digest (send_empty) is identified by its time instead.
         """
         ids = sorted(i for entry in entries for i in entry.delivery_ids)
-        seed_ids = ",".join(map(str, ids)) if ids else f"empty:{now.isoformat() if now else ''}"
+        keys = sorted({entry.item.key for entry in entries})
+        seed_ids = (
+            ",".join(map(str, ids)) + "|" + ",".join(keys)
+            if ids
+            else f"empty:{now.isoformat() if now else ''}"
+        )
         seed = f"{recipient}|{seed_ids}".encode()
         return f"<digest.{hashlib.sha256(seed).hexdigest()[:32]}@{_domain(self.settings.sender)}>"
 

@@ -26,20 +26,32 @@ from monitor.models import OutgoingMessage
 log = logging.getLogger(__name__)
 
 Outcome = Callable[[OutgoingMessage, DeliveryError | None], Awaitable[None]]
+# Asked right before a message is handed over (or its failure reported): whether this
+# process may send it now. False: another worker has it; it is skipped, nothing reported.
+Take = Callable[[OutgoingMessage], Awaitable[bool]]
+
+
+async def _anyone(_: OutgoingMessage) -> bool:
+    return True
 
 
 class Mailer(Protocol):
-    async def deliver(self, batch: Sequence[OutgoingMessage], report: Outcome) -> None:
-        """Try each message once; report every outcome (None means accepted)."""
+    async def deliver(
+        self, batch: Sequence[OutgoingMessage], report: Outcome, take: Take = _anyone
+    ) -> None:
+        """Try each message once that `take` grants; report its outcome (None: accepted)."""
 
 
 class SmtpMailer:
-    """One SMTP connection per batch; 5xx for a recipient is permanent, the rest transient."""
+    """One SMTP connection per batch. A 5xx for a recipient or for a message's content is
+    permanent for that message; a refused sender, anything else, transient for the rest."""
 
     def __init__(self, settings: SmtpConfig) -> None:
         self._settings = settings
 
-    async def deliver(self, batch: Sequence[OutgoingMessage], report: Outcome) -> None:
+    async def deliver(
+        self, batch: Sequence[OutgoingMessage], report: Outcome, take: Take = _anyone
+    ) -> None:
         if not batch:
             return
         client = aiosmtplib.SMTP(
@@ -54,10 +66,9 @@ class SmtpMailer:
         try:
             failure = await self._open(client)
             if failure is not None:  # nothing was sent: every message waits for a retry
-                for message in batch:
-                    await report(message, failure)
+                await _fail(batch, failure, report, take)
                 return
-            await self._send_all(client, batch, report)
+            await self._send_all(client, batch, report, take)
         finally:
             await _close(client)
 
@@ -72,22 +83,59 @@ class SmtpMailer:
             return DeliveryError(f"{where}: TLS failed: {error}")
         except aiosmtplib.SMTPException as error:
             return DeliveryError(str(_classify(error, where)))
+        except Exception as error:  # e.g. the password file gone: reported, retried
+            return DeliveryError(f"{where}: {type(error).__name__}: {error}")
         return None
 
     async def _send_all(
-        self, client: aiosmtplib.SMTP, batch: Sequence[OutgoingMessage], report: Outcome
+        self,
+        client: aiosmtplib.SMTP,
+        batch: Sequence[OutgoingMessage],
+        report: Outcome,
+        take: Take,
     ) -> None:
         for position, message in enumerate(batch):
+            if not await take(message):
+                continue
             try:
                 await client.sendmail(self._settings.sender, [message.recipient], message.mime)
             except aiosmtplib.SMTPServerDisconnected as error:
-                for rest in batch[position:]:
-                    await report(rest, DeliveryError(f"server disconnected: {error}"))
+                failure = DeliveryError(f"server disconnected: {error}")
+                await report(message, failure)
+                await _fail(batch[position + 1 :], failure, report, take)
+                return
+            except aiosmtplib.SMTPSenderRefused as error:
+                # MAIL FROM refused (sender not allowed, authentication required): no
+                # message of this batch can go, whoever its recipient. Retried, never
+                # dead-lettered, so nothing is lost while the setup is fixed.
+                where = f"SMTP {self._settings.host}: sender {self._settings.sender}"
+                failure = DeliveryError(str(_classify(error, where)))
+                await report(message, failure)
+                await _fail(batch[position + 1 :], failure, report, take)
                 return
             except aiosmtplib.SMTPException as error:
                 await report(message, _classify(error, message.recipient))
+            except Exception as error:  # not SMTP's own: reported for this message alone
+                await report(
+                    message, DeliveryError(f"{message.recipient}: {type(error).__name__}: {error}")
+                )
+                try:  # the server may be mid-transaction (MAIL FROM given): start afresh
+                    await client.rset()
+                except aiosmtplib.SMTPException as reset:
+                    failure = DeliveryError(f"server lost after an error: {reset}")
+                    await _fail(batch[position + 1 :], failure, report, take)
+                    return
             else:
                 await report(message, None)
+
+
+async def _fail(
+    batch: Sequence[OutgoingMessage], failure: DeliveryError, report: Outcome, take: Take
+) -> None:
+    """Report a failure that kept these messages from being tried: each waits for a retry."""
+    for message in batch:
+        if await take(message):
+            await report(message, failure)
 
 
 async def _close(client: aiosmtplib.SMTP) -> None:
@@ -127,8 +175,12 @@ class MaildirMailer:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
 
-    async def deliver(self, batch: Sequence[OutgoingMessage], report: Outcome) -> None:
+    async def deliver(
+        self, batch: Sequence[OutgoingMessage], report: Outcome, take: Take = _anyone
+    ) -> None:
         for message in batch:
+            if not await take(message):
+                continue
             try:
                 target = self.write(message)
             except OSError as error:

@@ -1513,10 +1513,13 @@ class Store:
         self._finish(message_id, "dead", now, error)
 
     def _finish(self, message_id: str, status: str, now: datetime, error: str | None) -> None:
+        """A sent message stays sent: a refusal reported late (by a worker whose lease ran
+        out meanwhile) does not turn it, or its deliveries, into dead letters."""
         with self._tx() as tx:
-            tx.execute(
+            changed = tx.execute(
                 messages.update()
                 .where(messages.c.message_id == message_id)
+                .where(messages.c.status != "sent")
                 .values(
                     status=status,
                     sent_at=now,
@@ -1525,12 +1528,13 @@ class Store:
                     lease_owner=None,
                     lease_until=None,
                 )
-            )
-            tx.execute(
-                deliveries.update()
-                .where(deliveries.c.message_id == message_id)
-                .values(status=status, sent_at=now)
-            )
+            ).rowcount
+            if changed:
+                tx.execute(
+                    deliveries.update()
+                    .where(deliveries.c.message_id == message_id)
+                    .values(status=status, sent_at=now)
+                )
 
     def mark_retry(
         self, message_id: str, error: str, now: datetime, delay: Callable[[int], timedelta]

@@ -92,7 +92,17 @@ class SmtpRecorder:
     data_reply: list[str] = field(default_factory=list)  # replies to DATA, consumed in order
     drop_data: int = 0  # this many DATA commands get the connection closed instead of a reply
     on_data: Callable[[bytes], None] | None = None  # runs before a message is accepted
+    mail_reply: str | None = None  # the reply to every MAIL FROM, instead of 250
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if self.mail_reply is not None:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any

@@ -175,3 +175,21 @@ def test_plain_path_database_becomes_sqlite_url() -> None:
     data = yaml.safe_load(MINIMAL)
     data["database"] = "/var/lib/monitor/monitor.db"
     assert parse_config(yaml.safe_dump(data)).database == "sqlite:////var/lib/monitor/monitor.db"
+
+
+def test_international_domains_are_sent_in_their_ascii_form() -> None:
+    config = parse_config(MINIMAL.replace("press@example.org", "presse@bücher.de"), "c.yaml")
+    assert config.recipients_of(config.watchlists[0]) == ("presse@xn--bcher-kva.de",)
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("jürgen@example.org", "SMTPUTF8"),
+        ("a\\x01b@example.org", "not an email address"),  # YAML's escape: a control character
+        ("a@bücher..de", "not a valid domain name"),
+    ],
+)
+def test_addresses_that_no_server_would_take_are_refused(address: str, says: str) -> None:
+    found = problems(MINIMAL.replace("press@example.org", f'"{address}"'))
+    assert len(found) == 1 and "c.yaml:1:" in found[0] and says in found[0], found

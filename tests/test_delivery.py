@@ -322,3 +322,115 @@ async def test_priority_immediate_watchlist_sends_alerts(
         clock.advance(minutes=5)
         assert (await run_digests(app)).sent == 1  # not waiting for tomorrow's 07:00
     assert recorder.parsed()[0]["Subject"].startswith("monitor alert:")
+
+
+async def test_each_message_is_leased_right_before_it_is_sent(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    """A batch can outlast a send lease. When this worker's leases have run out while it
+    sends the first message, another worker may take the second: this one must not send
+    it too (it used to lease the whole batch up front and never look again)."""
+    from email import message_from_bytes
+
+    import sqlalchemy as sa
+
+    from monitor.delivery import SEND_LEASE
+    from monitor.store import messages
+
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    async with open_app(settings(port, priority="immediate"), clock) as app:
+        add_matches(app, 1)
+        clock.advance(minutes=10)
+        taken: list[str] = []
+
+        def meanwhile(raw: bytes) -> None:
+            if taken:
+                return
+            sending = message_from_bytes(raw)["Message-ID"]
+            with app.store.engine.begin() as tx:  # this worker's leases run out
+                tx.execute(messages.update().values(lease_until=clock() - timedelta(minutes=1)))
+                others = tx.execute(
+                    sa.select(messages.c.message_id).where(messages.c.message_id != sending)
+                ).scalars()
+            for other in others:
+                if app.store.lease_message(other, "w2", clock(), clock() + SEND_LEASE):
+                    taken.append(other)
+
+        recorder.on_data = meanwhile
+        report = await run_digests(app)
+        assert report.composed == 2 and report.sent == 1 and len(taken) == 1
+        assert len(recorder.messages) == 1  # the other is w2's to send
+        with app.store.engine.connect() as tx:
+            row = tx.execute(
+                sa.select(messages.c.status, messages.c.lease_owner).where(
+                    messages.c.message_id == taken[0]
+                )
+            ).one()
+        assert tuple(row) == ("ready", "w2")
+
+
+async def test_a_sent_message_is_not_dead_lettered_by_a_late_refusal(open_app: Any) -> None:
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    async with open_app(settings(free_port(), priority="immediate"), clock) as app:
+        add_matches(app, 1)
+        clock.advance(minutes=10)
+        await run_digests(app)  # composed; the server is down
+        (first, _) = app.store.ready_messages(clock() + timedelta(days=1))
+        app.store.mark_sent(first.message_id, clock())
+        app.store.mark_dead(first.message_id, "550 late", clock())
+        assert app.store.outbox().dead == 0
+
+
+async def test_new_deliveries_on_reused_ids_get_a_new_message_id(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    """SQLite hands the ids of deliveries pruned from the end of the table to new ones: the
+    Message-ID must still be new, or mail clients hide the message as a repeat."""
+    from monitor.models import DigestEntry
+
+    _, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    async with open_app(settings(port), clock) as app:
+        renderer = app.renderer
+        old = renderer.message_id("a@example.org", [DigestEntry((7,), "xAI", item(1))])
+        again = renderer.message_id("a@example.org", [DigestEntry((7,), "xAI", item(1))])
+        new = renderer.message_id("a@example.org", [DigestEntry((7,), "xAI", item(2))])
+        assert old == again != new
+
+
+def test_test_emails_have_message_ids_of_their_own(
+    smtp_server: tuple[SmtpRecorder, int], write_config: Callable[..., Path]
+) -> None:
+    from monitor.cli import main
+
+    recorder, port = smtp_server
+    path = str(write_config(settings(port)))
+    assert main(["--config", path, "test-email", "ops@example.org"]) == 0
+    assert main(["--config", path, "test-email", "ops@example.org"]) == 0
+    first, second = recorder.parsed()
+    assert first["Message-ID"] != second["Message-ID"]
+
+
+async def test_preview_renders_an_immediate_watchlist_as_its_alert(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    from monitor.delivery import preview
+
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    data = settings(port, recipients=["a@example.org"], priority="immediate")
+    async with open_app(data, clock) as app:
+        add_matches(app, 1)
+        (shown,) = preview(app)
+        clock.advance(minutes=10)
+        await run_digests(app)
+    (sent,) = recorder.parsed()
+    subject = message_from_bytes_subject(shown.mime)
+    assert subject == sent["Subject"] and subject.startswith("monitor alert:")
+
+
+def message_from_bytes_subject(raw: bytes) -> str:
+    from email import message_from_bytes, policy
+
+    return str(message_from_bytes(raw, policy=policy.default)["Subject"])

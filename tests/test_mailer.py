@@ -64,6 +64,61 @@ async def test_temporary_refusal_is_transient(smtp_server: tuple[SmtpRecorder, i
     assert recorder.messages == []
 
 
+async def test_a_refused_sender_is_transient_for_every_message(
+    smtp_server: tuple[SmtpRecorder, int],
+) -> None:
+    """A 5xx to MAIL FROM (sender not allowed, authentication required) concerns every
+    recipient: nothing is dead-lettered, everything waits for a retry."""
+    recorder, port = smtp_server
+    recorder.mail_reply = "530 5.7.0 Authentication required"
+    outcomes = await deliver(smtp(port), [message(1, "a@example.org"), message(2, "b@example.org")])
+    assert len(outcomes) == 2
+    for error in outcomes.values():
+        assert type(error) is DeliveryError
+        assert "530" in str(error) and "monitor@example.org" in str(error)
+    recorder.mail_reply = None
+    assert await deliver(smtp(port), [message(1, "a@example.org")]) == {"a@example.org": None}
+
+
+async def test_an_error_outside_smtp_fails_one_message_not_the_batch(
+    smtp_server: tuple[SmtpRecorder, int],
+) -> None:
+    """aiosmtplib raises UnicodeEncodeError for an address it cannot write: reported for
+    that message (and retried), the others still go, nothing escapes the mailer."""
+    recorder, port = smtp_server
+    batch = [
+        message(1, "a@example.org"),
+        message(2, "jürgen@example.org"),
+        message(3, "b@example.org"),
+    ]
+    outcomes = await deliver(smtp(port), batch)
+    assert outcomes["a@example.org"] is None and outcomes["b@example.org"] is None
+    error = outcomes["jürgen@example.org"]
+    assert type(error) is DeliveryError and "jürgen@example.org" in str(error)
+    assert [rcpt for _, rcpt, _ in recorder.messages] == [["a@example.org"], ["b@example.org"]]
+
+
+async def test_a_message_not_taken_is_neither_sent_nor_reported(
+    smtp_server: tuple[SmtpRecorder, int], tmp_path: Path
+) -> None:
+    recorder, port = smtp_server
+    batch = [message(1, "a@example.org"), message(2, "b@example.org")]
+
+    async def take(candidate: OutgoingMessage) -> bool:
+        return candidate.recipient != "b@example.org"  # another worker holds b's
+
+    reported: list[tuple[str, DeliveryError | None]] = []
+
+    async def report(sent: OutgoingMessage, error: DeliveryError | None) -> None:
+        reported.append((sent.recipient, error))
+
+    await smtp(port).deliver(batch, report, take)
+    await MaildirMailer(tmp_path / "outbox").deliver(batch, report, take)
+    assert reported == [("a@example.org", None), ("a@example.org", None)]
+    assert [rcpt for _, rcpt, _ in recorder.messages] == [["a@example.org"]]
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
+
+
 async def test_server_down_is_transient_for_every_message() -> None:
     outcomes = await deliver(
         smtp(free_port()), [message(1, "a@example.org"), message(2, "b@example.org")]
