@@ -8,6 +8,7 @@ a header (subjects are built from watchlist names and counts; header values are 
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -240,7 +241,9 @@ class Renderer:
         return {"title": item.title or url, "url": url, "outlet": item.feed}
 
     def _local(self, moment: datetime) -> str:
-        return moment.astimezone(self.settings.zone).strftime("%Y-%m-%d %H:%M %Z")
+        with contextlib.suppress(OverflowError):  # a placeholder date (year 1) stored earlier
+            moment = moment.astimezone(self.settings.zone)
+        return moment.strftime("%Y-%m-%d %H:%M %Z")
 
 
 def snippet(text: str, spans: Sequence[tuple[int, int]], width: int = SNIPPET_CHARS) -> Segments:

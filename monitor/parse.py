@@ -157,6 +157,7 @@ class ParsedFeed:
     ttl: float | None = None  # seconds, from RSS <ttl> or sy:updatePeriod/Frequency
     item_gap: float | None = None  # mean seconds between the items' dates: the feed's rhythm
     warning: str | None = None  # a recoverable problem worth showing (feedparser's bozo)
+    left_out: int = 0  # items past max_items, the oldest by their dates, not read
 
 
 def parse_feed(
@@ -201,9 +202,10 @@ def parse_feed(
     feed_language = _language(channel.get("language")) or language or ""
     # Entries as plain dicts: FeedParserDict.get looks each key up through its alias map in
     # Python (a tenth of the work after parsing); the keys read here are none of its aliases.
+    kept = _newest([_published(entry, now, n) for n, entry in enumerate(entries)], max_items, now)
     items = [
-        _item(dict(entry), feed_name, url, feed_language, now, position)
-        for position, entry in enumerate(entries[:max_items])
+        _item(dict(entries[position]), feed_name, url, feed_language, now, position)
+        for position in kept
     ]
     warning = None
     if result.get("bozo"):
@@ -214,12 +216,25 @@ def parse_feed(
         ttl=_ttl(channel),
         item_gap=item_gap(_dated(items, now)),
         warning=warning,
+        left_out=len(entries) - len(kept),
     )
 
 
-def _dated(items: Iterable[Item], now: datetime) -> list[datetime]:
+def _newest(dates: list[datetime], limit: int, now: datetime) -> list[int]:
+    """The positions of at most `limit` entries: the newest by their own dates, in the
+    document's order. A feed that lists oldest first (podcasts, archives) adds new items at
+    its end: cutting the document at the limit dropped every new one, silently, for good."""
+    if len(dates) <= limit:
+        return list(range(len(dates)))
+    if len(_dated(dates, now)) < 2:  # no dates to go by: the document's order, newest first
+        return list(range(limit))
+    return sorted(sorted(range(len(dates)), key=dates.__getitem__, reverse=True)[:limit])
+
+
+def _dated(items: Iterable[Item | datetime], now: datetime) -> list[datetime]:
     """The items' own dates; first-seen stand-ins (within a second of now) say nothing."""
-    return [item.published for item in items if abs(item.published - now) > timedelta(seconds=1)]
+    stamps = (item if isinstance(item, datetime) else item.published for item in items)
+    return [stamp for stamp in stamps if abs(stamp - now) > timedelta(seconds=1)]
 
 
 def item_gap(stamps: Iterable[datetime]) -> float | None:
@@ -230,13 +245,23 @@ def item_gap(stamps: Iterable[datetime]) -> float | None:
     return (ordered[-1] - ordered[0]).total_seconds() / (len(ordered) - 1)
 
 
+# Characters no database should be handed: C0 controls but tab and line ends (PostgreSQL
+# refuses NUL in text), and lone surrogates (valid in JSON, not encodable as UTF-8). A feed
+# may carry them (`&#0;`, `"\ud83d"`); one such item used to fail its whole feed's batch.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    return _UNSTORABLE.sub("", text)
+
+
 def _item(
     entry: Mapping[str, Any], feed_name: str, base: str, language: str, now: datetime, position: int
 ) -> Item:
-    link = canonical_url(_absolute(str(entry.get("link") or "").strip(), base))
-    title = html_to_text(str(entry.get("title") or ""))
-    summary = _summary(entry)
-    guid = _guid(entry, base) or link or _digest(title + summary)
+    link = canonical_url(_storable(_absolute(str(entry.get("link") or "").strip(), base)))
+    title = _storable(html_to_text(str(entry.get("title") or "")))
+    summary = _storable(_summary(entry))
+    guid = _storable(_guid(entry, base)) or link or _digest(title + summary)
     published = _published(entry, now, position)
     return Item(
         key=make_key(feed_name, guid, link),
@@ -289,6 +314,12 @@ def _summary(entry: Mapping[str, Any]) -> str:
     return html_to_text(str(text))[:MAX_SUMMARY_CHARS]
 
 
+# Dates before this are placeholders (Go's zero time 0001-01-01, the Unix epoch), not news:
+# the item counts as undated. Such a date broke every digest (a local time before year 1)
+# and made the feed's rhythm look like centuries, so it was never found stale.
+_EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
+
+
 def _published(entry: Mapping[str, Any], now: datetime, position: int) -> datetime:
     for key in ("published_parsed", "updated_parsed", "created_parsed"):
         parsed = entry.get(key)
@@ -297,9 +328,16 @@ def _published(entry: Mapping[str, Any], now: datetime, position: int) -> dateti
                 stamp = datetime.fromtimestamp(calendar.timegm(parsed), tz=UTC)
             except (OverflowError, ValueError, OSError):
                 continue
+            if stamp < _EARLIEST:
+                continue
             # A date far in the future is a feed bug; it would pin the item to the top forever.
             return min(stamp, now + timedelta(days=1))
-    # No date: first-seen time, keeping the feed's order (newest first) by a microsecond each.
+    return _first_seen(now, position)
+
+
+def _first_seen(now: datetime, position: int) -> datetime:
+    """An undated item's date: first-seen time, keeping the feed's order (newest first) by
+    a microsecond each."""
     return now - timedelta(microseconds=position)
 
 
@@ -341,14 +379,16 @@ def _parse_json_feed(
     if not isinstance(raw_items, list):
         raise ParseError("not a feed: JSON Feed without an 'items' list")
     feed_language = _language(document.get("language")) or language or ""
+    entries = list(_dicts(raw_items))
+    kept = _newest([_json_published(e, now, n) for n, e in enumerate(entries)], max_items, now)
     items = [
-        _json_item(entry, feed_name, feed_language, now, position)
-        for position, entry in enumerate(_dicts(raw_items[:max_items]))
+        _json_item(entries[position], feed_name, feed_language, now, position) for position in kept
     ]
     return ParsedFeed(
         title=clean_text(str(document.get("title", ""))),
         items=tuple(items),
         item_gap=item_gap(_dated(items, now)),
+        left_out=len(entries) - len(kept),
     )
 
 
@@ -359,17 +399,12 @@ def _dicts(values: Iterable[Any]) -> Iterable[dict[str, Any]]:
 def _json_item(
     entry: dict[str, Any], feed_name: str, language: str, now: datetime, position: int
 ) -> Item:
-    link = canonical_url(str(entry.get("url") or entry.get("external_url") or ""))
-    title = html_to_text(str(entry.get("title") or ""))
+    link = canonical_url(_storable(str(entry.get("url") or entry.get("external_url") or "")))
+    title = _storable(html_to_text(str(entry.get("title") or "")))
     body = entry.get("summary") or entry.get("content_text") or entry.get("content_html") or ""
-    summary = html_to_text(str(body))[:MAX_SUMMARY_CHARS]
-    guid = str(entry.get("id") or link or _digest(title + summary))
-    published = now - timedelta(microseconds=position)
-    for key in ("date_published", "date_modified"):
-        stamp = _iso_date(entry.get(key))
-        if stamp:
-            published = min(stamp, now + timedelta(days=1))
-            break
+    summary = _storable(html_to_text(str(body))[:MAX_SUMMARY_CHARS])
+    guid = _storable(str(entry.get("id") or "")) or link or _digest(title + summary)
+    published = _json_published(entry, now, position)
     return Item(
         key=make_key(feed_name, guid, link),
         feed=feed_name,
@@ -382,13 +417,21 @@ def _json_item(
     )
 
 
+def _json_published(entry: dict[str, Any], now: datetime, position: int) -> datetime:
+    for key in ("date_published", "date_modified"):
+        stamp = _iso_date(entry.get(key))
+        if stamp and stamp >= _EARLIEST:
+            return min(stamp, now + timedelta(days=1))
+    return _first_seen(now, position)
+
+
 def _iso_date(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
         stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return stamp.astimezone(UTC)
+    except (ValueError, OverflowError):  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.astimezone(UTC)

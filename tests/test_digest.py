@@ -139,3 +139,14 @@ def test_updated_items_are_marked() -> None:
     text = parsed.get_body(("plain",)).get_content()
     assert text.count("UPDATED, heise") == 1
     assert "<strong>Updated</strong>" in parsed.get_body(("html",)).get_content()
+
+
+def test_an_item_stored_with_a_placeholder_date_still_renders() -> None:
+    """Earlier versions stored Go's zero time (0001-01-01) as an item's date; in a zone west
+    of UTC it has no local time, and every digest failed."""
+    from dataclasses import replace
+
+    stored = entry(1, "Neues von xAI")
+    year_one = replace(stored, item=replace(stored.item, published=datetime(1, 1, 1, tzinfo=UTC)))
+    message = renderer(zone=ZoneInfo("America/New_York")).render("a@example.org", [year_one], NOW)
+    assert "-01-01 00:00 UTC" in parse(message.mime).get_body(("plain",)).get_content()  # type: ignore[union-attr]

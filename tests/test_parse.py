@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import pickle
 import time
 import warnings
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import feedparser
@@ -180,7 +181,74 @@ def test_items_are_normalized() -> None:
 def test_max_items_caps_a_huge_feed() -> None:
     entries = "".join(f"<item><title>n{i}</title><guid>{i}</guid></item>" for i in range(50))
     body = f"<rss version='2.0'><channel><title>t</title>{entries}</channel></rss>".encode()
-    assert len(parse(body, max_items=10).items) == 10  # type: ignore[attr-defined]
+    parsed = parse(body, max_items=10)
+    assert [i.title for i in parsed.items] == [f"n{i}" for i in range(10)]  # type: ignore[attr-defined]
+    assert parsed.left_out == 40  # type: ignore[attr-defined]
+
+
+def test_max_items_keeps_the_newest_of_a_feed_listing_oldest_first() -> None:
+    """A podcast or archive feed adds its new items at the end: they must be the ones read."""
+    entries = "".join(
+        f"<item><title>n{i}</title><guid>{i}</guid>"
+        f"<pubDate>{i + 1:02d} Nov 2026 08:00:00 GMT</pubDate></item>"
+        for i in range(20)
+    )
+    body = f"<rss version='2.0'><channel><title>t</title>{entries}</channel></rss>".encode()
+    parsed = parse(body, max_items=5)
+    assert [i.title for i in parsed.items] == ["n15", "n16", "n17", "n18", "n19"]  # type: ignore[attr-defined]
+    assert parsed.left_out == 15  # type: ignore[attr-defined]
+    document = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "items": [
+            {"id": str(i), "title": f"n{i}", "date_published": f"2026-11-{i + 1:02d}T08:00:00Z"}
+            for i in range(20)
+        ],
+    }
+    parsed = parse(json.dumps(document).encode(), max_items=5)
+    assert [i.title for i in parsed.items] == ["n15", "n16", "n17", "n18", "n19"]  # type: ignore[attr-defined]
+
+
+def test_placeholder_dates_count_as_no_date() -> None:
+    """Go's zero time (0001-01-01) and the like: the item is dated when first seen. A year-1
+    date broke every digest west of UTC and hid the feed's rhythm (never found stale)."""
+    atom = (
+        "<feed xmlns='http://www.w3.org/2005/Atom'><title>t</title>"
+        "<entry><id>a</id><title>zero</title><updated>0001-01-01T00:00:00Z</updated></entry>"
+        "<entry><id>b</id><title>epoch</title><updated>1970-01-01T00:00:00Z</updated></entry>"
+        "<entry><id>c</id><title>real</title><updated>2026-11-28T08:00:00Z</updated></entry>"
+        "</feed>"
+    )
+    parsed = parse(atom.encode())
+    dates = {i.title: i.published for i in parsed.items}  # type: ignore[attr-defined]
+    assert NOW - dates["zero"] < timedelta(seconds=1) and NOW - dates["epoch"] < timedelta(
+        seconds=1
+    )
+    assert dates["real"] == datetime(2026, 11, 28, 8, tzinfo=UTC)
+    assert parsed.item_gap is None  # type: ignore[attr-defined]  # one real date: no rhythm
+    document = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "items": [{"id": "a", "title": "zero", "date_published": "0001-01-01T00:00:00+01:00"}],
+    }
+    (item,) = parse(json.dumps(document).encode()).items  # type: ignore[attr-defined]
+    assert NOW - item.published < timedelta(seconds=1)
+
+
+def test_characters_no_database_takes_are_dropped() -> None:
+    """NUL (PostgreSQL refuses it in text) and lone surrogates (not UTF-8): one such item
+    used to fail its whole feed's batch, on every poll."""
+    rss = (
+        "<rss version='2.0'><channel><title>t</title><item><title>a&#0;b</title>"
+        "<guid>g&#0;1</guid><link>https://example.org/x&#1;y</link></item></channel></rss>"
+    )
+    document = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "items": [{"id": "g\u00002", "title": "smile \ud83d", "summary": "x\u0000y"}],
+    }
+    for body in (rss.encode(), json.dumps(document).encode()):
+        for item in parse(body).items:  # type: ignore[attr-defined]
+            for value in (item.key, item.guid, item.url, item.title, item.summary):
+                value.encode("utf-8")  # no surrogate left
+                assert not any(ord(c) < 32 and c not in "\t\n\r" for c in value), value
 
 
 def test_relative_item_links_resolve_against_xml_base_or_the_feed_url() -> None:
