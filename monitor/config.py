@@ -179,6 +179,18 @@ class FeedConfig(_Model):
         return url
 
 
+def _language_code(value: str) -> str:
+    """As items carry it: the primary subtag, lowercase (de-AT, DE -> de)."""
+    code = value.strip().lower().replace("_", "-").split("-")[0]
+    if not _LANGUAGE.match(code):
+        raise ValueError(f"{value!r} is not a language code; use ISO 639 codes such as de or en")
+    return code
+
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+LanguageCode = Annotated[str, AfterValidator(_language_code)]
+
+
 def _recipient(value: Any) -> Any:
     """A recipient is an address, or a mapping with the address and personal settings."""
     return {"address": value} if isinstance(value, str) else value
@@ -248,7 +260,7 @@ class WatchlistConfig(_Model):
     recipients: tuple[Recipient, ...] = ()
     digest: ScheduleText = "daily 07:00"
     quiet_hours: QuietHoursText | None = None  # e.g. "22:00-07:00"; default: digests.quiet_hours
-    languages: tuple[str, ...] = ()  # empty: every language
+    languages: tuple[LanguageCode, ...] = ()  # empty: every language
     feeds: tuple[str, ...] = ()  # empty: every feed
 
     @field_validator("query")
@@ -502,7 +514,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         nested = {tuple(e["loc"][:i]) for e in errors for i in range(1, len(e["loc"]))}
         # A list whose entries failed also reports "too short"; the entries' errors say more.
         errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in nested)]
-        problems += [_describe(source, e, values, keys) for e in errors]
+        problems += [_describe(source, e, values, keys, data) for e in errors]
     else:
         problems += _cross_checks(config, source, values)
         if not problems:
@@ -513,7 +525,18 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 def _read_yaml(
     text: str, source: str
 ) -> tuple[Any, dict[_Path, _Mark], dict[_Path, _Mark], list[str]]:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks every character first
+    except yaml.reader.ReaderError as error:
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - text.rfind("\n", 0, error.position)
+        raise ConfigError(
+            [
+                f"{source}:{line}:{column}: the character U+{error.character:04X} is not "
+                "allowed in YAML (a control character, often pasted from a word processor); "
+                "delete it"
+            ]
+        ) from None
     try:
         node = loader.get_single_node()
         values: dict[_Path, _Mark] = {}
@@ -568,7 +591,13 @@ def _dotted(path: _Path) -> str:
     return text or "(top level)"
 
 
-def _describe(source: str, error: Any, values: dict[_Path, _Mark], keys: dict[_Path, _Mark]) -> str:
+def _describe(
+    source: str,
+    error: Any,
+    values: dict[_Path, _Mark],
+    keys: dict[_Path, _Mark],
+    data: dict[str, Any],
+) -> str:
     loc: _Path = tuple(part for part in error["loc"] if not _is_pydantic_tag(part))
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -583,7 +612,25 @@ def _describe(source: str, error: Any, values: dict[_Path, _Mark], keys: dict[_P
             loc = loc[:-1]
         mark = values.get(loc) or _nearest(loc, values)
         message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{source}:{mark.line}:{mark.column}: {_dotted(loc)}: {message}"
+        if kind == "string_type" and isinstance(error.get("input"), dict):
+            # terms: [{xAI}] is a mapping to YAML; the docs' case-sensitive form needs quotes.
+            message += '; YAML reads {...} as a mapping: quote it, e.g. "{xAI}"'
+    return f"{source}:{mark.line}:{mark.column}: {_dotted(loc)}: {_naming(message, loc, data)}"
+
+
+def _naming(message: str, loc: _Path, data: dict[str, Any]) -> str:
+    """The message, saying which watchlist or feed it is about (after its first line):
+    "watchlists[2].terms[0]" alone makes the reader count entries."""
+    if len(loc) < 3 or loc[0] not in ("watchlists", "feeds") or not isinstance(loc[1], int):
+        return message
+    entries = data.get(str(loc[0]))
+    entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+    name = entry.get("name") if isinstance(entry, dict) else None
+    kind = "watchlist" if loc[0] == "watchlists" else "feed"
+    if not isinstance(name, str) or not name.strip() or f"{kind} '" in message:
+        return message
+    first, newline, rest = message.partition("\n")
+    return f"{first} (in {kind} {' '.join(name.split())[:60]!r}){newline}{rest}"
 
 
 def _is_pydantic_tag(part: Any) -> bool:

@@ -227,9 +227,14 @@ class Daemon:
             return
         config = self._keep_restart_only_settings(config)
         before = self.app.config
-        self.app.apply_config(config)
-        self.registry.reconfigure(config)
-        self.app.store.sync_feeds(config.feed_urls(), self.app.clock(), config.polled_feeds())
+        try:
+            self.app.apply_config(config)
+            self.registry.reconfigure(config)
+            self.app.store.sync_feeds(config.feed_urls(), self.app.clock(), config.polled_feeds())
+        except Exception:  # e.g. the database away: say so, and leave systemd's "reloading"
+            log.exception("reload failed part way; send SIGHUP again once the cause is fixed")
+            self.notifier.send(READY="1", STATUS="reload failed; see the log")
+            return
         log.info(
             "configuration reloaded: %d feeds, %d watchlists%s",
             len(config.feeds),

@@ -193,3 +193,27 @@ def test_international_domains_are_sent_in_their_ascii_form() -> None:
 def test_addresses_that_no_server_would_take_are_refused(address: str, says: str) -> None:
     found = problems(MINIMAL.replace("press@example.org", f'"{address}"'))
     assert len(found) == 1 and "c.yaml:1:" in found[0] and says in found[0], found
+
+
+def test_a_control_character_is_reported_with_its_position() -> None:
+    found = problems(MINIMAL.replace("name: xAI", "name: xAI\x0b"))
+    assert found == [
+        "c.yaml:6:14: the character U+000B is not allowed in YAML (a control character, "
+        "often pasted from a word processor); delete it"
+    ]
+
+
+def test_problems_inside_a_watchlist_name_it() -> None:
+    text = MINIMAL + '  - name: Grok\n    terms: ["„“"]\n  - name: brace\n    terms: [{xAI}]\n'
+    first, second = problems(text)
+    assert first.startswith("c.yaml:9:13: watchlists[1].terms[0]: term")
+    assert first.endswith("(in watchlist 'Grok')")
+    assert second.startswith("c.yaml:11:13: watchlists[2].terms[0]:")
+    assert second.endswith("""quote it, e.g. "{xAI}" (in watchlist 'brace')""")
+
+
+def test_languages_are_codes_as_items_carry_them() -> None:
+    config = parse_config(MINIMAL + "    languages: [DE, en-GB]\n", "c.yaml")
+    assert config.watchlists[0].languages == ("de", "en")
+    (found,) = problems(MINIMAL + "    languages: [german]\n")
+    assert "c.yaml:8:17:" in found and "'german' is not a language code" in found

@@ -291,6 +291,15 @@ def test_sighup_with_a_broken_file_keeps_the_running_config(
     wait_for(lambda: notify.seen("READY", "1")[1:], "READY=1 after the reload")
     assert daemon.process.poll() is None  # still running, on the old config
 
+    # A control character (pasted from a word processor) stops YAML before parsing begins.
+    config.write_text(good.replace("digest: hourly", "digest: hourly\x0b"), encoding="utf-8")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: len(daemon.logged("reload rejected")) > 1, "the second rejection")
+    second = daemon.logged("reload rejected")[1]
+    assert f"{config}:{line}:" in second and "U+000B is not allowed in YAML" in second
+    wait_for(lambda: notify.seen("READY", "1")[2:], "READY=1 after the second reload")
+    assert daemon.process.poll() is None
+
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
 
