@@ -1995,7 +1995,24 @@ def _story_candidates(
         entry = fetched.get(item_id) or cache.get(item_id)
         if entry is not None and entry[0] >= since:
             found.setdefault(band, []).append(entry[1])
+    # A story takes new members for the window after it began, not for as long as each new
+    # member is close to the last: a daily column carried by two feeds chained every edition
+    # into its first day's story, and none was alerted again.
+    closed = _stories_begun_before(tx, {c.story_id for cs in found.values() for c in cs}, since)
+    if closed:
+        found = {
+            band: kept
+            for band, candidates in found.items()
+            if (kept := [c for c in candidates if c.story_id not in closed])
+        }
     return found
+
+
+def _stories_begun_before(tx: Connection, story_ids: set[int], since: datetime) -> set[int]:
+    if not story_ids:
+        return set()
+    sql = "SELECT id FROM stories WHERE created_at < {p} AND id {among}"
+    return {story for (story,) in _select_among(tx, sql, sorted(story_ids), _stamp(tx, since))}
 
 
 def _band_members(tx: Connection, bands: Iterable[int]) -> list[tuple[int, int]]:

@@ -287,18 +287,37 @@ def assign_stories(
     similar candidate from another feed, if any reaches the threshold, else into a story of
     its own. `known` maps band -> candidates; new items become candidates for later ones."""
     index = _BandIndex()
+    outlets: dict[int, set[str]] = {}  # story -> the feeds of its members seen here
     for band, found in known.items():
         for candidate in found:
             index.add((band,), candidate)
+            outlets.setdefault(candidate.story_id, set()).add(candidate.feed)
     assignments = []
     for item_id, feed, fingerprint in new:
-        near = [c for c in index.near(fingerprint.bands).values() if c.feed != feed]
+        # Not into a story its own feed is in already, through another feed's copy either.
+        near = [
+            c for c in index.near(fingerprint.bands).values() if feed not in outlets[c.story_id]
+        ]
         best = _closest(fingerprint, near, threshold)
         assignment = best or Assignment(item_id, 1.0)
         assignments.append(assignment)
         joined = Candidate(item_id, assignment.story_id, fingerprint.hashes, feed)
         index.add(fingerprint.bands, joined)
+        outlets.setdefault(assignment.story_id, set()).add(feed)
     return assignments
+
+
+# Short texts (a title alone: Google News, Hacker News) share a large part of their few
+# words by chance: "Tesla shares rise after delivery beat" and "Tesla shares fall after
+# delivery miss" score 0.5. Merging them would hide the second story's alert, so where
+# either side has fewer than _SHORT shingles, only near-copies merge. A rewritten short
+# title is then alerted twice: a repeat, never a miss.
+_SHORT = 12
+_SHORT_SIMILARITY = 0.75
+
+
+def _required(threshold: float, mine: int, theirs: int) -> float:
+    return max(threshold, _SHORT_SIMILARITY) if min(mine, theirs) < _SHORT else threshold
 
 
 def _closest(
@@ -307,9 +326,11 @@ def _closest(
     if len(candidates) >= _VECTORIZE_FROM:
         return _closest_vectorized(fingerprint, candidates, threshold)
     best: Assignment | None = None
+    mine = len(fingerprint.hashes)
     for candidate in candidates:
         similarity = jaccard(fingerprint.hashes, candidate.hashes)
-        if similarity >= threshold and (best is None or similarity > best.similarity):
+        required = _required(threshold, mine, len(candidate.hashes))
+        if similarity >= required and (best is None or similarity > best.similarity):
             best = Assignment(candidate.story_id, similarity)
     return best
 
@@ -329,9 +350,11 @@ def _closest_vectorized(
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     common = np.add.reduceat(found.astype(np.int64), starts) * (sizes > 0)
     similarity = common / (len(mine) + sizes - common)
-    best = int(np.argmax(similarity))  # the first of equals, as the loop above picks
-    if similarity[best] < threshold:
+    short = np.minimum(sizes, len(mine)) < _SHORT
+    eligible = np.where(similarity >= np.where(short, _required(threshold, 0, 0), threshold))
+    if not len(eligible[0]):
         return None
+    best = int(eligible[0][np.argmax(similarity[eligible])])  # the first of equals, as above
     return Assignment(candidates[best].story_id, float(similarity[best]))
 
 
