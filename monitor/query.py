@@ -5,8 +5,8 @@
     and     := not (AND not)*
     not     := NOT not | near
     near    := primary (NEAR/n primary)?
-    primary := TERM | "exact phrase" | {CaseSensitive} | word* | ( or ) | title: primary
-                | summary: primary
+    primary := TERM | "exact phrase" | „exact phrase“ | {CaseSensitive} | word* | ( or )
+                | title: primary | summary: primary
 
 Precedence is NOT > AND > OR, as in the boolean dialects analysts know (Brandwatch,
 Meltwater, Talkwalker). Operators are written in capitals; two terms side by side are an
@@ -23,15 +23,24 @@ from monitor.errors import QueryError
 from monitor.text import normalize
 
 FIELDS = ("title", "summary")
+# Phrase delimiters and what closes each, the closer to suggest first: the ASCII quote, and the
+# typographic quotes people paste from articles (German „…“, English “…”, guillemets «…» and
+# »…«). Single quotes are not delimiters, as ' is not: ’ is also the apostrophe in Musk’s.
+_CLOSERS = {'"': '"', "„": "“”‟", "“": "”“‟", "”": "”“‟", "‟": "”“‟", "«": "»«", "»": "«»"}
 _TOKEN = re.compile(
-    r"""(?P<space>\s+)|(?P<open>\()|(?P<close>\))|(?P<phrase>"[^"]*"?)|(?P<cased>\{[^}]*\}?)"""
-    r"""|(?P<word>[^\s()"{}]+)"""
+    r"""(?P<space>\s+)|(?P<open>\()|(?P<close>\))|(?P<cased>\{[^}]*\}?)"""
+    r"""|(?P<phrase>"[^"]*"?|[„“”‟][^“”‟]*[“”‟]?|[«»][^«»]*[«»]?)"""
+    r"""|(?P<word>[^\s()"„“”‟«»{}]+)"""
 )
 _NEAR = re.compile(r"NEAR(?:/(\d+))?$")
 _SCOPE = re.compile(r"([A-Za-z]+):(.*)$", re.S)
 _HAS_WORD = re.compile(r"[^\W_]")
 _SPACES = re.compile(r"\s+")
 _LEADING_PUNCTUATION = re.compile(r"^[\W_]+")
+# Quote marks that may enclose a term as written: those text.normalize folds to " or '.
+_QUOTES = "\"'“”„‟«»‘’‚‛‹›′´`"
+# Quotes around a term after folding: '„Grok“' is Grok, not a word ending in a quote mark.
+_QUOTED = re.compile(r"""^[\s"']+|[\s"']+$""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +59,9 @@ class Term:
 
     @property
     def phrase_as_written(self) -> str:
-        inner = self.text.strip()
-        if inner[:1] in '"{' and len(inner) > 1:
-            inner = inner[1:-1]
+        inner = _unquoted(self.text)
+        if inner[:1] == "{" and len(inner) > 1:
+            inner = _unquoted(inner[1:-1])
         return inner.removesuffix("*").strip()
 
 
@@ -103,19 +112,27 @@ class _Token:
 
 
 def parse_term(text: str) -> Term:
-    """A term of a plain list (terms, aliases, exclude): literal words, {cased} or prefix*."""
-    stripped = text.strip()
+    """A term of a plain list (terms, aliases, exclude): literal words, {cased} or prefix*.
+
+    Quotes around it are dropped ("Elon Musk", „Grok“): in a list every term is literal.
+    """
+    stripped = _unquoted(text)
     if stripped.startswith("{"):
         if not stripped.endswith("}"):
             raise QueryError("'{' is never closed; write {xAI}", text, text.index("{"))
         return _term(text, stripped[1:-1], 0, case_sensitive=True)
-    if len(stripped) > 1 and stripped[0] == stripped[-1] == '"':
-        stripped = stripped[1:-1]
     return _term(text, stripped, 0)
 
 
+def _unquoted(text: str) -> str:
+    """Text without the quotes and spaces around it."""
+    return text.strip().strip(_QUOTES).strip()
+
+
 def _term(written: str, words: str, position: int, *, case_sensitive: bool = False) -> Term:
-    words = words.strip()
+    # Quotes around the words would have to be in the text, right after the word: „Grok“
+    # would match "Grok“" and never plain "Grok". They are dropped, as delimiters are.
+    words = _QUOTED.sub("", normalize(words))
     prefix = words.endswith("*")
     words = words.removesuffix("*").rstrip()
     if "*" in words:
@@ -124,7 +141,7 @@ def _term(written: str, words: str, position: int, *, case_sensitive: bool = Fal
             written,
             position + max(0, written.find("*")),
         )
-    phrase = _LEADING_PUNCTUATION.sub("", _SPACES.sub(" ", normalize(words)))
+    phrase = _LEADING_PUNCTUATION.sub("", _SPACES.sub(" ", words))
     if not _HAS_WORD.search(phrase):
         raise QueryError(
             f"term {written.strip()!r} is empty after normalization; write letters or digits",
@@ -177,8 +194,9 @@ def _tokens(query: str) -> list[_Token]:
         kind, value, start = found.lastgroup or "", found.group(), found.start()
         if kind == "space":
             continue
-        if kind == "phrase" and (len(value) < 2 or not value.endswith('"')):
-            raise QueryError('this quote is never closed; add the closing "', query, start)
+        if kind == "phrase" and (len(value) < 2 or value[-1] not in _CLOSERS[value[0]]):
+            closer = _CLOSERS[value[0]][0]
+            raise QueryError(f"this quote is never closed; add the closing {closer}", query, start)
         if kind == "cased" and not value.endswith("}"):
             raise QueryError("'{' is never closed; write {xAI}", query, start)
         if kind == "word":
@@ -209,6 +227,12 @@ def _word_tokens(query: str, value: str, start: int) -> list[_Token]:
             start,
         )
     return [_Token("word", value, start, end)]
+
+
+def _bare(token: _Token) -> str:
+    """A term token's words without its delimiters."""
+    inner = token.value[1:-1] if token.kind in ("phrase", "cased") else token.value
+    return _unquoted(inner)
 
 
 class _Parser:
@@ -314,12 +338,17 @@ class _Parser:
         return _term(token.value, token.value, token.start)
 
     def _missing_operator(self, token: _Token, following: _Token) -> None:
-        hint = f'or quote the phrase: "{token.value} {following.value}"'
+        words = f"{_bare(token)} {_bare(following)}"  # without the parts' quotes or braces
+        hint = f', or quote the phrase: "{words}"'
+        if "cased" in (token.kind, following.kind):
+            hint = f", or write one case-sensitive phrase: {{{words}}}"
+        if following.kind == "open":
+            hint = ""
         if following.value.upper() in ("AND", "OR", "NOT"):
-            hint = f"operators are written in capitals: {following.value.upper()}"
+            hint = f", operators are written in capitals: {following.value.upper()}"
         raise QueryError(
             f"missing operator between {token.value!r} and {following.value!r}; "
-            f"write AND or OR, {hint}",
+            f"write AND or OR{hint}",
             self.query,
             following.start,
         )

@@ -40,6 +40,17 @@ def shape(node: Node) -> object:
         ('TITLE:"Elon Musk"', ("Scope", "title", "Elon Musk")),
         ("Babusch*", "Babusch*"),
         ("https://x.ai", "https://x.ai"),
+        ("„Grok“ OR xAI", ("Or", "Grok", "xAI")),  # typographic quotes delimit phrases
+        ("“Grok” AND Musk", ("And", "Grok", "Musk")),
+        ("„Elon Musk“ NEAR/3 »Grok«", ("Near", 3, "Elon Musk", "Grok")),
+        ("«Elon Musk» OR ”Grok”", ("Or", "Elon Musk", "Grok")),
+        ("„Elon Musk” OR “Elon Musk“", ("Or", "Elon Musk", "Elon Musk")),  # autocorrect's
+        ("title:„Elon Musk“", ("Scope", "title", "Elon Musk")),
+        ("xAI OR„Grok“", ("Or", "xAI", "Grok")),
+        ('"„Elon Musk“"', "Elon Musk"),  # quotes around a phrase's words are dropped too
+        ("‚Grok‘ OR 'xAI'", ("Or", "Grok", "xAI")),  # single quotes: not delimiters, dropped
+        ("Musk’s", "Musk’s"),  # an apostrophe inside a word stays
+        ('"Die „Grok“-Affäre"', "Die „Grok“-Affäre"),
     ],
 )
 def test_precedence_and_grouping(query: str, expected: object) -> None:
@@ -61,6 +72,19 @@ def test_plain_terms_use_the_same_notation() -> None:
     assert parse_term('"Elon Musk"').phrase == "Elon Musk"
     assert parse_term("@elonmusk").phrase == "elonmusk"  # leading punctuation is a boundary
     assert parse_term("AND").phrase == "AND"  # a plain term is never an operator
+
+
+def test_quotes_around_a_term_are_not_part_of_it() -> None:
+    assert parse_term("„Grok“") == Term("„Grok“", "Grok")
+    assert parse_term("'Grok'").phrase == "Grok"
+    assert parse_term("Jones’").phrase == "Jones"
+    assert parse_term("« Elon Musk »").label == "Elon Musk"
+    assert parse_term("Die „Grok“-Affäre").phrase == 'Die "Grok"-Affaere'
+    assert parse_term("„{xAI}“") == Term("„{xAI}“", "xAI", case_sensitive=True)
+    assert parse_term("{„xAI“}").label == "xAI"
+    prefix = parse_query("‚Quant*‘")
+    assert prefix == Term("‚Quant*‘", "Quant", prefix=True) and prefix.label == "Quant*"
+    assert parse_query("„Grok“").label == "Grok"  # type: ignore[union-attr]
 
 
 def test_clause_text_is_kept_for_explanations() -> None:
@@ -94,6 +118,16 @@ def test_clause_text_is_kept_for_explanations() -> None:
         ("B*", "at least two letters", 0),
         ("Ba*sch", "only allowed at the end", 2),
         ('"–" OR xAI', "empty after normalization", 0),
+        ("„Grok OR xAI", "this quote is never closed; add the closing “", 0),
+        ("xAI OR “Grok", "this quote is never closed; add the closing ”", 7),
+        ("xAI OR «Grok", "this quote is never closed; add the closing »", 7),
+        ("Grok“ OR xAI", "this quote is never closed", 4),  # a stray quote is shown
+        ("„“ OR xAI", "empty after normalization", 0),
+        ("„Elon“ Musk", "between '„Elon“' and 'Musk'; write AND or OR, or quote", 7),
+        ("„Elon“ Musk", 'or quote the phrase: "Elon Musk"', 7),
+        ("Elon „Musk“", 'or quote the phrase: "Elon Musk"', 5),
+        ("{Elon} Musk", "or write one case-sensitive phrase: {Elon Musk}", 7),
+        ("Musk (Grok OR xAI)", "between 'Musk' and '('; write AND or OR", 5),
         ("xAI OR {}", "empty after normalization", 7),
     ],
 )

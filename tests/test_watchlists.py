@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,9 @@ from monitor.cli import main
 from monitor.config import ConfigError, WatchlistConfig, load_config, parse_config
 from monitor.errors import QueryError
 from monitor.models import Item
+from monitor.query import parse_term
 from monitor.store import open_store
+from monitor.text import normalize
 from monitor.watchlists import Matcher
 
 TABLE = yaml.safe_load((Path(__file__).parent / "matching_cases.yaml").read_text(encoding="utf-8"))
@@ -71,6 +74,43 @@ def test_hit_spans_survive_umlauts_entities_and_decomposition(matcher: Matcher) 
     for title, expected in cases:
         hits = [hit for match in matcher.match(item(title)) for hit in match.hits]
         assert expected in [title[hit.start : hit.end] for hit in hits], title
+
+
+def test_hit_span_when_an_umlaut_and_a_soft_hyphen_cancel_out(matcher: Matcher) -> None:
+    # "ü" folds to "ue", the soft hyphen to nothing: equal lengths, shifted offsets between.
+    title = "Für Musk ist Ver\u00adtrag wichtig"
+    [match] = matcher.match(item(title, language="de"))
+    assert [title[hit.start : hit.end] for hit in match.hits] == ["Musk"]
+
+
+_OFFSET_TERMS = ["Musk", "Thomas Müller", "Gauß", "Öl", "ﬁnal", "{xAI}"]
+_OFFSET_MATCHER = Matcher(
+    parse_config(config_text([{"name": "w", "terms": _OFFSET_TERMS}])).watchlists
+)
+_OFFSET_WORDS = ["Musk", "Thomas Müller", "Thomas M&uuml;ller", "THOMAS MU\u0308LLER", "Gauß"]
+_OFFSET_WORDS += ["Gauss", "Öl", "Oel", "ﬁnal", "final", "xAI", "Mus\u00adk", "Mus&shy;k"]
+_OFFSET_NOISE = ["ä", "Ü", "ß", "ẞ", "\u00ad", "&shy;", "&#173;", "ﬁ", "ﬂ", "Æ", "œ", "…", "½", "™"]
+_OFFSET_NOISE += ["É", "u\u0308", "&amp;", "&uuml;", "&amp;uuml;", "&szlig;", "\u00a0", " ", "x"]
+
+
+def test_every_hit_slices_the_original_to_its_term() -> None:
+    """Random titles mixing expansions, deletions, ligatures and entities around the terms:
+    each hit's offsets cut the original title to words that fold to the term."""
+    generator = random.Random(20260101)
+    phrases = {parse_term(term).label: parse_term(term).phrase.lower() for term in _OFFSET_TERMS}
+    checked = 0
+    for _ in range(3000):
+        parts = [
+            generator.choice(_OFFSET_WORDS if generator.random() < 0.3 else _OFFSET_NOISE)
+            for _ in range(generator.randint(1, 12))
+        ]
+        title = "".join(f" {part} " if part in _OFFSET_WORDS else part for part in parts)
+        for match in _OFFSET_MATCHER.match(item(title)):
+            for hit in match.hits:
+                words = normalize(title[hit.start : hit.end]).lower().replace("-", " ")
+                assert words in (phrases[hit.term], phrases[hit.term] + "s"), (title, hit)
+                checked += 1
+    assert checked > 1000
 
 
 def test_hits_record_term_field_and_span(matcher: Matcher) -> None:
@@ -131,6 +171,63 @@ def test_explain_reports_filters_and_exclusions(matcher: Matcher) -> None:
     )
 
 
+# ------------------------------------------------------------------------ hostile input
+# Items a hostile (or broken) feed can send: each took seconds in the store writer's round,
+# where all feeds wait. Matching must stay linear and still give the right answer.
+
+_NEAR_MATCHER = Matcher(
+    parse_config(
+        config_text(
+            [
+                {"name": "x", "query": "{XAI} NEAR/5 (Musk OR Grok)"},
+                {"name": "m", "terms": ["Musk"]},
+            ]
+        )
+    ).watchlists
+)
+
+
+def spans(title: str) -> dict[str, list[tuple[str, int, int]]]:
+    return {
+        match.watchlist: [(hit.term, hit.start, hit.end) for hit in match.hits]
+        for match in _NEAR_MATCHER.match(item(title))
+    }
+
+
+def test_near_after_a_long_run_of_punctuation() -> None:
+    dashes = "-" * 16_000  # punctuation standing alone is not a word
+    assert spans("XAI Musk " + dashes) == {
+        "x": [("XAI", 0, 3), ("Musk", 4, 8)],
+        "m": [("Musk", 4, 8)],
+    }
+    assert spans(f"XAI {dashes} Musk")["x"] == [("XAI", 0, 3), ("Musk", 16_005, 16_009)]
+    far = "XAI " + "x- " * 6 + dashes + " Musk"  # six words between: too far
+    assert list(spans(far)) == ["m"]
+
+
+def test_near_among_thousands_of_occurrences() -> None:
+    title = "XAI Musk " * 1820
+    [near] = [match for match in _NEAR_MATCHER.match(item(title)) if match.watchlist == "x"]
+    assert len(near.hits) == 2 * 1820  # every occurrence once, not once per pair
+    assert {title[hit.start : hit.end] for hit in near.hits} == {"XAI", "Musk"}
+    words = ["XAI"] * 1000 + ["word"] * 5 + ["Musk"] * 1000
+    title = " ".join(words)
+    last, first = title.rindex("XAI"), title.index("Musk")  # the only pair within five words
+    assert spans(title)["x"] == [("XAI", last, last + 3), ("Musk", first, first + 4)]
+    words.insert(1000, "word")  # six words between the nearest pair
+    assert "x" not in spans(" ".join(words))
+
+
+def test_deeply_nested_entities() -> None:
+    title = "Thomas M&" + "amp;" * 5000 + "uuml;ller trifft"
+    found = Matcher(
+        parse_config(config_text([{"name": "w", "terms": ["Thomas Müller"]}])).watchlists
+    )
+    [match] = found.match(item(title))
+    [hit] = match.hits
+    assert (hit.start, hit.end) == (0, len(title) - len(" trifft"))
+
+
 # ------------------------------------------------------------------------ bad input
 
 
@@ -157,6 +254,39 @@ def test_empty_terms_are_located(term: str) -> None:
     [problem] = problems({"name": "w", "terms": ["xAI", term]})
     assert "watchlists[0].terms[1]:" in problem
     assert "empty after normalization" in problem
+
+
+@pytest.mark.parametrize(
+    "watchlist",
+    [
+        {"terms": ["„Grok“"]},
+        {"terms": ["“Grok”"]},
+        {"terms": ["'Grok'"]},
+        {"entities": [{"name": "«Grok»", "aliases": ["‚Grok‘"]}]},
+        {"query": "„Grok“ OR xAI"},
+        {"query": "“Grok” AND Musk"},
+        {"query": "»Grok« NEAR/3 Musk"},
+        {"query": "‚Grok‘ AND Musk"},
+        {"query": '"„Grok“" AND Musk'},
+    ],
+)
+def test_typographic_quotes_around_a_term_are_not_part_of_it(watchlist: dict[str, Any]) -> None:
+    found = Matcher(parse_config(config_text([{"name": "w", **watchlist}])).watchlists)
+    for title in ("Musk stellt Grok vor", "Musk stellt „Grok“ vor", "Musk stellt «Grok» vor"):
+        [match] = found.match(item(title, language="de"))
+        assert "Grok" in match.terms, title
+        [grok] = [hit for hit in match.hits if hit.term == "Grok"]
+        assert title[grok.start : grok.end] == "Grok"
+    assert found.match(item("Musk stellt Groks Nachfolger vor"))
+    assert not found.match(item("Grokking explained"))
+
+
+def test_quotes_inside_a_term_stay() -> None:
+    found = Matcher(
+        parse_config(config_text([{"name": "w", "terms": ["Die „Grok“-Affäre"]}])).watchlists
+    )
+    assert found.match(item('Die "Grok"-Affäre weitet sich aus'))
+    assert not found.match(item("Die Grok-Affäre weitet sich aus"))
 
 
 def test_empty_alias_and_exclude_query_are_located() -> None:
