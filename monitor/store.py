@@ -1128,8 +1128,22 @@ class Store:
         # _settle). A near-copy of a matched story carries the same terms, so it matches too.
         rows = [(ids[item.key], item, m) for pairs in found for item, m in pairs]
         recorded = _record_matches(tx, rows, now)
-        changed: dict[int, list[tuple[int, Item]]] = {}  # batch index -> (id, changed item)
+        # A known item in another feed: watchlists limited to that feed (or its language)
+        # may match it now. Those not in a story yet are settled as new matches are; those
+        # in one are queued here, to recipients its story has not reached.
         batch_of = {id(item): n for n, unique in enumerate(uniques) for item, _ in unique}
+        elsewhere = _matched_elsewhere(tx, seen, known, match)
+        if elsewhere:
+            late = _record_matches(tx, [row for row, _ in elsewhere], now, new=False)
+            storied = _stories_of(tx, {r.item_id for r in late})
+            recorded += [r for r in late if r.item_id not in storied]
+            into_stories = [r for r in late if r.item_id in storied]
+            self._queue(tx, into_stories, recipients, now, storied, told_before=True)
+            kept = {(r.item_id, r.watchlist) for r in late}
+            for (item_id, item, m), copy in elsewhere:
+                if (item_id, m.watchlist) in kept:
+                    found[batch_of[id(copy)]].append((item, m))
+        changed: dict[int, list[tuple[int, Item]]] = {}  # batch index -> (id, changed item)
         for item_id, item, original in updated:
             changed.setdefault(batch_of[id(original)], []).append((item_id, item))
         if changed and self.dedupe.realert_on_update:
@@ -1256,9 +1270,12 @@ class Store:
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
         in_story: Mapping[int, int] | None = None,
+        *,
+        told_before: bool = False,
     ) -> None:
         """Queue each recorded match for each recipient not yet queued its story (in_story:
-        item id -> story id, for items that may have joined an earlier story)."""
+        item id -> story id, for items that may have joined an earlier story; told_before:
+        every story may have reached recipients already, even one the item began)."""
         created = _stamp(tx, now)
         told: dict[tuple[int, str], set[str]] = {}  # (story, watchlist) -> queued in this call
         rows = []
@@ -1267,7 +1284,7 @@ class Store:
             queued = told.get((story, found.watchlist))
             if queued is None:
                 queued = told[story, found.watchlist] = set()
-                if story != found.item_id:  # joined an earlier story: who was told already?
+                if told_before or story != found.item_id:  # who was told already?
                     queued.update(_already_queued(tx, story, found.watchlist))
             wanted = [r for r in recipients.get(found.watchlist, ()) if r not in queued]
             queued.update(wanted)
@@ -1919,6 +1936,44 @@ def _seen_again(
     return updated
 
 
+def _matched_elsewhere(
+    tx: Connection,
+    seen: Sequence[tuple[Item, tuple[int, ...]]],
+    known: Mapping[int, _Known],
+    match: Callable[[Item], Sequence[Match]],
+) -> list[tuple[tuple[int, Item, Match], Item]]:
+    """((stored item id, item, match), copy) of known items carried by another feed than
+    the first, for watchlists that did not match the stored item: one limited to that feed
+    or its language matches only now. The stored text is matched (the digest shows it), as
+    the copy's feed and language."""
+    candidates: list[tuple[tuple[int, Item, Match], Item]] = []
+    for copy, hashes in seen:
+        rows = [known[h] for h in hashes if h in known]
+        row = next((r for r in rows if r.key is not None), rows[0])
+        if row.key is None or row.item_id is None or row.feed == copy.feed:
+            continue
+        stored = replace(copy, key=row.key, title=row.title or "", summary=row.summary or "")
+        candidates += [((row.item_id, stored, m), copy) for m in match(stored)]
+    if not candidates:
+        return []
+    sql = "SELECT item_id, watchlist FROM matches WHERE item_id {among}"
+    had = set(map(tuple, _select_among(tx, sql, sorted({c[0][0] for c in candidates}))))
+    fresh, taken = [], set(had)
+    for (item_id, stored, m), copy in candidates:
+        if (item_id, m.watchlist) not in taken:
+            taken.add((item_id, m.watchlist))
+            fresh.append(((item_id, stored, m), copy))
+    return fresh
+
+
+def _stories_of(tx: Connection, item_ids: set[int]) -> dict[int, int]:
+    """item id -> its story, for those of these items in one."""
+    if not item_ids:
+        return {}
+    sql = "SELECT item_id, story_id FROM story_members WHERE item_id {among}"
+    return dict(_select_among(tx, sql, sorted(item_ids)))
+
+
 def _record_repeats(
     tx: Connection,
     repeats: Sequence[tuple[Item, tuple[int, ...], Item]],
@@ -2115,16 +2170,18 @@ class _Recorded:
 
 
 def _record_matches(
-    tx: Connection, found: Sequence[tuple[int, Item, Match]], now: datetime
+    tx: Connection, found: Sequence[tuple[int, Item, Match]], now: datetime, *, new: bool = True
 ) -> list[_Recorded]:
-    """Store (item id, item, match) rows; the recorded ones (a repeat is skipped)."""
+    """Store (item id, item, match) rows; the recorded ones (a repeat is skipped). `new`:
+    the items (or revisions) are this transaction's own, so no other worker has matches
+    for them."""
     inserted = _bulk_insert(
         tx,
         matches,
         ("item_id", "watchlist", "hits", "created_at"),
         [(item_id, m.watchlist, _hits_json(m.hits), _stamp(tx, now)) for item_id, _, m in found],
         returning=("id", "item_id", "watchlist"),
-        new=True,  # of items (or revisions) this transaction inserted
+        new=new,
     )
     ids = {(item_id, watchlist): match_id for match_id, item_id, watchlist in inserted}
     recorded = []

@@ -391,3 +391,30 @@ def test_a_column_in_two_feeds_does_not_chain_into_one_story(store: Store, feeds
     # day 2 joins day 0 (within 72 h, another feed); day 4 may not (96 h, and its feed is
     # in that story); day 6 joins day 4; day 8 starts anew.
     assert stories[0] == stories[1] != stories[2] == stories[3] != stories[4]
+
+
+@pytest.mark.parametrize("matched_before", [True, False])
+def test_a_known_item_in_another_feed_matches_watchlists_of_that_feed(
+    store: Store, matched_before: bool
+) -> None:
+    """A link first carried by an aggregator, later by heise: a watchlist limited to heise
+    matched neither copy (the second only recorded its outlet). It matches when heise
+    carries it, once; a watchlist that matched before is not queued again."""
+    hit = (Hit("xAI", "title", 0, 3),)
+
+    def match(item: Item) -> list[Match]:
+        found = [Match("all", hit)] if matched_before else []
+        return found + ([Match("heise-only", hit)] if item.feed == "heise" else [])
+
+    recipients = {"all": ("a@example.org",), "heise-only": ("h@example.org",)}
+    first = make_item("x", feed="gnews", title="xAI startet Grok 5")
+    store.ingest([first], match, recipients, NOW)
+    copy = replace(first, feed="heise", guid="heise-1")  # the same link: the same item
+    result = store.ingest([copy], match, recipients, NOW + timedelta(hours=1))
+    assert result.new_items == () and [m.watchlist for _, m in result.matches] == ["heise-only"]
+    store.ingest([copy], match, recipients, NOW + timedelta(hours=2))  # again: nothing more
+    pending = [(r, e.watchlist, e.item.key) for r, e in store.pending_entries()]
+    expected = [("h@example.org", "heise-only", first.key)]
+    if matched_before:
+        expected.insert(0, ("a@example.org", "all", first.key))
+    assert pending == expected
