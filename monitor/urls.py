@@ -43,6 +43,8 @@ def is_tracking_parameter(name: str) -> bool:
 
 def canonical_url(url: str) -> str:
     """The link without tracking parameters or fragment; scheme and host lowercased.
+    A "#!" fragment stays: on such sites (the AJAX crawling scheme) it names the page, and
+    /#!/news/1 and /#!/news/2 were one item.
 
     This is the link we show and store. Identity for deduplication is `url_identity`,
     which also ignores scheme, `www.` and trailing slashes.
@@ -64,7 +66,9 @@ def canonical_url(url: str) -> str:
         netloc = netloc[:-3]
     if netloc.endswith(":443") and parts.scheme.lower() == "https":
         netloc = netloc[:-4]
-    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", urlencode(query), ""))
+    fragment = parts.fragment if parts.fragment.startswith("!") else ""
+    path = parts.path or "/"
+    return urlunsplit((parts.scheme.lower(), netloc, path, urlencode(query), fragment))
 
 
 # Mobile and AMP mirrors of the desktop host ("m.spiegel.de", "amp.theguardian.com").
@@ -96,7 +100,8 @@ def canonical_identity(canonical: str) -> str:
     path = _non_amp_path(parts.path).rstrip("/") or "/"
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     query = urlencode(sorted((k, v) for k, v in pairs if not _is_amp_switch(k, v)))
-    return f"{host}{path}" + (f"?{query}" if query else "")
+    page = f"#{parts.fragment}" if parts.fragment else ""  # only "#!" is left: see above
+    return f"{host}{path}" + (f"?{query}" if query else "") + page
 
 
 def _desktop_host(host: str) -> str:

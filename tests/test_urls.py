@@ -8,6 +8,8 @@ import pytest
 from monitor.urls import canonical_identity, canonical_url, url_identity
 
 CANONICAL = [
+    ("https://example.org/a#comments", "https://example.org/a"),
+    ("https://example.org/?utm_source=x#!/news/1", "https://example.org/#!/news/1"),
     (
         "https://www.heise.de/news/a.html?utm_source=rss&utm_medium=feed",
         "https://www.heise.de/news/a.html",
@@ -74,6 +76,8 @@ DIFFERENT_ARTICLES = [
     # a parameter that merely contains "amp" is kept
     ("https://example.org/a?output=json", "https://example.org/a"),
     ("https://example.org/ampere/a", "https://example.org/a"),
+    # a "#!" fragment names the page (AJAX crawling scheme); other fragments do not
+    ("https://example.org/#!/news/1", "https://example.org/#!/news/2"),
 ]
 
 
