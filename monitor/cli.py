@@ -26,7 +26,7 @@ from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_em
 from monitor.errors import ConfigError, LockedError, MonitorError
 from monitor.lock import database_lock
 from monitor.logs import setup_logging
-from monitor.models import FeedState, Match
+from monitor.models import FeedState, FeedStatus, Match
 from monitor.poller import poll_due
 from monitor.store import Store, open_store
 from monitor.text import clean_text
@@ -331,6 +331,8 @@ def _feed_row(feed: FeedConfig, state: FeedState | None, config: Config) -> str:
     """One line of `monitor feeds`: health, timing and the last error with its age."""
     state = state or FeedState(feed.name, feed.url)
     status = state.status.value if feed.enabled else "disabled"
+    if feed.enabled and state.status is FeedStatus.DISABLED:
+        status = "gone"  # the server said 410; a feed switched off in the config is disabled
     name = f"{feed.group}/{feed.name}" if feed.group else feed.name
     per_day = f"{state.items_per_day:.1f}" if state.items_per_day else "-"
     next_poll = _when(state.next_poll_at, config) if feed.enabled else "never"

@@ -5,7 +5,8 @@ Health states (FeedStatus), as users see them in `monitor feeds` and digests:
     degraded  failing since less than BROKEN_AFTER; backing off, still probed
     stale     polled fine, but no new item for much longer than its usual rhythm
     broken    failing for longer than BROKEN_AFTER; still probed at the backoff cap
-    disabled  gone (HTTP 410) or switched off in the config; never polled
+    disabled  gone (HTTP 410) or switched off in the config; never polled. Gone counts as
+              failing in `monitor status` and systemd's STATUS= (status.py); switched off not
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ RETRY_AFTER_CAP = 24 * 3600.0
 VERIFY_EVERY = 8  # every 8th poll of an unchanged feed goes without validators, to catch liars
 BACKOFF_FLOOR = 60.0  # a failing feed is never retried sooner than this
 JITTER = 0.1  # ±10 %, so feeds added together drift apart instead of firing in the same second
+ERROR_TEXT_MAX = 300  # characters of an error kept as last_error (digests, status, logs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,36 @@ def backoff(interval: float, failures: int, cap: float, rng: random.Random | Non
 def retry_after(seconds: float) -> float:
     """A server's Retry-After, honoured but capped so a typo cannot silence a feed for years."""
     return min(max(seconds, 1.0), RETRY_AFTER_CAP)
+
+
+def failure_delay(
+    interval: float,
+    failures: int,
+    cap: float,
+    waited: float | None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds until a failed feed is asked again. A Retry-After is a lower bound, never a
+    licence to come back sooner than BACKOFF_FLOOR (Retry-After: 0, or a date in the past,
+    retried every tick forever), nor, once the feed keeps failing, sooner than its backoff.
+    The first failure's Retry-After is honoured as given: the server named the moment."""
+    if waited is None:
+        return backoff(interval, failures, cap, rng)
+    asked = max(retry_after(waited), BACKOFF_FLOOR)
+    if failures <= 1:
+        return asked
+    return max(asked, backoff(interval, failures, cap, rng))
+
+
+def error_text(message: str) -> str:
+    """An error as it is stored and shown (the digests' health section, `monitor feeds`,
+    the logs): one line of printable characters, at most ERROR_TEXT_MAX of them. Error
+    messages quote what the server sent (aiohttp's parse errors some 64 KB of it,
+    feedparser's its markup): a server must not get its own text into the digests."""
+    line = "".join(char for char in " ".join(message.split()) if char.isprintable())
+    if len(line) > ERROR_TEXT_MAX:
+        line = line[: ERROR_TEXT_MAX - 1].rstrip() + "…"
+    return line
 
 
 def health_after_success(

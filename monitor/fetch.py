@@ -3,23 +3,38 @@
 A fetch either returns the document (or "not modified") or raises FetchError with a message
 that names what went wrong; it never hangs past its deadline and never buffers past the cap.
 Politeness: at most `per_host` requests to one host at a time, and `min_gap` seconds between
-the starts of two requests to it; the global limit is the session's connection limit.
+the starts of two requests to it; the global limit is the session's connection limit. After
+a host answers 429 with a Retry-After, no request goes to it until that time has passed:
+the fetches waiting for their turn there, and any started meanwhile, raise HostBlocked.
+
+Redirects are followed (and reported, so the poller can adopt a permanent one), but never
+from a feed on the public internet into a loopback, private, link-local or otherwise
+internal address: a hostile or hijacked feed server must not make monitor fetch, and mail
+around, what only the monitor host can reach (cloud metadata, admin pages). A feed whose
+configured URL is itself on such an address (an intranet feed, the tests' 127.0.0.1) may.
+The check runs on each redirect (aiohttp's on_request_redirect trace) and resolves a target
+host name itself; aiohttp resolves it again to connect, so a DNS server answering
+differently the second time is not caught.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from types import TracebackType
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace, TracebackType
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from monitor import __version__
+from monitor import feeds as rules
 from monitor.config import PollingConfig
 from monitor.errors import FetchError
 
@@ -50,31 +65,63 @@ class FetchResult:
         return freshness_seconds(self.headers, now)
 
 
+class HostBlocked(FetchError):
+    """No request was sent: the host asked this client to wait (429 with a Retry-After)
+    until `until`. Not the feed's failure: it is simply asked again after that."""
+
+    def __init__(self, host: str, until: datetime) -> None:
+        self.until = until
+        super().__init__(f"{host} asked to wait until {until:%Y-%m-%d %H:%M:%S %Z} (HTTP 429)")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def user_agent(contact: str | None) -> str:
     suffix = f"; +{contact}" if contact else ""
     return f"monitor/{__version__} (media monitoring feed poller{suffix})"
 
 
 class _HostGate:
-    """At most `slots` requests to one host at once, their starts `gap` seconds apart."""
+    """At most `slots` requests to one host at once, their starts `gap` seconds apart, none
+    before `blocked_until` (the host's 429 Retry-After, in the caller's clock)."""
 
     def __init__(self, slots: int, gap: float) -> None:
         self.slots = asyncio.Semaphore(slots)
         self.gap = gap
         self.turn = asyncio.Lock()
         self.next_start = 0.0  # loop time
+        self.blocked_until: datetime | None = None
 
-    async def enter(self) -> None:
+    async def enter(self, host: str, clock: Callable[[], datetime]) -> None:
+        """Wait for a slot and for this request's start; HostBlocked, holding no slot, if the
+        host is blocked now or becomes blocked while this waits."""
+        self.refuse_if_blocked(host, clock)
         await self.slots.acquire()
-        async with self.turn:  # starts are spaced out one after the other
-            loop = asyncio.get_running_loop()
-            wait = self.next_start - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self.next_start = loop.time() + self.gap
+        try:
+            async with self.turn:  # starts are spaced out one after the other
+                loop = asyncio.get_running_loop()
+                wait = self.next_start - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self.refuse_if_blocked(host, clock)  # a 429 came back meanwhile
+                self.next_start = loop.time() + self.gap
+        except BaseException:  # refused or cancelled: the slot goes to the next in line
+            self.slots.release()
+            raise
 
     def leave(self) -> None:
         self.slots.release()
+
+    def refuse_if_blocked(self, host: str, clock: Callable[[], datetime]) -> None:
+        if self.blocked_until is not None and clock() < self.blocked_until:
+            raise HostBlocked(host, self.blocked_until)
+
+    def block(self, until: datetime) -> None:
+        """A host-wide Retry-After only ever moves later: it ends by itself."""
+        if self.blocked_until is None or until > self.blocked_until:
+            self.blocked_until = until
 
 
 class Fetcher:
@@ -98,6 +145,7 @@ class Fetcher:
             ),
             headers={"User-Agent": user_agent(self._settings.contact), "Accept": ACCEPT},
             auto_decompress=True,
+            trace_configs=[_redirect_check()],
         )
         return self
 
@@ -123,25 +171,50 @@ class Fetcher:
         gate.next_start = max(gate.next_start, asyncio.get_running_loop().time() + seconds)
 
     async def fetch(
-        self, url: str, etag: str | None = None, last_modified: str | None = None
+        self,
+        url: str,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        origin: str | None = None,
     ) -> FetchResult:
-        """GET url, conditionally when validators are given, politely towards its host."""
-        gate = self._gate((urlsplit(url).hostname or "").lower())
-        await gate.enter()
+        """GET url, conditionally when validators are given, politely towards its host.
+
+        `clock` is the caller's time (the app's, injected in tests): a 429's Retry-After
+        blocks the host until a moment of that clock, the same moment the poller records.
+        `origin` is the feed's configured URL (default: url): only if it is on an internal
+        address may a redirect lead to one."""
+        host = (urlsplit(url).hostname or "").lower()
+        gate = self._gate(host)
+        await gate.enter(host, clock)
         try:
-            return await self._fetch(url, etag, last_modified)
+            return await self._fetch(url, etag, last_modified, origin or url)
+        except FetchError as error:
+            # Blocked before the slot is given to the next request waiting for this host.
+            if rules.is_host_wide(error.status) and error.retry_after is not None:
+                gate.block(clock() + timedelta(seconds=rules.retry_after(error.retry_after)))
+            raise
         finally:
             gate.leave()
 
-    async def _fetch(self, url: str, etag: str | None, last_modified: str | None) -> FetchResult:
+    async def _fetch(
+        self, url: str, etag: str | None, last_modified: str | None, origin: str
+    ) -> FetchResult:
         assert self._session is not None, "use Fetcher as an async context manager"
         headers = {}
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
+        request = self._session.get(
+            url,
+            headers=headers,
+            max_redirects=10,
+            trace_request_ctx=SimpleNamespace(origin=origin),  # for _refuse_internal_redirect
+        )
         try:
-            async with self._session.get(url, headers=headers, max_redirects=10) as response:
+            async with request as response:
                 return await self._result(response)
         except FetchError:
             raise
@@ -151,23 +224,25 @@ class Fetcher:
             raise FetchError(
                 f"timed out after {self._settings.timeout:g} s (connect or total deadline)"
             ) from None
+        # The messages below quote the server's bytes (a bad status line: all of them, up
+        # to 64 KB): cut to one short line where they are built.
         except aiohttp.ClientConnectorError as error:
-            raise FetchError(f"cannot connect: {error.os_error or error}") from None
+            raise _failure(f"cannot connect: {error.os_error or error}") from None
         except aiohttp.ClientPayloadError as error:
-            raise FetchError(f"broken response body: {error}") from None
+            raise _failure(f"broken response body: {error}") from None
         except aiohttp.ServerDisconnectedError:
             raise FetchError("the server closed the connection without an answer") from None
         except aiohttp.ClientError as error:
-            raise FetchError(f"{type(error).__name__}: {error}") from None
+            raise _failure(f"{type(error).__name__}: {error}") from None
         except (UnicodeError, ValueError) as error:
-            raise FetchError(f"invalid URL or response: {error}") from None
+            raise _failure(f"invalid URL or response: {error}") from None
 
     async def _result(self, response: aiohttp.ClientResponse) -> FetchResult:
         headers = {key.lower(): value for key, value in response.headers.items()}
         if response.status == 304:
             return FetchResult(str(response.url), 304, None, headers, _permanent(response))
         if response.status != 200:
-            raise FetchError(
+            raise _failure(
                 f"HTTP {response.status} {response.reason or ''}".strip(),
                 status=response.status,
                 retry_after=retry_after_seconds(headers.get("retry-after")),
@@ -189,6 +264,73 @@ class Fetcher:
                 raise FetchError(f"body exceeds the {limit}-byte cap (after decompression)")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _redirect_check() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(_refuse_internal_redirect)
+    return trace
+
+
+async def _refuse_internal_redirect(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestRedirectParams,
+) -> None:
+    """Before aiohttp follows a redirect: FetchError if it leads to an internal address
+    and the feed's configured URL is not on one itself."""
+    location = params.response.headers.get("Location")
+    try:
+        target = URL(location) if location else None
+    except ValueError:
+        return  # aiohttp refuses it itself, as it does non-HTTP schemes
+    if target is None or target.scheme not in ("", "http", "https"):
+        return
+    target = params.url.join(target) if not target.is_absolute() else target
+    origin = getattr(context.trace_request_ctx, "origin", None)
+    if not target.host or origin is None:
+        return
+    internal = await _internal_address(target.host, target.port)
+    if internal is None or await _internal_address(urlsplit(origin).hostname or ""):
+        return
+    params.response.close()  # not followed, not read: the connection is not reused
+    raise FetchError(
+        rules.error_text(
+            f"refused to follow a redirect to {target.human_repr()}: {internal} is an "
+            "internal address (loopback, private or link-local), and the feed is not on one"
+        )
+    )
+
+
+async def _internal_address(host: str, port: int | None = None) -> str | None:
+    """An internal address `host` is or resolves to (the first), None when it has none or
+    cannot be resolved (then the connection fails by itself)."""
+    try:
+        addresses = [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.getaddrinfo(host, port or 80, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return None
+        addresses = [str(info[4][0]) for info in found]
+    return next((address for address in addresses if _is_internal(address)), None)
+
+
+def _is_internal(address: str) -> bool:
+    """Not reachable from the public internet: loopback, private, link-local, shared
+    (CGNAT), reserved, unspecified, multicast."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # a link-local IPv6's zone
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def _failure(
+    message: str, *, status: int | None = None, retry_after: float | None = None
+) -> FetchError:
+    """A FetchError whose message is safe to store and show (rules.error_text)."""
+    return FetchError(rules.error_text(message), status=status, retry_after=retry_after)
 
 
 def _permanent(response: aiohttp.ClientResponse) -> str | None:

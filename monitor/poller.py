@@ -25,7 +25,7 @@ from monitor import feeds as rules
 from monitor.app import App
 from monitor.config import FeedConfig
 from monitor.errors import FetchError, ParseError
-from monitor.fetch import FetchResult
+from monitor.fetch import FetchResult, HostBlocked
 from monitor.models import FeedState, FeedStatus, Item
 from monitor.parse import ParsedFeed, parse_feed
 from monitor.store import Claim, IngestResult, host_of
@@ -63,6 +63,9 @@ class PollReport:
     status: FeedStatus = FeedStatus.OK
     host_blocked_until: datetime | None = None  # the host asked everyone to wait (429)
     fetch_seconds: float | None = None  # how long the HTTP exchange took, when it completed
+    # Not asked: its host is blocked (429). Rescheduled to the block's end, not a failure,
+    # and `unchanged` too (nothing was fetched, so nothing changed).
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,8 +331,8 @@ class _Cycle:
                 )
             await self._release(state.host)
             raise
-        if report.host_blocked_until is not None:  # before the release, which records it
-            self.host_blocks[state.host] = report.host_blocked_until
+        if (block := report.host_blocked_until) is not None:  # before the release records it
+            self.host_blocks[state.host] = max(block, self.host_blocks.get(state.host, block))
         await self._release(state.host)
         return report
 
@@ -547,17 +550,46 @@ async def poll_feed(
     writer = writer or _Writer(app)
     started, fetched = time.monotonic(), None
     try:
-        result = await _fetch(app, state)
+        conditional = _conditional(state)
+        result = await _fetch(app, feed, state, conditional)
         fetched = time.monotonic() - started
-        body_hash = _hash(result.body)
-        if result.not_modified or body_hash == state.body_hash:
+        try:
+            body_hash = _hash(result.body)
+            parsed = await _parse_if_changed(app, feed, state, result, body_hash)
+            retried = False
+        except ParseError as error:
+            if not conditional:
+                raise
+            # A 200 without a feed to a conditional request (typically an empty body, a
+            # CGI's "nothing changed"): the validators may be to blame, and the lying-
+            # validator check only looks after a streak of unchanged answers. Ask once more
+            # without them; if that parses, they are dropped below.
+            log.info(
+                "conditional request answered with no feed (%s); asking again without "
+                "ETag/Last-Modified",
+                rules.error_text(str(error)),
+                extra={"feed": feed.name, "url": state.url},
+            )
+            result = await _fetch(app, feed, state, conditional=False)
+            body_hash = _hash(result.body)
+            parsed = await _parse_if_changed(app, feed, state, result, body_hash)
+            retried = True
+        if parsed is None:
             values, report = _unchanged(app, feed, state, result)
         else:
-            parsed = await _parse(app, feed, result)
             found = await writer.ingest(parsed.items)
             values = _changed(app, feed, state, result, parsed, len(found.new_items))
             values["body_hash"] = body_hash
             report = PollReport(feed.name, len(found.new_items), len(found.matches))
+        if retried and not values.get("ignore_validators"):
+            log.warning(
+                "server answers a conditional request with no feed, the same request "
+                "without validators with the feed; polling this feed without them from now on",
+                extra={"feed": feed.name, "url": state.url},
+            )
+            values["ignore_validators"] = True
+    except HostBlocked as blocked:
+        values, report = _deferred(feed, state, blocked.until)
     except (FetchError, ParseError) as error:
         values, report = _failed(app, feed, state, error)
     except Exception as error:  # a bug must not stop the other feeds
@@ -567,13 +599,29 @@ async def poll_feed(
     return dataclasses.replace(report, fetch_seconds=fetched)
 
 
-async def _fetch(app: App, state: FeedState) -> FetchResult:
-    # Every VERIFY_EVERY-th poll of an unchanged feed goes unconditional, to catch a server
-    # that answers 304 although its document changed.
+def _conditional(state: FeedState) -> bool:
+    """Whether this poll sends the feed's validators. Every VERIFY_EVERY-th poll of an
+    unchanged feed goes without, to catch a server that answers 304 although its document
+    changed."""
     verify = state.unchanged_streak > 0 and state.unchanged_streak % rules.VERIFY_EVERY == 0
-    if state.ignore_validators or verify:
-        return await app.fetcher.fetch(state.url)
-    return await app.fetcher.fetch(state.url, state.etag, state.last_modified)
+    has_validators = bool(state.etag or state.last_modified)
+    return has_validators and not (state.ignore_validators or verify)
+
+
+async def _fetch(app: App, feed: FeedConfig, state: FeedState, conditional: bool) -> FetchResult:
+    """The configured URL (not an adopted one) decides whether redirects may lead to
+    internal addresses (fetch.py)."""
+    etag, modified = (state.etag, state.last_modified) if conditional else (None, None)
+    return await app.fetcher.fetch(state.url, etag, modified, clock=app.clock, origin=feed.url)
+
+
+async def _parse_if_changed(
+    app: App, feed: FeedConfig, state: FeedState, result: FetchResult, body_hash: str | None
+) -> ParsedFeed | None:
+    """The parsed document, or None when it is the one stored last (304, or the same bytes)."""
+    if result.not_modified or body_hash == state.body_hash:
+        return None
+    return await _parse(app, feed, result)
 
 
 async def _parse(app: App, feed: FeedConfig, result: FetchResult) -> ParsedFeed:
@@ -691,6 +739,19 @@ def _redirect(feed: FeedConfig, state: FeedState, result: FetchResult) -> dict[s
     return {"url": seen, "host": host_of(seen), "redirect_url": None, "redirect_count": 0}
 
 
+def _deferred(
+    feed: FeedConfig, state: FeedState, until: datetime
+) -> tuple[dict[str, Any], PollReport]:
+    """The feed's host said 429 (to another of its feeds) while this one waited for its
+    turn: nothing was sent, so its health and failure count stay as they are; it is due
+    again when the block ends."""
+    values: dict[str, Any] = {"next_poll_at": until}
+    report = PollReport(
+        feed.name, unchanged=True, status=state.status, host_blocked_until=until, deferred=True
+    )
+    return values, report
+
+
 def _failed(
     app: App, feed: FeedConfig, state: FeedState, error: FetchError | ParseError
 ) -> tuple[dict[str, Any], PollReport]:
@@ -700,7 +761,7 @@ def _failed(
     failures = state.consecutive_failures + 1
     values: dict[str, Any] = {
         "last_polled_at": now,
-        "last_error": str(error),
+        "last_error": rules.error_text(str(error)),  # parse errors quote the document too
         "last_error_at": now,
         "error_since": since,
         "consecutive_failures": failures,
@@ -727,10 +788,8 @@ def _failure_delay(
     app: App, feed: FeedConfig, state: FeedState, failures: int, error: FetchError | ParseError
 ) -> float:
     waited = getattr(error, "retry_after", None)
-    if waited is not None:
-        return rules.retry_after(waited)
     interval = state.interval or app.config.feed_interval(feed)
-    return rules.backoff(interval, failures, app.config.polling.max_interval)
+    return rules.failure_delay(interval, failures, app.config.polling.max_interval, waited)
 
 
 def _log_change(feed: FeedConfig, state: FeedState, status: FeedStatus, error: str) -> None:

@@ -22,6 +22,9 @@ from monitor.store import Outbox, Store
 
 HEARTBEAT = "daemon_heartbeat"  # key in the meta table
 _ANSWERING = {FeedStatus.OK, FeedStatus.NEW, FeedStatus.STALE}  # stale: answers, nothing new
+# Failing, and also the feeds the server removed (gone, HTTP 410: Snapshot.feeds_gone):
+# never polled again until someone changes the URL, so someone has to look. A feed the user
+# switched off in the config is "disabled" and not failing.
 _FAILING = {FeedStatus.DEGRADED, FeedStatus.BROKEN}
 
 
@@ -101,6 +104,10 @@ class Snapshot:
     outbox: Outbox
     next_digests: tuple[tuple[str, datetime], ...]  # (watchlist, next scheduled slot), UTC
     heartbeat: Heartbeat | None
+    # Of the "disabled": those disabled by their server (HTTP 410), not by the config. The
+    # database writes "disabled" only for a 410; a feed off in the config is counted as
+    # "disabled" whatever its last stored state.
+    feeds_gone: int = 0
 
     @property
     def feeds_ok(self) -> int:
@@ -108,29 +115,48 @@ class Snapshot:
 
     @property
     def feeds_failing(self) -> int:
-        return sum(n for state, n in self.feeds_by_state.items() if state in _FAILING)
+        failing = sum(n for state, n in self.feeds_by_state.items() if state in _FAILING)
+        return failing + self.feeds_gone
 
     def summary(self) -> str:
         """One line for systemctl status: feeds ok/failing, outbox depth."""
+        gone = f" ({self.feeds_gone} gone: HTTP 410)" if self.feeds_gone else ""
         return (
-            f"{self.feeds_ok} feeds ok, {self.feeds_failing} failing; "
+            f"{self.feeds_ok} feeds ok, {self.feeds_failing} failing{gone}; "
             f"outbox {self.outbox.pending} pending, {self.outbox.dead} dead"
         )
+
+    def feeds_line(self) -> str:
+        """The feeds by state, the gone told apart from those disabled in the config."""
+        states = dict(self.feeds_by_state)
+        if self.feeds_gone:
+            states["disabled"] -= self.feeds_gone
+            states["gone (HTTP 410)"] = self.feeds_gone
+        shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()) if n) or "none"
+        failing = self.feeds_failing
+        return f"{shown}; {failing} failing" if failing else shown
 
 
 def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
     """Read the feed states, outbox counts and heartbeat; configured feeds only."""
-    configured = {feed.name for feed in config.feeds}
+    configured = {feed.name: feed.enabled for feed in config.feeds}
     known = {name: s for name, s in store.feed_statuses().items() if name in configured}
-    states = Counter(status.value for status in known.values())
-    states["new"] += len(configured) - len(known)  # configured but not yet in the database
-    if not states["new"]:
-        del states["new"]
+    states = Counter(
+        status.value if configured[name] else FeedStatus.DISABLED.value
+        for name, status in known.items()
+    )
+    gone = sum(
+        1 for name, status in known.items() if configured[name] and status == FeedStatus.DISABLED
+    )
+    for name, enabled in configured.items():  # configured but not yet in the database
+        if name not in known:
+            states["new" if enabled else FeedStatus.DISABLED.value] += 1
     return Snapshot(
         feeds_by_state=dict(sorted(states.items())),
         outbox=store.outbox(),
         next_digests=next_digests(config, now),
         heartbeat=read_heartbeat(store),
+        feeds_gone=gone,
     )
 
 
@@ -171,7 +197,7 @@ def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]
     zone = config.zone
     heartbeat = snapshot.heartbeat
     outbox = snapshot.outbox
-    feeds = ", ".join(f"{n} {state}" for state, n in snapshot.feeds_by_state.items()) or "none"
+    feeds = snapshot.feeds_line()
     oldest = (
         f" (oldest queued {_local(outbox.oldest_pending, zone)})" if outbox.oldest_pending else ""
     )

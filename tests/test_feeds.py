@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 from monitor.feeds import (
     BACKOFF_FLOOR,
+    ERROR_TEXT_MAX,
     Bounds,
     adopt_redirect,
     backoff,
+    error_text,
+    failure_delay,
     health_after_failure,
     is_stale,
     lying_validators,
@@ -51,6 +54,19 @@ def test_backoff_is_full_jitter_capped_and_never_below_the_floor() -> None:
     assert retry_after(10**9) == 86400 and retry_after(120) == 120
 
 
+def test_retry_after_is_a_lower_bound_never_below_the_floor_nor_the_backoff() -> None:
+    rng = random.Random(3)
+    assert failure_delay(900, 1, 21600, 0, rng) == BACKOFF_FLOOR  # "now": not every tick
+    assert failure_delay(900, 1, 21600, 120, rng) == 120  # the first one as given
+    assert failure_delay(900, 1, 21600, 10**9, rng) == 86400  # capped at a day
+    # Failing again and again: Retry-After 0 backs off like any failure, never below it.
+    repeated = [failure_delay(900, 8, 21600, 0, rng) for _ in range(200)]
+    assert min(repeated) >= BACKOFF_FLOOR and max(repeated) > 10 * BACKOFF_FLOOR
+    assert min(failure_delay(900, 8, 21600, 3600, rng) for _ in range(200)) >= 3600
+    without = [failure_delay(900, 3, 21600, None, random.Random(5)) for _ in range(20)]
+    assert without == [backoff(900, 3, 21600, random.Random(5)) for _ in range(20)]
+
+
 def test_cache_headers() -> None:
     assert freshness_seconds({"cache-control": "public, max-age=600"}, NOW) == 600
     assert freshness_seconds({"cache-control": "no-cache"}, NOW) == 0
@@ -77,6 +93,13 @@ def test_redirect_sightings_and_lying_validators() -> None:
     assert not lying_validators('"v1"', None, '"v2"', None, changed=True)
     assert not lying_validators('"v1"', None, '"v1"', None, changed=False)
     assert lying_validators(None, "Sat, 28 Nov", None, "Sat, 28 Nov", changed=True)
+
+
+def test_error_texts_are_one_short_line() -> None:
+    assert error_text("HTTP 503 Service Unavailable") == "HTTP 503 Service Unavailable"
+    assert error_text("bad line:\n  b'<html>\r\n\x1b[31m\x00'") == "bad line: b'<html> [31m'"
+    long = error_text("BUY CHEAP PILLS " * 5000)
+    assert len(long) == ERROR_TEXT_MAX and long.endswith("…") and "\n" not in long
 
 
 def test_item_gap_from_dates() -> None:

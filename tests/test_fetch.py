@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -11,8 +13,9 @@ from werkzeug import Request, Response
 
 from monitor.config import PollingConfig
 from monitor.errors import FetchError
-from monitor.fetch import Fetcher, retry_after_seconds
+from monitor.fetch import Fetcher, HostBlocked, retry_after_seconds
 
+HOUR = timedelta(hours=1)
 FEED = b"<rss version='2.0'><channel><title>t</title></channel></rss>"
 
 
@@ -44,11 +47,34 @@ async def test_http_errors_carry_status_and_retry_after(httpserver: HTTPServer) 
     )
     httpserver.expect_request("/gone").respond_with_data("", status=410)
     async with Fetcher(settings()) as fetcher:
-        with pytest.raises(FetchError, match="HTTP 429") as busy:
-            await fetcher.fetch(httpserver.url_for("/busy"))
-        assert busy.value.status == 429 and busy.value.retry_after == 120
         with pytest.raises(FetchError, match="HTTP 410"):
             await fetcher.fetch(httpserver.url_for("/gone"))
+        with pytest.raises(FetchError, match="HTTP 429") as busy:  # the host is blocked now
+            await fetcher.fetch(httpserver.url_for("/busy"))
+        assert busy.value.status == 429 and busy.value.retry_after == 120
+
+
+async def test_a_429_blocks_its_host_for_the_requests_waiting_there_too(
+    httpserver: HTTPServer,
+) -> None:
+    httpserver.expect_request("/limited").respond_with_data(
+        "", status=429, headers={"Retry-After": "3600"}
+    )
+    now = [datetime(2026, 11, 29, 12, 0, tzinfo=UTC)]
+    url = httpserver.url_for("/limited")
+    async with Fetcher(settings(per_host=1)) as fetcher:
+        # One at a time: the second and third wait for their turn while the first is asked.
+        waiting = [fetcher.fetch(f"{url}?n={n}", clock=lambda: now[0]) for n in range(3)]
+        first, *others = await asyncio.gather(*waiting, return_exceptions=True)
+        assert isinstance(first, FetchError) and first.status == 429
+        assert all(isinstance(o, HostBlocked) for o in others)
+        assert {o.until for o in others if isinstance(o, HostBlocked)} == {now[0] + HOUR}
+        assert len(httpserver.log) == 1
+        now[0] += HOUR  # the block has ended: the host is asked again
+        with pytest.raises(FetchError, match="HTTP 429") as again:
+            await fetcher.fetch(url, clock=lambda: now[0])
+        assert not isinstance(again.value, HostBlocked)
+    assert len(httpserver.log) == 2
 
 
 async def test_permanent_redirect_is_reported(httpserver: HTTPServer) -> None:
@@ -60,6 +86,25 @@ async def test_permanent_redirect_is_reported(httpserver: HTTPServer) -> None:
         result = await fetcher.fetch(httpserver.url_for("/old"))
     assert result.body == FEED
     assert result.permanent_redirect == httpserver.url_for("/new")
+
+
+PUBLIC = "http://93.184.215.14/feed.xml"  # a feed's configured URL on the internet
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1", "localhost"])
+async def test_a_redirect_from_a_public_feed_into_an_internal_address_is_refused(
+    httpserver: HTTPServer, target: str
+) -> None:
+    internal = f"http://{target}:{httpserver.port}/internal"
+    httpserver.expect_request("/moved").respond_with_data("", 301, {"Location": internal})
+    httpserver.expect_request("/internal").respond_with_data(FEED)
+    async with Fetcher(settings()) as fetcher:
+        with pytest.raises(FetchError, match=r"refused to follow a redirect to .* internal"):
+            await fetcher.fetch(httpserver.url_for("/moved"), origin=PUBLIC)
+        assert not [r for r, _ in httpserver.log if r.path == "/internal"]
+        # A feed configured on an internal address (an intranet's) may redirect there.
+        result = await fetcher.fetch(httpserver.url_for("/moved"))
+    assert result.body == FEED and result.permanent_redirect == internal
 
 
 async def test_redirect_loop_fails_cleanly(httpserver: HTTPServer) -> None:

@@ -148,6 +148,46 @@ async def test_lying_validators_are_caught_and_no_longer_sent(
     assert sent[1:9] == ['"same"'] * 8 and sent[9:] == [None, None]
 
 
+async def test_an_empty_200_to_a_conditional_request_is_asked_again_without_validators(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    # A classic CGI bug: "nothing changed" as 200 with an empty body instead of 304. The
+    # feed is fine when asked without validators: it must not turn broken for good.
+    def empty_when_asked(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return Response(b"", headers={"ETag": '"v1"'})
+        return Response(GERMAN, headers={"ETag": '"v1"', "Content-Type": "application/rss+xml"})
+
+    httpserver.expect_request("/cgi").respond_with_handler(empty_when_asked)
+    async with start_app({"cgi": httpserver.url_for("/cgi")}) as app:
+        await poll(app, "cgi")
+        clock.advance(HOUR)
+        state = await poll(app, "cgi")
+        assert state.status == FeedStatus.OK and state.consecutive_failures == 0
+        assert state.ignore_validators and state.last_error is None
+        clock.advance(HOUR)
+        await poll(app, "cgi")
+    sent = [r.headers.get("If-None-Match") for r in requests_to(httpserver, "/cgi")]
+    assert sent == [None, '"v1"', None, None]
+
+
+async def test_an_empty_200_also_without_validators_is_a_failure_that_keeps_them(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    answers = [Response(GERMAN, headers={"ETag": '"v1"'})]
+    httpserver.expect_request("/empty").respond_with_handler(
+        lambda _r: answers.pop(0) if answers else Response(b"")
+    )
+    async with start_app({"empty": httpserver.url_for("/empty")}) as app:
+        await poll(app, "empty")
+        clock.advance(HOUR)
+        state = await poll(app, "empty")
+    assert state.status == FeedStatus.DEGRADED and "empty document" in (state.last_error or "")
+    assert not state.ignore_validators and state.etag == '"v1"'
+    sent = [r.headers.get("If-None-Match") for r in requests_to(httpserver, "/empty")]
+    assert sent == [None, '"v1"', None]  # asked once more, once
+
+
 @pytest.mark.parametrize("code", [301, 308])
 async def test_permanent_redirect_is_adopted_after_three_sightings(
     httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock, code: int
@@ -164,6 +204,23 @@ async def test_permanent_redirect_is_adopted_after_three_sightings(
         assert state.url == httpserver.url_for("/new") and state.status == FeedStatus.OK
         await poll(app, "moved")
     assert len(requests_to(httpserver, "/old")) == 3 and len(requests_to(httpserver, "/new")) == 4
+
+
+async def test_a_public_feed_redirected_to_an_internal_address_is_neither_followed_nor_moved(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    # Configured on the internet; polled at a URL that (as every server in these tests) is
+    # on 127.0.0.1, as if adopted from a redirect: its configured URL decides.
+    internal = f"http://127.0.0.1:{httpserver.port}/admin"
+    httpserver.expect_request("/moved").respond_with_data("", 301, {"Location": internal})
+    async with start_app({"f": "http://93.184.215.14/feed.xml"}) as app:
+        app.store.update_feed("f", url=httpserver.url_for("/moved"))
+        for _ in range(3):
+            state = await poll(app, "f")
+            clock.advance(HOUR)
+    assert state.url == httpserver.url_for("/moved") and state.redirect_count == 0
+    assert state.status == FeedStatus.DEGRADED and "refused to follow" in (state.last_error or "")
+    assert len(requests_to(httpserver, "/moved")) == 3 and not requests_to(httpserver, "/admin")
 
 
 async def test_temporary_redirect_is_followed_but_never_stored(
@@ -214,6 +271,22 @@ async def test_retry_after_is_honoured_for_the_feed_and_capped_at_a_day(
     assert [p.feed for p in report.polls] == ["busy"]
 
 
+@pytest.mark.parametrize("retry_after", ["0", "Thu, 01 Jan 2015 00:00:00 GMT"])
+async def test_a_retry_after_of_now_waits_at_least_the_floor_and_then_backs_off(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock, retry_after: str
+) -> None:
+    httpserver.expect_request("/busy").respond_with_data("", 503, {"Retry-After": retry_after})
+    async with start_app({"busy": httpserver.url_for("/busy")}) as app:
+        delays = []
+        for _ in range(8):
+            state = await poll(app, "busy")
+            assert state.next_poll_at is not None
+            delays.append((state.next_poll_at - clock.now).total_seconds())
+            clock.advance(HOUR)
+    assert state.consecutive_failures == 8 and state.status == FeedStatus.DEGRADED
+    assert delays[0] == 60 and min(delays) >= 60  # never the 1 s it was: every poll tick
+
+
 async def test_429_with_retry_after_holds_off_the_whole_host(
     httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
 ) -> None:
@@ -227,6 +300,32 @@ async def test_429_with_retry_after_holds_off_the_whole_host(
         clock.advance(timedelta(minutes=31))
         report = await poll_due(app)
     assert sorted(p.feed for p in report.polls) == ["fine", "limited"]
+
+
+async def test_a_429_stops_the_requests_of_the_hosts_other_feeds_in_the_same_cycle(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    # One request at a time: the other feeds of the host wait for their turn while the
+    # first is asked. Its 429 must reach them before they go: they end unasked, are due
+    # again when the block ends, and are neither failed nor failing.
+    httpserver.expect_request("/limited").respond_with_data("", 429, {"Retry-After": "3600"})
+    feeds = {f"f{n}": httpserver.url_for(f"/limited?n={n}") for n in range(5)}
+    async with start_app(feeds, per_host=1) as app:
+        report = await poll_due(app)
+        assert len(requests_to(httpserver, "/limited")) == 1
+        assert len(report.polls) == 5 and report.failed == 1
+        deferred = [p for p in report.polls if p.deferred]
+        assert len(deferred) == 4 and all(not p.error for p in deferred)
+        for poll in deferred:
+            state = app.store.feed_state(poll.feed)
+            assert state is not None and state.next_poll_at == START + HOUR
+            assert state.consecutive_failures == 0 and state.last_error is None
+            assert state.status == FeedStatus.NEW
+        clock.advance(timedelta(minutes=30))
+        assert (await poll_due(app)).polls == ()  # the block holds across cycles too
+        clock.advance(timedelta(minutes=31))
+        await poll_due(app)
+    assert len(requests_to(httpserver, "/limited")) == 2  # asked again, and blocked again
 
 
 async def test_a_host_wide_retry_after_reaches_the_other_workers(
@@ -549,6 +648,48 @@ async def test_connection_reset_degrades_the_feed(
         stop.set()
     assert state.status == FeedStatus.DEGRADED and state.last_error
     assert between(state.next_poll_at, timedelta(seconds=60), timedelta(minutes=15), clock.now)
+
+
+def _babbling_server(payload: bytes) -> tuple[int, threading.Event]:
+    """A TCP server that answers every request with a 10-byte response and then `payload`
+    in the same write: aiohttp's error about it quotes the payload (some 64 KB of it)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.recv(4096)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+            connection.sendall(head + payload)
+            connection.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], stop
+
+
+async def test_a_servers_text_in_an_error_is_cut_to_one_short_line(
+    start_app: Callable[..., Any],
+) -> None:
+    port, stop = _babbling_server(b"BUY CHEAP PILLS\tat http://spam.example/\x1b[0m " * 2000)
+    try:
+        async with start_app({"spam": f"http://127.0.0.1:{port}/feed"}) as app:
+            report = await poll_due(app)
+            state = app.store.feed_state("spam")
+    finally:
+        stop.set()
+    assert state is not None and state.status == FeedStatus.DEGRADED
+    error = state.last_error or ""
+    assert "PILLS" in error  # still says what came back ...
+    assert len(error) <= 300 and "\n" not in error and "\r" not in error  # ... in a line
+    assert report.polls[0].error == error
 
 
 async def test_entity_bomb_is_defused_and_ingested(
@@ -980,7 +1121,12 @@ async def test_feeds_command_shows_health_errors_and_rhythm(
 
     httpserver.expect_request("/down").respond_with_data("oops", 500)
     httpserver.expect_request("/de").respond_with_data(GERMAN)
-    feeds = {"down": httpserver.url_for("/down"), "de": httpserver.url_for("/de")}
+    httpserver.expect_request("/gone").respond_with_data("", 410)
+    feeds = {
+        "down": httpserver.url_for("/down"),
+        "de": httpserver.url_for("/de"),
+        "gone": httpserver.url_for("/gone"),
+    }
     async with start_app(feeds) as app:
         await poll_due(app)
     path = write_config(
@@ -989,6 +1135,7 @@ async def test_feeds_command_shows_health_errors_and_rhythm(
                 {"name": "down", "url": feeds["down"]},
                 {"name": "de", "url": feeds["de"], "group": "news"},
                 {"name": "off", "url": "http://127.0.0.1:9/x", "enabled": False},
+                {"name": "gone", "url": feeds["gone"]},
             ],
             "watchlists": [{"name": "w", "terms": ["xAI"], "recipients": ["a@example.org"]}],
         }
@@ -999,3 +1146,4 @@ async def test_feeds_command_shows_health_errors_and_rhythm(
     assert lines["down"].split()[5] == "1"  # consecutive failures (after "-" and a date)
     assert "ok" in lines["news/de"] and "1440.0" in lines["news/de"]  # items a minute apart
     assert "disabled" in lines["off"] and "never" in lines["off"]
+    assert lines["gone"].split()[1] == "gone" and "HTTP 410" in lines["gone"]

@@ -104,3 +104,18 @@ def test_status_after_a_crash_says_so(store: Store, config: Config) -> None:
     write_heartbeat(store, beat(at=NOW - timedelta(hours=1)))
     text = "\n".join(status_lines(take_snapshot(store, config, NOW), config, NOW))
     assert "not running (last heartbeat 2026-11-29 06:30:00 CET; it did not stop cleanly)" in text
+
+
+def test_a_feed_gone_is_failing_and_one_switched_off_is_not(store: Store) -> None:
+    # heise answered 410 (the poller disabled it); Spiegel, last seen degraded, is switched
+    # off in the config: it is the user's choice, nothing to look at.
+    store.update_feed("heise", status="disabled", last_error="HTTP 410 Gone: the feed was removed")
+    config = parse_config(CONFIG.replace('index.rss"}', 'index.rss", enabled: false}'))
+    snapshot = take_snapshot(store, config, NOW)
+    assert snapshot.feeds_by_state == {"disabled": 2, "new": 1}  # the gauges' states
+    assert snapshot.feeds_gone == 1 and snapshot.feeds_failing == 1
+    assert (
+        snapshot.summary() == "1 feeds ok, 1 failing (1 gone: HTTP 410); outbox 0 pending, 0 dead"
+    )
+    text = "\n".join(status_lines(snapshot, config, NOW))
+    assert "feeds:      1 disabled, 1 gone (HTTP 410), 1 new; 1 failing" in text
