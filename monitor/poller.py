@@ -679,6 +679,12 @@ def _changed(
         values["title"] = parsed.title
     if parsed.warning:
         log.debug("lenient parse", extra={"feed": feed.name, "detail": parsed.warning})
+    if parsed.left_out:
+        log.info(
+            "feed lists more items than polling.max_items; the %d oldest were not read",
+            parsed.left_out,
+            extra={"feed": feed.name},
+        )
     etag, modified = result.headers.get("etag"), result.headers.get("last-modified")
     if not state.ignore_validators and rules.lying_validators(
         state.etag, state.last_modified, etag, modified, changed=state.body_hash is not None
