@@ -575,6 +575,11 @@ async def poll_feed(
             parsed = await _parse_if_changed(app, feed, state, result, body_hash)
             retried = True
         if parsed is None:
+            if _keys_to_refresh(state, result, conditional):
+                # The document has not changed for a long while: its items' dedupe keys are
+                # seen again (stored items may be pruned, their keys must not expire while
+                # the feed still lists them, or they alert again once the feed changes).
+                await writer.ingest((await _parse(app, feed, result)).items)
             values, report = _unchanged(app, feed, state, result)
         else:
             found = await writer.ingest(parsed.items)
@@ -597,6 +602,14 @@ async def poll_feed(
         values, report = _failed(app, feed, state, FetchError(f"internal error: {error!r}"))
     await writer.finish(feed.name, values)
     return dataclasses.replace(report, fetch_seconds=fetched)
+
+
+def _keys_to_refresh(state: FeedState, result: FetchResult, conditional: bool) -> bool:
+    """Whether an unchanged document is parsed anyway, to refresh its items' keys: at the
+    unconditional check of an unchanged feed (every VERIFY_EVERY-th poll, when the whole
+    document came anyway), as keys are refreshed only when seen in a parsed document."""
+    verify = state.unchanged_streak > 0 and state.unchanged_streak % rules.VERIFY_EVERY == 0
+    return verify and not conditional and result.body is not None
 
 
 def _conditional(state: FeedState) -> bool:

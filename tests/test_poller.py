@@ -124,6 +124,36 @@ async def test_etag_then_304_keeps_the_feed_ok_and_skips_the_parse(
     assert between(second.next_poll_at, timedelta(minutes=4), 7 * HOUR, clock.now)
 
 
+async def test_an_unchanged_feed_keeps_its_items_keys_fresh(
+    httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    """Keys are refreshed when seen in a parsed document, and an unchanged one is not
+    parsed: a feed unchanged for longer than retention.keys let them expire while it still
+    listed the items, which alerted again once it changed. Its unconditional check (every
+    VERIFY_EVERY-th poll) parses it, and the keys are seen again."""
+    import sqlalchemy as sa
+
+    from monitor.feeds import VERIFY_EVERY
+    from monitor.store import item_keys
+
+    def handler(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return Response(status=304)
+        return Response(GERMAN, headers={"ETag": '"v1"', "Content-Type": "application/rss+xml"})
+
+    httpserver.expect_request("/feed").respond_with_handler(handler)
+    async with start_app({"de": httpserver.url_for("/feed")}) as app:
+        await poll(app, "de")
+        for _ in range(VERIFY_EVERY + 1):
+            clock.advance(timedelta(days=1))
+            state = await poll(app, "de")
+        with app.store.engine.connect() as tx:
+            seen = tx.execute(sa.select(sa.func.min(item_keys.c.last_seen_at))).scalar_one()
+    sent = [r.headers.get("If-None-Match") for r in requests_to(httpserver, "/feed")]
+    assert sent.count(None) == 2 and state.unchanged_streak == VERIFY_EVERY + 1
+    assert seen.replace(tzinfo=UTC) == clock.now  # the check was this last poll
+
+
 async def test_lying_validators_are_caught_and_no_longer_sent(
     httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
 ) -> None:
