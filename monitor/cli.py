@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "status", help="daemon alive?, last poll, feeds by state, outbox, next digests"
     )
+    retry = commands.add_parser(
+        "retry-dead", help="send dead letters again (same Message-ID) once their cause is fixed"
+    )
+    retry.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
     return parser
 
 
@@ -123,6 +127,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return _feeds(config)
     if args.command == "test-email":
         return asyncio.run(_test_email(config, args.address))
+    if args.command == "retry-dead":  # a running daemon sends them: no lock needed
+        return _retry_dead(config, args.recipient)
     if args.command == "run":
         from monitor.daemon import run_daemon
 
@@ -201,6 +207,20 @@ def _migrate_db(config: Config, target: str) -> int:
         print(f"  {table}: {rows} rows")
     total = sum(copied.values())
     print(f"copied {total} rows; now point `database:` in {config.source} at the target")
+    return EXIT_OK
+
+
+def _retry_dead(config: Config, recipient: str | None) -> int:
+    store = open_store(config.database)
+    try:
+        count = store.retry_dead(datetime.now(UTC), recipient)
+    finally:
+        store.close()
+    whose = f" to {recipient}" if recipient else ""
+    print(
+        f"{count} dead letter(s){whose} queued again; the running daemon sends them at its "
+        "next digest tick (or run `monitor digest --send`)"
+    )
     return EXIT_OK
 
 

@@ -1592,6 +1592,37 @@ class Store:
         oldest = _aware(pending[1]) if pending[1] is not None else None
         return Outbox(int(pending[0]), int(ready), int(dead), oldest)
 
+    def retry_dead(self, now: datetime, recipient: str | None = None) -> int:
+        """Send dead letters (of one recipient, or all) again, once their cause is fixed (a
+        mailbox restored, a sender allowed): the same bytes and Message-ID, ready now, and
+        their deliveries claimed by them again. Returns how many."""
+        query = sa.select(messages.c.message_id).where(messages.c.status == "dead")
+        if recipient is not None:
+            query = query.where(messages.c.recipient == recipient)
+        with self._tx() as tx:
+            found = sorted(tx.execute(query).scalars())
+            for chunk in _chunks(found):
+                tx.execute(
+                    messages.update()
+                    .where(_among(tx, messages.c.message_id, chunk, sa.Text))
+                    .values(
+                        status="ready",
+                        attempts=0,
+                        last_error=None,
+                        next_attempt_at=now,
+                        sent_at=None,
+                        lease_owner=None,
+                        lease_until=None,
+                    )
+                )
+                tx.execute(
+                    deliveries.update()
+                    .where(_among(tx, deliveries.c.message_id, chunk, sa.Text))
+                    .where(deliveries.c.status == "dead")
+                    .values(status="claimed", sent_at=None)
+                )
+        return len(found)
+
     def dead_letters(self) -> list[tuple[str, str]]:
         """(recipient, last error) of each message the server refused for good."""
         with self._read() as tx:

@@ -122,6 +122,41 @@ async def test_one_refused_recipient_is_dead_lettered_others_delivered(
     assert [r for _, r, _ in recorder.messages] == [["a@example.org"]]
 
 
+async def test_dead_letters_go_out_again_once_their_cause_is_fixed(
+    open_app: Any,
+    smtp_server: tuple[SmtpRecorder, int],
+    write_config: Callable[..., Path],
+    capsys: Any,
+) -> None:
+    import sqlalchemy as sa
+
+    from monitor.cli import main
+    from monitor.store import messages
+
+    recorder, port = smtp_server
+    recorder.refuse["b@example.org"] = "550 5.1.1 mailbox unavailable"
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    data = settings(port)
+    async with open_app(data, clock) as app:
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).dead == 1
+        with app.store.engine.connect() as tx:
+            dead_id = tx.execute(
+                sa.select(messages.c.message_id).where(messages.c.status == "dead")
+            ).scalar_one()
+        del recorder.refuse["b@example.org"]  # the mailbox is back
+        path = write_config(data)  # the same file and database the app uses
+        assert main(["--config", str(path), "retry-dead", "--recipient", "c@example.org"]) == 0
+        assert "0 dead letter(s) to c@example.org" in capsys.readouterr().out
+        assert main(["--config", str(path), "retry-dead"]) == 0
+        assert "1 dead letter(s) queued again" in capsys.readouterr().out
+        clock.now = datetime.now(UTC) + timedelta(minutes=1)  # the command's clock is real
+        assert (await run_digests(app)).sent == 1
+        assert app.store.outbox().dead == 0 and app.store.dead_letters() == []
+    assert [m["To"] for m in recorder.parsed()] == ["a@example.org", "b@example.org"]
+    assert recorder.parsed()[1]["Message-ID"] == dead_id  # the very message refused before
+
+
 async def test_temporary_failure_is_retried_and_delivered_once(
     open_app: Any, smtp_server: tuple[SmtpRecorder, int]
 ) -> None:
