@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 _TRACKING_PREFIXES = ("utm_", "mc_", "pk_", "piwik_", "matomo_", "at_", "oly_", "_hs")
 _TRACKING_NAMES = frozenset(
@@ -56,11 +56,15 @@ def canonical_url(url: str) -> str:
         return url
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return url
-    query = [
-        (name, value)
-        for name, value in (parse_qsl(parts.query, keep_blank_values=True) if parts.query else ())
-        if not is_tracking_parameter(name)
-    ]
+    # Parameters are dropped from the query as written, the others kept byte for byte:
+    # decoding and re-encoding it rewrote links ("news.php?12345" became "?12345=", a
+    # Latin-1 "%FC" became "%EF%BF%BD") that some servers then did not serve. Identity
+    # (canonical_identity) decodes and sorts them, as before.
+    query = "&".join(
+        part
+        for part in parts.query.split("&")
+        if part and not is_tracking_parameter(unquote_plus(part.partition("=")[0]))
+    )
     netloc = parts.netloc.lower()
     if netloc.endswith(":80") and parts.scheme.lower() == "http":
         netloc = netloc[:-3]
@@ -68,7 +72,7 @@ def canonical_url(url: str) -> str:
         netloc = netloc[:-4]
     fragment = parts.fragment if parts.fragment.startswith("!") else ""
     path = parts.path or "/"
-    return urlunsplit((parts.scheme.lower(), netloc, path, urlencode(query), fragment))
+    return urlunsplit((parts.scheme.lower(), netloc, path, query, fragment))
 
 
 # Mobile and AMP mirrors of the desktop host ("m.spiegel.de", "amp.theguardian.com").
