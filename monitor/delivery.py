@@ -114,9 +114,7 @@ def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> lis
 
 def compose(app: App, due: Sequence[Due], now: datetime, *, record_runs: bool = True) -> int:
     """Render one message per recipient from its due pairs, and claim it. Returns how many."""
-    by_recipient: dict[str, list[Due]] = {}
-    for pair in due:
-        by_recipient.setdefault(pair.plan.recipient, []).append(pair)
+    by_recipient = _by_recipient(due)
     pending = _pending(app, {pair.plan.watchlist for pair in due})
     health = feed_health(app) if by_recipient else []
     composed = 0
@@ -130,12 +128,24 @@ def compose(app: App, due: Sequence[Due], now: datetime, *, record_runs: bool = 
             if runs:
                 app.store.claim(None, [], now, runs)  # the period is handled: nothing to say
             continue
-        kind = "alert" if all(p.plan.schedule.every is Every.IMMEDIATE for p in pairs) else "digest"
-        message = app.renderer.render(recipient, entries, now, kind=kind, health=health)
+        message = app.renderer.render(recipient, entries, now, kind=_kind(pairs), health=health)
         ids = [i for entry in entries for i in entry.delivery_ids]
         if app.store.claim(message, ids, now, runs):
             composed += 1
     return composed
+
+
+def _by_recipient(due: Sequence[Due]) -> dict[str, list[Due]]:
+    by_recipient: dict[str, list[Due]] = {}
+    for pair in due:
+        by_recipient.setdefault(pair.plan.recipient, []).append(pair)
+    return by_recipient
+
+
+def _kind(pairs: Sequence[Due]) -> str:
+    """A recipient's message is an alert when every list in it is immediate."""
+    alert = pairs and all(p.plan.schedule.every is Every.IMMEDIATE for p in pairs)
+    return "alert" if alert else "digest"
 
 
 def _pending(app: App, names: set[str]) -> dict[str, list[DigestEntry]]:
@@ -162,17 +172,10 @@ def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage
     due = all_plans(app, only, now)
     pending = _pending(app, {pair.plan.watchlist for pair in due})
     health = feed_health(app)
-    immediate: dict[str, bool] = {}  # recipient -> whether all their pairs alert (as compose)
-    for pair in due:
-        alerts = pair.plan.schedule.every is Every.IMMEDIATE
-        immediate[pair.plan.recipient] = immediate.get(pair.plan.recipient, True) and alerts
+    pairs = _by_recipient(due)
     return [
         app.renderer.render(
-            recipient,
-            entries,
-            now,
-            kind="alert" if immediate.get(recipient) else "digest",
-            health=health,
+            recipient, entries, now, kind=_kind(pairs.get(recipient, [])), health=health
         )
         for recipient, entries in pending.items()
     ]

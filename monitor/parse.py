@@ -214,7 +214,7 @@ def parse_feed(
         title=clean_text(str(channel.get("title", ""))),
         items=tuple(items),
         ttl=_ttl(channel),
-        item_gap=item_gap(_dated(items, now)),
+        item_gap=item_gap(_dated((i.published for i in items), now)),
         warning=warning,
         left_out=len(entries) - len(kept),
     )
@@ -231,9 +231,8 @@ def _newest(dates: list[datetime], limit: int, now: datetime) -> list[int]:
     return sorted(sorted(range(len(dates)), key=dates.__getitem__, reverse=True)[:limit])
 
 
-def _dated(items: Iterable[Item | datetime], now: datetime) -> list[datetime]:
+def _dated(stamps: Iterable[datetime], now: datetime) -> list[datetime]:
     """The items' own dates; first-seen stand-ins (within a second of now) say nothing."""
-    stamps = (item if isinstance(item, datetime) else item.published for item in items)
     return [stamp for stamp in stamps if abs(stamp - now) > timedelta(seconds=1)]
 
 
@@ -387,7 +386,7 @@ def _parse_json_feed(
     return ParsedFeed(
         title=clean_text(str(document.get("title", ""))),
         items=tuple(items),
-        item_gap=item_gap(_dated(items, now)),
+        item_gap=item_gap(_dated((i.published for i in items), now)),
         left_out=len(entries) - len(kept),
     )
 

@@ -575,10 +575,11 @@ async def poll_feed(
             parsed = await _parse_if_changed(app, feed, state, result, body_hash)
             retried = True
         if parsed is None:
-            if _keys_to_refresh(state, result, conditional):
-                # The document has not changed for a long while: its items' dedupe keys are
-                # seen again (stored items may be pruned, their keys must not expire while
-                # the feed still lists them, or they alert again once the feed changes).
+            if _verifying(state) and result.body is not None:
+                # The document has not changed for a while, and came whole: its items' dedupe
+                # keys are seen again. They are refreshed only when seen in a parsed document,
+                # and must not expire while the feed still lists its (maybe pruned) items, or
+                # those alert again once it changes.
                 await writer.ingest((await _parse(app, feed, result)).items)
             values, report = _unchanged(app, feed, state, result)
         else:
@@ -604,21 +605,16 @@ async def poll_feed(
     return dataclasses.replace(report, fetch_seconds=fetched)
 
 
-def _keys_to_refresh(state: FeedState, result: FetchResult, conditional: bool) -> bool:
-    """Whether an unchanged document is parsed anyway, to refresh its items' keys: at the
-    unconditional check of an unchanged feed (every VERIFY_EVERY-th poll, when the whole
-    document came anyway), as keys are refreshed only when seen in a parsed document."""
-    verify = state.unchanged_streak > 0 and state.unchanged_streak % rules.VERIFY_EVERY == 0
-    return verify and not conditional and result.body is not None
+def _verifying(state: FeedState) -> bool:
+    """Every VERIFY_EVERY-th poll of an unchanged feed goes without validators, to catch a
+    server that answers 304 although its document changed."""
+    return state.unchanged_streak > 0 and state.unchanged_streak % rules.VERIFY_EVERY == 0
 
 
 def _conditional(state: FeedState) -> bool:
-    """Whether this poll sends the feed's validators. Every VERIFY_EVERY-th poll of an
-    unchanged feed goes without, to catch a server that answers 304 although its document
-    changed."""
-    verify = state.unchanged_streak > 0 and state.unchanged_streak % rules.VERIFY_EVERY == 0
+    """Whether this poll sends the feed's validators."""
     has_validators = bool(state.etag or state.last_modified)
-    return has_validators and not (state.ignore_validators or verify)
+    return has_validators and not (state.ignore_validators or _verifying(state))
 
 
 async def _fetch(app: App, feed: FeedConfig, state: FeedState, conditional: bool) -> FetchResult:

@@ -1110,8 +1110,7 @@ class Store:
                     seen.append((item, hashes))
                     # Its new keys (a changed link) name the stored item from now on, also
                     # for the batches after this one.
-                    stored = [known[h] for h in hashes if h in known]
-                    row = next((r for r in stored if r.key is not None), stored[0])
+                    row = _stored(known, hashes)
                     for h in hashes:
                         known.setdefault(h, row._replace(hash=h, stale=False))
                 elif first is not None:
@@ -1195,7 +1194,7 @@ class Store:
             if self._sweep:  # left by a crash or a failed _settle
                 unsettled = [*unsettled, *_unsettled_matches(tx)]
             # Another worker's sweep may have settled some meanwhile.
-            done = _in_stories(tx, {r.item_id for r in unsettled})
+            done = _stories_of(tx, {r.item_id for r in unsettled})
             unsettled = [r for r in unsettled if r.item_id not in done]
             matched = {r.item_id: r.item for r in unsettled}
             in_story, clustered = self._cluster(tx, list(matched.items()), now)
@@ -1928,6 +1927,13 @@ def _select_among(tx: Connection, sql: str, values: Iterable[int], *before: Any)
     return rows
 
 
+def _stored(known: Mapping[int, _Known], hashes: Iterable[int]) -> _Known:
+    """What a known item's keys name: a live item (by the first key that has one), else a
+    tombstone."""
+    rows = [known[h] for h in hashes if h in known]
+    return next((r for r in rows if r.key is not None), rows[0])
+
+
 def _seen_again(
     tx: Connection,
     seen: Sequence[tuple[Item, tuple[int, ...]]],
@@ -1943,9 +1949,8 @@ def _seen_again(
     updated: list[tuple[int, Item, Item]] = []
     seen_at = _stamp(tx, now)
     for item, hashes in seen:
-        rows = [known[h] for h in hashes if h in known]
-        row = next((r for r in rows if r.key is not None), rows[0])
-        stale += [r.hash for r in rows if r.stale]
+        row = _stored(known, hashes)
+        stale += [known[h].hash for h in hashes if h in known and known[h].stale]
         new_keys += [(h, row.item_id, seen_at) for h in hashes]
         if row.key is None or row.item_id is None:  # pruned: a tombstone, nothing to record
             continue
@@ -1979,8 +1984,7 @@ def _matched_elsewhere(
     the copy's feed and language."""
     candidates: list[tuple[tuple[int, Item, Match], Item]] = []
     for copy, hashes in seen:
-        rows = [known[h] for h in hashes if h in known]
-        row = next((r for r in rows if r.key is not None), rows[0])
+        row = _stored(known, hashes)
         if row.key is None or row.item_id is None or row.feed == copy.feed:
             continue
         stored = replace(copy, key=row.key, title=row.title or "", summary=row.summary or "")
@@ -1997,10 +2001,8 @@ def _matched_elsewhere(
     return fresh
 
 
-def _stories_of(tx: Connection, item_ids: set[int]) -> dict[int, int]:
+def _stories_of(tx: Connection, item_ids: Iterable[int]) -> dict[int, int]:
     """item id -> its story, for those of these items in one."""
-    if not item_ids:
-        return {}
     sql = "SELECT item_id, story_id FROM story_members WHERE item_id {among}"
     return dict(_select_among(tx, sql, sorted(item_ids)))
 
@@ -2238,11 +2240,6 @@ def _unsettled_matches(tx: Connection, since: datetime | None = None) -> list[_R
     return [
         _Recorded(row.match_id, row.id, row.watchlist, _item_from(row)) for row in tx.execute(query)
     ]
-
-
-def _in_stories(tx: Connection, item_ids: Iterable[int]) -> set[int]:
-    sql = "SELECT item_id FROM story_members WHERE item_id {among}"
-    return {item_id for (item_id,) in _select_among(tx, sql, item_ids)}
 
 
 def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:

@@ -317,7 +317,11 @@ _SHORT_SIMILARITY = 0.75
 
 
 def _required(threshold: float, mine: int, theirs: int) -> float:
-    return max(threshold, _SHORT_SIMILARITY) if min(mine, theirs) < _SHORT else threshold
+    return _short_required(threshold) if min(mine, theirs) < _SHORT else threshold
+
+
+def _short_required(threshold: float) -> float:
+    return max(threshold, _SHORT_SIMILARITY)
 
 
 def _closest(
@@ -351,7 +355,7 @@ def _closest_vectorized(
     common = np.add.reduceat(found.astype(np.int64), starts) * (sizes > 0)
     similarity = common / (len(mine) + sizes - common)
     short = np.minimum(sizes, len(mine)) < _SHORT
-    eligible = np.where(similarity >= np.where(short, _required(threshold, 0, 0), threshold))
+    eligible = np.where(similarity >= np.where(short, _short_required(threshold), threshold))
     if not len(eligible[0]):
         return None
     best = int(eligible[0][np.argmax(similarity[eligible])])  # the first of equals, as above

@@ -450,6 +450,8 @@ def test_test_emails_have_message_ids_of_their_own(
 async def test_preview_renders_an_immediate_watchlist_as_its_alert(
     open_app: Any, smtp_server: tuple[SmtpRecorder, int]
 ) -> None:
+    from email import message_from_bytes, policy
+
     from monitor.delivery import preview
 
     recorder, port = smtp_server
@@ -461,11 +463,5 @@ async def test_preview_renders_an_immediate_watchlist_as_its_alert(
         clock.advance(minutes=10)
         await run_digests(app)
     (sent,) = recorder.parsed()
-    subject = message_from_bytes_subject(shown.mime)
+    subject = str(message_from_bytes(shown.mime, policy=policy.default)["Subject"])
     assert subject == sent["Subject"] and subject.startswith("monitor alert:")
-
-
-def message_from_bytes_subject(raw: bytes) -> str:
-    from email import message_from_bytes, policy
-
-    return str(message_from_bytes(raw, policy=policy.default)["Subject"])

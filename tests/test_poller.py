@@ -584,8 +584,9 @@ async def test_recovery_returns_to_ok(
     assert state.last_error is None and state.items_total == 3
 
 
-def _reset_server() -> tuple[int, threading.Event]:
-    """A TCP server that answers every connection with a reset (RST)."""
+def _tcp_server(answer: Callable[[socket.socket], None]) -> tuple[int, threading.Event]:
+    """A TCP server on 127.0.0.1 that reads each request and lets `answer` reply (and
+    close); stopped by setting the event returned with its port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -598,13 +599,22 @@ def _reset_server() -> tuple[int, threading.Event]:
                 connection, _ = listener.accept()
             except TimeoutError:
                 continue
-            connection.recv(1024)
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.recv(4096)
+            answer(connection)
             connection.close()
         listener.close()
 
     threading.Thread(target=serve, daemon=True).start()
     return listener.getsockname()[1], stop
+
+
+def _reset_server() -> tuple[int, threading.Event]:
+    """A TCP server that answers every connection with a reset (RST)."""
+
+    def reset(connection: socket.socket) -> None:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    return _tcp_server(reset)
 
 
 def _trickle(_request: Request) -> Response:
@@ -683,26 +693,8 @@ async def test_connection_reset_degrades_the_feed(
 def _babbling_server(payload: bytes) -> tuple[int, threading.Event]:
     """A TCP server that answers every request with a 10-byte response and then `payload`
     in the same write: aiohttp's error about it quotes the payload (some 64 KB of it)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            connection.recv(4096)
-            head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
-            connection.sendall(head + payload)
-            connection.close()
-        listener.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1], stop
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    return _tcp_server(lambda connection: connection.sendall(head + payload))
 
 
 async def test_a_servers_text_in_an_error_is_cut_to_one_short_line(
