@@ -5,7 +5,12 @@ that names what went wrong; it never hangs past its deadline and never buffers p
 Politeness: at most `per_host` requests to one host at a time, and `min_gap` seconds between
 the starts of two requests to it; the global limit is the session's connection limit. After
 a host answers 429 with a Retry-After, no request goes to it until that time has passed:
-the fetches waiting for their turn there, and any started meanwhile, raise HostBlocked.
+the fetches waiting for their turn there, and any started meanwhile, raise HostBlocked. A
+request that runs into its deadline blocks its host the same way, for one more deadline: a
+hung or unreachable host's feeds are not each made to wait out the deadline in turn. The
+fetcher also tells how many fetches wait at hosts that have been busy for a while without an
+answer (`waiting_at_unanswering_hosts`): they are not work in progress, and the poller does
+not let them fill its window.
 
 Redirects are followed (and reported, so the poller can adopt a permanent one), but never
 from a feed on the public internet into a loopback, private, link-local or otherwise
@@ -24,6 +29,7 @@ import email.utils
 import ipaddress
 import re
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,12 +72,17 @@ class FetchResult:
 
 
 class HostBlocked(FetchError):
-    """No request was sent: the host asked this client to wait (429 with a Retry-After)
-    until `until`. Not the feed's failure: it is simply asked again after that."""
+    """No request was sent: the host asked this client to wait (429 with a Retry-After), or
+    let a request run into its deadline, until `until`. Not the feed's failure: it is simply
+    asked again after that."""
 
-    def __init__(self, host: str, until: datetime) -> None:
+    def __init__(self, host: str, until: datetime, why: str) -> None:
         self.until = until
-        super().__init__(f"{host} asked to wait until {until:%Y-%m-%d %H:%M:%S %Z} (HTTP 429)")
+        super().__init__(f"{host} is left alone until {until:%Y-%m-%d %H:%M:%S %Z}: {why}")
+
+
+class FetchTimeout(FetchError):
+    """The host did not answer (or connect) within the deadline."""
 
 
 def _utc_now() -> datetime:
@@ -85,20 +96,40 @@ def user_agent(contact: str | None) -> str:
 
 class _HostGate:
     """At most `slots` requests to one host at once, their starts `gap` seconds apart, none
-    before `blocked_until` (the host's 429 Retry-After, in the caller's clock)."""
+    before `blocked_until` (a 429's Retry-After, or one deadline after a timeout, in the
+    caller's clock).
 
-    def __init__(self, slots: int, gap: float) -> None:
+    It counts the requests waiting for a slot, and knows since when the host has been busy
+    without answering: since its last answer (any HTTP status), or since it went from idle
+    to busy. A timeout or a refused connection is no answer."""
+
+    def __init__(self, slots: int, gap: float, queued: set[_HostGate]) -> None:
         self.slots = asyncio.Semaphore(slots)
+        self.queued = queued  # the fetcher's gates with requests waiting: this one, while so
         self.gap = gap
         self.turn = asyncio.Lock()
         self.next_start = 0.0  # loop time
         self.blocked_until: datetime | None = None
+        self.blocked_why = ""
+        self.busy = 0  # requests holding a slot
+        self.waiting = 0  # requests waiting for one
+        self.silent_since = time.monotonic()  # busy without an answer since then
 
     async def enter(self, host: str, clock: Callable[[], datetime]) -> None:
         """Wait for a slot and for this request's start; HostBlocked, holding no slot, if the
         host is blocked now or becomes blocked while this waits."""
         self.refuse_if_blocked(host, clock)
-        await self.slots.acquire()
+        self.waiting += 1
+        self.queued.add(self)
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+            if not self.waiting:
+                self.queued.discard(self)
+        if not self.busy:
+            self.silent_since = time.monotonic()
+        self.busy += 1
         try:
             async with self.turn:  # starts are spaced out one after the other
                 loop = asyncio.get_running_loop()
@@ -108,20 +139,28 @@ class _HostGate:
                 self.refuse_if_blocked(host, clock)  # a 429 came back meanwhile
                 self.next_start = loop.time() + self.gap
         except BaseException:  # refused or cancelled: the slot goes to the next in line
-            self.slots.release()
+            self.leave()
             raise
 
     def leave(self) -> None:
+        self.busy -= 1
         self.slots.release()
+
+    def answered(self) -> None:
+        self.silent_since = time.monotonic()
+
+    def unanswering(self, seconds: float) -> bool:
+        """Requests wait here, and the host has been busy for `seconds` without an answer."""
+        return bool(self.waiting) and time.monotonic() - self.silent_since >= seconds
 
     def refuse_if_blocked(self, host: str, clock: Callable[[], datetime]) -> None:
         if self.blocked_until is not None and clock() < self.blocked_until:
-            raise HostBlocked(host, self.blocked_until)
+            raise HostBlocked(host, self.blocked_until, self.blocked_why)
 
-    def block(self, until: datetime) -> None:
-        """A host-wide Retry-After only ever moves later: it ends by itself."""
+    def block(self, until: datetime, why: str) -> None:
+        """A block only ever moves later: it ends by itself."""
         if self.blocked_until is None or until > self.blocked_until:
-            self.blocked_until = until
+            self.blocked_until, self.blocked_why = until, why
 
 
 class Fetcher:
@@ -131,6 +170,7 @@ class Fetcher:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._hosts: dict[str, _HostGate] = {}
+        self._queued: set[_HostGate] = set()  # gates with requests waiting for a slot
 
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(
@@ -161,7 +201,7 @@ class Fetcher:
     def _gate(self, host: str) -> _HostGate:
         gate = self._hosts.get(host)
         if gate is None:
-            gate = _HostGate(self._settings.per_host, self._settings.min_gap)
+            gate = _HostGate(self._settings.per_host, self._settings.min_gap, self._queued)
             self._hosts[host] = gate
         return gate
 
@@ -169,6 +209,11 @@ class Fetcher:
         """Start no request to host for `seconds` (another worker asked it just now)."""
         gate = self._gate(host)
         gate.next_start = max(gate.next_start, asyncio.get_running_loop().time() + seconds)
+
+    def waiting_at_unanswering_hosts(self, seconds: float) -> int:
+        """How many fetches wait for a slot at hosts busy for `seconds` without an answer
+        (hung, or timing out): they will not start soon."""
+        return sum(g.waiting for g in self._queued if g.unanswering(seconds))
 
     async def fetch(
         self,
@@ -189,11 +234,22 @@ class Fetcher:
         gate = self._gate(host)
         await gate.enter(host, clock)
         try:
-            return await self._fetch(url, etag, last_modified, origin or url)
+            result = await self._fetch(url, etag, last_modified, origin or url)
+            gate.answered()
+            return result
         except FetchError as error:
+            if error.status is not None:
+                gate.answered()
             # Blocked before the slot is given to the next request waiting for this host.
             if rules.is_host_wide(error.status) and error.retry_after is not None:
-                gate.block(clock() + timedelta(seconds=rules.retry_after(error.retry_after)))
+                wait = rules.retry_after(error.retry_after)
+                gate.block(clock() + timedelta(seconds=wait), "it asked to wait (HTTP 429)")
+            elif isinstance(error, FetchTimeout):
+                # A hung or unreachable host: the requests waiting for it would each wait
+                # out the deadline in turn (40 feeds, 2 at a time: 10 minutes), holding the
+                # cycle. They are asked again after one more deadline instead.
+                wait = self._settings.timeout
+                gate.block(clock() + timedelta(seconds=wait), "a request to it timed out")
             raise
         finally:
             gate.leave()
@@ -221,7 +277,7 @@ class Fetcher:
         except aiohttp.TooManyRedirects:
             raise FetchError("too many redirects (a redirect loop?)") from None
         except TimeoutError:
-            raise FetchError(
+            raise FetchTimeout(
                 f"timed out after {self._settings.timeout:g} s (connect or total deadline)"
             ) from None
         # The messages below quote the server's bytes (a bad status line: all of them, up

@@ -25,7 +25,7 @@ from monitor import feeds as rules
 from monitor.app import App
 from monitor.config import FeedConfig
 from monitor.errors import FetchError, ParseError
-from monitor.fetch import FetchResult, HostBlocked
+from monitor.fetch import FetchResult, FetchTimeout, HostBlocked
 from monitor.models import FeedState, FeedStatus, Item
 from monitor.parse import ParsedFeed, parse_feed
 from monitor.store import Claim, IngestResult, host_of
@@ -51,6 +51,11 @@ _GATHER_CHECK = 0.01  # seconds between looks at the backlog while gathering
 # cost (on PostgreSQL a few round trips, milliseconds; on SQLite under one) is then shared
 # by about twice as many feeds, and an outcome's time in the writer at most doubles.
 _GATHER_OUTCOMES_SECONDS = 0.02
+# A host busy this long without an answer (hung, or timing out) is not making progress:
+# the polls waiting for it leave the window, so other hosts' feeds are claimed meanwhile (a
+# hung host's 40 due feeds held a 20-feed window until the first of them timed out). With
+# polls in flight, a cycle looks at its window at least this often: that sends no event.
+_UNANSWERED_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +66,10 @@ class PollReport:
     unchanged: bool = False
     error: str | None = None
     status: FeedStatus = FeedStatus.OK
-    host_blocked_until: datetime | None = None  # the host asked everyone to wait (429)
+    host_blocked_until: datetime | None = None  # left alone until then (429, or a timeout)
     fetch_seconds: float | None = None  # how long the HTTP exchange took, when it completed
-    # Not asked: its host is blocked (429). Rescheduled to the block's end, not a failure,
-    # and `unchanged` too (nothing was fetched, so nothing changed).
+    # Not asked: its host is blocked (429, or a timeout). Rescheduled to the block's end,
+    # not a failure, and `unchanged` too (nothing was fetched, so nothing changed).
     deferred: bool = False
 
 
@@ -130,7 +135,7 @@ class _Cycle:
         renewer = asyncio.create_task(self._renew_leases())
         try:
             while True:
-                if not self.exhausted and len(self.in_flight) - self.writer.holding <= batch:
+                if not self.exhausted and self._working() <= batch:
                     # Once a window (the concurrency) has room, claim _CLAIM_WINDOWS: a claimed
                     # feed waits in this process for its turn at its host, and must be polled
                     # well within its lease. Polls that only wait for the writer (which
@@ -161,6 +166,13 @@ class _Cycle:
                 self.renewing = False
                 renewer.cancel()
 
+    def _working(self) -> int:
+        """The polls that fill the window: those in flight, less those only waiting for
+        the writer (which gathers several feeds per round) and those waiting at a host that
+        does not answer."""
+        stuck = self.app.fetcher.waiting_at_unanswering_hosts(_UNANSWERED_SECONDS)
+        return len(self.in_flight) - self.writer.holding - stuck
+
     async def _next_done(self) -> list[asyncio.Task[PollReport]]:
         """The polls done by now, once one is, or once a poll is handed to the writer while
         a claim may follow (the window has room then). Each poll reports its end itself
@@ -173,7 +185,8 @@ class _Cycle:
                 self.writer.handed.clear()
                 waiting.add(asyncio.ensure_future(self.writer.handed.wait()))
             try:
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                look_again = None if self.exhausted else _UNANSWERED_SECONDS
+                await asyncio.wait(waiting, timeout=look_again, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for waiter in waiting:
                     waiter.cancel()
@@ -757,9 +770,9 @@ def _redirect(feed: FeedConfig, state: FeedState, result: FetchResult) -> dict[s
 def _deferred(
     feed: FeedConfig, state: FeedState, until: datetime
 ) -> tuple[dict[str, Any], PollReport]:
-    """The feed's host said 429 (to another of its feeds) while this one waited for its
-    turn: nothing was sent, so its health and failure count stay as they are; it is due
-    again when the block ends."""
+    """The feed's host said 429, or let a request time out (to another of its feeds),
+    while this one waited for its turn: nothing was sent, so its health and failure count
+    stay as they are; it is due again when the block ends."""
     values: dict[str, Any] = {"next_poll_at": until}
     report = PollReport(
         feed.name, unchanged=True, status=state.status, host_blocked_until=until, deferred=True
@@ -795,6 +808,8 @@ def _failed(
     block = None
     if waited is not None and rules.is_host_wide(status_code):
         block = now + timedelta(seconds=rules.retry_after(waited))
+    elif isinstance(error, FetchTimeout):  # the fetcher holds off the host as long
+        block = now + timedelta(seconds=app.config.polling.timeout)
     error_text = values["last_error"]
     return values, PollReport(feed.name, error=error_text, status=status, host_blocked_until=block)
 

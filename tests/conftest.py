@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,6 +73,60 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Run the test once on SQLite and once on PostgreSQL."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(fixture))
+
+
+# --------------------------------------------------------------------------- hung host
+
+
+class HungHost:
+    """A host that accepts connections, reads the requests and never answers: records when
+    each connection came and when the client gave up on it (closed it)."""
+
+    def __init__(self, address: str) -> None:
+        self.listener = socket.create_server((address, 0))
+        self.address, self.port = address, self.listener.getsockname()[1]
+        self.arrived: list[float] = []  # time.monotonic() of each connection
+        self.abandoned: list[float] = []  # ... and of each close by the client
+        self.connections: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.address}:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            with self.lock:
+                self.arrived.append(time.monotonic())
+                self.connections.append(connection)
+            threading.Thread(target=self._wait, args=(connection,), daemon=True).start()
+
+    def _wait(self, connection: socket.socket) -> None:
+        try:
+            while connection.recv(4096):
+                pass
+        except OSError:
+            return
+        with self.lock:
+            self.abandoned.append(time.monotonic())
+
+    def close(self) -> None:
+        self.listener.close()
+        with self.lock:
+            for connection in self.connections:
+                connection.close()
+
+
+@pytest.fixture
+def hung_host() -> Iterator[HungHost]:
+    """On 127.0.0.2: a host of its own, apart from the HTTP test server's 127.0.0.1."""
+    host = HungHost("127.0.0.2")
+    yield host
+    host.close()
 
 
 # --------------------------------------------------------------------------- SMTP

@@ -14,6 +14,7 @@ from werkzeug import Request, Response
 from monitor.config import PollingConfig
 from monitor.errors import FetchError
 from monitor.fetch import Fetcher, HostBlocked, retry_after_seconds
+from tests.conftest import HungHost
 
 HOUR = timedelta(hours=1)
 FEED = b"<rss version='2.0'><channel><title>t</title></channel></rss>"
@@ -75,6 +76,53 @@ async def test_a_429_blocks_its_host_for_the_requests_waiting_there_too(
             await fetcher.fetch(url, clock=lambda: now[0])
         assert not isinstance(again.value, HostBlocked)
     assert len(httpserver.log) == 2
+
+
+async def test_a_timeout_blocks_its_host_for_one_deadline_for_the_requests_waiting_there(
+    hung_host: HungHost,
+) -> None:
+    """A hung host's feeds are not each made to wait out the deadline in turn."""
+    now = [datetime(2026, 11, 29, 12, 0, tzinfo=UTC)]
+    async with Fetcher(settings(per_host=1, timeout=1)) as fetcher:
+        waiting = [fetcher.fetch(hung_host.url(f"/f{n}"), clock=lambda: now[0]) for n in range(3)]
+        first, *others = await asyncio.gather(*waiting, return_exceptions=True)
+        assert isinstance(first, FetchError) and "timed out" in str(first)
+        assert all(isinstance(o, HostBlocked) for o in others)
+        until = now[0] + timedelta(seconds=1)
+        assert {o.until for o in others if isinstance(o, HostBlocked)} == {until}
+        assert "timed out" in str(others[0])
+        assert len(hung_host.arrived) == 1
+        now[0] = until  # the block has ended: the host is asked again
+        with pytest.raises(FetchError, match="timed out") as again:
+            await fetcher.fetch(hung_host.url("/f0"), clock=lambda: now[0])
+        assert not isinstance(again.value, HostBlocked)
+    assert len(hung_host.arrived) == 2
+
+
+async def test_requests_waiting_at_a_host_busy_without_an_answer_are_counted(
+    hung_host: HungHost, httpserver: HTTPServer
+) -> None:
+    def slow(_request: Request) -> Response:
+        time.sleep(0.3)
+        return Response(FEED)
+
+    httpserver.expect_request("/slow").respond_with_handler(slow)
+    async with Fetcher(settings(per_host=1, timeout=5)) as fetcher:
+        hung = [asyncio.ensure_future(fetcher.fetch(hung_host.url(f"/f{n}"))) for n in range(3)]
+        answering = [
+            asyncio.ensure_future(fetcher.fetch(httpserver.url_for(f"/slow?n={n}")))
+            for n in range(4)
+        ]
+        await asyncio.sleep(0.1)
+        assert fetcher.waiting_at_unanswering_hosts(0.5) == 0  # not silent for long yet
+        await asyncio.sleep(0.6)
+        # The hung host's two waiting requests; the other host answers every 0.3 s.
+        assert fetcher.waiting_at_unanswering_hosts(0.5) == 2
+        await asyncio.gather(*answering)
+        for request in hung:
+            request.cancel()
+        await asyncio.gather(*hung, return_exceptions=True)
+        assert fetcher.waiting_at_unanswering_hosts(0.5) == 0
 
 
 async def test_permanent_redirect_is_reported(httpserver: HTTPServer) -> None:

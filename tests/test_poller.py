@@ -35,6 +35,7 @@ from monitor.models import FeedState, FeedStatus
 from monitor.parse import parse_feed
 from monitor.parse_pool import ParsePool
 from monitor.poller import _Writer, poll_due
+from tests.conftest import HungHost
 from tests.feeds import ENGLISH, GERMAN, rss
 
 START = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -356,6 +357,56 @@ async def test_a_429_stops_the_requests_of_the_hosts_other_feeds_in_the_same_cyc
         clock.advance(timedelta(minutes=31))
         await poll_due(app)
     assert len(requests_to(httpserver, "/limited")) == 2  # asked again, and blocked again
+
+
+async def test_a_hung_host_neither_holds_the_window_nor_makes_its_feeds_wait_in_turn(
+    httpserver: HTTPServer, hung_host: HungHost, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    """A host that never answers, with the first due feeds: the other host's feeds are
+    polled while the first request to it waits out its deadline, and the hung host's other
+    feeds are not asked in turn after it (6 feeds, one at a time: 18 s), but are due again
+    after one more deadline, neither failed nor failing."""
+    answered: list[float] = []
+
+    def feed(_request: Request) -> Response:
+        answered.append(time.monotonic())
+        return Response(GERMAN)
+
+    httpserver.expect_request("/ok").respond_with_handler(feed)
+    hung = {f"hung{n}": hung_host.url(f"/feed{n}") for n in range(6)}
+    fine = {f"fine{n}": httpserver.url_for(f"/ok?n={n}") for n in range(4)}
+    # The window (concurrency 2) claims 4 feeds at a time: the hung host's first.
+    async with start_app(hung | fine, concurrency=2, per_host=1) as app:
+        report = await poll_due(app)
+        assert len(hung_host.arrived) == 1  # one request went to the hung host
+        assert len(answered) == 4 and max(answered) < hung_host.abandoned[0]
+        outcomes = {p.feed: p for p in report.polls}
+        assert set(outcomes) == set(hung) | set(fine) and report.failed == 1
+        assert all(not outcomes[name].error for name in fine)
+        deferred = [p for p in report.polls if p.deferred]
+        assert len(deferred) == 5 and all(p.feed in hung and not p.error for p in deferred)
+        for poll in deferred:
+            state = app.store.feed_state(poll.feed)
+            assert state is not None and state.next_poll_at == START + timedelta(seconds=3)
+            assert state.consecutive_failures == 0 and state.status == FeedStatus.NEW
+        # The block reaches the other workers, as a 429's does, and ends after a deadline.
+        later = clock.now + HOUR
+        assert app.store.claim_feeds("other", clock.now, later, 10, names=list(hung)).feeds == []
+        clock.advance(timedelta(seconds=3))
+        assert len(app.store.claim_feeds("other", clock.now, later, 10, names=list(hung)).feeds)
+
+
+async def test_a_timeout_holds_off_the_host_for_the_other_workers_too(
+    hung_host: HungHost, start_app: Callable[..., Any], clock: Clock
+) -> None:
+    # The only feed of its host: the failure itself carries the block.
+    async with start_app({"hung": hung_host.url("/feed")}) as app:
+        report = await poll_due(app)
+        assert report.failed == 1 and "timed out" in (report.polls[0].error or "")
+        later = clock.now + HOUR
+        assert app.store.claim_feeds("other", clock.now, later, 10, force=True).feeds == []
+        clock.advance(timedelta(seconds=3))
+        assert len(app.store.claim_feeds("other", clock.now, later, 10, force=True).feeds) == 1
 
 
 async def test_a_host_wide_retry_after_reaches_the_other_workers(
