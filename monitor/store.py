@@ -1134,6 +1134,9 @@ class Store:
         elsewhere = _matched_elsewhere(tx, seen, known, match)
         if elsewhere:
             late = _record_matches(tx, [row for row, _ in elsewhere], now, new=False)
+            # Under the story lock, as _settle queues: two workers meeting the same story
+            # for the same watchlist at once must not each find no recipient told yet.
+            _lock_stories(tx)
             storied = _stories_of(tx, {r.item_id for r in late})
             recorded += [r for r in late if r.item_id not in storied]
             into_stories = [r for r in late if r.item_id in storied]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,11 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import yaml
 from datasketch import MinHash
 
 from monitor.models import Hit, Item, Match, OutgoingMessage
-from monitor.store import Store, open_store
+from monitor.store import _STORY_LOCK, Store, open_store
 from monitor.stories import (
     Candidate,
     DedupeSettings,
@@ -418,3 +420,42 @@ def test_a_known_item_in_another_feed_matches_watchlists_of_that_feed(
     if matched_before:
         expected.insert(0, ("a@example.org", "all", first.key))
     assert pending == expected
+
+
+def test_a_known_item_matched_in_another_feed_is_queued_under_the_story_lock(
+    postgres_url: str,
+) -> None:
+    """Two workers meeting one story in two feeds at once for the same watchlist would each
+    find no recipient told yet and queue one alert each: the queueing waits for the lock
+    that clustering holds, and then sees what the other queued."""
+    store = open_store(postgres_url)
+    hit = (Hit("xAI", "title", 0, 3),)
+
+    def match(item: Item) -> list[Match]:
+        return [Match("all", hit)] + ([Match("heise-only", hit)] if item.feed == "heise" else [])
+
+    recipients = {"all": ("a@example.org",), "heise-only": ("h@example.org",)}
+    first = make_item("x", feed="gnews", title="xAI startet Grok 5")
+    store.ingest([first], match, recipients, NOW)  # in a story now
+    copy = replace(first, feed="heise", guid="heise-1")
+    other = sa.create_engine(postgres_url)
+    try:
+        with other.begin() as holder:  # another worker clustering
+            holder.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _STORY_LOCK})
+            worker = threading.Thread(
+                target=store.ingest, args=([copy], match, recipients, NOW + timedelta(hours=1))
+            )
+            worker.start()
+            worker.join(1.0)
+            assert worker.is_alive()  # waiting for the lock
+        worker.join(30)
+        assert not worker.is_alive()
+    finally:
+        other.dispose()
+        store.close()
+    store = open_store(postgres_url)
+    try:
+        pending = sorted((r, e.watchlist) for r, e in store.pending_entries())
+    finally:
+        store.close()
+    assert pending == [("a@example.org", "all"), ("h@example.org", "heise-only")]
