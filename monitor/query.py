@@ -177,6 +177,19 @@ def is_vacuous(node: Node) -> bool:
     return any(is_vacuous(child) for child in node.children)
 
 
+def _has_and(node: Node) -> bool:
+    """True if an AND (or AND NOT) is anywhere in the tree."""
+    if isinstance(node, And):
+        return True
+    if isinstance(node, Not | Scope):
+        return _has_and(node.child)
+    if isinstance(node, Or):
+        return any(_has_and(child) for child in node.children)
+    if isinstance(node, Near):
+        return _has_and(node.left) or _has_and(node.right)
+    return False
+
+
 def terms_of(node: Node) -> list[Term]:
     """Every term in the tree, in order."""
     if isinstance(node, Term):
@@ -293,6 +306,15 @@ class _Parser:
         for side, position in ((left, start), (right, right_start)):
             if is_vacuous(side):
                 raise QueryError("NEAR needs terms on both sides, not NOT", self.query, position)
+            if _has_and(side):
+                # Proximity is between two places in a text; an AND group is no one place
+                # (it held with one member near and the others anywhere, in any field).
+                raise QueryError(
+                    "NEAR takes a term, a phrase or an OR group on each side, not AND: "
+                    "write (A NEAR/5 C) AND (B NEAR/5 C)",
+                    self.query,
+                    position,
+                )
         if self._at("near"):
             raise QueryError(
                 "NEAR cannot be chained; join the pairs with AND: (A NEAR/2 B) AND (B NEAR/3 C)",

@@ -263,13 +263,34 @@ class _Evaluation:
         return [hit for result in passed for hit in result] if passed else None
 
     def _near(self, node: Near, scope: frozenset[str]) -> _Found:
-        """Each hit of either side that has a hit of the other side near it, once."""
+        """Each hit of either side that has a hit of the other side near it, once; with the
+        hits of a side's own NEAR that made those hold (in (Musk NEAR/2 Grok) NEAR/1 xAI,
+        the Musk next to the Grok next to xAI)."""
         left, right = self.run(node.left, scope), self.run(node.right, scope)
         if not left or not right:
             return None
-        hits = self._near_one_of(left, right, node.distance)
-        hits += self._near_one_of(right, left, node.distance)
+        hits = self._partners(node.left, left, self._near_one_of(left, right, node.distance))
+        hits += self._partners(node.right, right, self._near_one_of(right, left, node.distance))
         return hits or None
+
+    def _partners(
+        self, side: Node, found: list[tuple[Term, _Span]], kept: list[tuple[Term, _Span]]
+    ) -> list[tuple[Term, _Span]]:
+        """`kept` and, if the side holds a NEAR, its other hits within that NEAR's distance
+        of them, as many steps as NEARs are nested there: the pairs the kept hits are of."""
+        nesting = _nesting(side)
+        if nesting is None or not kept:
+            return kept
+        distance, depth = nesting
+        taken = set(kept)
+        for _ in range(depth):
+            rest = [hit for hit in found if hit not in taken]
+            more = self._near_one_of(rest, kept, distance) if rest else []
+            if not more:
+                break
+            kept += more
+            taken.update(more)
+        return kept
 
     def _near_one_of(
         self, hits: list[tuple[Term, _Span]], others: list[tuple[Term, _Span]], distance: int
@@ -326,6 +347,24 @@ class _Evaluation:
         field = self._fields[span[0]].folded
         start, stop = field.source(span[1]), field.source(span[2])
         return f"{span[0]}[{start}:{stop}] {field.original[start:stop]!r}"
+
+
+def _nesting(node: Node) -> tuple[int, int] | None:
+    """The largest distance of a NEAR within the node, and how deep NEARs nest there."""
+    if isinstance(node, Near):
+        inner = [n for n in (_nesting(node.left), _nesting(node.right)) if n is not None]
+        return (
+            max([node.distance, *(d for d, _ in inner)]),
+            1 + max((depth for _, depth in inner), default=0),
+        )
+    if isinstance(node, Scope):
+        return _nesting(node.child)
+    if isinstance(node, Or):
+        found = [n for n in map(_nesting, node.children) if n is not None]
+        if not found:
+            return None
+        return max(d for d, _ in found), max(depth for _, depth in found)
+    return None
 
 
 def _hits(found: list[tuple[Term, _Span]], fields: dict[str, _Field]) -> tuple[Hit, ...]:

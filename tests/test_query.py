@@ -112,6 +112,11 @@ def test_clause_text_is_kept_for_explanations() -> None:
         ("xAI NEAR Grok", "NEAR needs a distance: write NEAR/5", 4),
         ("xAI NEAR/2 NOT Grok", "NEAR needs terms on both sides", 11),
         ("a NEAR/2 b NEAR/3 c", "NEAR cannot be chained", 11),
+        # An AND group is no one place: it held with one member near, the others anywhere.
+        ("(Musk AND Grok) NEAR/5 xAI", "not AND: write (A NEAR/5 C) AND (B NEAR/5 C)", 0),
+        ('xAI NEAR/3 (Grok AND "Elon Musk")', "on each side, not AND", 11),
+        ("(Musk AND NOT Grok) NEAR/3 xAI", "on each side, not AND", 0),
+        ("((a AND b) OR c) NEAR/3 d", "on each side, not AND", 0),
         ("site:heise.de", "unknown field 'site:'", 0),
         ("title:", "expected a term after title", 6),
         ("title:NOT Grok", "put it in parentheses", 6),

@@ -194,6 +194,30 @@ def spans(title: str) -> dict[str, list[tuple[str, int, int]]]:
     }
 
 
+def test_a_nested_near_reports_every_term_it_needed() -> None:
+    """(Musk NEAR/2 Grok) NEAR/1 xAI holds through the Grok next to xAI; the Musk that made
+    that Grok count is a hit too, not a far Musk of no pair."""
+    nested = Matcher(
+        parse_config(
+            config_text([{"name": "n", "query": "(Musk NEAR/2 Grok) NEAR/1 xAI"}])
+        ).watchlists
+    )
+    title = "Musk said w w w w w w Musk a b Grok x xAI"
+    [match] = nested.match(item(title))
+    assert [(hit.term, title[hit.start : hit.end]) for hit in match.hits] == [
+        ("Musk", "Musk"),
+        ("Grok", "Grok"),
+        ("xAI", "xAI"),
+    ]
+    assert match.hits[0].start == title.index("Musk a b")
+    mirrored = Matcher(
+        parse_config(
+            config_text([{"name": "n", "query": "xAI NEAR/1 (Grok NEAR/2 Musk)"}])
+        ).watchlists
+    )
+    assert [h.term for h in mirrored.match(item(title))[0].hits] == ["Musk", "Grok", "xAI"]
+
+
 def test_near_after_a_long_run_of_punctuation() -> None:
     dashes = "-" * 16_000  # punctuation standing alone is not a word
     assert spans("XAI Musk " + dashes) == {
