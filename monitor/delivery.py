@@ -98,15 +98,20 @@ def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> lis
         key = (plan.watchlist, plan.recipient)
         if plan.quiet and plan.quiet.contains(now, zone):
             continue
+        last = handled.get(key)
         if plan.schedule.every is Every.IMMEDIATE:
             since = waiting.get(key)
             if since is not None and now - since >= hold:
                 # The slot is the oldest waiting match: workers that see it due together
-                # record the same digest_runs row, and only one of them composes.
+                # record the same digest_runs row, and only one of them composes. Always
+                # after the last slot handled: a match queued late with an older time (a
+                # write round's batches share one time, and may commit minutes apart) had
+                # the slot of an alert already sent, and its pair was never due again.
+                if last is not None and since <= last:
+                    since = last + timedelta(microseconds=1)
                 due.append(Due(plan, since))
             continue
         slot = plan.schedule.latest_slot(now, zone)
-        last = handled.get(key)
         if (last is None and first_poll_done) or (last is not None and slot > last):
             due.append(Due(plan, slot))
     return due

@@ -359,6 +359,30 @@ async def test_priority_immediate_watchlist_sends_alerts(
     assert recorder.parsed()[0]["Subject"].startswith("monitor alert:")
 
 
+async def test_an_alert_queued_late_with_the_time_of_a_sent_one_still_goes_out(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    """A write round stores its feeds' items with the round's time; if they commit minutes
+    apart, an alert may be sent for the first before the second is queued, with the same
+    time. That time was the alert's slot, already handled: the pair was never due again."""
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    data = settings(port, recipients=["a@example.org"], priority="immediate")
+    async with open_app(data, clock) as app:
+        queued = clock()
+        add_matches(app, 1)
+        clock.advance(minutes=5)
+        assert (await run_digests(app)).sent == 1
+        app.store.ingest([item(2)], app.matcher.match, app.recipients, queued)
+        assert (await run_digests(app)).sent == 1
+        clock.advance(hours=1)
+        add_matches(app, 3)
+        clock.advance(minutes=5)
+        assert (await run_digests(app)).sent == 1
+        assert app.store.pending_entries() == []
+    assert len(recorder.messages) == 3
+
+
 async def test_each_message_is_leased_right_before_it_is_sent(
     open_app: Any, smtp_server: tuple[SmtpRecorder, int]
 ) -> None:
