@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from monitor.config import Config
+from monitor.config import Config, load_config
 from monitor.digest import DigestSettings, Renderer
+from monitor.errors import ConfigError
 from monitor.fetch import Fetcher
 from monitor.mailer import MaildirMailer, Mailer, SmtpMailer
 from monitor.parse_pool import ParsePool
@@ -67,6 +68,16 @@ def build_dedupe(config: Config) -> DedupeSettings:
 def new_worker_id() -> str:
     """Names this process in leases, so a worker can tell its own from another's."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def load_checked(path: Path) -> Config:
+    """The config at `path`, validated (config.load_config), and its digests rendered once
+    with a sample: ConfigError lists every problem, a broken template's with its file and
+    line. Used by every command and by a reload, so no tick meets them first."""
+    config = load_config(path)
+    if problems := build_renderer(config).problems():
+        raise ConfigError([f"{path}: digests: {problem}" for problem in problems])
+    return config
 
 
 def build_renderer(config: Config) -> Renderer:

@@ -13,13 +13,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor import __version__
-from monitor.app import running_app
+from monitor.app import load_checked, running_app
 from monitor.config import (
     Config,
     FeedConfig,
     _parse_duration,
     find_config,
-    load_config,
     mailbox_address,
 )
 from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_email
@@ -97,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose, args.log_format)
     path = find_config(args.config)
     try:
-        config = load_config(path)
+        config = load_checked(path)
     except ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)

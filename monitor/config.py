@@ -120,7 +120,25 @@ def _check_quiet_hours(value: str) -> str:
     return value
 
 
+# Characters no header may carry (CR, LF, NUL and the other controls), and the bidi overrides
+# and isolates that change how the text around them reads.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _header_text(value: str) -> str:
+    """Text that reaches a mail header (a subject, or a watchlist name in one)."""
+    if (found := _UNSAFE.search(value)) is not None:
+        raise ValueError(
+            f"contains the control character U+{ord(found.group()):04X}, which no mail "
+            "header may carry; remove it"
+        )
+    if "=?" in value:  # an RFC 2047 encoded word: mail programs would decode it
+        raise ValueError("contains '=?', which mail programs read as an encoded word")
+    return value
+
+
 ScheduleText = Annotated[str, AfterValidator(_check_schedule)]
+HeaderText = Annotated[str, AfterValidator(_header_text)]
 QuietHoursText = Annotated[str, AfterValidator(_check_quiet_hours)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -251,7 +269,7 @@ class EntityConfig(_Model):
 
 
 class WatchlistConfig(_Model):
-    name: NonEmpty
+    name: Annotated[NonEmpty, AfterValidator(_header_text)]  # subjects name watchlists
     terms: tuple[TermText, ...] = ()  # any of them matches
     entities: tuple[EntityConfig, ...] = ()  # any name or alias matches
     query: str | None = None  # boolean query (docs/watchlists.md); any of the three matches
@@ -349,8 +367,8 @@ class SmtpConfig(_Model):
 class DigestsConfig(_Model):
     max_per_watchlist: int = Field(25, ge=1)
     send_empty: bool = False
-    subject: str = "monitor digest: {count} new for {watchlists}"
-    alert_subject: str = "monitor alert: {count} new for {watchlists}"
+    subject: HeaderText = "monitor digest: {count} new for {watchlists}"
+    alert_subject: HeaderText = "monitor alert: {count} new for {watchlists}"
     hold: Duration = 300.0  # immediate alerts wait this long to batch a burst into one mail
     quiet_hours: QuietHoursText | None = None  # default for every watchlist, e.g. "22:00-07:00"
     templates_dir: str | None = None  # your own digest/alert templates override the shipped ones
@@ -372,6 +390,17 @@ class DigestsConfig(_Model):
     def _https(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("https://"):
             raise ValueError("one-click unsubscribe needs an https:// URL (RFC 8058)")
+        if value is not None and (_UNSAFE.search(value) or re.search(r'[\s<>"]', value)):
+            raise ValueError("must be one URL, without spaces, quotes or angle brackets")
+        return value
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _directory(cls, value: str | None) -> str | None:
+        # Jinja skips a search path that does not exist: a typo would silently mean the
+        # shipped templates.
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"templates_dir {value!r} is not a directory")
         return value
 
 

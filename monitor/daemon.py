@@ -29,8 +29,8 @@ from typing import Any
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from monitor.app import App, running_app
-from monitor.config import Config, load_config
+from monitor.app import App, load_checked, running_app
+from monitor.config import Config
 from monitor.delivery import FIRST_POLL_DONE, run_digests
 from monitor.errors import ConfigError
 from monitor.lock import database_lock
@@ -219,7 +219,7 @@ class Daemon:
         """SIGHUP: apply a valid new config; keep the old one (and say why) otherwise."""
         self.notifier.reloading()
         try:
-            config = load_config(self.config_path)
+            config = load_checked(self.config_path)
         except ConfigError as error:
             for problem in error.problems:
                 log.error("reload rejected, keeping the running config: %s", problem)

@@ -57,8 +57,10 @@ async def run_digests(
     writer's transaction, and the event loop must keep fetching meanwhile.
     """
     now = app.clock()
-    composed = await asyncio.to_thread(_compose_due, app, now, force, only)
-    sent, retrying, dead = await send_ready(app)
+    try:
+        composed = await asyncio.to_thread(_compose_due, app, now, force, only)
+    finally:  # what is stored goes out even when composing failed (the database away)
+        sent, retrying, dead = await send_ready(app)
     return DeliveryReport(composed, sent, retrying, dead)
 
 
@@ -133,7 +135,17 @@ def compose(app: App, due: Sequence[Due], now: datetime, *, record_runs: bool = 
             if runs:
                 app.store.claim(None, [], now, runs)  # the period is handled: nothing to say
             continue
-        message = app.renderer.render(recipient, entries, now, kind=_kind(pairs), health=health)
+        try:
+            message = app.renderer.render(recipient, entries, now, kind=_kind(pairs), health=health)
+        except Exception:  # one recipient's items (a user template's branch) only
+            log.exception(
+                "could not render the %s for %s (watchlists %s); its matches stay pending, "
+                "the other recipients' messages go out",
+                _kind(pairs),
+                recipient,
+                ", ".join(sorted(names)),
+            )
+            continue
         ids = [i for entry in entries for i in entry.delivery_ids]
         if app.store.claim(message, ids, now, runs):
             composed += 1

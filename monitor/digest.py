@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email import quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -25,11 +25,23 @@ import css_inline
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from monitor.models import DigestEntry, OutgoingMessage
+from monitor.models import DigestEntry, Hit, Item, OutgoingMessage
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
 Segments = list[tuple[str, bool]]  # (text, highlighted)
+
+
+def _where(error: BaseException) -> str:
+    """'FILE:LINE: ' of the innermost template frame of a rendering error, if any."""
+    found = ""
+    frame = error.__traceback__
+    while frame is not None:
+        name = frame.tb_frame.f_code.co_filename
+        if name.endswith(".j2"):
+            found = f"{name}:{frame.tb_lineno}: "
+        frame = frame.tb_next
+    return found
 
 
 def default_templates_dir() -> Path:
@@ -148,6 +160,29 @@ class Renderer:
         message.attach(_text_part(text, "plain"))
         message.attach(_text_part(html, "html"))
         return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
+
+    def problems(self) -> list[str]:
+        """What keeps a digest or an alert from rendering, found by rendering a sample of
+        each (every template they include compiles on the way): a broken user template, or
+        a setting a header refuses, is reported when the config is loaded (`monitor check`,
+        start, reload), not by every digest tick, for every recipient."""
+        now = datetime(2026, 1, 5, 7, 0, tzinfo=UTC)
+        item = Item(
+            "u:example.org/sample", "sample", "g", "https://example.org/sample", "Sample xAI",
+            "A sample summary about xAI.", now, "en",
+        )  # fmt: skip
+        entry = DigestEntry((1,), "sample", item, (Hit("xAI", "title", 7, 10),))
+        health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
+        found = []
+        for kind in ("digest", "alert"):
+            try:
+                self.render("sample@example.org", [entry], now, kind=kind, health=health)
+            except jinja2.TemplateSyntaxError as error:
+                found.append(f"{error.filename or error.name}:{error.lineno}: {error.message}")
+            except Exception as error:  # undefined names, bad filters, a header refused
+                where = _where(error) or f"rendering a sample {kind}: "
+                found.append(f"{where}{type(error).__name__}: {error}")
+        return found
 
     def message_id(
         self, recipient: str, entries: Sequence[DigestEntry], now: datetime | None = None

@@ -193,12 +193,22 @@ class MaildirMailer:
         self._ensure()
         name = _file_name(message)
         temporary = self.path / "tmp" / f"{name}.{os.getpid()}.{socket.gethostname()}"
-        with open(temporary, "wb") as handle:
-            handle.write(message.mime)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(message.mime)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:  # a full disk, a file too large: no partial file left in tmp/
+            temporary.unlink(missing_ok=True)
+            raise
         target = self.path / "new" / name
         os.replace(temporary, target)
+        # The rename is durable once new/ is: the message is marked sent right after this.
+        directory = os.open(self.path / "new", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         return target
 
 

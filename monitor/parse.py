@@ -247,7 +247,9 @@ def item_gap(stamps: Iterable[datetime]) -> float | None:
 # Characters no database should be handed: C0 controls but tab and line ends (PostgreSQL
 # refuses NUL in text), and lone surrogates (valid in JSON, not encodable as UTF-8). A feed
 # may carry them (`&#0;`, `"\ud83d"`); one such item used to fail its whole feed's batch.
-_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+# Also the bidi embeddings, overrides and isolates (U+202A-202E, U+2066-2069): an unclosed
+# one in a title reversed how the outlet name after it read in a digest.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 
 
 def _storable(text: str) -> str:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -217,3 +218,45 @@ def test_languages_are_codes_as_items_carry_them() -> None:
     assert config.watchlists[0].languages == ("de", "en")
     (found,) = problems(MINIMAL + "    languages: [german]\n")
     assert "c.yaml:8:17:" in found and "'german' is not a language code" in found
+
+
+def test_text_that_reaches_a_mail_header_is_refused_if_a_header_could_not_carry_it(
+    tmp_path: Path,
+) -> None:
+    """A watchlist's name goes into subjects: an encoded word in it was decoded by the
+    email package into header lines of its own (Reply-To, Bcc), a NUL went in raw."""
+    injected = MINIMAL.replace("name: xAI", 'name: "=?utf-8?q?xAI=0D=0ABcc:_spy@evil.example?="')
+    (found,) = problems(injected)
+    assert "c.yaml:6:11: watchlists[0].name:" in found and "encoded word" in found
+    (found,) = problems(MINIMAL.replace("name: xAI", 'name: "x\\0AI"'))
+    assert "U+0000" in found
+    digests = (
+        'digests:\n  subject: "News\\r\\nBcc: spy@evil.example"\n'
+        '  unsubscribe_url: "https://example.org/u\\r\\nX: y"\n'
+        f"  templates_dir: {tmp_path / 'missing'}\n"
+    )
+    subject, templates, url = problems(MINIMAL + digests)
+    assert "digests.subject:" in subject and "U+000D" in subject
+    assert "digests.unsubscribe_url:" in url and "without spaces" in url
+    assert "digests.templates_dir:" in templates and "is not a directory" in templates
+
+
+def test_check_renders_the_templates_and_names_a_broken_ones_file(
+    tmp_path: Path, write_config: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user template that cannot render passed `monitor check`; every digest tick then
+    failed, for every recipient."""
+    from monitor.cli import main
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "alert.html.j2").write_text("<p>\n{{ entries | nosuchfilter }}\n", "utf-8")
+    data = yaml.safe_load(MINIMAL) | {"digests": {"templates_dir": str(templates)}}
+    path = write_config(data)
+    assert main(["--config", str(path), "check"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{path}: digests: {templates / 'alert.html.j2'}:2: No filter named 'nosuchfilter'" in err
+    )
+    (templates / "alert.html.j2").unlink()
+    assert main(["--config", str(path), "check"]) == 0

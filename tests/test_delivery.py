@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -381,6 +382,45 @@ async def test_an_alert_queued_late_with_the_time_of_a_sent_one_still_goes_out(
         assert (await run_digests(app)).sent == 1
         assert app.store.pending_entries() == []
     assert len(recorder.messages) == 3
+
+
+async def test_a_message_that_fails_to_render_holds_back_only_its_recipient(
+    open_app: Any,
+    smtp_server: tuple[SmtpRecorder, int],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A user template that fails for some items only (the sample at load time renders):
+    that recipient's matches stay pending and are named in the log; the other recipients'
+    alerts go out. It used to raise out of the tick, and nothing was sent to anyone."""
+    recorder, port = smtp_server
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "alert.txt.j2").write_text(
+        "{% if watchlists[0].entries | length > 1 %}{{ no_such_name }}{% endif %}{{ subject }}\n",
+        encoding="utf-8",
+    )
+    data = settings(port, recipients=["a@example.org"], priority="immediate")
+    data["watchlists"].append(
+        {
+            "name": "Grok",
+            "terms": ["Grok"],
+            "priority": "immediate",
+            "recipients": ["b@example.org"],
+        }
+    )
+    data["digests"] = {"templates_dir": str(templates)}
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    async with open_app(data, clock) as app:
+        items = [item(1, "xAI eins"), item(2, "xAI zwei"), item(3, "Grok drei")]
+        app.store.ingest(items, app.matcher.match, app.recipients, clock())
+        clock.advance(minutes=5)
+        with caplog.at_level(logging.ERROR, logger="monitor.delivery"):
+            report = await run_digests(app)
+        assert (report.composed, report.sent) == (1, 1)
+        assert {r for r, _ in app.store.pending_entries()} == {"a@example.org"}
+    assert [r[0] for _, r, _ in recorder.messages] == ["b@example.org"]
+    assert "could not render the alert for a@example.org (watchlists xAI)" in caplog.text
 
 
 async def test_each_message_is_leased_right_before_it_is_sent(

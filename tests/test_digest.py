@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -150,3 +151,28 @@ def test_an_item_stored_with_a_placeholder_date_still_renders() -> None:
     year_one = replace(stored, item=replace(stored.item, published=datetime(1, 1, 1, tzinfo=UTC)))
     message = renderer(zone=ZoneInfo("America/New_York")).render("a@example.org", [year_one], NOW)
     assert "-01-01 00:00 UTC" in parse(message.mime).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_every_line_of_a_text_entry_keeps_its_indent() -> None:
+    """Only an entry's first line starts at the margin: a summary starting with "* " must
+    not read as the next entry (the template's block tags took the indent of two lines)."""
+    hit = (Hit("xAI", "summary", 2, 5),)
+    sample = entry(1, "Neues von xAI", summary="* xAI: eine Aufzählung", hits=hit)
+    text = parse(renderer().render("a@example.org", [sample], NOW).mime)
+    body = text.get_body(("plain",)).get_content()
+    lines = body[body.index("* Neues von xAI") :].splitlines()
+    assert lines[0] == "* Neues von xAI"
+    assert lines[1].startswith("  heise, ")
+    assert lines[3] == "  * *xAI*: eine Aufzählung"
+
+
+def test_a_broken_user_template_is_a_problem_with_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "alert.html.j2").write_text("<p>\n{% if %}broken</p>\n", encoding="utf-8")
+    (tmp_path / "digest.txt.j2").write_text("{{ no_such_name }}\n", encoding="utf-8")
+    settings = DigestSettings(sender="monitor@example.org", zone=ZoneInfo("Europe/Berlin"))
+    problems = Renderer(settings, tmp_path).problems()
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{tmp_path / 'digest.txt.j2'}:1: ")
+    assert "no_such_name" in problems[0]
+    assert problems[1].startswith(f"{tmp_path / 'alert.html.j2'}:2: ")
+    assert renderer().problems() == []  # the shipped templates

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,6 +143,29 @@ async def test_maildir_unwritable_is_reported(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     outcomes = await deliver(MaildirMailer(blocker / "outbox"), [message(1, "a@example.org")])
     assert isinstance(outcomes["a@example.org"], DeliveryError)
+
+
+def test_a_maildir_write_that_fails_part_way_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A full disk (here: a file size limit) mid-write: the failure is reported for retry,
+    and tmp/ keeps no partial copy to pile up."""
+    script = f"""
+import asyncio, resource, signal
+from monitor.mailer import MaildirMailer
+from monitor.models import OutgoingMessage
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+mailer = MaildirMailer({str(tmp_path / "outbox")!r})
+mailer._ensure()
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+mime = b"Date: Sun, 29 Nov 2026 07:00:00 +0100\\r\\n\\r\\n" + b"x" * 5000
+async def report(message, error):
+    print(type(error).__name__, error)
+asyncio.run(mailer.deliver([OutgoingMessage("<d.1@example.org>", "a@example.org", mime)], report))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("DeliveryError outbox ") and "File too large" in done.stdout
+    assert list((tmp_path / "outbox" / "tmp").iterdir()) == []
+    assert list((tmp_path / "outbox" / "new").iterdir()) == []
 
 
 @pytest.mark.parametrize("port", [None])

@@ -251,6 +251,19 @@ def test_characters_no_database_takes_are_dropped() -> None:
                 assert not any(ord(c) < 32 and c not in "\t\n\r" for c in value), value
 
 
+def test_bidi_overrides_are_dropped_from_an_items_text() -> None:
+    """An unclosed right-to-left override in a title reversed how the outlet name after it
+    read in a digest: "xAI news \u202e)sretueR(" showed "(Reuters)" and reversed "(heise)"."""
+    rss = (
+        "<rss version='2.0'><channel><title>t</title><item><title>xAI news &#x202e;"
+        ")sretueR(</title><description>a &#x2067;b&#x2069; c &#x202a;d</description>"
+        "<link>https://example.org/1</link></item></channel></rss>"
+    )
+    (item,) = parse(rss.encode()).items  # type: ignore[attr-defined]
+    assert item.title == "xAI news )sretueR("
+    assert item.summary == "a b c d"
+
+
 def test_relative_item_links_resolve_against_xml_base_or_the_feed_url() -> None:
     body = b"""<?xml version="1.0" encoding="utf-8"?>
 <feed xmlns="http://www.w3.org/2005/Atom"><title>T</title>
