@@ -331,18 +331,21 @@ class SmtpConfig(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> SmtpConfig:
+        problems = []  # all of them, not the first only
         if self.tls and self.starttls:
-            raise ValueError("set either tls (implicit, port 465) or starttls, not both")
+            problems.append("set either tls (implicit, port 465) or starttls, not both")
         if self.ca_file and not Path(self.ca_file).is_file():
-            raise ValueError(f"ca_file {self.ca_file!r} does not exist")
+            problems.append(f"ca_file {self.ca_file!r} does not exist")
         if self.username and not (self.password_env or self.password_file):
-            raise ValueError("username is set: add password_env or password_file")
+            problems.append("username is set: add password_env or password_file")
         if self.password_env and self.password_env not in os.environ:
-            raise ValueError(
+            problems.append(
                 f"password_env names {self.password_env!r}, which is not set in the environment"
             )
         if self.password_file and not Path(self.password_file).is_file():
-            raise ValueError(f"password_file {self.password_file!r} does not exist")
+            problems.append(f"password_file {self.password_file!r} does not exist")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property

@@ -86,6 +86,21 @@ class LoopLag:
             self.latest = max(0.0, loop.time() - expected)
 
 
+# Bound when the HTTP session (fetch.Fetcher) and the parse processes start.
+_POLLING_AT_START = (
+    "concurrency",
+    "per_host",
+    "connect_timeout",
+    "timeout",
+    "max_body",
+    "contact",
+    "min_gap",
+    "parse_timeout",
+    "parse_memory",
+    "parse_workers",
+)
+
+
 class Daemon:
     def __init__(
         self,
@@ -244,12 +259,23 @@ class Daemon:
         self.notifier.send(READY="1", STATUS="configuration reloaded")
 
     def _keep_restart_only_settings(self, config: Config) -> Config:
-        """The database and the metrics address are bound at start; changing them needs one."""
+        """The database and the metrics address are bound at start, and so are the HTTP
+        session's and the parse processes' settings: changing them needs a restart. The
+        running values are kept, and each change is logged."""
         running = self.app.config
         for key in ("database", "metrics"):
             if getattr(config, key) != getattr(running, key):
                 log.warning("the %s setting changed; it takes effect on restart", key)
                 config = config.model_copy(update={key: getattr(running, key)})
+        kept = {
+            key: getattr(running.polling, key)
+            for key in _POLLING_AT_START
+            if getattr(config.polling, key) != getattr(running.polling, key)
+        }
+        for key in kept:
+            log.warning("the polling.%s setting changed; it takes effect on restart", key)
+        if kept:
+            config = config.model_copy(update={"polling": config.polling.model_copy(update=kept)})
         return config
 
     def request_stop(self, name: str) -> None:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from monitor.config import Config
 from monitor.models import FeedStatus
-from monitor.schedules import parse_schedule
+from monitor.schedules import Every, Schedule
 from monitor.store import Outbox, Store
 
 HEARTBEAT = "daemon_heartbeat"  # key in the meta table
@@ -97,12 +97,22 @@ def read_heartbeat(store: Store) -> Heartbeat | None:
 
 
 @dataclass(frozen=True, slots=True)
+class NextDigest:
+    """When a watchlist next goes to some of its recipients: those sharing one schedule."""
+
+    watchlist: str
+    schedule: str  # "daily 07:00", "immediate", ...
+    at: datetime | None  # the next slot (UTC); None for immediate: as matches arrive
+    recipients: tuple[str, ...]  # empty: all of the watchlist's recipients
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The numbers behind `monitor status`, the systemd STATUS= line and the gauges."""
 
     feeds_by_state: dict[str, int]
     outbox: Outbox
-    next_digests: tuple[tuple[str, datetime], ...]  # (watchlist, next scheduled slot), UTC
+    next_digests: tuple[NextDigest, ...]
     heartbeat: Heartbeat | None
     # Of the "disabled": those disabled by their server (HTTP 410), not by the config. The
     # database writes "disabled" only for a 410; a feed off in the config is counted as
@@ -160,11 +170,21 @@ def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
     )
 
 
-def next_digests(config: Config, now: datetime) -> tuple[tuple[str, datetime], ...]:
-    """When each watchlist's next digest is scheduled (a missed one goes out on the next tick)."""
-    return tuple(
-        (w.name, parse_schedule(w.digest).next_slot(now, config.zone)) for w in config.watchlists
-    )
+def next_digests(config: Config, now: datetime) -> tuple[NextDigest, ...]:
+    """When each watchlist next goes out, per schedule among its recipients (priority:
+    immediate, a recipient's own digest:), as delivery plans it. A missed slot goes out on
+    the next tick."""
+    found = []
+    for watchlist in config.watchlists:
+        plans = config.deliveries_of(watchlist)
+        groups: dict[Schedule, list[str]] = {}
+        for plan in plans:
+            groups.setdefault(plan.schedule, []).append(plan.recipient)
+        for schedule, recipients in groups.items():
+            at = None if schedule.every is Every.IMMEDIATE else schedule.next_slot(now, config.zone)
+            named = () if len(groups) == 1 else tuple(recipients)
+            found.append(NextDigest(watchlist.name, str(schedule), at, named))
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +229,11 @@ def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]
         f"{outbox.dead} dead letters",
         "next digests:",
     ]
-    width = max((len(name) for name, _ in snapshot.next_digests), default=0)
-    lines += [f"  {name:{width}}  {_local(slot, zone)}" for name, slot in snapshot.next_digests]
+    width = max((len(d.watchlist) for d in snapshot.next_digests), default=0)
+    for digest in snapshot.next_digests:
+        when = _local(digest.at, zone) if digest.at else "immediate (as matches arrive)"
+        to = f"  to {', '.join(digest.recipients)}" if digest.recipients else ""
+        lines.append(f"  {digest.watchlist:{width}}  {when}{to}")
     return lines
 
 

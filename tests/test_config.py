@@ -165,6 +165,10 @@ def test_smtp_password_env_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
         "smtp: {host: mail.example.org, from: m@example.org, username: u, password_env: NOPE_PASSWORD}\n"
     )
     assert any("NOPE_PASSWORD" in p and "not set" in p for p in problems(text))
+    # Every problem of the section at once, not the first only.
+    text = text.replace("username: u,", "username: u, ca_file: /nonexistent/ca.pem,")
+    (found,) = problems(text)
+    assert "ca_file '/nonexistent/ca.pem' does not exist" in found and "NOPE_PASSWORD" in found
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

@@ -334,10 +334,12 @@ def test_sighup_applies_an_added_feed_and_a_new_watchlist(
         }
     )
     data["digests"] = {"hold": "1s"}  # immediate alerts: do not wait to batch a burst
+    data["polling"] = {**data.get("polling", {}), "per_host": 1}  # bound at start
     config = write_config(data)
     daemon.signal(signal.SIGHUP)
     reloaded = daemon.wait_logged("configuration reloaded")
     assert "feeds added: Tech News" in reloaded[0] and "watchlists added: Storms" in reloaded[0]
+    assert daemon.logged("the polling.per_host setting changed; it takes effect on restart")
 
     wait_for(lambda: len(recorder.messages) == 3, "the new watchlist's alert")
     alert = recorder.parsed()[2]

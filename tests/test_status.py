@@ -13,12 +13,14 @@ import pytest
 from monitor.config import Config, parse_config
 from monitor.status import (
     Heartbeat,
+    Snapshot,
+    next_digests,
     read_heartbeat,
     status_lines,
     take_snapshot,
     write_heartbeat,
 )
-from monitor.store import Store, open_store
+from monitor.store import Outbox, Store, open_store
 
 NOW = datetime(2026, 11, 29, 6, 30, tzinfo=UTC)  # 07:30 in Berlin
 CONFIG = """
@@ -62,10 +64,34 @@ def test_snapshot_counts_configured_feeds_by_state(store: Store, config: Config)
     snapshot = take_snapshot(store, config, NOW)
     assert snapshot.feeds_by_state == {"degraded": 1, "new": 2}  # t3n is not in the table yet
     assert snapshot.summary() == "2 feeds ok, 1 failing; outbox 0 pending, 0 dead"
-    assert dict(snapshot.next_digests) == {
+    assert {d.watchlist: d.at for d in snapshot.next_digests} == {
         "xAI": datetime(2026, 11, 30, 6, 0, tzinfo=UTC),  # 07:00 Berlin tomorrow
         "Grok": datetime(2026, 11, 29, 7, 0, tzinfo=UTC),
     }
+
+
+def test_next_digests_follow_each_recipients_plan() -> None:
+    """priority: immediate, and a recipient's own digest:, decide when mail goes out; status
+    showed the watchlist's digest: instead (07:00 tomorrow for an immediate list)."""
+    config = parse_config(
+        CONFIG
+        + "  - name: Keele\n    terms: [Keele]\n    priority: immediate\n"
+        + "    recipients: [press@example.org, {address: ceo@example.org, digest: weekly MON 08:00}]\n"
+    )
+    keele = [d for d in next_digests(config, NOW) if d.watchlist == "Keele"]
+    assert [(d.schedule, d.at, d.recipients) for d in keele] == [
+        ("immediate", None, ("press@example.org",)),
+        ("weekly MON 08:00", datetime(2026, 11, 30, 7, 0, tzinfo=UTC), ("ceo@example.org",)),
+    ]
+    lines = status_lines(replace(empty_snapshot(), next_digests=tuple(keele)), config, NOW)
+    assert lines[-2:] == [
+        "  Keele  immediate (as matches arrive)  to press@example.org",
+        "  Keele  2026-11-30 08:00:00 CET  to ceo@example.org",
+    ]
+
+
+def empty_snapshot() -> Snapshot:
+    return Snapshot({}, Outbox(0, 0, 0, None), (), None)
 
 
 def test_heartbeat_round_trips_through_the_meta_table(store: Store) -> None:
