@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from monitor import __version__
 from monitor.app import load_checked, running_app
 from monitor.config import (
@@ -114,10 +116,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# Commands that read what the daemon (or `monitor poll`) stored: on a database file that is
+# not there they would create an empty one, and report from it.
+_READERS = {"status", "feeds", "prune", "retry-dead", "migrate-db"}
+
+
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
     if args.command == "check":
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
+    testing = args.command == "test" and bool(args.why_not or args.stored)
+    reads = args.command in _READERS or testing or (args.command == "digest" and args.preview)
+    if reads and (missing := _missing_database(config.database)) is not None:
+        print(
+            f"monitor: there is no database at {missing}: nothing has been stored with this "
+            f"config yet (is `database:` in {path} the daemon's?)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE if testing else EXIT_FAILURE  # test: 1 means nothing matched
     if args.command == "test":
         return _test(args, config)
     if args.command == "status":
@@ -141,6 +157,15 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         if args.command == "poll":
             return asyncio.run(_poll(config, args.feed, args.all))
         return asyncio.run(_digest(config, args))
+
+
+def _missing_database(database: str) -> Path | None:
+    """The SQLite file `database` names, if it does not exist."""
+    url = sa.engine.make_url(database)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    file = Path(url.database).expanduser()
+    return None if file.exists() else file.absolute()
 
 
 async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:

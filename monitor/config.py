@@ -530,14 +530,19 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([f"{source}: cannot read the config file: {error.strerror}"]) from None
     except UnicodeDecodeError as error:
         raise ConfigError([f"{source}: not UTF-8 text ({error.reason})"]) from None
-    return parse_config(text, source)
+    return parse_config(text, source, base=Path(path).resolve().parent)
 
 
-def parse_config(text: str, source: str = "<string>") -> Config:
-    """Validate YAML text into a Config."""
+def parse_config(text: str, source: str = "<string>", base: Path | None = None) -> Config:
+    """Validate YAML text into a Config. With `base` (the config file's directory), relative
+    paths in it are taken from there, not from wherever a command is run: a `monitor status`
+    from another directory found no database there, created an empty one, and a `monitor
+    poll` beside it sent every digest again."""
     data, values, keys, problems = _read_yaml(text, source)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1:1: the config must be a mapping of keys (feeds, ...)"])
+    if base is not None:
+        data = _anchored(data, base)
     try:
         context = {"default_recipients": bool(data.get("recipients"))}
         config = Config.model_validate({**data, "source": source}, context=context)
@@ -552,6 +557,33 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         if not problems:
             return config
     raise ConfigError(problems)
+
+
+def _anchored(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """`data` with its relative file paths joined to `base`: the SQLite database, the
+    outbox, templates_dir, smtp's password_file and ca_file."""
+
+    def join(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        return str(base / value)
+
+    data = dict(data)
+    database = data.get("database")
+    if isinstance(database, str):
+        if "://" not in database:
+            data["database"] = join(database)
+        elif database.startswith("sqlite:///") and database[10:] not in ("", ":memory:"):
+            data["database"] = "sqlite:///" + join(database[10:])
+    data["outbox"] = join(data.get("outbox", "outbox"))
+    for section, names in (("digests", ("templates_dir",)), ("smtp", ("password_file", "ca_file"))):
+        if isinstance(data.get(section), dict):
+            data[section] = {
+                key: join(value) if key in names else value for key, value in data[section].items()
+            }
+    if "database" not in data:
+        data["database"] = "sqlite:///" + str(base / "monitor.db")
+    return data
 
 
 def _read_yaml(

@@ -281,6 +281,7 @@ class Daemon:
     def request_stop(self, name: str) -> None:
         if self.stopping.is_set():
             log.warning("second %s: exiting at once", name)
+            self.app.parse_pool.kill()
             os._exit(1)
         log.info("%s: stopping; finishing in-flight polls and sends", name)
         self.notifier.stopping()
@@ -334,7 +335,7 @@ class Daemon:
                 misfire_grace_time=None,  # late is better than never (see module docstring)
             )
 
-    async def run(self) -> None:
+    async def run(self, reload_at_once: Callable[[], bool] = lambda: False) -> None:
         self._install_signals()
         lag = asyncio.create_task(self.lag.run())
         endpoint = await self._start_endpoint()
@@ -348,6 +349,8 @@ class Daemon:
             _redact(self.app.config.database),
             _destination(self.app.config),
         )
+        if reload_at_once():  # a SIGHUP came while starting
+            self.reload()
         try:
             await self.stopping.wait()
         finally:
@@ -420,6 +423,11 @@ def _destination(config: Config) -> str:
 async def run_daemon(config: Config, config_path: Path) -> None:
     """Hold the database lock, wire the app, run until SIGTERM/SIGINT."""
     ticks = Ticks.from_env(os.environ)
+    # A SIGHUP while starting (migrations may take a while) used to end the process (the
+    # default action), silently: it is remembered, and the config re-read once running.
+    early: list[int] = []
+    signal.signal(signal.SIGHUP, lambda number, _frame: early.append(number))
     with database_lock(config.database, "monitor run"):
         async with running_app(config) as app:
-            await Daemon(app, config_path, ticks, Notifier(), Metrics()).run()
+            daemon = Daemon(app, config_path, ticks, Notifier(), Metrics())
+            await daemon.run(reload_at_once=lambda: bool(early))

@@ -7,7 +7,8 @@
     ├── ParseError                one feed's body is not a feed (HTML page, empty, broken)
     ├── DeliveryError             one message could not be handed to SMTP / the outbox
     │   └── PermanentDeliveryError  the server refused a recipient for good (5xx)
-    └── LockedError               another monitor process holds the database lock
+    ├── LockedError               another monitor process holds the database lock
+    └── UnavailableError          the database, or the metrics address, cannot be opened
 
 Everything else is a bug: per-job boundaries log it with the feed or recipient and carry on.
 """
@@ -66,3 +67,8 @@ class PermanentDeliveryError(DeliveryError):
 
 class LockedError(MonitorError):
     """Another monitor process holds the lock on this database."""
+
+
+class UnavailableError(MonitorError):
+    """A resource the config names cannot be opened: the database (down, a wrong URL, a
+    directory that cannot be written) or the metrics address (in use)."""

@@ -7,6 +7,7 @@ so the caller can mark it sent right after the server's 250 (not at the end of a
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import os
@@ -63,14 +64,23 @@ class SmtpMailer:
             cert_bundle=self._settings.ca_file,
             timeout=self._settings.timeout,
         )
+        cancelled = False
         try:
             failure = await self._open(client)
             if failure is not None:  # nothing was sent: every message waits for a retry
                 await _fail(batch, failure, report, take)
                 return
             await self._send_all(client, batch, report, take)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
-            await _close(client)
+            if cancelled:
+                # Shutdown: no QUIT, which would wait for the server's answer to the DATA in
+                # flight (a stalled server held the stop for 40 s instead of the 20 s grace).
+                client.close()
+            else:
+                await _close(client)
 
     async def _open(self, client: aiosmtplib.SMTP) -> DeliveryError | None:
         """Connect, secure and log in; a failure here is transient for the whole batch."""

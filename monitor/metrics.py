@@ -22,6 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from monitor.errors import UnavailableError
 from monitor.models import FeedStatus
 from monitor.status import Health, Snapshot
 
@@ -150,6 +151,12 @@ async def start_endpoint(metrics: Metrics, health: HealthCheck, listen: str) -> 
     host, port = parse_listen(listen)
     runner = web.AppRunner(build_web_app(metrics, health), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise UnavailableError(
+            f"metrics.listen {listen}: cannot listen there: {error.strerror or error}"
+        ) from None
     log.info("metrics on http://%s/metrics, health on /healthz", listen)
     return runner

@@ -29,6 +29,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from monitor.errors import UnavailableError
 from monitor.models import DigestEntry, FeedState, FeedStatus, Hit, Item, Match, OutgoingMessage
 from monitor.stories import (
     Candidate,
@@ -326,8 +327,17 @@ class Outbox:
 
 def open_store(url: str, dedupe: DedupeSettings | None = None) -> Store:
     """Create the engine, migrate the schema to the newest version, return the Store."""
-    engine = create_engine(url)
-    migrate(engine)
+    shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+    try:
+        engine = create_engine(url)
+    except OSError as error:  # the SQLite file's directory
+        raise UnavailableError(f"database {shown}: cannot create its directory: {error}") from None
+    try:
+        migrate(engine)
+    except sa.exc.OperationalError as error:  # down, refused, a file that cannot be made
+        engine.dispose()
+        reason = str(error.orig or error).strip().splitlines()[0]
+        raise UnavailableError(f"database {shown}: cannot open it: {reason}") from None
     return Store(engine, dedupe)
 
 

@@ -264,3 +264,35 @@ def test_check_renders_the_templates_and_names_a_broken_ones_file(
     )
     (templates / "alert.html.j2").unlink()
     assert main(["--config", str(path), "check"]) == 0
+
+
+def test_relative_paths_are_taken_from_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`monitor --config /etc/monitor/config.yaml status` from another directory opened (and
+    created) a database there; a `poll` beside it then sent every digest again."""
+    from monitor.cli import main
+    from monitor.store import open_store
+
+    home = tmp_path / "conf"
+    (home / "tpl").mkdir(parents=True)
+    path = home / "config.yaml"
+    path.write_text(
+        MINIMAL + "database: state/m.db\noutbox: out\ndigests: {templates_dir: tpl}\n", "utf-8"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(path)
+    assert config.database == f"sqlite:///{home / 'state' / 'm.db'}"
+    assert config.outbox == str(home / "out")
+    assert config.digests.templates_dir == str(home / "tpl")
+    assert parse_config(MINIMAL + "database: m.db\n").database == "sqlite:///m.db"  # no file
+
+    assert main(["--config", str(path), "status"]) == 1
+    assert "there is no database at " + str(home / "state" / "m.db") in capsys.readouterr().err
+    assert not (home / "state" / "m.db").exists() and list(elsewhere.iterdir()) == []
+    open_store(config.database).close()  # the daemon has run
+    assert main(["--config", str(path), "status"]) == 1  # no daemon running: exit 1, read
+    assert "not running (no daemon has run on this database)" in capsys.readouterr().out
+    assert list(elsewhere.iterdir()) == []

@@ -304,6 +304,27 @@ def test_sighup_with_a_broken_file_keeps_the_running_config(
     assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
 
 
+def test_a_sighup_while_starting_is_kept_for_when_it_runs(
+    httpserver: HTTPServer, write_config: Callable[..., Path], start: Callable[..., Daemon]
+) -> None:
+    """SIGHUP's default action ended the process, silently, until the daemon installed its
+    handler: a `systemctl reload` during a long migration stopped the service."""
+    httpserver.expect_request("/de.xml").respond_with_data(GERMAN)
+    data = base_config(httpserver, 1)
+    del data["smtp"]
+    config = write_config(data)
+    daemon = start(config)
+    owner = config.parent / "monitor.db.owner"  # written once the database lock is held
+    wait_for(owner.exists, "the daemon to take the database lock")
+    while not daemon.logged("monitor running") and daemon.process.poll() is None:
+        daemon.signal(signal.SIGHUP)
+        time.sleep(0.02)
+    assert daemon.process.poll() is None, daemon.log()
+    daemon.wait_logged("configuration reloaded")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+
+
 def test_sighup_applies_an_added_feed_and_a_new_watchlist(
     httpserver: HTTPServer,
     smtp_server: tuple[SmtpRecorder, int],
@@ -399,6 +420,8 @@ def test_second_signal_exits_at_once(
     del data["smtp"]
     daemon = start(write_config(data), MONITOR_TICK_GRACE="60")
     wait_for(fetching.is_set, "the daemon to start fetching")
+    children = _descendants(daemon.process.pid)
+    assert children  # the parse process, the forkserver, ...
     daemon.signal(signal.SIGINT)
     daemon.wait_logged("stopping")
     daemon.signal(signal.SIGINT)
@@ -407,6 +430,28 @@ def test_second_signal_exits_at_once(
     finally:
         release.set()
     assert daemon.logged("exiting at once")
+    # None outlives it: the parse processes used to, and kept the forkserver and the
+    # resource tracker alive, about 90 MB each.
+    wait_for(lambda: not any(_alive(pid) for pid in children), "the daemon's children to end")
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            children = (task / "children").read_text().split()
+            found += map(int, children)
+            todo += map(int, children)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; its new parent reaps it
 
 
 def test_kill_9_mid_poll_then_restart_loses_nothing(

@@ -57,6 +57,37 @@ async def test_one_refused_recipient_does_not_affect_others(
     assert [rcpt for _, rcpt, _ in recorder.messages] == [["a@example.org"], ["b@example.org"]]
 
 
+async def test_a_send_cancelled_at_shutdown_does_not_wait_for_a_stalled_server() -> None:
+    """A stop while the server has not answered DATA: QUIT waited for that answer, and the
+    daemon's stop took twice its grace."""
+    import asyncio
+    import threading
+
+    from aiosmtpd.controller import Controller
+
+    started, stop = threading.Event(), threading.Event()
+
+    class Stalling:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            started.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            return "250 OK"
+
+    controller = Controller(Stalling(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        sending = asyncio.ensure_future(deliver(smtp(controller.port), [message(1, "a@x.org")]))
+        while not started.is_set():
+            await asyncio.sleep(0.05)
+        sending.cancel()
+        done, _ = await asyncio.wait({sending}, timeout=10)
+        assert done == {sending} and sending.cancelled()
+    finally:
+        stop.set()
+        controller.stop()
+
+
 async def test_temporary_refusal_is_transient(smtp_server: tuple[SmtpRecorder, int]) -> None:
     recorder, port = smtp_server
     recorder.data_reply.append("451 4.3.0 Try again later")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -123,3 +124,36 @@ def test_metrics_listen_must_be_a_loopback_address(listen: str, message: str) ->
         parse_config(BASE + f"metrics: {{listen: '{listen}'}}\n", "c.yaml")
     [problem] = caught.value.problems
     assert problem.startswith("c.yaml:4:") and "metrics.listen" in problem and message in problem
+
+
+async def test_a_metrics_address_in_use_is_named_not_a_traceback() -> None:
+    import socket
+
+    from monitor.errors import UnavailableError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(UnavailableError, match=rf"metrics.listen {listen}: cannot listen"):
+            await start_endpoint(Metrics(), lambda: Health(()), listen)
+
+
+def test_a_database_that_cannot_be_opened_is_named_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    port = free_port()  # nothing listens there
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"database: postgresql+psycopg://monitor:s3cret@127.0.0.1:{port}/monitor\n"
+        "feeds: [{name: f, url: 'http://127.0.0.1:9/f'}]\n"
+        "watchlists: [{name: w, terms: [xAI], recipients: [a@example.org]}]\n",
+        "utf-8",
+    )
+    assert main(["--config", str(path), "poll"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"monitor: database postgresql+psycopg://monitor:***@127.0.0.1:{port}")
+    assert "cannot open it: connection failed" in err and "s3cret" not in err
+    assert "Traceback" not in err

@@ -110,5 +110,8 @@ def test_prune_command(
             "retention": {"items": "30d", "keys": "365d"},
         }
     )
+    assert main(["--config", str(path), "prune"]) == 1  # nothing stored: no database made
+    assert "there is no database at " in capsys.readouterr().err
+    open_store(f"sqlite:///{path.parent / 'monitor.db'}").close()
     assert main(["--config", str(path), "prune"]) == 0
     assert capsys.readouterr().out.startswith("pruned 0 items first seen before ")
