@@ -15,8 +15,10 @@ rejected with every problem as FILE:LINE:COL and the running config kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -420,9 +422,20 @@ def _destination(config: Config) -> str:
     return f"outbox {Path(config.outbox).resolve()}"
 
 
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit of open files to the hard one, as systemd advises programs that
+    need many (its default soft limit is 1,024): each feed in flight holds a socket, each
+    idle host connection one more for a while, and SQLite and the parse processes some."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def run_daemon(config: Config, config_path: Path) -> None:
     """Hold the database lock, wire the app, run until SIGTERM/SIGINT."""
     ticks = Ticks.from_env(os.environ)
+    _raise_open_files_limit()
     # A SIGHUP while starting (migrations may take a while) used to end the process (the
     # default action), silently: it is remembered, and the config re-read once running.
     early: list[int] = []

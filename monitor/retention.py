@@ -26,7 +26,8 @@ class PruneReport:
     keys: int  # tombstones expired
     bands: int  # LSH band rows older than the clustering window
     stories: int  # stories left without members
-    messages: int  # sent messages no delivery refers to any more
+    messages: int  # sent and dead messages no delivery refers to any more
+    digest_runs: int  # handled digest periods older than the items, the latest kept
     items_before: datetime
     keys_before: datetime
 
@@ -34,7 +35,8 @@ class PruneReport:
         return (
             f"pruned {self.items} items first seen before {self.items_before:%Y-%m-%d}, "
             f"{self.keys} keys last seen before {self.keys_before:%Y-%m-%d}, "
-            f"{self.bands} story bands, {self.stories} empty stories, {self.messages} sent messages"
+            f"{self.bands} story bands, {self.stories} empty stories, {self.messages} sent or "
+            f"dead messages, {self.digest_runs} digest periods"
         )
 
 
@@ -56,6 +58,7 @@ def prune_store(store: Store, config: Config, now: datetime) -> PruneReport:
         pruned.bands,
         pruned.stories,
         pruned.messages,
+        pruned.digest_runs,
         items_before,
         keys_before,
     )

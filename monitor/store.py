@@ -293,6 +293,7 @@ class Pruned:
     bands: int
     stories: int
     messages: int
+    digest_runs: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -1312,7 +1313,11 @@ class Store:
         """Delete items first seen before items_before (unless a delivery of theirs is still
         pending), with their matches, deliveries, outlets and memberships; keep their keys as
         tombstones until keys_before; drop LSH bands of items older than bands_before (the
-        clustering window) and sent messages that no longer have deliveries."""
+        clustering window), sent and dead messages that no longer have deliveries (a dead
+        letter of a pruned item would otherwise be kept, and `retry-dead` send a digest
+        months old), digest periods handled before items_before but the latest of each
+        recipient of each watchlist (the one the schedule needs), and the rows of workers
+        silent since before items_before (each crash left one)."""
         busy = (
             sa.select(matches.c.item_id)
             .join(deliveries, deliveries.c.match_id == matches.c.id)
@@ -1335,12 +1340,27 @@ class Store:
             bound = sa.select(deliveries.c.message_id).where(deliveries.c.message_id.is_not(None))
             sent = tx.execute(
                 messages.delete()
-                .where(messages.c.status == "sent")
+                .where(messages.c.status.in_(("sent", "dead")))
                 .where(messages.c.created_at < items_before)
                 .where(messages.c.message_id.not_in(bound))
             )
             keys = tx.execute(item_keys.delete().where(item_keys.c.last_seen_at < keys_before))
-        return Pruned(gone.rowcount, keys.rowcount, bands.rowcount, empty.rowcount, sent.rowcount)
+            pair = (digest_runs.c.watchlist, digest_runs.c.recipient)
+            latest = sa.select(*pair, sa.func.max(digest_runs.c.slot)).group_by(*pair)
+            runs = tx.execute(
+                digest_runs.delete()
+                .where(digest_runs.c.slot < items_before)
+                .where(sa.tuple_(*pair, digest_runs.c.slot).not_in(latest))
+            )
+            tx.execute(workers.delete().where(workers.c.heartbeat_at < items_before))
+        return Pruned(
+            gone.rowcount,
+            keys.rowcount,
+            bands.rowcount,
+            empty.rowcount,
+            sent.rowcount,
+            runs.rowcount,
+        )
 
     def item_count(self) -> int:
         with self._read() as tx:

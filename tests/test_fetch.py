@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -198,3 +201,62 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds("30") == 30
     assert retry_after_seconds("garbage") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+
+
+async def test_idle_connections_to_many_hosts_are_closed_within_seconds() -> None:
+    """aiohttp kept an idle connection per host for 15 s, uncounted by the concurrency
+    limit: a cycle over thousands of hosts ran out of file descriptors."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Feed(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(FEED)))
+            self.end_headers()
+            self.wfile.write(FEED)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer((f"127.0.0.{n}", 0), Feed) for n in range(2, 22)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def client_sockets() -> int:
+        ours = {server.server_address[1] for server in servers}
+        return sum(1 for port in _remote_ports() if port in ours)
+
+    try:
+        async with Fetcher(settings()) as fetcher:
+            for server in servers:
+                host, port = server.server_address[:2]
+                assert (await fetcher.fetch(f"http://{host}:{port}/feed")).body == FEED
+            assert client_sockets() == len(servers)  # kept for reuse a while
+            for _ in range(100):
+                if client_sockets() == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert client_sockets() == 0
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def _remote_ports() -> list[int]:
+    """The remote ports of this process's established IPv4 TCP connections."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes and fields[3] == "01":  # ESTABLISHED
+            ports.append(int(fields[2].split(":")[1], 16))
+    return ports

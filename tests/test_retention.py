@@ -115,3 +115,32 @@ def test_prune_command(
     open_store(f"sqlite:///{path.parent / 'monitor.db'}").close()
     assert main(["--config", str(path), "prune"]) == 0
     assert capsys.readouterr().out.startswith("pruned 0 items first seen before ")
+
+
+def test_dead_letters_old_digest_periods_and_crashed_workers_do_not_pile_up(
+    store: Store,
+) -> None:
+    """A dead letter outlived its items (retry-dead would have sent a digest months old),
+    digest_runs gained a row per message for ever (read in full every digest tick), and
+    every crashed worker left its row."""
+    from monitor.store import DigestRun, WorkerInfo
+
+    store.ingest([make_item("1", title="xAI")], watch_xai, RECIPIENTS, NOW)
+    ids = [i for _, entry in store.pending_entries() for i in entry.delivery_ids]
+    refused = OutgoingMessage("<dead@test>", "a@example.org", b"x")
+    assert store.claim(refused, ids, NOW)
+    store.mark_dead(refused.message_id, "550 no such user", NOW)
+    for days in (0, 1, 2):  # three periods of one pair, one of another
+        assert store.claim(None, [], NOW, [DigestRun("xAI", "a@example.org", NOW + days * DAY)])
+    assert store.claim(None, [], NOW, [DigestRun("xAI", "b@example.org", NOW)])
+    store.heartbeat(WorkerInfo("crashed", "h", 1, "c", NOW), NOW)
+    store.heartbeat(WorkerInfo("alive", "h", 2, "c", NOW + 40 * DAY), NOW + 40 * DAY)
+
+    report = prune_store(store, CONFIG, NOW + 40 * DAY)
+    assert report.items == 1 and report.messages == 1 and report.digest_runs == 2
+    assert store.dead_letters() == [] and count(store, "messages") == 0
+    assert store.last_runs() == {
+        ("xAI", "a@example.org"): NOW + 2 * DAY,  # the latest of each pair stays
+        ("xAI", "b@example.org"): NOW,
+    }
+    assert [w.worker_id for w in store.live_workers(NOW - DAY)] == ["alive"]
