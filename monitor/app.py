@@ -115,8 +115,16 @@ _GC_YOUNG_THRESHOLD = 10_000
 
 
 @asynccontextmanager
-async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[App]:
-    """Open the store (migrating it), the HTTP session and the parse pool; close them after."""
+async def running_app(
+    config: Config, clock: Clock = utc_now, *, takes_part: bool = True
+) -> AsyncIterator[App]:
+    """Open the store (migrating it), the HTTP session and the parse pool; close them after.
+
+    `takes_part`: this process does the fleet's work with this config (run, poll, digest
+    --send): it records which feeds the config polls, queues matches a crash left without
+    deliveries, and on SQLite takes back stale leases. Not so for a look or a test
+    (`digest --preview`, `test-email`), maybe with a staged config: it used to stop every
+    worker polling the feeds the staged config lacked."""
     store = open_store(config.database, build_dedupe(config))
     pool = build_parse_pool(config)
     thresholds = gc.get_threshold()
@@ -134,11 +142,12 @@ async def running_app(config: Config, clock: Clock = utc_now) -> AsyncIterator[A
                 clock=clock,
             )
             app.apply_config(config)
-            store.sync_feeds(config.feed_urls(), clock(), config.polled_feeds())
-            store.settle(app.recipients, clock())  # matches a crash left without deliveries
-            if store.is_sqlite:  # one process per SQLite file (lock.py): stale leases are ours
-                store.release_message_leases()
-                store.release_feed_leases()
+            if takes_part:
+                store.sync_feeds(config.feed_urls(), clock(), config.polled_feeds())
+                store.settle(app.recipients, clock())  # matches a crash left undelivered
+                if store.is_sqlite:  # one process per SQLite file (lock.py): leases are ours
+                    store.release_message_leases()
+                    store.release_feed_leases()
             yield app
     finally:
         pool.close()

@@ -191,7 +191,7 @@ async def _digest(config: Config, args: argparse.Namespace) -> int:
     if unknown:
         print(f"monitor: no watchlist named {', '.join(sorted(unknown))}", file=sys.stderr)
         return EXIT_USAGE
-    async with running_app(config) as app:
+    async with running_app(config, takes_part=not args.preview) as app:
         if args.preview:
             messages = preview(app, args.watchlist)
             output = b"\n".join(m.mime for m in messages)
@@ -254,7 +254,7 @@ async def _test_email(config: Config, address: str) -> int:
     except ValueError as refused:
         print(f"monitor: {refused}", file=sys.stderr)
         return EXIT_USAGE
-    async with running_app(config) as app:
+    async with running_app(config, takes_part=False) as app:
         error = await send_test_email(app, address)
     via = f"SMTP {config.smtp.host}" if config.smtp else f"the outbox {config.outbox}"
     if error is not None:
@@ -352,8 +352,7 @@ def _status(config: Config) -> int:
     finally:
         store.close()
     print("\n".join(status_lines(snapshot, config, now)))
-    alive = snapshot.heartbeat is not None and snapshot.heartbeat.is_alive(now)
-    return EXIT_OK if alive else EXIT_FAILURE
+    return EXIT_OK if snapshot.running(now) else EXIT_FAILURE
 
 
 def _feeds(config: Config) -> int:

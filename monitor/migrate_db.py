@@ -62,11 +62,20 @@ def _require_empty(connection: Connection, table: sa.Table) -> None:
         )
 
 
+# Leases name the process that held them. The source is one stopped SQLite process (its
+# file lock), so any lease left there belongs to no one; copied, it held a message unsent
+# (and feeds and hosts unpolled) for up to 10 minutes on the new database.
+_LEASES = {"lease_owner", "lease_expires_at", "lease_until"}
+
+
 def _copy(reader: Connection, writer: Connection, source: sa.Table, target: sa.Table) -> int:
     columns = [c.name for c in source.columns if c.name in target.columns]
     count = 0
     for rows in _chunks(reader.execute(sa.select(*(source.c[name] for name in columns)))):
-        writer.execute(target.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
+        copied = [dict(zip(columns, row, strict=True)) for row in rows]
+        for row in copied:
+            row.update(dict.fromkeys(_LEASES & row.keys()))
+        writer.execute(target.insert(), copied)
         count += len(rows)
     return count
 

@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 from monitor.config import Config
 from monitor.models import FeedStatus
 from monitor.schedules import Every, Schedule
-from monitor.store import Outbox, Store
+from monitor.store import Outbox, Store, WorkerInfo
+from monitor.workers import ALIVE_WITHIN
 
 HEARTBEAT = "daemon_heartbeat"  # key in the meta table
 _ANSWERING = {FeedStatus.OK, FeedStatus.NEW, FeedStatus.STALE}  # stale: answers, nothing new
@@ -118,6 +119,13 @@ class Snapshot:
     # database writes "disabled" only for a 410; a feed off in the config is counted as
     # "disabled" whatever its last stored state.
     feeds_gone: int = 0
+    # Workers registered with a recent heartbeat (several on PostgreSQL): the heartbeat above
+    # is the last one any of them wrote, and one stopping wrote "stopped" while others ran.
+    workers: tuple[WorkerInfo, ...] = ()
+
+    def running(self, now: datetime) -> bool:
+        """Whether a daemon (any worker) runs on this database."""
+        return bool(self.workers) or (self.heartbeat is not None and self.heartbeat.is_alive(now))
 
     @property
     def feeds_ok(self) -> int:
@@ -167,6 +175,11 @@ def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
         next_digests=next_digests(config, now),
         heartbeat=read_heartbeat(store),
         feeds_gone=gone,
+        workers=tuple(
+            w
+            for w in store.live_workers(now - ALIVE_WITHIN)
+            if w.host != socket.gethostname() or _process_exists(w.pid)
+        ),
     )
 
 
@@ -221,8 +234,12 @@ def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]
     oldest = (
         f" (oldest queued {_local(outbox.oldest_pending, zone)})" if outbox.oldest_pending else ""
     )
+    daemon = describe_daemon(heartbeat, now, zone)
+    if len(snapshot.workers) > 1 or (snapshot.workers and not daemon.startswith("running")):
+        named = ", ".join(f"pid {w.pid} on {w.host}" for w in snapshot.workers)
+        daemon = f"running: {len(snapshot.workers)} worker(s) ({named})"
     lines = [
-        f"daemon:     {describe_daemon(heartbeat, now, zone)}",
+        f"daemon:     {daemon}",
         f"last poll:  {_local(heartbeat.last_poll_at if heartbeat else None, zone)}",
         f"feeds:      {feeds}",
         f"outbox:     {outbox.pending} pending{oldest}, {outbox.ready} ready to send, "

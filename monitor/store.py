@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import alembic.util.exc
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -339,6 +340,9 @@ def open_store(url: str, dedupe: DedupeSettings | None = None) -> Store:
         engine.dispose()
         reason = str(error.orig or error).strip().splitlines()[0]
         raise UnavailableError(f"database {shown}: cannot open it: {reason}") from None
+    except BaseException:
+        engine.dispose()
+        raise
     return Store(engine, dedupe)
 
 
@@ -404,7 +408,16 @@ def migrate(engine: Engine) -> None:
                 sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
             )
         alembic_config.attributes["connection"] = connection
-        command.upgrade(alembic_config, "heads")
+        try:
+            command.upgrade(alembic_config, "heads")
+        except alembic.util.exc.CommandError as error:
+            if "Can't locate revision" not in str(error):
+                raise
+            # A newer monitor migrated it (a rolling upgrade, a downgrade): refuse, plainly.
+            raise UnavailableError(
+                "the database's schema is newer than this monitor knows "
+                f"({error}); upgrade monitor to the version that migrated it"
+            ) from None
 
 
 def _insert(connection: Connection, table: sa.Table) -> Any:

@@ -347,6 +347,32 @@ def test_test_email_command(
     assert main(["--config", path, "test-email", "not an address"]) == 2
 
 
+def test_a_test_email_or_preview_with_a_staged_config_leaves_the_polled_feeds_alone(
+    smtp_server: tuple[SmtpRecorder, int], write_config: Callable[..., Path]
+) -> None:
+    """Which feeds are polled is recorded by the last process that loaded a config: a
+    `test-email` with a staged config that lacked a feed stopped every worker polling it."""
+    import sqlalchemy as sa
+
+    from monitor.cli import main
+    from monitor.store import feeds, open_store
+
+    _, port = smtp_server
+    data = settings(port)
+    data["feeds"].append({"name": "golem", "url": "https://golem.example/feed"})
+    running = write_config(data)
+    assert main(["--config", str(running), "poll", "--feed", "golem"]) == 0  # records both
+    del data["feeds"][1]  # a staged config without golem
+    staged = write_config(data, "staged.yaml")
+    assert main(["--config", str(staged), "test-email", "ops@example.org"]) == 0
+    assert main(["--config", str(staged), "digest", "--preview", "--out", "/dev/null"]) == 0
+    store = open_store(load_config(running).database)
+    with store.engine.connect() as connection:
+        active = dict(connection.execute(sa.select(feeds.c.name, feeds.c.active)).all())
+    store.close()
+    assert active == {"heise": True, "golem": True}
+
+
 async def test_priority_immediate_watchlist_sends_alerts(
     open_app: Any, smtp_server: tuple[SmtpRecorder, int]
 ) -> None:

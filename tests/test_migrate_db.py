@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,37 @@ def test_sqlite_state_moves_to_postgresql_and_digests_continue(
     assert len(recorder.messages) == 1
     assert main(["--config", str(moved), "poll", "--all"]) == 0
     assert "0 new items" in capsys.readouterr().out  # the dedupe keys came along
+
+
+def test_leases_of_the_stopped_sqlite_process_are_not_copied(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A message leased by a daemon killed mid-send waited 10 minutes on the new database
+    for a lease no process held."""
+    import sqlalchemy as sa
+
+    from monitor.migrate_db import copy_database
+    from monitor.models import OutgoingMessage
+    from tests.test_stories import NOW, RECIPIENTS, make_item, watch_xai
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    source = open_store(url)
+    source.sync_feeds({"heise": "https://heise.example/feed"}, NOW)
+    source.claim_feeds("dead-worker", NOW, NOW + timedelta(hours=1), 10, force=True)
+    source.ingest([make_item("1", title="xAI")], watch_xai, RECIPIENTS, NOW)
+    ids = [i for _, entry in source.pending_entries() for i in entry.delivery_ids]
+    assert source.claim(OutgoingMessage("<m@test>", "a@example.org", b"x"), ids, NOW)
+    assert source.lease_message("<m@test>", "dead-worker", NOW, NOW + timedelta(minutes=10))
+    source.close()
+
+    copy_database(url, postgres_url)
+    target = open_store(postgres_url)
+    with target.engine.connect() as connection:
+        held = [
+            connection.execute(
+                sa.text(f"SELECT count(*) FROM {table} WHERE lease_owner IS NOT NULL")
+            ).scalar_one()
+            for table in ("messages", "feeds", "hosts")
+        ]
+    target.close()
+    assert held == [0, 0, 0]

@@ -145,3 +145,22 @@ def test_a_feed_gone_is_failing_and_one_switched_off_is_not(store: Store) -> Non
     )
     text = "\n".join(status_lines(snapshot, config, NOW))
     assert "feeds:      1 disabled, 1 gone (HTTP 410), 1 new; 1 failing" in text
+
+
+def test_status_counts_every_live_worker_not_the_last_heartbeat(
+    store: Store, config: Config
+) -> None:
+    """On PostgreSQL workers share the heartbeat: one stopping wrote "stopped" while the
+    others ran, and `monitor status` said not running (exit 1)."""
+    from monitor.store import WorkerInfo
+
+    write_heartbeat(store, beat(running=False))
+    assert not take_snapshot(store, config, NOW).running(NOW)
+    store.heartbeat(WorkerInfo("a", socket.gethostname(), os.getpid(), "h"), NOW)
+    store.heartbeat(WorkerInfo("b", "elsewhere", 4242, "h"), NOW - timedelta(seconds=30))
+    store.heartbeat(WorkerInfo("gone", "elsewhere", 7, "h"), NOW - timedelta(hours=1))
+    snapshot = take_snapshot(store, config, NOW)
+    assert snapshot.running(NOW)
+    daemon = status_lines(snapshot, config, NOW)[0]
+    assert daemon.startswith("daemon:     running: 2 worker(s) (")
+    assert "pid 4242 on elsewhere" in daemon and f"pid {os.getpid()} on" in daemon

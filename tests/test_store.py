@@ -622,3 +622,17 @@ def test_a_live_worker_queues_what_a_dead_one_left(
     live.settle(RECIPIENTS, NOW, since=NOW - timedelta(hours=1))
     assert len(live.pending_entries()) == 2
     live.close()
+
+
+def test_a_schema_a_newer_monitor_migrated_is_refused_in_one_line(database_url: str) -> None:
+    """Every command of an older monitor (a rolling upgrade) ended in a traceback."""
+    from monitor.errors import UnavailableError
+
+    open_store(database_url).close()
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        # A revision this monitor does not have, beside its own heads.
+        connection.execute(sa.text("INSERT INTO alembic_version VALUES ('f00dfeed')"))
+    engine.dispose()
+    with pytest.raises(UnavailableError, match="schema is newer than this monitor knows"):
+        open_store(database_url)
