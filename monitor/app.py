@@ -46,6 +46,9 @@ class App:
     clock: Clock = utc_now
     recipients: dict[str, tuple[str, ...]] = field(default_factory=dict)
     worker_id: str = field(default_factory=lambda: new_worker_id())
+    # Feeds another worker's config polls and this one's does not, already logged: a claim
+    # takes them again and again while the configs differ (a warning per claim, before).
+    foreign_feeds: set[str] = field(default_factory=set)
 
     def apply_config(self, config: Config) -> None:
         """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""

@@ -289,7 +289,9 @@ class _Cycle:
         config, or a reload here since the cycle began, has more feeds."""
         unknown = sorted(state.name for state in claim.feeds if state.name not in self.configured)
         reloaded = self.app.config.polled_feeds()
-        if others := [name for name in unknown if name not in reloaded]:
+        others = [n for n in unknown if n not in reloaded and n not in self.app.foreign_feeds]
+        self.app.foreign_feeds.update(others)
+        if others:
             log.warning(
                 "feeds %s are polled by another worker's configuration, not this one's: "
                 "left to that worker (all workers should read the same config)",

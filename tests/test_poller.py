@@ -904,6 +904,9 @@ async def test_a_feed_only_another_workers_config_polls_is_left_to_it(
         report = await poll_due(app)
         assert [p.feed for p in report.polls] == ["a"] and report.failed == 0
         assert "theirs are polled by another worker's configuration" in caplog.text
+        caplog.clear()
+        await poll_due(app, force=True)  # claimed again: said once is enough
+        assert "another worker's configuration" not in caplog.text
         # Given back at once, with its host: the other worker takes it now, not at expiry.
         later = clock.now + timedelta(minutes=10)
         taken = app.store.claim_feeds("other", clock.now, later, 10).feeds
