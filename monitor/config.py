@@ -530,7 +530,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([f"{source}: cannot read the config file: {error.strerror}"]) from None
     except UnicodeDecodeError as error:
         raise ConfigError([f"{source}: not UTF-8 text ({error.reason})"]) from None
-    return parse_config(text, source, base=Path(path).resolve().parent)
+    return parse_config(text, source, base=Path(path).absolute().parent)
 
 
 def parse_config(text: str, source: str = "<string>", base: Path | None = None) -> Config:

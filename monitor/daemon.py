@@ -283,8 +283,10 @@ class Daemon:
     def request_stop(self, name: str) -> None:
         if self.stopping.is_set():
             log.warning("second %s: exiting at once", name)
-            self.app.parse_pool.kill()
-            os._exit(1)
+            try:
+                self.app.parse_pool.kill()
+            finally:
+                os._exit(1)
         log.info("%s: stopping; finishing in-flight polls and sends", name)
         self.notifier.stopping()
         self.stopping.set()

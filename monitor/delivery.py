@@ -59,8 +59,10 @@ async def run_digests(
     now = app.clock()
     try:
         composed = await asyncio.to_thread(_compose_due, app, now, force, only)
-    finally:  # what is stored goes out even when composing failed (the database away)
-        sent, retrying, dead = await send_ready(app)
+    except Exception:  # what is stored goes out even when composing failed (a bug, say)
+        await send_ready(app)
+        raise
+    sent, retrying, dead = await send_ready(app)
     return DeliveryReport(composed, sent, retrying, dead)
 
 

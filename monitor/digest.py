@@ -124,6 +124,9 @@ class Renderer:
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            # Read once: the templates checked when the config was loaded (problems()) are
+            # the ones used until the next reload, not an edit saved meanwhile, unchecked.
+            auto_reload=False,
         )
 
     def render(

@@ -242,12 +242,8 @@ class Fetcher:
         gate = self._gate(host)
         await gate.enter(host, clock)
         try:
-            result = await self._fetch(url, etag, last_modified, origin or url)
-            gate.answered()
-            return result
+            return await self._fetch(url, etag, last_modified, origin or url, gate.answered)
         except FetchError as error:
-            if error.status is not None:
-                gate.answered()
             # Blocked before the slot is given to the next request waiting for this host.
             if rules.is_host_wide(error.status) and error.retry_after is not None:
                 wait = rules.retry_after(error.retry_after)
@@ -263,8 +259,15 @@ class Fetcher:
             gate.leave()
 
     async def _fetch(
-        self, url: str, etag: str | None, last_modified: str | None, origin: str
+        self,
+        url: str,
+        etag: str | None,
+        last_modified: str | None,
+        origin: str,
+        answered: Callable[[], None],
     ) -> FetchResult:
+        """GET url; `answered` is called once a response's headers arrive: a deadline met
+        after them (a slow body) is the document's, not a host that does not answer."""
         assert self._session is not None, "use Fetcher as an async context manager"
         headers = {}
         if etag:
@@ -277,15 +280,19 @@ class Fetcher:
             max_redirects=10,
             trace_request_ctx=SimpleNamespace(origin=origin),  # for _refuse_internal_redirect
         )
+        heard = False
         try:
             async with request as response:
+                heard = True
+                answered()
                 return await self._result(response)
         except FetchError:
             raise
         except aiohttp.TooManyRedirects:
             raise FetchError("too many redirects (a redirect loop?)") from None
         except TimeoutError:
-            raise FetchTimeout(
+            timed_out = FetchError if heard else FetchTimeout
+            raise timed_out(
                 f"timed out after {self._settings.timeout:g} s (connect or total deadline)"
             ) from None
         # The messages below quote the server's bytes (a bad status line: all of them, up

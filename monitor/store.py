@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 import uuid
 import zlib
@@ -339,11 +340,21 @@ def open_store(url: str, dedupe: DedupeSettings | None = None) -> Store:
     except sa.exc.OperationalError as error:  # down, refused, a file that cannot be made
         engine.dispose()
         reason = str(error.orig or error).strip().splitlines()[0]
-        raise UnavailableError(f"database {shown}: cannot open it: {reason}") from None
+        raise UnavailableError(f"database {shown}: cannot open it: {reason}{_hint(url)}") from None
     except BaseException:
         engine.dispose()
         raise
     return Store(engine, dedupe)
+
+
+def _hint(url: str) -> str:
+    """Under systemd, where the service may write: a relative `database:` is taken from the
+    config file's directory, /etc/monitor, which it may not."""
+    state = os.environ.get("STATE_DIRECTORY")
+    database = sa.engine.make_url(url).database or ""
+    if not state or not url.startswith("sqlite") or database.startswith(state.split(":")[0]):
+        return ""
+    return f" (this service may write only in {state}: set database: {state}/monitor.db)"
 
 
 def create_engine(url: str) -> Engine:
@@ -1142,6 +1153,13 @@ class Store:
                 else:
                     fresh[-1].append((item, hashes))
                     claimed.update(dict.fromkeys(hashes, item))
+        # A known item in another feed: watchlists limited to that feed (or its language)
+        # may match it now. Those in a story are queued below, to recipients its story has
+        # not reached, under the story lock as _settle queues (two workers meeting one story
+        # at once must not each find no one told yet); taken before any insert, as there.
+        elsewhere = _matched_elsewhere(tx, seen, known, match)
+        if elsewhere:
+            _lock_stories(tx)
         updated = _seen_again(tx, seen, known, now)
         ids = _insert_items(tx, [pair for pairs in fresh for pair in pairs], now)
         _record_repeats(tx, repeats, ids, now)
@@ -1151,16 +1169,10 @@ class Store:
         # _settle). A near-copy of a matched story carries the same terms, so it matches too.
         rows = [(ids[item.key], item, m) for pairs in found for item, m in pairs]
         recorded = _record_matches(tx, rows, now)
-        # A known item in another feed: watchlists limited to that feed (or its language)
-        # may match it now. Those not in a story yet are settled as new matches are; those
-        # in one are queued here, to recipients its story has not reached.
+        # The late matches: those not in a story yet are settled as new matches are.
         batch_of = {id(item): n for n, unique in enumerate(uniques) for item, _ in unique}
-        elsewhere = _matched_elsewhere(tx, seen, known, match)
         if elsewhere:
             late = _record_matches(tx, [row for row, _ in elsewhere], now, new=False)
-            # Under the story lock, as _settle queues: two workers meeting the same story
-            # for the same watchlist at once must not each find no recipient told yet.
-            _lock_stories(tx)
             storied = _stories_of(tx, {r.item_id for r in late})
             recorded += [r for r in late if r.item_id not in storied]
             into_stories = [r for r in late if r.item_id in storied]

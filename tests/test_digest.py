@@ -176,3 +176,17 @@ def test_a_broken_user_template_is_a_problem_with_its_file_and_line(tmp_path: Pa
     assert "no_such_name" in problems[0]
     assert problems[1].startswith(f"{tmp_path / 'alert.html.j2'}:2: ")
     assert renderer().problems() == []  # the shipped templates
+
+
+def test_templates_are_read_once_so_an_unchecked_edit_waits_for_a_reload(
+    tmp_path: Path,
+) -> None:
+    """The config's load checks the templates; an edit saved later must not go live unchecked
+    (Jinja re-read changed files on every render)."""
+    (tmp_path / "digest.txt.j2").write_text("{{ subject }}\n", encoding="utf-8")
+    settings = DigestSettings(sender="monitor@example.org", zone=ZoneInfo("Europe/Berlin"))
+    loaded = Renderer(settings, tmp_path)
+    assert loaded.problems() == []
+    (tmp_path / "digest.txt.j2").write_text("{% if %}broken\n", encoding="utf-8")
+    assert loaded.problems() == []  # the templates as checked, until a reload
+    assert Renderer(settings, tmp_path).problems() != []  # what a reload would check

@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -100,6 +101,27 @@ async def test_a_timeout_blocks_its_host_for_one_deadline_for_the_requests_waiti
             await fetcher.fetch(hung_host.url("/f0"), clock=lambda: now[0])
         assert not isinstance(again.value, HostBlocked)
     assert len(hung_host.arrived) == 2
+
+
+async def test_a_slow_body_times_out_without_blocking_its_host(httpserver: HTTPServer) -> None:
+    """The host answered (headers came), only the document was slow: its other feeds are
+    asked as usual."""
+
+    def trickle(_request: Request) -> Response:
+        def body() -> Iterator[bytes]:
+            for _ in range(30):
+                time.sleep(0.1)
+                yield b" "
+
+        return Response(body(), headers={"Content-Type": "application/xml"})
+
+    httpserver.expect_request("/slow").respond_with_handler(trickle)
+    httpserver.expect_request("/fast").respond_with_data(FEED)
+    async with Fetcher(settings(timeout=1)) as fetcher:
+        with pytest.raises(FetchError, match="timed out") as slow:
+            await fetcher.fetch(httpserver.url_for("/slow"))
+        assert not isinstance(slow.value, HostBlocked)
+        assert (await fetcher.fetch(httpserver.url_for("/fast"))).body == FEED
 
 
 async def test_requests_waiting_at_a_host_busy_without_an_answer_are_counted(
