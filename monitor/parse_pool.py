@@ -15,11 +15,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import multiprocessing
+import os
 import resource
 import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor.errors import ParseError
@@ -33,6 +37,7 @@ _JOBS_PER_PROCESS = 3
 
 # Imported by the fork server before it forks any worker (see ParsePool._start).
 _PRELOAD = ["monitor.parse"]
+_OWNER_CHECK_SECONDS = 1.0  # how soon a parse process notices its owner is gone
 
 
 def _ready() -> None:
@@ -59,11 +64,36 @@ def _with_deadline(job: Callable[[], T], seconds: float) -> T:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _start_worker(limit: int, owner: tuple[int, str | None]) -> None:
+    """Worker initializer: cap the memory, and end with the process that owns the pool."""
+    _cap_memory(limit)
+    threading.Thread(target=_follow, args=(owner,), name="follow-owner", daemon=True).start()
+
+
 def _cap_memory(limit: int) -> None:
-    """Worker initializer: a runaway parse raises MemoryError instead of swapping the host."""
+    """A runaway parse raises MemoryError instead of swapping the host."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard == resource.RLIM_INFINITY or limit < hard:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _follow(owner: tuple[int, str | None]) -> None:
+    """End this process once the pool's owner is gone. Killed outright (kill -9, the OOM
+    killer) it closes nothing: its parse processes waited for work for ever, and kept the
+    forkserver and resource tracker alive, about 90 MB each. (Under systemd the unit's
+    cgroup is killed too; not so under other supervisors, or in a terminal.)"""
+    while _started(owner[0]) == owner[1]:
+        time.sleep(_OWNER_CHECK_SECONDS)
+    os._exit(0)
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (a pid can be reused), or None if it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
 
 
 class ParsePool:
@@ -87,8 +117,8 @@ class ParsePool:
         pool = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=context,
-            initializer=_cap_memory,
-            initargs=(self.memory,),
+            initializer=_start_worker,
+            initargs=(self.memory, (os.getpid(), _started(os.getpid()))),
         )
         # Every process starts now, not in the first parse: submit() starts a process in
         # the caller's thread (the event loop), one at a time, and the server with it.

@@ -435,6 +435,27 @@ def test_second_signal_exits_at_once(
     wait_for(lambda: not any(_alive(pid) for pid in children), "the daemon's children to end")
 
 
+def test_the_parse_processes_end_when_the_daemon_is_killed_outright(
+    httpserver: HTTPServer, write_config: Callable[..., Path], start: Callable[..., Daemon]
+) -> None:
+    """kill -9 of the main process alone (the OOM killer; a supervisor other than systemd,
+    which kills the whole unit): its parse processes, and with them the forkserver and the
+    resource tracker, used to stay for ever."""
+    fetching, release = hold_fetches(httpserver)
+    data = base_config(httpserver, 1)
+    del data["smtp"]
+    daemon = start(write_config(data))
+    wait_for(fetching.is_set, "the daemon to start fetching")
+    children = _descendants(daemon.process.pid)
+    assert len(children) >= 2  # the parse process and the forkserver, at least
+    os.kill(daemon.process.pid, signal.SIGKILL)
+    try:
+        daemon.process.wait(10)
+    finally:
+        release.set()
+    wait_for(lambda: not any(_alive(pid) for pid in children), "the daemon's children to end")
+
+
 def _descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
