@@ -215,12 +215,13 @@ def run(database: str, workers: int, servers: Servers, smtp: Sink, port: int) ->
     with tempfile.TemporaryDirectory() as directory:
         path = write_config(Path(directory), database, servers, port)
         # Create the schema and the feeds, not yet due, so worker start-up is not timed.
-        prepare = subprocess.run(
-            [sys.executable, "-m", "monitor", "--config", str(path), "feeds"],
-            capture_output=True,
-            check=True,
-        )
-        del prepare
+        from monitor.config import load_config
+        from monitor.store import open_store
+
+        config = load_config(path)
+        store = open_store(database)
+        store.sync_feeds(config.feed_urls(), datetime.now(UTC), config.polled_feeds())
+        store.close()
         engine = sa.create_engine(database)
         later = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1)
         with engine.begin() as connection:
