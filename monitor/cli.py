@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -105,7 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path}: {len(error.problems)} problem(s); nothing was started", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return _dispatch(args, config, path)
+        code = _dispatch(args, config, path)
+        sys.stdout.flush()  # here, not at exit: a reader gone (`| head -1`) is caught below
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say
+        return EXIT_FAILURE
     except LockedError as error:
         print(f"monitor: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -208,7 +214,13 @@ async def _digest(config: Config, args: argparse.Namespace) -> int:
         f"{report.composed} digest(s) composed, {report.sent} sent, "
         f"{report.retrying} to retry, {report.dead} dead-lettered"
     )
-    return EXIT_OK if not report.retrying else EXIT_FAILURE
+    if report.held_back:
+        print(
+            f"monitor: the messages of {report.held_back} recipient(s) could not be rendered "
+            "(see the log); their matches stay pending",
+            file=sys.stderr,
+        )
+    return EXIT_OK if not (report.retrying or report.held_back) else EXIT_FAILURE
 
 
 def _prune(config: Config) -> int:

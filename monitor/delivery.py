@@ -38,6 +38,7 @@ class DeliveryReport:
     sent: int = 0
     retrying: int = 0
     dead: int = 0
+    held_back: int = 0  # recipients whose message could not be rendered (logged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +59,17 @@ async def run_digests(
     """
     now = app.clock()
     try:
-        composed = await asyncio.to_thread(_compose_due, app, now, force, only)
+        composed, held = await asyncio.to_thread(_compose_due, app, now, force, only)
     except Exception:  # what is stored goes out even when composing failed (a bug, say)
         await send_ready(app)
         raise
     sent, retrying, dead = await send_ready(app)
-    return DeliveryReport(composed, sent, retrying, dead)
+    return DeliveryReport(composed, sent, retrying, dead, held)
 
 
-def _compose_due(app: App, now: datetime, force: bool, only: Iterable[str] | None) -> int:
+def _compose_due(
+    app: App, now: datetime, force: bool, only: Iterable[str] | None
+) -> tuple[int, int]:
     # A worker that died between storing matches and queueing them (see Store.ingest_many)
     # leaves them to whoever looks next.
     app.store.settle(app.recipients, now, since=now - UNSETTLED_WINDOW)
@@ -121,12 +124,15 @@ def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> lis
     return due
 
 
-def compose(app: App, due: Sequence[Due], now: datetime, *, record_runs: bool = True) -> int:
-    """Render one message per recipient from its due pairs, and claim it. Returns how many."""
+def compose(
+    app: App, due: Sequence[Due], now: datetime, *, record_runs: bool = True
+) -> tuple[int, int]:
+    """Render one message per recipient from its due pairs, and claim it. Returns how many,
+    and how many recipients' messages could not be rendered (their matches stay pending)."""
     by_recipient = _by_recipient(due)
     pending = _pending(app, {pair.plan.watchlist for pair in due})
     health = feed_health(app) if by_recipient else []
-    composed = 0
+    composed = held = 0
     for recipient, pairs in by_recipient.items():
         names = {pair.plan.watchlist for pair in pairs}
         entries = [e for e in pending.get(recipient, []) if e.watchlist in names]
@@ -147,11 +153,12 @@ def compose(app: App, due: Sequence[Due], now: datetime, *, record_runs: bool = 
                 recipient,
                 ", ".join(sorted(names)),
             )
+            held += 1
             continue
         ids = [i for entry in entries for i in entry.delivery_ids]
         if app.store.claim(message, ids, now, runs):
             composed += 1
-    return composed
+    return composed, held
 
 
 def _by_recipient(due: Sequence[Due]) -> dict[str, list[Due]]:

@@ -296,3 +296,25 @@ def test_relative_paths_are_taken_from_the_config_files_directory(
     assert main(["--config", str(path), "status"]) == 1  # no daemon running: exit 1, read
     assert "not running (no daemon has run on this database)" in capsys.readouterr().out
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_reader_gone_from_the_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`monitor status | head -1` printed a BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL, "utf-8")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "monitor", "--config", str(path), "check"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr == ""

@@ -443,7 +443,7 @@ async def test_a_message_that_fails_to_render_holds_back_only_its_recipient(
         clock.advance(minutes=5)
         with caplog.at_level(logging.ERROR, logger="monitor.delivery"):
             report = await run_digests(app)
-        assert (report.composed, report.sent) == (1, 1)
+        assert (report.composed, report.sent, report.held_back) == (1, 1, 1)
         assert {r for r, _ in app.store.pending_entries()} == {"a@example.org"}
     assert [r[0] for _, r, _ in recorder.messages] == ["b@example.org"]
     assert "could not render the alert for a@example.org (watchlists xAI)" in caplog.text
