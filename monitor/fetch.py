@@ -274,11 +274,13 @@ class Fetcher:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
+        # For _refuse_internal_redirect, and for _queued: whether it waits for a connection.
+        context = SimpleNamespace(origin=origin, queued=False)
         request = self._session.get(
             url,
             headers=headers,
             max_redirects=10,
-            trace_request_ctx=SimpleNamespace(origin=origin),  # for _refuse_internal_redirect
+            trace_request_ctx=context,
         )
         heard = False
         try:
@@ -291,6 +293,11 @@ class Fetcher:
         except aiohttp.TooManyRedirects:
             raise FetchError("too many redirects (a redirect loop?)") from None
         except TimeoutError:
+            if context.queued:  # never asked: no word on the host, which is not held off
+                raise FetchError(
+                    f"timed out after {self._settings.timeout:g} s waiting for one of the "
+                    f"{self._settings.concurrency} connections (polling.concurrency) in use"
+                ) from None
             timed_out = FetchError if heard else FetchTimeout
             raise timed_out(
                 f"timed out after {self._settings.timeout:g} s (connect or total deadline)"
@@ -340,7 +347,19 @@ class Fetcher:
 def _redirect_check() -> aiohttp.TraceConfig:
     trace = aiohttp.TraceConfig()
     trace.on_request_redirect.append(_refuse_internal_redirect)
+    trace.on_connection_queued_start.append(_queued)
+    trace.on_connection_queued_end.append(_dequeued)
     return trace
+
+
+async def _queued(session: aiohttp.ClientSession, context: SimpleNamespace, _: object) -> None:
+    """The request waits for one of the session's `concurrency` connections: its deadline
+    runs meanwhile, and a timeout then says nothing of its host."""
+    context.trace_request_ctx.queued = True
+
+
+async def _dequeued(session: aiohttp.ClientSession, context: SimpleNamespace, _: object) -> None:
+    context.trace_request_ctx.queued = False
 
 
 async def _refuse_internal_redirect(

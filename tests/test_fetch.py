@@ -124,6 +124,29 @@ async def test_a_slow_body_times_out_without_blocking_its_host(httpserver: HTTPS
         assert (await fetcher.fetch(httpserver.url_for("/fast"))).body == FEED
 
 
+async def test_a_deadline_spent_waiting_for_a_connection_does_not_block_the_host(
+    hung_host: HungHost, httpserver: HTTPServer
+) -> None:
+    """aiohttp's deadline runs while a request waits for one of the `concurrency`
+    connections: a host never asked was held off as if it had not answered."""
+    import aiohttp
+
+    httpserver.expect_request("/fast").respond_with_data(FEED)
+    async with Fetcher(settings(concurrency=1, timeout=1)) as fetcher:
+        # The only connection, held past any deadline (feeds' requests give theirs back at
+        # their deadline, first come first served, so this takes a request without one).
+        session = fetcher._session  # type: ignore[attr-defined]
+        hold = session.get(hung_host.url("/feed"), timeout=aiohttp.ClientTimeout(total=None))
+        holding = asyncio.ensure_future(hold.__aenter__())
+        await asyncio.sleep(0.2)
+        with pytest.raises(FetchError, match="waiting for one of the 1 connections") as waited:
+            await fetcher.fetch(httpserver.url_for("/fast"))
+        assert not isinstance(waited.value, HostBlocked)
+        holding.cancel()
+        await asyncio.gather(holding, return_exceptions=True)
+        assert (await fetcher.fetch(httpserver.url_for("/fast"))).body == FEED  # not held off
+
+
 async def test_requests_waiting_at_a_host_busy_without_an_answer_are_counted(
     hung_host: HungHost, httpserver: HTTPServer
 ) -> None:
