@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from monitor import __version__
 from monitor.app import load_checked, running_app
 from monitor.config import (
@@ -26,7 +24,7 @@ from monitor.config import (
 )
 from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_email
 from monitor.errors import ConfigError, LockedError, MonitorError
-from monitor.lock import database_lock
+from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Match
 from monitor.poller import poll_due
@@ -167,11 +165,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
 
 def _missing_database(database: str) -> Path | None:
     """The SQLite file `database` names, if it does not exist."""
-    url = sa.engine.make_url(database)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    file = Path(url.database).expanduser()
-    return None if file.exists() else file.absolute()
+    file = sqlite_file(database)
+    return None if file is None or file.exists() else file.absolute()
 
 
 async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:

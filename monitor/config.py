@@ -569,20 +569,20 @@ def _anchored(data: dict[str, Any], base: Path) -> dict[str, Any]:
         return str(base / value)
 
     data = dict(data)
-    database = data.get("database")
+    for key in ("database", "outbox"):  # the defaults are relative paths too
+        data.setdefault(key, Config.model_fields[key].default)
+    database = data["database"]
     if isinstance(database, str):
         if "://" not in database:
             data["database"] = join(database)
         elif database.startswith("sqlite:///") and database[10:] not in ("", ":memory:"):
             data["database"] = "sqlite:///" + join(database[10:])
-    data["outbox"] = join(data.get("outbox", "outbox"))
+    data["outbox"] = join(data["outbox"])
     for section, names in (("digests", ("templates_dir",)), ("smtp", ("password_file", "ca_file"))):
         if isinstance(data.get(section), dict):
             data[section] = {
                 key: join(value) if key in names else value for key, value in data[section].items()
             }
-    if "database" not in data:
-        data["database"] = "sqlite:///" + str(base / "monitor.db")
     return data
 
 

@@ -15,6 +15,8 @@ Everything else is a bug: per-job boundaries log it with the feed or recipient a
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class MonitorError(Exception):
     """Base class for errors monitor reports to the user."""
@@ -50,6 +52,7 @@ class FetchError(MonitorError):
     ) -> None:
         self.status = status
         self.retry_after = retry_after  # seconds the server asked us to wait, if it did
+        self.host_blocked_until: datetime | None = None  # set by the fetcher if it held off
         super().__init__(message)
 
 

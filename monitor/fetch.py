@@ -193,7 +193,7 @@ class Fetcher:
             ),
             headers={"User-Agent": user_agent(self._settings.contact), "Accept": ACCEPT},
             auto_decompress=True,
-            trace_configs=[_redirect_check()],
+            trace_configs=[_tracing()],
         )
         return self
 
@@ -244,16 +244,19 @@ class Fetcher:
         try:
             return await self._fetch(url, etag, last_modified, origin or url, gate.answered)
         except FetchError as error:
-            # Blocked before the slot is given to the next request waiting for this host.
+            # Blocked before the slot is given to the next request waiting for this host;
+            # the error says until when, for the poller to tell the other workers.
             if rules.is_host_wide(error.status) and error.retry_after is not None:
-                wait = rules.retry_after(error.retry_after)
-                gate.block(clock() + timedelta(seconds=wait), "it asked to wait (HTTP 429)")
+                wait, why = rules.retry_after(error.retry_after), "it asked to wait (HTTP 429)"
             elif isinstance(error, FetchTimeout):
                 # A hung or unreachable host: the requests waiting for it would each wait
                 # out the deadline in turn (40 feeds, 2 at a time: 10 minutes), holding the
                 # cycle. They are asked again after one more deadline instead.
-                wait = self._settings.timeout
-                gate.block(clock() + timedelta(seconds=wait), "a request to it timed out")
+                wait, why = self._settings.timeout, "a request to it timed out"
+            else:
+                raise
+            error.host_blocked_until = clock() + timedelta(seconds=wait)
+            gate.block(error.host_blocked_until, why)
             raise
         finally:
             gate.leave()
@@ -344,7 +347,9 @@ class Fetcher:
         return b"".join(chunks)
 
 
-def _redirect_check() -> aiohttp.TraceConfig:
+def _tracing() -> aiohttp.TraceConfig:
+    """Hooks into aiohttp's request: the redirect check, and whether it waits for a
+    connection."""
     trace = aiohttp.TraceConfig()
     trace.on_request_redirect.append(_refuse_internal_redirect)
     trace.on_connection_queued_start.append(_queued)

@@ -17,11 +17,17 @@ import sqlalchemy as sa
 from monitor.errors import LockedError
 
 
-def lock_path(database_url: str) -> Path | None:
+def sqlite_file(database_url: str) -> Path | None:
+    """The file a SQLite URL names; None for another engine or an in-memory database."""
     url = sa.engine.make_url(database_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
-    return Path(url.database).expanduser().with_suffix(Path(url.database).suffix + ".lock")
+    return Path(url.database).expanduser()
+
+
+def lock_path(database_url: str) -> Path | None:
+    file = sqlite_file(database_url)
+    return None if file is None else file.with_suffix(file.suffix + ".lock")
 
 
 @contextmanager

@@ -196,8 +196,7 @@ class ParsePool:
         concurrent.futures' exit hook then writes to the closed pipe: a "Bad file
         descriptor" traceback at every other exit (Python 3.11), since the pool starts with
         the app. A parse still running is not waited for (up to `parse_timeout`)."""
-        for process in _processes(self._pool):
-            process.kill()
+        self.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

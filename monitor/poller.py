@@ -25,7 +25,7 @@ from monitor import feeds as rules
 from monitor.app import App
 from monitor.config import FeedConfig
 from monitor.errors import FetchError, ParseError
-from monitor.fetch import FetchResult, FetchTimeout, HostBlocked
+from monitor.fetch import FetchResult, HostBlocked
 from monitor.models import FeedState, FeedStatus, Item
 from monitor.parse import ParsedFeed, parse_feed
 from monitor.store import Claim, IngestResult, host_of
@@ -806,12 +806,7 @@ def _failed(
         values["next_poll_at"] = now + timedelta(seconds=delay)
     values["status"] = status.value
     _log_change(feed, state, status, values["last_error"])
-    waited = getattr(error, "retry_after", None)
-    block = None
-    if waited is not None and rules.is_host_wide(status_code):
-        block = now + timedelta(seconds=rules.retry_after(waited))
-    elif isinstance(error, FetchTimeout):  # the fetcher holds off the host as long
-        block = now + timedelta(seconds=app.config.polling.timeout)
+    block = getattr(error, "host_blocked_until", None)  # the fetcher held off the host
     error_text = values["last_error"]
     return values, PollReport(feed.name, error=error_text, status=status, host_blocked_until=block)
 

@@ -75,7 +75,12 @@ class Heartbeat:
         """Running, fresh (three intervals of grace) and, on this host, the process exists."""
         if not self.running or now - self.at > timedelta(seconds=3 * self.interval + 5):
             return False
-        return self.host != socket.gethostname() or _process_exists(self.pid)
+        return _may_run(self.host, self.pid)
+
+
+def _may_run(host: str, pid: int) -> bool:
+    """Whether process `pid` of `host` may still run: on this host, it must exist."""
+    return host != socket.gethostname() or _process_exists(pid)
 
 
 def _process_exists(pid: int) -> bool:
@@ -175,11 +180,7 @@ def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
         next_digests=next_digests(config, now),
         heartbeat=read_heartbeat(store),
         feeds_gone=gone,
-        workers=tuple(
-            w
-            for w in store.live_workers(now - ALIVE_WITHIN)
-            if w.host != socket.gethostname() or _process_exists(w.pid)
-        ),
+        workers=tuple(w for w in store.live_workers(now - ALIVE_WITHIN) if _may_run(w.host, w.pid)),
     )
 
 
@@ -235,7 +236,8 @@ def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]
         f" (oldest queued {_local(outbox.oldest_pending, zone)})" if outbox.oldest_pending else ""
     )
     daemon = describe_daemon(heartbeat, now, zone)
-    if len(snapshot.workers) > 1 or (snapshot.workers and not daemon.startswith("running")):
+    alive = heartbeat is not None and heartbeat.is_alive(now)
+    if len(snapshot.workers) > 1 or (snapshot.workers and not alive):
         named = ", ".join(f"pid {w.pid} on {w.host}" for w in snapshot.workers)
         daemon = f"running: {len(snapshot.workers)} worker(s) ({named})"
     lines = [

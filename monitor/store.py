@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from monitor.errors import UnavailableError
+from monitor.lock import sqlite_file
 from monitor.models import DigestEntry, FeedState, FeedStatus, Hit, Item, Match, OutgoingMessage
 from monitor.stories import (
     Candidate,
@@ -350,18 +351,16 @@ def open_store(url: str, dedupe: DedupeSettings | None = None) -> Store:
 def _hint(url: str) -> str:
     """Under systemd, where the service may write: a relative `database:` is taken from the
     config file's directory, /etc/monitor, which it may not."""
-    state = os.environ.get("STATE_DIRECTORY")
-    database = sa.engine.make_url(url).database or ""
-    if not state or not url.startswith("sqlite") or database.startswith(state.split(":")[0]):
+    state, file = os.environ.get("STATE_DIRECTORY"), sqlite_file(url)
+    if not state or file is None or str(file).startswith(state.split(":")[0]):
         return ""
     return f" (this service may write only in {state}: set database: {state}/monitor.db)"
 
 
 def create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        database = sa.engine.make_url(url).database
-        if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if (file := sqlite_file(url)) is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin_immediate)

@@ -104,15 +104,17 @@ def between(moment: datetime | None, low: timedelta, high: timedelta, now: datet
 # ----------------------------------------------------------------------------- success paths
 
 
+def _etag_v1(request: Request) -> Response:
+    """The German feed with ETag "v1"; 304 to a request that sends it."""
+    if request.headers.get("If-None-Match") == '"v1"':
+        return Response(status=304)
+    return Response(GERMAN, headers={"ETag": '"v1"', "Content-Type": "application/rss+xml"})
+
+
 async def test_etag_then_304_keeps_the_feed_ok_and_skips_the_parse(
     httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
 ) -> None:
-    def handler(request: Request) -> Response:
-        if request.headers.get("If-None-Match") == '"v1"':
-            return Response(status=304)
-        return Response(GERMAN, headers={"ETag": '"v1"', "Content-Type": "application/rss+xml"})
-
-    httpserver.expect_request("/feed").respond_with_handler(handler)
+    httpserver.expect_request("/feed").respond_with_handler(_etag_v1)
     async with start_app({"de": httpserver.url_for("/feed")}) as app:
         first = await poll(app, "de")
         assert first.status == FeedStatus.OK and first.etag == '"v1"'
@@ -137,12 +139,7 @@ async def test_an_unchanged_feed_keeps_its_items_keys_fresh(
     from monitor.feeds import VERIFY_EVERY
     from monitor.store import item_keys
 
-    def handler(request: Request) -> Response:
-        if request.headers.get("If-None-Match") == '"v1"':
-            return Response(status=304)
-        return Response(GERMAN, headers={"ETag": '"v1"', "Content-Type": "application/rss+xml"})
-
-    httpserver.expect_request("/feed").respond_with_handler(handler)
+    httpserver.expect_request("/feed").respond_with_handler(_etag_v1)
     async with start_app({"de": httpserver.url_for("/feed")}) as app:
         await poll(app, "de")
         for _ in range(VERIFY_EVERY + 1):
