@@ -28,6 +28,7 @@ from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Match
 from monitor.poller import poll_due
+from monitor.startup import release_sighup
 from monitor.store import Store, open_store
 from monitor.text import clean_text
 from monitor.watchlists import Matcher
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # only the daemon reloads; any other command ends on SIGHUP
+        release_sighup()
     setup_logging(args.verbose, args.log_format)
     path = find_config(args.config)
     try:

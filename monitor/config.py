@@ -671,7 +671,7 @@ class _BoundedLoader(yaml.SafeLoader):
         if self.alias_values > MAX_ALIAS_VALUES:
             raise _AliasBomb(
                 f"alias *{alias.anchor} makes the config expand to more than "
-                f"{MAX_ALIAS_VALUES:,} values (nested aliases, a \"billion laughs\"?); "
+                f'{MAX_ALIAS_VALUES:,} values (nested aliases, a "billion laughs"?); '
                 "write the values out, or use fewer levels of aliases",
                 alias.start_mark,
             )
