@@ -156,7 +156,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
 
         asyncio.run(run_daemon(config, path))
         return EXIT_OK
-    with database_lock(config.database, f"monitor {args.command}"):
+    writes = args.command != "migrate-db" and not getattr(args, "preview", False)
+    with database_lock(config.database, f"monitor {args.command}", writes):
         if args.command == "migrate-db":
             return _migrate_db(config, args.to)
         if args.command == "prune":

@@ -39,12 +39,14 @@ from monitor.config import Config
 from monitor.delivery import FIRST_POLL_DONE, run_digests
 from monitor.errors import ConfigError
 from monitor.lock import database_lock
+from monitor.logs import RepeatedError
 from monitor.metrics import Metrics, PollOutcome, start_endpoint
 from monitor.notify import Notifier
 from monitor.poller import CycleReport, poll_due
 from monitor.retention import prune
 from monitor.startup import hold_sighup, sighup_held
 from monitor.status import Health, Heartbeat, take_snapshot, write_heartbeat
+from monitor.store import database_trouble
 from monitor.workers import Registry
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Ticks:
     grace: float = 20.0  # how long in-flight work may take after SIGTERM
     stall: float = 10.0  # event-loop lag (or overdue tick) that counts as unhealthy
     reload: float = 30.0  # how long reading the config on SIGHUP may take before it is refused
+    error_summary: float = 3600.0  # how often a tick that keeps failing the same way is logged
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Ticks:
@@ -130,6 +133,7 @@ class Daemon:
         self.last_poll_at: datetime | None = None
         self.healthy = True
         self.registry = Registry(app.store, app.worker_id, app.config)
+        self.failures: dict[str, RepeatedError] = {}
         self.reloading: asyncio.Task[None] | None = None
         self.reload_pending = False
 
@@ -346,7 +350,11 @@ class Daemon:
     # ------------------------------------------------------------------ running
 
     def _job(self, name: str, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        """A tick: skipped once stopping, tracked while running, never raising."""
+        """A tick: skipped once stopping, tracked while running, never raising; its errors
+        logged once per change (RepeatedError), not at every tick."""
+        failures = self.failures.setdefault(
+            name, RepeatedError(log, f"{name} tick", self.ticks.error_summary)
+        )
 
         async def run() -> None:
             if self.stopping.is_set():
@@ -356,10 +364,13 @@ class Daemon:
             self.in_flight.add(task)
             try:
                 await body()
+                failures.succeeded(time.monotonic())
             except asyncio.CancelledError:  # past the shutdown bound; the task ends here
                 log.warning("stopping: %s tick cancelled after %gs", name, self.ticks.grace)
-            except Exception:  # a failing tick is logged; the next tick tries again
-                log.exception("%s tick failed", name)
+            except Exception as error:  # logged; the next tick tries again
+                trouble = database_trouble(error)
+                text = trouble or f"{type(error).__name__}: {_first_line(error)}"
+                failures.failed(text, time.monotonic(), with_traceback=trouble is None)
             finally:
                 self.in_flight.discard(task)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,14 +44,18 @@ def _owner_file(file: Path) -> Path:
 
 
 @contextmanager
-def database_lock(database_url: str, holder: str) -> Iterator[None]:
-    """Hold the database's lock, or raise LockedError saying who holds it."""
+def database_lock(database_url: str, holder: str, writes: bool = True) -> Iterator[None]:
+    """Hold the database's lock, or raise LockedError saying who holds it. `writes`: the
+    holder will write, so a file it may not write is refused here, in one line (it was a
+    traceback from the first write of `run`, `poll` or `digest --send`)."""
     file = sqlite_file(database_url)
     if file is None:
         yield
         return
     file = file.resolve()
     descriptor = _open(file)
+    if writes:
+        _require_writable(file, descriptor)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,6 +82,19 @@ def _open(file: Path) -> int:
             f"database {file}: cannot open it: {error.strerror}; check that the user running "
             "monitor may read and write it and its directory"
         ) from None
+
+
+def _require_writable(file: Path, descriptor: int) -> None:
+    """SQLite writes the file and, beside it, its -wal and -shm files."""
+    for path in (file, file.parent):
+        if not os.access(path, os.W_OK):
+            os.close(descriptor)
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            what = "directory" if path == file.parent else "file"
+            raise UnavailableError(
+                f"database {file}: the {what} {path} is read-only for user {user!r}; give "
+                "that user write access (chown, chmod), or run monitor as a user who has it"
+            )
 
 
 def _refusal(file: Path, names: int) -> str:

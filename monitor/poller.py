@@ -28,7 +28,7 @@ from monitor.errors import FetchError, ParseError
 from monitor.fetch import FetchResult, HostBlocked
 from monitor.models import FeedState, FeedStatus, Item
 from monitor.parse import ParsedFeed, parse_feed
-from monitor.store import Claim, IngestResult, host_of
+from monitor.store import Claim, IngestResult, database_trouble, host_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -614,6 +614,8 @@ async def poll_feed(
     except (FetchError, ParseError) as error:
         values, report = _failed(app, feed, state, error)
     except Exception as error:  # a bug must not stop the other feeds
+        if database_trouble(error):  # not the feed's: the cycle fails, and says so once
+            raise
         log.exception("unexpected error while polling", extra={"feed": feed.name, "url": state.url})
         values, report = _failed(app, feed, state, FetchError(f"internal error: {error!r}"))
     await writer.finish(feed.name, values)
