@@ -75,16 +75,17 @@ class RepeatedError:
         self.job = job
         self.summary_every = summary_every
         self.text: str | None = None
-        self.count = 0
-        self.since = 0.0
+        self.total = 0  # failures since the job last worked
+        self.since = 0.0  # when this run of failures began
         self.summarised = 0.0
 
     def failed(self, text: str, now: float, with_traceback: bool = False) -> None:
         """`text`: one line; `with_traceback`: a bug, whose traceback is logged once."""
+        self.total += 1
         if text != self.text:
             if self.text is None:
                 self.since = now
-            self.text, self.count, self.summarised = text, 1, now
+            self.text, self.summarised = text, now
             self.log.error(
                 "%s failed: %s (logged again when this changes)",
                 self.job,
@@ -92,14 +93,13 @@ class RepeatedError:
                 exc_info=with_traceback,
             )
             return
-        self.count += 1
         if now - self.summarised >= self.summary_every:
             self.summarised = now
             self.log.warning(
                 "%s still failing: %s (%d times in %s)",
                 self.job,
                 text,
-                self.count,
+                self.total,
                 _span(now - self.since),
             )
 
@@ -108,10 +108,10 @@ class RepeatedError:
             self.log.info(
                 "%s works again, after %d failures in %s",
                 self.job,
-                self.count,
+                self.total,
                 _span(now - self.since),
             )
-        self.text, self.count = None, 0
+        self.text, self.total = None, 0
 
 
 def _span(seconds: float) -> str:
