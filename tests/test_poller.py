@@ -137,7 +137,7 @@ async def test_an_unchanged_feed_keeps_its_items_keys_fresh(
     import sqlalchemy as sa
 
     from monitor.feeds import VERIFY_EVERY
-    from monitor.store import item_keys
+    from monitor.store.schema import item_keys
 
     httpserver.expect_request("/feed").respond_with_handler(_etag_v1)
     async with start_app({"de": httpserver.url_for("/feed")}) as app:

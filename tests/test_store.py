@@ -15,18 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from monitor.models import FeedStatus, Hit, Item, Match, OutgoingMessage
-from monitor.store import (
-    ITEM_COLUMNS,
-    DigestRun,
-    Store,
-    _bulk_insert,
-    _claim_statement,
-    _stamp,
-    item_values,
-    items,
-    metadata,
-    open_store,
-)
+from monitor.store import DigestRun, Store, open_store
+from monitor.store.dialect import bulk_insert, stamp
+from monitor.store.leases import _claim_statement
+from monitor.store.schema import ITEM_COLUMNS, item_values, items, metadata
 from monitor.stories import dedupe_keys
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -196,18 +188,18 @@ def test_rows_thought_new_that_another_worker_stored_meanwhile_are_skipped(store
     # On PostgreSQL, rows the caller found absent go in by one COPY; if another worker
     # stored one of them meanwhile, the COPY is undone and the staging path inserts the rest.
     def rows(tx: Any, *numbers: int) -> list[tuple[Any, ...]]:
-        stamp = _stamp(tx, NOW)
-        return [item_values(make_item(n), stamp, stamp) for n in numbers]
+        at = stamp(tx, NOW)
+        return [item_values(make_item(n), at, at) for n in numbers]
 
     with store.engine.begin() as tx:
-        _bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 2), new=True)
+        bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 2), new=True)
     with store.engine.begin() as tx:
         # Its savepoint stays open; undoing the next COPY must not undo this one.
-        _bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 5), new=True)
-        inserted = _bulk_insert(
+        bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 5), new=True)
+        inserted = bulk_insert(
             tx, items, ITEM_COLUMNS, rows(tx, 1, 2, 3), returning=("id", "key"), new=True
         )
-        _bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 4), new=True)  # the transaction goes on
+        bulk_insert(tx, items, ITEM_COLUMNS, rows(tx, 4), new=True)  # the transaction goes on
     assert sorted(key for _, key in inserted) == ["u:example.org/1", "u:example.org/3"]
     with store.engine.connect() as connection:
         stored = dict(connection.execute(sa.select(items.c.key, items.c.id)).all())
