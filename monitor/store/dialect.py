@@ -1,27 +1,64 @@
-"""The SQLite/PostgreSQL differences, each named once: bulk inserts (COPY on PostgreSQL),
-lists bound as one parameter, and statements that go straight to the driver on the hot path."""
+"""The SQLite/PostgreSQL differences, each named once (`Dialect`), and what is built on
+them: bulk inserts (COPY on PostgreSQL), lists bound as one parameter, and statements that
+go straight to the driver on the hot path."""
 
 from __future__ import annotations
 
 import json
-import logging
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
-log = logging.getLogger("monitor.store")
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What the store does differently on each engine. Code asks for a capability, never
+    for an engine's name."""
+
+    name: str
+    # Writers take row locks (FOR UPDATE, SKIP LOCKED) and advisory locks, and may run at
+    # once; SQLite has one writer at a time instead (BEGIN IMMEDIATE), so needs neither.
+    row_locks: bool
+    copy: bool  # bulk loads by COPY FROM STDIN, formatted in the driver's C code
+    arrays: bool  # array parameters (unnest, = ANY); else JSON text read by json_each
+    text_datetimes: bool  # datetimes stored as text, in SQLAlchemy's format
+    placeholder: str  # the driver's parameter marker
+    insert: Callable[[sa.Table], Any]  # the INSERT that has on_conflict_do_nothing()
+
+
+SQLITE = Dialect(
+    "sqlite",
+    row_locks=False,
+    copy=False,
+    arrays=False,
+    text_datetimes=True,
+    placeholder="?",
+    insert=sqlite.insert,
+)
+POSTGRESQL = Dialect(
+    "postgresql",
+    row_locks=True,
+    copy=True,
+    arrays=True,
+    text_datetimes=False,
+    placeholder="%s",
+    insert=postgresql.insert,
+)
+
+
+def dialect_of(connection: Connection | Engine) -> Dialect:
+    return POSTGRESQL if connection.dialect.name == "postgresql" else SQLITE
 
 
 def insert(connection: Connection, table: sa.Table) -> Any:
     """The dialect's INSERT, which has on_conflict_do_nothing()."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return dialect_of(connection).insert(table)
 
 
 def bulk_insert(
@@ -53,7 +90,7 @@ def bulk_insert(
         tail += " RETURNING " + ", ".join(returning)
     cursor = tx.connection.cursor()
     try:
-        if tx.dialect.name == "postgresql":
+        if dialect_of(tx).copy:
             if new:
                 copied = _copy_new(cursor, table.name, columns, rows, returning)
                 if copied is not None:
@@ -181,7 +218,7 @@ def stamp(tx: Connection, moment: datetime) -> Any:
     """An aware datetime as `bulk_insert` passes it: what UTCDateTime would have stored."""
     naive = moment.astimezone(UTC).replace(tzinfo=None)
     # SQLAlchemy's SQLite DATETIME text format, so reads parse it like any other row.
-    return naive.isoformat(" ", "microseconds") if tx.dialect.name == "sqlite" else naive
+    return naive.isoformat(" ", "microseconds") if dialect_of(tx).text_datetimes else naive
 
 
 def aware(moment: datetime) -> datetime:
@@ -203,19 +240,19 @@ def chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
         yield chunk
 
 
-def listed(dialect: str, values: Sequence[Any]) -> str:
+def listed(dialect: Dialect, values: Sequence[Any]) -> str:
     """Values as one parameter for listed_select: a PostgreSQL array literal of texts, or
     JSON for SQLite. psycopg would quote an array's elements one by one in Python (600 feed
     names: a third of a claim's own CPU time)."""
-    if dialect == "postgresql":
+    if dialect.arrays:
         quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
         return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
     return json.dumps(list(values))
 
 
-def listed_select(dialect: str, parameter: Any) -> Any:
+def listed_select(dialect: Dialect, parameter: Any) -> Any:
     """SELECT of the values in bound parameter `parameter` (as `listed` wrote them)."""
-    if dialect == "postgresql":
+    if dialect.arrays:
         # IN (SELECT unnest(...)), not = ANY(...): see among.
         return sa.select(sa.func.unnest(sa.cast(parameter, postgresql.ARRAY(sa.Text))))
     return sa.select(sa.func.json_each(parameter).table_valued("value").c.value)
@@ -228,27 +265,28 @@ def among(tx: Connection, column: Any, values: Sequence[Any], kind: Any = sa.Big
     # plan tests ANY element by element for every row it filters (a claim's 600 feed names
     # against each feed: 6.6 ms), where the set is hashed once (under 1 ms). Texts go as
     # one literal (listed), numbers as an array.
-    if tx.dialect.name == "postgresql" and kind is not sa.Text:
+    dialect = dialect_of(tx)
+    if dialect.arrays and kind is not sa.Text:
         array = sa.bindparam(None, list(values), postgresql.ARRAY(kind))
         return column.in_(sa.select(sa.func.unnest(array)))
-    parameter = sa.bindparam(None, listed(tx.dialect.name, values), sa.Text)
-    return column.in_(listed_select(tx.dialect.name, parameter))
+    parameter = sa.bindparam(None, listed(dialect, values), sa.Text)
+    return column.in_(listed_select(dialect, parameter))
 
 
 def select_among(tx: Connection, sql: str, values: Iterable[int], *before: Any) -> list[Any]:
     """The rows of `sql`, straight through the driver: thousands per round would cost more
     in SQLAlchemy's row processing. `{among}` in it stands for `IN values` (a chunk at a
     time, bound as one parameter, as `among` does), `{p}` for a parameter from `before`."""
-    postgres = tx.dialect.name == "postgresql"
+    arrays, marker = dialect_of(tx).arrays, dialect_of(tx).placeholder
     statement = sql.format(
-        p="%s" if postgres else "?",
-        among="= ANY(%s)" if postgres else "IN (SELECT value FROM json_each(?))",
+        p=marker,
+        among=f"= ANY({marker})" if arrays else f"IN (SELECT value FROM json_each({marker}))",
     )
     rows: list[Any] = []
     cursor = tx.connection.cursor()
     try:
         for chunk in chunks(values):
-            cursor.execute(statement, (*before, chunk if postgres else json.dumps(chunk)))
+            cursor.execute(statement, (*before, chunk if arrays else json.dumps(chunk)))
             rows += cursor.fetchall()
     finally:
         cursor.close()

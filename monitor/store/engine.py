@@ -3,7 +3,6 @@ store builds on (one transaction per public method: `_tx` to write, `_read` to r
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,14 +17,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from monitor.errors import UnavailableError
 from monitor.lock import sqlite_file
-from monitor.store.dialect import forget_staging, insert
+from monitor.store.dialect import SQLITE, dialect_of, forget_staging, insert
 from monitor.store.schema import meta
 from monitor.stories import (
     DedupeSettings,
 )
-
-log = logging.getLogger("monitor.store")
-
 
 _READ_ONLY = "monitor_read_only"  # execution option of Store._read's connections
 _MIGRATION_LOCK = 0x6D6F6E69746F72  # "monitor": the advisory lock id for migrations
@@ -87,7 +83,7 @@ def migrate(engine: Engine) -> None:
     migrations = Path(__file__).parent.parent / "migrations"
     alembic_config.set_main_option("script_location", str(migrations))
     with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
+        if dialect_of(connection).row_locks:
             # Workers starting together queue here, so exactly one of them migrates.
             connection.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
@@ -134,7 +130,7 @@ class StoreBase:
 
     @property
     def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
+        return dialect_of(self.engine) is SQLITE
 
     def get_meta(self, key: str) -> str | None:
         with self._read() as tx:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import FeedState, FeedStatus
-from monitor.store.dialect import among, insert
+from monitor.store.dialect import among, dialect_of, insert
 from monitor.store.engine import StoreBase
 from monitor.store.schema import feeds, hosts
 
@@ -49,7 +49,7 @@ def feed_from(row: Any) -> FeedState:
 def lock_feeds(tx: Connection, names: Sequence[str]) -> None:
     """On PostgreSQL, lock these feed rows in name order before updating them, as every
     writer of several feed rows does: no deadlock between workers."""
-    if names and tx.dialect.name == "postgresql":
+    if names and dialect_of(tx).row_locks:
         tx.execute(
             sa.select(feeds.c.id)
             .where(among(tx, feeds.c.name, sorted(names), sa.Text))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,11 +14,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from monitor.models import FeedState, FeedStatus
-from monitor.store.dialect import among, listed, listed_select
+from monitor.store.dialect import POSTGRESQL, Dialect, among, dialect_of, listed, listed_select
 from monitor.store.feeds import FeedStore, ensure_hosts, feed_from, host_of, lock_feeds
 from monitor.store.schema import UTCDateTime, feeds, hosts
-
-log = logging.getLogger("monitor.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +46,14 @@ def release_hosts(
     if not merged:
         return
     ordered = sorted(merged.items())
-    if tx.dialect.name == "postgresql":  # one UPDATE ... FROM unnest(arrays)
+    dialect = dialect_of(tx)
+    if dialect.arrays:  # one UPDATE ... FROM unnest(arrays)
         as_naive = UTCDateTime().process_bind_param
         tx.execute(
-            _release_statement("postgresql"),
+            _release_statement(dialect),
             {
-                "released_hosts": listed("postgresql", [host for (host, _), _ in ordered]),
-                "owners": listed("postgresql", [owner for (_, owner), _ in ordered]),
+                "released_hosts": listed(dialect, [host for (host, _), _ in ordered]),
+                "owners": listed(dialect, [owner for (_, owner), _ in ordered]),
                 "lasts": [as_naive(last, tx.dialect) for _, (last, _) in ordered],
                 "blocks": [as_naive(block, tx.dialect) for _, (_, block) in ordered],
             },
@@ -65,15 +63,15 @@ def release_hosts(
         {"released_host": host, "owner": owner, "last": last, "blocked": blocked}
         for (host, owner), (last, blocked) in ordered
     ]
-    tx.execute(_release_statement(tx.dialect.name), rows)
+    tx.execute(_release_statement(dialect), rows)
 
 
 @functools.cache
-def _release_statement(dialect: str) -> Any:
+def _release_statement(dialect: Dialect) -> Any:
     """release_hosts' UPDATE, built once: it runs with most claims and writer rounds. On
     PostgreSQL one statement for all the hosts (executemany ran one UPDATE per host: as
     long as the claim it came with); on SQLite one per host."""
-    if dialect == "postgresql":
+    if dialect.arrays:
         released = (
             sa.func.unnest(
                 sa.cast(sa.bindparam("released_hosts", type_=sa.Text), postgresql.ARRAY(sa.Text)),
@@ -127,7 +125,7 @@ def _release_statement(dialect: str) -> Any:
 
 
 @functools.cache
-def _claim_query(dialect: str, named: bool, force: bool, with_disabled: bool) -> Any:
+def _claim_query(dialect: Dialect, named: bool, force: bool, with_disabled: bool) -> Any:
     """The due feeds a claim may take, with bound parameters now, owner, cycle, limit (and
     names): built and compiled once, not on every claim (SQLAlchemy's construction was most
     of a claim's own CPU time).
@@ -181,7 +179,7 @@ def _claim_statement(named: bool, force: bool, with_disabled: bool) -> Any:
         "lease_owner": sa.bindparam("owner", type_=sa.Text),
         "lease_expires_at": sa.bindparam("lease_until", type_=UTCDateTime()),
     }
-    picked = _claim_query("postgresql", named, force, with_disabled)
+    picked = _claim_query(POSTGRESQL, named, force, with_disabled)
     picked = picked.with_only_columns(feeds.c.id).cte("picked")
     leased = (
         feeds.update()
@@ -235,7 +233,7 @@ class LeaseStore(FeedStore):
         A host leased by another worker is skipped whole, so per-host politeness holds across
         workers. The leases of a worker that dies expire at `lease_until`.
         """
-        dialect = self.engine.dialect.name
+        dialect = dialect_of(self.engine)
         named, with_disabled = names is not None, bool(force and names is not None)
         values: dict[str, Any] = {
             "now": now,
@@ -246,7 +244,7 @@ class LeaseStore(FeedStore):
         }
         if names is not None:
             values["names"] = listed(dialect, sorted(names))
-        if dialect == "postgresql":
+        if dialect.row_locks:
             # Pick, lease the feeds, lease their hosts and read the hosts' last requests in
             # one statement, each statement in its own transaction: a claim was six round
             # trips to the server. One statement is atomic by itself, and releasing the idle

@@ -3,7 +3,6 @@ sent, sent under a lease, marked sent, retried or dead-lettered."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,8 +24,6 @@ from monitor.store.schema import (
     story_members,
 )
 from monitor.store.stories import story_outlets
-
-log = logging.getLogger("monitor.store")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,8 +20,6 @@ from monitor.store.schema import (
     workers,
 )
 from monitor.store.stories import StoryStore
-
-log = logging.getLogger("monitor.store")
 
 
 @dataclass(frozen=True, slots=True)

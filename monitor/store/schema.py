@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,8 +11,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitor.models import Hit, Item
-
-log = logging.getLogger("monitor.store")
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

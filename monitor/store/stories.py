@@ -3,7 +3,6 @@ per story, watchlist and recipient."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -13,7 +12,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from monitor.models import Item
-from monitor.store.dialect import among, bulk_insert, chunks, copy_rows, insert, select_among, stamp
+from monitor.store.dialect import (
+    among,
+    bulk_insert,
+    chunks,
+    copy_rows,
+    dialect_of,
+    insert,
+    select_among,
+    stamp,
+)
 from monitor.store.engine import StoreBase
 from monitor.store.schema import (
     Recorded,
@@ -37,9 +45,6 @@ from monitor.stories import (
     shingles,
 )
 
-log = logging.getLogger("monitor.store")
-
-
 STORY_LOCK = 0x73746F72696573  # "stories": one clustering transaction at a time on PostgreSQL
 
 _CANDIDATE_CACHE_SIZE = 100_000  # clustered items kept in memory: ~0.5 KB each
@@ -48,7 +53,7 @@ _CANDIDATE_CACHE_SIZE = 100_000  # clustered items kept in memory: ~0.5 KB each
 def lock_stories(tx: Connection) -> None:
     # Two workers clustering at once could each start a story for the same news. The lock is
     # taken before any insert, so it cannot deadlock with the unique indexes.
-    if tx.dialect.name == "postgresql":
+    if dialect_of(tx).row_locks:
         tx.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": STORY_LOCK})
 
 
@@ -153,7 +158,7 @@ def _insert_bands(tx: Connection, rows: Sequence[tuple[int, int]]) -> None:
     # 5x faster than SQLAlchemy's per-row parameter processing (bench/bench_ingest.py). The
     # item ids are new, so only an item's own repeated band could conflict: set() drops it.
     ordered = sorted(set(rows))  # in key order: fewer B-tree pages touched
-    if tx.dialect.name == "postgresql":
+    if dialect_of(tx).copy:
         cursor = tx.connection.cursor()
         try:
             copy_rows(cursor, "story_bands", ("band", "item_id"), ordered)

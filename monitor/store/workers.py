@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,8 +10,6 @@ import sqlalchemy as sa
 from monitor.store.dialect import insert
 from monitor.store.engine import StoreBase
 from monitor.store.schema import workers
-
-log = logging.getLogger("monitor.store")
 
 
 @dataclass(frozen=True, slots=True)
