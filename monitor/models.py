@@ -100,6 +100,54 @@ class FeedState:
         return 86400.0 / self.item_gap if self.item_gap else None
 
 
+class Keep(enum.Enum):
+    """A FeedUpdate field left as the feed's row has it."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class FeedUpdate:
+    """What one poll changes in a feed's stored state (FeedState): built by the poller
+    (outcomes.py), written by the store with the release of the feed's lease. A field set to
+    KEEP leaves its column alone; None clears it."""
+
+    status: FeedStatus | Keep = KEEP
+    url: str | Keep = KEEP  # a permanent redirect adopted
+    host: str | Keep = KEEP
+    title: str | Keep = KEEP
+    etag: str | Keep | None = KEEP
+    last_modified: str | Keep | None = KEEP
+    body_hash: str | Keep | None = KEEP
+    next_poll_at: datetime | Keep | None = KEEP  # None: never again (410 Gone)
+    last_polled_at: datetime | Keep = KEEP
+    last_success_at: datetime | Keep = KEEP
+    last_new_item_at: datetime | Keep = KEEP
+    last_error: str | Keep | None = KEEP
+    last_error_at: datetime | Keep = KEEP
+    error_since: datetime | Keep | None = KEEP
+    consecutive_failures: int | Keep = KEEP
+    items_total: int | Keep = KEEP
+    redirect_url: str | Keep | None = KEEP
+    redirect_count: int | Keep = KEEP
+    ignore_validators: bool | Keep = KEEP
+    unchanged_streak: int | Keep = KEEP
+    item_gap: float | Keep | None = KEEP
+    interval: float | Keep = KEEP
+
+    def columns(self) -> dict[str, Any]:
+        """The changed columns and their values, as stored."""
+        changed = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            name: value.value if isinstance(value, FeedStatus) else value
+            for name, value in changed.items()
+            if value is not KEEP
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class DigestEntry:
     """One matched item as a digest shows it."""

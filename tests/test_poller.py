@@ -27,14 +27,15 @@ import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from monitor import poller, store
+from monitor import poller
 from monitor.app import App, running_app
 from monitor.config import Config
 from monitor.errors import ParseError
-from monitor.models import FeedState, FeedStatus
+from monitor.models import FeedState, FeedStatus, FeedUpdate
 from monitor.parse import parse_feed
 from monitor.parse_pool import ParsePool
 from monitor.poller import _Writer, poll_due
+from monitor.store import schema
 from tests.conftest import HungHost
 from tests.feeds import ENGLISH, GERMAN, rss
 
@@ -515,7 +516,7 @@ def lease_ends(app: App) -> list[datetime | None]:
     with app.store.engine.connect() as connection:
         return [
             connection.execute(sa.select(table.c.lease_expires_at)).scalar_one()
-            for table in (store.feeds, store.hosts)
+            for table in (schema.feeds, schema.hosts)
         ]
 
 
@@ -582,7 +583,7 @@ async def test_a_lease_renewal_gives_back_hosts_gone_idle_while_no_claim_comes(
             await asyncio.wait_for(d_polled(), 20)
             await asyncio.sleep(0.5)
             with app.store.engine.connect() as connection:
-                hosts = store.hosts.c
+                hosts = schema.hosts.c
                 owners = dict(connection.execute(sa.select(hosts.host, hosts.lease_owner)).all())
             release.set()
             report = await cycle
@@ -1103,7 +1104,7 @@ async def test_the_writer_shares_a_round_among_poll_outcomes_arriving_while_it_w
 
         app.store.finish_polls = counted
         writer = _Writer(app)
-        values = {"last_error": None}
+        values = FeedUpdate(last_error=None)
         writer.last_round = 0.5  # rounds are slow: share them
         first = asyncio.create_task(writer.finish("a", values))
         await asyncio.sleep(0.1)
@@ -1173,7 +1174,7 @@ async def test_a_give_back_after_outcomes_waits_for_the_outcome_queued_before_it
 
         app.store.finish_polls = held
         writer = _Writer(app)
-        outcome = asyncio.create_task(writer.finish("a", {"last_error": None}))
+        outcome = asyncio.create_task(writer.finish("a", FeedUpdate(last_error=None)))
         assert await asyncio.to_thread(recording.wait, 10)
         give_back = asyncio.create_task(
             writer.call(lambda: order.append("give back"), after_outcomes=True)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from monitor.models import FeedStatus, Hit, Item, Match, OutgoingMessage
+from monitor.models import FeedStatus, FeedUpdate, Hit, Item, Match, OutgoingMessage
 from monitor.store import DigestRun, Store, open_store
 from monitor.store.dialect import bulk_insert, stamp
 from monitor.store.leases import _claim_statement
@@ -334,10 +334,10 @@ def test_a_host_stays_leased_while_another_of_its_feeds_is_claimed(store: Store)
     assert [f.name for f in store.claim_feeds("w1", NOW, until, 1, ["b"], force=True).feeds] == [
         "b"
     ]
-    store.finish_poll("a", {"last_polled_at": NOW})
+    store.finish_poll("a", FeedUpdate(last_polled_at=NOW))
     store.release_host("heise.de", "w1", NOW, None)
     assert store.claim_feeds("w2", NOW, until, 5, force=True).feeds == []  # still w1's host
-    store.finish_poll("b", {"last_polled_at": NOW})
+    store.finish_poll("b", FeedUpdate(last_polled_at=NOW))
     store.release_host("heise.de", "w1", NOW, None)
     claim = store.claim_feeds("w2", NOW, until, 5, force=True)
     assert len(claim.feeds) == 2
@@ -349,7 +349,7 @@ def test_a_host_wide_retry_after_only_moves_later(store: Store) -> None:
     store.sync_feeds({"a": "https://heise.de/a"}, NOW)
     until = NOW + timedelta(minutes=10)
     store.claim_feeds("w1", NOW, until, 5, force=True)
-    store.finish_poll("a", {"last_polled_at": NOW})
+    store.finish_poll("a", FeedUpdate(last_polled_at=NOW))
     store.release_host("heise.de", "w1", NOW, NOW + timedelta(hours=1))
     # A later release without a block (another feed of the host, polled meanwhile) and one
     # with an earlier block keep the hour.
@@ -393,8 +393,8 @@ def test_a_claim_takes_due_enabled_feeds_unless_a_user_names_them(store: Store) 
         },
         NOW,
     )
-    store.finish_poll("later", {"next_poll_at": NOW + timedelta(hours=1)})
-    store.finish_poll("gone", {"status": FeedStatus.DISABLED.value})
+    store.finish_poll("later", FeedUpdate(next_poll_at=NOW + timedelta(hours=1)))
+    store.finish_poll("gone", FeedUpdate(status=FeedStatus.DISABLED))
     until = NOW + timedelta(minutes=10)
     assert [f.name for f in store.claim_feeds("w1", NOW, until, 50).feeds] == ["due"]
     store.give_back("w1", ["due"], ["a.example.org"], NOW)
@@ -478,7 +478,7 @@ def test_one_cycle_claims_each_feed_once(store: Store) -> None:
         claim = store.claim_feeds("w1", NOW, until, 2, force=True, cycle="one")
         taken += [f.name for f in claim.feeds]
         store.finish_polls(
-            [(f.name, {"next_poll_at": NOW}) for f in claim.feeds],
+            [(f.name, FeedUpdate(next_poll_at=NOW)) for f in claim.feeds],
             [(host, "w1", NOW, None) for host in claim.last_requests],
         )
     assert sorted(taken) == ["a", "b", "c"]
@@ -504,7 +504,7 @@ def test_a_repeated_release_never_moves_the_last_request_back(store: Store) -> N
     store.sync_feeds({"a": "https://heise.de/a"}, NOW)
     store.release_host("heise.de", "w1", NOW + timedelta(seconds=1), None)
     store.claim_feeds("w2", NOW, NOW + timedelta(minutes=10), 5, force=True)
-    store.finish_poll("a", {"last_polled_at": NOW})
+    store.finish_poll("a", FeedUpdate(last_polled_at=NOW))
     store.release_host("heise.de", "w2", NOW + timedelta(seconds=10), None)
     store.release_host("heise.de", "w1", NOW + timedelta(seconds=1), None)  # the repeat
     claim = store.claim_feeds("w3", NOW, NOW + timedelta(minutes=10), 5, force=True)
@@ -521,7 +521,7 @@ def test_hosts_released_together_each_keep_their_own_outcome(store: Store) -> No
     assert len(store.claim_feeds("w2", NOW, until, 5, ["d"], force=True).feeds) == 1
     second = timedelta(seconds=1)
     store.finish_polls(
-        [(name, {"last_polled_at": NOW}) for name in "abc"],
+        [(name, FeedUpdate(last_polled_at=NOW)) for name in "abc"],
         [
             ("heise.de", "w1", NOW + 5 * second, NOW + timedelta(hours=1)),
             ("golem.de", "w1", NOW + 2 * second, None),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from monitor.models import FeedState, FeedStatus
+from monitor.models import FeedState, FeedStatus, FeedUpdate
 from monitor.store.dialect import POSTGRESQL, Dialect, among, dialect_of, listed, listed_select
 from monitor.store.feeds import FeedStore, ensure_hosts, feed_from, host_of, lock_feeds
 from monitor.store.schema import UTCDateTime, feeds, hosts
@@ -323,20 +323,21 @@ class LeaseStore(FeedStore):
                 )
             release_hosts(tx, [(host, owner, now, None) for host in hosts])
 
-    def finish_poll(self, name: str, values: Mapping[str, Any]) -> None:
+    def finish_poll(self, name: str, update: FeedUpdate) -> None:
         """Record one poll's outcome and release the feed's lease, in one transaction."""
-        self.finish_polls([(name, values)])
+        self.finish_polls([(name, update)])
 
     def finish_polls(
         self,
-        outcomes: Sequence[tuple[str, Mapping[str, Any]]],
+        outcomes: Sequence[tuple[str, FeedUpdate]],
         releases: Sequence[tuple[str, str, datetime, datetime | None]] = (),
     ) -> None:
         """`finish_poll` for many feeds and `release_host` for many (host, owner, last
         request, blocked until), in one transaction: one executemany per set of columns
         changed (SQLAlchemy built one statement per feed, the writer's main cost)."""
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for name, values in outcomes:
+        changed = [(name, update.columns()) for name, update in outcomes]
+        for name, values in changed:
             row = {f"new_{column}": value for column, value in values.items()}
             groups.setdefault(tuple(sorted(values)), []).append({"feed_name": name, **row})
         with self._tx() as tx:
@@ -349,7 +350,7 @@ class LeaseStore(FeedStore):
                     .values(**changes, lease_owner=None, lease_expires_at=None),
                     rows,
                 )
-            urls = [str(values["url"]) for _, values in outcomes if "url" in values]
+            urls = [str(values["url"]) for _, values in changed if "url" in values]
             if urls:
                 ensure_hosts(tx, {host_of(url) for url in urls})
             release_hosts(tx, releases)
