@@ -160,6 +160,28 @@ class DigestEntry:
     updated: bool = False  # a re-alert: the item's title or summary changed since it was sent
 
 
+class DeliveryStatus(enum.StrEnum):
+    """Where one match's delivery to one recipient stands."""
+
+    PENDING = "pending"  # queued for its recipient's next digest or alert
+    CLAIMED = "claimed"  # bound to a stored message not yet accepted by the server
+    SENT = "sent"
+    DEAD = "dead"  # its message was refused for good (a dead letter)
+
+
+class MessageStatus(enum.StrEnum):
+    """Where one stored message stands."""
+
+    READY = "ready"  # stored, to be sent (now, or after its backoff)
+    SENT = "sent"  # accepted by the server
+    DEAD = "dead"  # refused for good: a dead letter, until `retry-dead`
+
+
+class MessageKind(enum.StrEnum):
+    DIGEST = "digest"
+    ALERT = "alert"  # an immediate watchlist's message
+
+
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     """A rendered message, stored before it is sent so a resend uses the same bytes."""
@@ -167,4 +189,4 @@ class OutgoingMessage:
     message_id: str
     recipient: str
     mime: bytes
-    kind: str = "digest"  # "digest" or "alert" (an immediate watchlist's message)
+    kind: MessageKind = MessageKind.DIGEST

@@ -174,8 +174,8 @@ def test_claim_is_exclusive_and_mark_sent_finishes(store: Store) -> None:
     ids = [e.delivery_ids[0] for r, e in store.pending_entries() if r == "a@example.org"]
     first = OutgoingMessage("<m1@x>", "a@example.org", b"Subject: one\r\n\r\nbody")
     second = OutgoingMessage("<m2@x>", "a@example.org", b"Subject: two\r\n\r\nbody")
-    assert store.claim(first, ids, NOW)
-    assert not store.claim(second, ids, NOW)  # already claimed: nothing stored
+    assert store.claim_digest(first, ids, NOW)
+    assert not store.claim_digest(second, ids, NOW)  # already claimed: nothing stored
     assert [m.message_id for m in store.ready_messages(NOW)] == ["<m1@x>"]
     assert store.ready_messages(NOW)[0].mime == first.mime
     store.mark_sent("<m1@x>", NOW)
@@ -225,7 +225,7 @@ def test_marking_a_message_finds_its_deliveries_by_index(store: Store) -> None:
 def test_retry_then_dead_letter(store: Store) -> None:
     store.ingest([make_item(1)], match_all, {"xAI": ("a@example.org",)}, NOW)
     ids = [e.delivery_ids[0] for _, e in store.pending_entries()]
-    store.claim(OutgoingMessage("<m@x>", "a@example.org", b"x"), ids, NOW)
+    store.claim_digest(OutgoingMessage("<m@x>", "a@example.org", b"x"), ids, NOW)
     store.mark_retry("<m@x>", "451 try later", NOW, lambda attempts: timedelta(minutes=attempts))
     assert store.ready_messages(NOW) == []
     assert len(store.ready_messages(NOW + timedelta(minutes=1))) == 1
@@ -250,16 +250,18 @@ def test_digest_runs_make_one_claimant_per_period(store: Store) -> None:
     run = DigestRun("xAI", "a@example.org", NOW)
     first = OutgoingMessage("<d1@x>", "a@example.org", b"one")
     second = OutgoingMessage("<d2@x>", "a@example.org", b"two")
-    assert store.claim(first, ids, NOW, [run])
-    assert not store.claim(second, [], NOW, [run])  # same period: another worker lost
+    assert store.claim_digest(first, ids, NOW, [run])
+    assert not store.claim_digest(second, [], NOW, [run])  # same period: another worker lost
     assert [m.message_id for m in store.ready_messages(NOW)] == ["<d1@x>"]
     assert store.last_runs() == {("xAI", "a@example.org"): NOW}
-    assert store.claim(None, [], NOW, [DigestRun("xAI", "a@example.org", NOW + timedelta(days=1))])
+    assert store.claim_digest(
+        None, [], NOW, [DigestRun("xAI", "a@example.org", NOW + timedelta(days=1))]
+    )
     assert store.last_runs()[("xAI", "a@example.org")] == NOW + timedelta(days=1)
 
 
 def test_send_lease_excludes_other_workers(store: Store) -> None:
-    store.claim(OutgoingMessage("<m@x>", "a@example.org", b"x"), [], NOW)
+    store.claim_digest(OutgoingMessage("<m@x>", "a@example.org", b"x"), [], NOW)
     later = NOW + timedelta(minutes=10)
     assert store.lease_message("<m@x>", "worker-1", NOW, later)
     assert not store.lease_message("<m@x>", "worker-2", NOW, later)

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from monitor.models import DigestEntry, OutgoingMessage
+from monitor.models import DeliveryStatus, DigestEntry, MessageKind, MessageStatus, OutgoingMessage
 from monitor.store.dialect import among, aware, chunks, insert
 from monitor.store.engine import StoreBase
 from monitor.store.schema import (
@@ -94,7 +94,7 @@ class OutboxStore(StoreBase):
             .join(matches, deliveries.c.match_id == matches.c.id)
             .join(items, matches.c.item_id == items.c.id)
             .outerjoin(story_members, story_members.c.item_id == items.c.id)
-            .where(deliveries.c.status == "pending")
+            .where(deliveries.c.status == DeliveryStatus.PENDING)
             .order_by(items.c.published_at.desc(), deliveries.c.id)
         )
         if watchlists is not None:
@@ -104,7 +104,7 @@ class OutboxStore(StoreBase):
             outlets = story_outlets(tx, {r.story_id for r in rows if r.story_id is not None})
         return _one_entry_per_story(rows, outlets)
 
-    def claim(
+    def claim_digest(
         self,
         message: OutgoingMessage | None,
         delivery_ids: Sequence[int],
@@ -148,7 +148,7 @@ class OutboxStore(StoreBase):
                     recipient=message.recipient,
                     mime=message.mime,
                     kind=message.kind,
-                    status="ready",
+                    status=MessageStatus.READY,
                     next_attempt_at=now,
                     created_at=now,
                 )
@@ -164,8 +164,8 @@ class OutboxStore(StoreBase):
                 claimed = tx.execute(
                     deliveries.update()
                     .where(among(tx, deliveries.c.id, sorted(delivery_ids)))
-                    .where(deliveries.c.status == "pending")
-                    .values(status="claimed", message_id=message.message_id)
+                    .where(deliveries.c.status == DeliveryStatus.PENDING)
+                    .values(status=DeliveryStatus.CLAIMED, message_id=message.message_id)
                 ).rowcount
                 if claimed != len(delivery_ids):
                     tx.rollback()
@@ -186,7 +186,7 @@ class OutboxStore(StoreBase):
             sa.select(
                 deliveries.c.watchlist, deliveries.c.recipient, sa.func.min(deliveries.c.created_at)
             )
-            .where(deliveries.c.status == "pending")
+            .where(deliveries.c.status == DeliveryStatus.PENDING)
             .group_by(deliveries.c.watchlist, deliveries.c.recipient)
         )
         with self._read() as tx:
@@ -196,14 +196,14 @@ class OutboxStore(StoreBase):
         """Messages stored but not yet accepted by the server, due, and not being sent."""
         query = (
             sa.select(messages.c.message_id, messages.c.recipient, messages.c.mime, messages.c.kind)
-            .where(messages.c.status == "ready")
+            .where(messages.c.status == MessageStatus.READY)
             .where(messages.c.next_attempt_at <= now)
             .where(sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until <= now))
             .order_by(messages.c.created_at)
         )
         with self._read() as tx:
             return [
-                OutgoingMessage(r.message_id, r.recipient, bytes(r.mime), r.kind)
+                OutgoingMessage(r.message_id, r.recipient, bytes(r.mime), MessageKind(r.kind))
                 for r in tx.execute(query)
             ]
 
@@ -228,7 +228,7 @@ class OutboxStore(StoreBase):
             taken = tx.execute(
                 messages.update()
                 .where(messages.c.message_id == message_id)
-                .where(messages.c.status == "ready")
+                .where(messages.c.status == MessageStatus.READY)
                 .where(
                     sa.or_(
                         messages.c.lease_until.is_(None),
@@ -241,19 +241,21 @@ class OutboxStore(StoreBase):
         return bool(taken)
 
     def mark_sent(self, message_id: str, now: datetime) -> None:
-        self._finish(message_id, "sent", now, None)
+        self._finish(message_id, MessageStatus.SENT, now, None)
 
     def mark_dead(self, message_id: str, error: str, now: datetime) -> None:
-        self._finish(message_id, "dead", now, error)
+        self._finish(message_id, MessageStatus.DEAD, now, error)
 
-    def _finish(self, message_id: str, status: str, now: datetime, error: str | None) -> None:
+    def _finish(
+        self, message_id: str, status: MessageStatus, now: datetime, error: str | None
+    ) -> None:
         """A sent message stays sent: a refusal reported late (by a worker whose lease ran
         out meanwhile) does not turn it, or its deliveries, into dead letters."""
         with self._tx() as tx:
             changed = tx.execute(
                 messages.update()
                 .where(messages.c.message_id == message_id)
-                .where(messages.c.status != "sent")
+                .where(messages.c.status != MessageStatus.SENT)
                 .values(
                     status=status,
                     sent_at=now,
@@ -267,7 +269,7 @@ class OutboxStore(StoreBase):
                 tx.execute(
                     deliveries.update()
                     .where(deliveries.c.message_id == message_id)
-                    .values(status=status, sent_at=now)
+                    .values(status=DeliveryStatus(status.value), sent_at=now)
                 )
 
     def mark_retry(
@@ -297,14 +299,14 @@ class OutboxStore(StoreBase):
         with self._read() as tx:
             pending = tx.execute(
                 sa.select(sa.func.count(), sa.func.min(deliveries.c.created_at)).where(
-                    deliveries.c.status.in_(("pending", "claimed"))
+                    deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED))
                 )
             ).one()
             ready = tx.execute(
-                sa.select(sa.func.count()).where(messages.c.status == "ready")
+                sa.select(sa.func.count()).where(messages.c.status == MessageStatus.READY)
             ).scalar_one()
             dead = tx.execute(
-                sa.select(sa.func.count()).where(deliveries.c.status == "dead")
+                sa.select(sa.func.count()).where(deliveries.c.status == DeliveryStatus.DEAD)
             ).scalar_one()
         oldest = aware(pending[1]) if pending[1] is not None else None
         return Outbox(int(pending[0]), int(ready), int(dead), oldest)
@@ -313,7 +315,7 @@ class OutboxStore(StoreBase):
         """Send dead letters (of one recipient, or all) again, once their cause is fixed (a
         mailbox restored, a sender allowed): the same bytes and Message-ID, ready now, and
         their deliveries claimed by them again. Returns how many."""
-        query = sa.select(messages.c.message_id).where(messages.c.status == "dead")
+        query = sa.select(messages.c.message_id).where(messages.c.status == MessageStatus.DEAD)
         if recipient is not None:
             query = query.where(messages.c.recipient == recipient)
         with self._tx() as tx:
@@ -323,7 +325,7 @@ class OutboxStore(StoreBase):
                     messages.update()
                     .where(among(tx, messages.c.message_id, chunk, sa.Text))
                     .values(
-                        status="ready",
+                        status=MessageStatus.READY,
                         attempts=0,
                         last_error=None,
                         next_attempt_at=now,
@@ -335,8 +337,8 @@ class OutboxStore(StoreBase):
                 tx.execute(
                     deliveries.update()
                     .where(among(tx, deliveries.c.message_id, chunk, sa.Text))
-                    .where(deliveries.c.status == "dead")
-                    .values(status="claimed", sent_at=None)
+                    .where(deliveries.c.status == DeliveryStatus.DEAD)
+                    .values(status=DeliveryStatus.CLAIMED, sent_at=None)
                 )
         return len(found)
 
@@ -345,7 +347,7 @@ class OutboxStore(StoreBase):
         with self._read() as tx:
             rows = tx.execute(
                 sa.select(messages.c.recipient, messages.c.last_error).where(
-                    messages.c.status == "dead"
+                    messages.c.status == MessageStatus.DEAD
                 )
             )
             return [(row.recipient, row.last_error or "") for row in rows]

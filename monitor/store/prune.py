@@ -7,6 +7,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from monitor.models import DeliveryStatus, MessageStatus
 from monitor.store.schema import (
     deliveries,
     digest_runs,
@@ -49,7 +50,7 @@ class PruneStore(StoryStore):
         busy = (
             sa.select(matches.c.item_id)
             .join(deliveries, deliveries.c.match_id == matches.c.id)
-            .where(deliveries.c.status.in_(("pending", "claimed")))
+            .where(deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)))
         )
         old = (
             sa.select(items.c.id)
@@ -68,7 +69,7 @@ class PruneStore(StoryStore):
             bound = sa.select(deliveries.c.message_id).where(deliveries.c.message_id.is_not(None))
             sent = tx.execute(
                 messages.delete()
-                .where(messages.c.status.in_(("sent", "dead")))
+                .where(messages.c.status.in_((MessageStatus.SENT, MessageStatus.DEAD)))
                 .where(messages.c.created_at < items_before)
                 .where(messages.c.message_id.not_in(bound))
             )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from typing_extensions import override
 
 from monitor.models import Hit, Item
 
@@ -19,6 +20,7 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     impl = sa.DateTime
     cache_ok = True
 
+    @override
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
@@ -26,6 +28,7 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             raise ValueError("naive datetime given to the store; pass an aware UTC datetime")
         return value.astimezone(UTC).replace(tzinfo=None)
 
+    @override
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None else None
 

@@ -11,7 +11,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from monitor.models import Item
+from monitor.models import DeliveryStatus, Item
 from monitor.store.dialect import (
     among,
     bulk_insert,
@@ -194,7 +194,7 @@ def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:
         .join(story_members, story_members.c.item_id == matches.c.item_id)
         .where(story_members.c.story_id == story)
         .where(deliveries.c.watchlist == watchlist)
-        .where(deliveries.c.status != "dead")
+        .where(deliveries.c.status != DeliveryStatus.DEAD)
     )
     return set(tx.execute(query).scalars())
 
@@ -332,7 +332,8 @@ class StoryStore(StoreBase):
                     queued.update(_already_queued(tx, story, found.watchlist))
             wanted = [r for r in recipients.get(found.watchlist, ()) if r not in queued]
             queued.update(wanted)
-            rows += [(found.match_id, found.watchlist, r, "pending", created) for r in wanted]
+            pending = DeliveryStatus.PENDING.value  # straight to the driver
+            rows += [(found.match_id, found.watchlist, r, pending, created) for r in wanted]
         columns = ("match_id", "watchlist", "recipient", "status", "created_at")
         # New rows: a match is queued once, with its item's story (_settle, under the story
         # lock, skips items already in one) or as a revision just stored.
