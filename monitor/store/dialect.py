@@ -125,10 +125,7 @@ def _copy_new(
     table, under a savepoint. None if a row turned out to exist after all (another worker
     inserted it meanwhile): the savepoint is rolled back and the caller inserts by the
     staging table, which skips such rows. Beside that path this writes each row once, not
-    twice, and sorts nothing in the server: PostgreSQL's CPU for bench_workers' in-process
-    cold and warm cycle of 600 feeds went from 2.00-2.09 s to 1.82-1.97 s (three pairs; the
-    cycle's own time moved within its noise, 0.98x summed over ten pairs). The database
-    server is what every worker shares.
+    twice, and sorts nothing in the server, which every worker shares (docs/store.md).
 
     An "id" in `returning` that is not among the columns is taken from the table's id
     sequence beforehand. The rows go in the order of their first column, which must be
@@ -262,9 +259,8 @@ def among(tx: Connection, column: Any, values: Sequence[Any], kind: Any = sa.Big
     """`column IN values` as one bound parameter: thousands of hashes per ingest (or feed
     names per claim) would otherwise cost a bind parameter each to compile."""
     # On PostgreSQL IN (SELECT unnest(...)), not = ANY(...): a prepared statement's generic
-    # plan tests ANY element by element for every row it filters (a claim's 600 feed names
-    # against each feed: 6.6 ms), where the set is hashed once (under 1 ms). Texts go as
-    # one literal (listed), numbers as an array.
+    # plan tests ANY element by element for every row it filters, where the set is hashed
+    # once (docs/store.md). Texts go as one literal (listed), numbers as an array.
     dialect = dialect_of(tx)
     if dialect.arrays and kind is not sa.Text:
         array = sa.bindparam(None, list(values), postgresql.ARRAY(kind))

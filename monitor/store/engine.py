@@ -62,7 +62,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     # Checkpoint every 64 MiB of WAL, not every 4 MiB: LSH band inserts touch pages all over
     # their index, and a page rewritten by many commits is then copied back once, not each
-    # time (bench/bench_ingest.py: +15 % items/s at 100,000 items).
+    # time (docs/store.md).
     cursor.execute("PRAGMA wal_autocheckpoint=16384")
     cursor.close()
 

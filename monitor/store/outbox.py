@@ -159,8 +159,7 @@ class OutboxStore(StoreBase):
                 return False
             if delivery_ids:
                 # One bound array, not a parameter per id: a digest binds hundreds, and
-                # each count made a statement of its own to compile and plan (bench: a
-                # fifth of the claim's time on PostgreSQL).
+                # each count would make a statement of its own to compile and plan.
                 claimed = tx.execute(
                     deliveries.update()
                     .where(among(tx, deliveries.c.id, sorted(delivery_ids)))

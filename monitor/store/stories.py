@@ -72,7 +72,7 @@ def _story_candidates(
 ) -> dict[int, list[Candidate]]:
     """band -> the stored items (first seen since `since`) that share it, with their story.
 
-    Unrelated news shares a band now and then (~1 in 700 pairs of the bench's articles), so
+    Unrelated news shares a band now and then (docs/store.md), so
     each new item meets dozens of candidates, again in every batch: `cache` (item id ->
     first seen, candidate) keeps them, and only the (band, item id) pairs are read each time.
     An entry older than the window is read again: its id may have been reused after a prune.
@@ -154,8 +154,8 @@ def story_outlets(tx: Connection, story_ids: Iterable[int]) -> dict[int, list[tu
 
 
 def _insert_bands(tx: Connection, rows: Sequence[tuple[int, int]]) -> None:
-    # 32 rows per new item: straight to the driver's executemany (SQLite) or COPY, which are
-    # 5x faster than SQLAlchemy's per-row parameter processing (bench/bench_ingest.py). The
+    # 32 rows per new item: straight to the driver's executemany (SQLite) or COPY, not
+    # through SQLAlchemy's per-row parameter processing (docs/store.md). The
     # item ids are new, so only an item's own repeated band could conflict: set() drops it.
     ordered = sorted(set(rows))  # in key order: fewer B-tree pages touched
     if dialect_of(tx).copy:
