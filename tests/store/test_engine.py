@@ -42,8 +42,8 @@ def test_sqlite_readers_do_not_wait_for_the_writer(tmp_path: Path) -> None:
     store.sync_feeds({"a": "https://a.example/feed"}, NOW)
     holding, done = threading.Event(), threading.Event()
 
-    def writer() -> None:  # holds the write lock until the reads below are done
-        with store._tx() as tx:
+    def writer() -> None:  # holds the write lock (BEGIN IMMEDIATE) until the reads are done
+        with store.engine.begin() as tx:
             tx.execute(sa.text("UPDATE feeds SET etag = 'changing'"))
             holding.set()
             done.wait(60)
