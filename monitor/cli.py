@@ -29,7 +29,7 @@ from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Match
 from monitor.poller import poll_due
 from monitor.startup import release_sighup
-from monitor.store import Store, open_store
+from monitor.store import Store, database_trouble, open_store
 from monitor.text import clean_text
 from monitor.watchlists import Matcher
 
@@ -118,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except MonitorError as error:
         print(f"monitor: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:  # the database failing under a command: one line, no traceback
+        if (trouble := database_trouble(error)) is None:
+            raise
+        print(f"monitor: {trouble}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -44,7 +44,7 @@ from monitor.metrics import Metrics, PollOutcome, start_endpoint
 from monitor.notify import Notifier
 from monitor.poller import CycleReport, poll_due
 from monitor.retention import prune
-from monitor.startup import hold_sighup, sighup_held
+from monitor.startup import hold_sighup, take_held_sighup
 from monitor.status import Health, Heartbeat, take_snapshot, write_heartbeat
 from monitor.store import database_trouble
 from monitor.workers import Registry
@@ -534,4 +534,4 @@ async def run_daemon(config: Config, config_path: Path) -> None:
     with database_lock(config.database, "monitor run"):
         async with running_app(config) as app:
             daemon = Daemon(app, config_path, ticks, Notifier(), Metrics())
-            await daemon.run(reload_at_once=sighup_held)
+            await daemon.run(reload_at_once=take_held_sighup)

@@ -3,8 +3,8 @@
 SIGHUP's default action ends a process. Importing the libraries and reading the config take
 a second or more, and a `systemctl reload` in that time ended `monitor run` silently (exit
 129, empty log). So the handler is installed here, before anything else runs, and only
-remembers the signal: the daemon re-reads its config once it runs, and any other command
-gets SIGHUP's default action back (`release_sighup`), a held one included.
+remembers the signal: the daemon re-reads its config once it runs (`take_held_sighup`), and
+any other command gets SIGHUP's default action back (`release_sighup`), a held one included.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ def hold_sighup() -> None:
     signal.signal(signal.SIGHUP, _hold)
 
 
-def sighup_held() -> bool:
-    """Whether a SIGHUP came while it was held."""
-    return bool(_held)
+def take_held_sighup() -> bool:
+    """Whether a SIGHUP came while it was held (and forget it: it is acted on now)."""
+    held = bool(_held)
+    _held.clear()
+    return held
 
 
 def release_sighup() -> None:

@@ -157,3 +157,30 @@ def test_migrate_db_to_a_server_that_is_not_there_is_one_line(
     )
     assert "Connection refused" in line and line.endswith("Nothing was copied")
     assert "secret" not in done.stderr
+
+
+def test_a_full_disk_under_monitor_poll_is_one_line(
+    httpserver: HTTPServer, tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    growing_feed(httpserver)
+    config = write_config(
+        {
+            "feeds": [{"name": "a", "url": httpserver.url_for("/feed")}],
+            "watchlists": [{"name": "w", "terms": ["xAI"], "recipients": ["a@example.org"]}],
+        }
+    )
+    assert run_cli(config, "poll").returncode == 0
+    limit = 64 * 1024  # the database is larger: it is read, but no file can grow past this
+    assert (tmp_path / "monitor.db").stat().st_size > limit
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "--config", str(config), "poll", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: file_size_limit(0, limit),
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1].startswith(
+        "monitor: the database: disk I/O error; is its disk full or failing?"
+    )
+    assert "Traceback" not in done.stderr
