@@ -31,6 +31,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from monitor.config import database_url
 from monitor.errors import UnavailableError
 from monitor.lock import sqlite_file
 from monitor.models import DigestEntry, FeedState, FeedStatus, Hit, Item, Match, OutgoingMessage
@@ -358,6 +359,7 @@ def _hint(url: str) -> str:
 
 
 def create_engine(url: str) -> Engine:
+    url = database_url(url)  # `migrate-db --to` takes one from the command line
     if url.startswith("sqlite"):
         if (file := sqlite_file(url)) is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
