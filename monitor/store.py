@@ -174,6 +174,9 @@ messages = sa.Table(
     sa.Index("ix_messages_status_next", "status", "next_attempt_at"),
 )
 
+# What is told about a message without its bytes.
+_ABOUT_MESSAGE = [c for c in messages.c if c.name != "mime"]
+
 deliveries = sa.Table(
     "deliveries",
     metadata,
@@ -324,10 +327,32 @@ class WorkerInfo:
 class Outbox:
     """Counts for status displays."""
 
-    pending: int
-    ready: int
-    dead: int
+    pending: int  # deliveries (a watchlist's match for a recipient) not yet accepted
+    ready: int  # messages stored, waiting to be sent
+    dead: int  # dead letters: messages the server refused for good
     oldest_pending: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredMessage:
+    """A message whose last attempt failed for a reason that may pass; it waits its turn."""
+
+    recipient: str
+    kind: str
+    attempts: int
+    next_attempt_at: datetime
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the server refused for good; `monitor retry-dead` sends it again."""
+
+    message_id: str
+    recipient: str
+    kind: str
+    since: datetime  # when it was refused
+    error: str
 
 
 def open_store(url: str, dedupe: DedupeSettings | None = None) -> Store:
@@ -896,6 +921,12 @@ class Store:
         with self._read() as tx:
             rows = tx.execute(sa.select(feeds.c.name, feeds.c.status))
             return {name: FeedStatus(status) for name, status in rows}
+
+    def last_poll_at(self) -> datetime | None:
+        """When any feed was last polled, by the daemon or by `monitor poll`."""
+        with self._read() as tx:
+            last = tx.execute(sa.select(sa.func.max(feeds.c.last_polled_at))).scalar()
+        return _aware(last) if last is not None else None
 
     def feed_state(self, name: str) -> FeedState | None:
         with self._read() as tx:
@@ -1529,15 +1560,17 @@ class Store:
         with self._read() as tx:
             return {(w, r): _aware(created) for w, r, created in tx.execute(query)}
 
-    def ready_messages(self, now: datetime) -> list[OutgoingMessage]:
-        """Messages stored but not yet accepted by the server, due, and not being sent."""
+    def ready_messages(self, now: datetime, *, flush: bool = False) -> list[OutgoingMessage]:
+        """Messages stored but not yet accepted by the server, due (flush: waiting for a
+        retry or not, as `postqueue -f`), and not being sent."""
         query = (
             sa.select(messages.c.message_id, messages.c.recipient, messages.c.mime, messages.c.kind)
             .where(messages.c.status == "ready")
-            .where(messages.c.next_attempt_at <= now)
             .where(sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until <= now))
             .order_by(messages.c.created_at)
         )
+        if not flush:
+            query = query.where(messages.c.next_attempt_at <= now)
         with self._read() as tx:
             return [
                 OutgoingMessage(r.message_id, r.recipient, bytes(r.mime), r.kind)
@@ -1645,7 +1678,7 @@ class Store:
                 sa.select(sa.func.count()).where(messages.c.status == "ready")
             ).scalar_one()
             dead = tx.execute(
-                sa.select(sa.func.count()).where(deliveries.c.status == "dead")
+                sa.select(sa.func.count()).where(messages.c.status == "dead")
             ).scalar_one()
         oldest = _aware(pending[1]) if pending[1] is not None else None
         return Outbox(int(pending[0]), int(ready), int(dead), oldest)
@@ -1681,15 +1714,46 @@ class Store:
                 )
         return len(found)
 
-    def dead_letters(self) -> list[tuple[str, str]]:
-        """(recipient, last error) of each message the server refused for good."""
+    def dead_letters(self, recipient: str | None = None) -> list[DeadLetter]:
+        """Each message the server refused for good (of one recipient), oldest first."""
+        query = (
+            sa.select(*_ABOUT_MESSAGE)
+            .where(messages.c.status == "dead")
+            .order_by(messages.c.sent_at, messages.c.recipient)
+        )
+        if recipient is not None:
+            query = query.where(messages.c.recipient == recipient)
         with self._read() as tx:
-            rows = tx.execute(
-                sa.select(messages.c.recipient, messages.c.last_error).where(
-                    messages.c.status == "dead"
+            return [
+                DeadLetter(
+                    row.message_id,
+                    row.recipient,
+                    row.kind,
+                    _aware(row.sent_at or row.created_at),
+                    row.last_error or "",
                 )
-            )
-            return [(row.recipient, row.last_error or "") for row in rows]
+                for row in tx.execute(query)
+            ]
+
+    def deferred_messages(self) -> list[DeferredMessage]:
+        """Messages waiting for another attempt after a failure that may pass, soonest first."""
+        query = (
+            sa.select(*_ABOUT_MESSAGE)
+            .where(messages.c.status == "ready")
+            .where(messages.c.attempts > 0)
+            .order_by(messages.c.next_attempt_at, messages.c.recipient)
+        )
+        with self._read() as tx:
+            return [
+                DeferredMessage(
+                    row.recipient,
+                    row.kind,
+                    row.attempts,
+                    _aware(row.next_attempt_at),
+                    row.last_error or "",
+                )
+                for row in tx.execute(query)
+            ]
 
     # ------------------------------------------------------------------ schedules and meta
 
