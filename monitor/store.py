@@ -9,6 +9,7 @@ is sent.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -33,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from monitor.config import database_url
 from monitor.errors import UnavailableError
+from monitor.files import adopt, describe, make_dirs
 from monitor.lock import sqlite_file
 from monitor.models import DigestEntry, FeedState, FeedStatus, Hit, Item, Match, OutgoingMessage
 from monitor.stories import (
@@ -376,8 +378,14 @@ def open_store(url: str, dedupe: DedupeSettings | None = None) -> Store:
 
 def _hint(url: str) -> str:
     """Under systemd, where the service may write: a relative `database:` is taken from the
-    config file's directory, /etc/monitor, which it may not."""
+    config file's directory, /etc/monitor, which it may not. And which file this user may
+    not write (one an older monitor made under sudo), and whose it is."""
     state, file = os.environ.get("STATE_DIRECTORY"), sqlite_file(url)
+    if file is not None:
+        family = (file.parent, file, *(file.with_name(file.name + s) for s in ("-wal", "-shm")))
+        for path in family:
+            if path.exists() and not os.access(path, os.W_OK):
+                return f"; {describe(PermissionError(errno.EACCES, 'denied', str(path)))}"
     if not state or file is None or str(file).startswith(state.split(":")[0]):
         return ""
     return f" (this service may write only in {state}: set database: {state}/monitor.db)"
@@ -386,10 +394,11 @@ def _hint(url: str) -> str:
 def create_engine(url: str) -> Engine:
     url = database_url(url)  # `migrate-db --to` takes one from the command line
     if url.startswith("sqlite"):
-        if (file := sqlite_file(url)) is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        if (file := sqlite_file(url)) is not None:
+            make_dirs(file.parent)
+            sa.event.listen(engine, "connect", functools.partial(_adopt_files, file))
         sa.event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     if url.startswith("postgresql://"):
@@ -422,6 +431,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # time (bench/bench_ingest.py: +15 % items/s at 100,000 items).
     cursor.execute("PRAGMA wal_autocheckpoint=16384")
     cursor.close()
+
+
+def _adopt_files(file: Path, _dbapi_connection: Any, _record: Any) -> None:
+    """The database, -wal and -shm (made by the pragmas) stay the owner's of their
+    directory under `sudo monitor ...` (monitor.files), so the service can go on writing."""
+    for path in (file, file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
+        adopt(path)
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
