@@ -4,10 +4,12 @@ servers: a manual send is a flush, state made by root stays the service's, libpq
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,7 @@ from aiosmtpd.controller import Controller
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+import monitor
 from monitor.cli import main
 from tests.conftest import SmtpRecorder, free_port
 
@@ -160,19 +163,51 @@ def service_dir() -> Iterator[Path]:
         shutil.rmtree(top)
 
 
-def as_nobody(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run monitor as the service user would: another process, uid and gid nobody."""
+def _run_as_nobody(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # This interpreter's packages and this checkout, for another interpreter of the same
+    # version when this one lives where nobody may not go (a pyenv under /root).
+    paths = [sysconfig.get_paths()["purelib"], str(Path(monitor.__file__).parents[1])]
     return subprocess.run(
-        [sys.executable, "-m", "monitor", "--config", str(path), *args],
+        command,
         user=NOBODY,
         group=NOBODY,
         extra_groups=[],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=path.parent,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(path.parent)},
+        cwd=cwd,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(paths),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HOME": str(cwd),
+        },
     )
+
+
+@functools.cache
+def _interpreter_for_nobody() -> str | None:
+    candidates = [sys.executable, shutil.which("python3", path="/usr/bin:/usr/local/bin")]
+    for python in filter(None, candidates):
+        probe = [
+            python,
+            "-c",
+            f"import sys, monitor; assert sys.version_info[:2] == {sys.version_info[:2]}",
+        ]
+        try:
+            if _run_as_nobody(probe, Path("/")).returncode == 0:
+                return python
+        except PermissionError:
+            continue
+    return None
+
+
+def as_nobody(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run monitor as the service user would: another process, uid and gid nobody."""
+    python = _interpreter_for_nobody()
+    if python is None:
+        pytest.skip("no Python interpreter of this version that the user nobody may run")
+    return _run_as_nobody([python, "-m", "monitor", "--config", str(path), *args], path.parent)
 
 
 def write_at(directory: Path, data: dict[str, Any]) -> Path:
@@ -187,6 +222,7 @@ def test_a_command_run_as_root_leaves_the_state_to_its_owner(
     feed: LiveFeed, service_dir: Path
 ) -> None:
     path = write_at(service_dir, settings(feed, None))
+    (service_dir / "outbox" / "cur").mkdir(parents=True)  # root's, left by an older monitor
     poll_news(path, feed, "xAI hires a new chief scientist")  # as root, as `sudo monitor poll`
     assert main(["--config", str(path), "digest", "--send"]) == 0  # `sudo monitor digest --send`
     created = [p for p in service_dir.rglob("*") if p.name != "config.yaml"]
@@ -199,28 +235,42 @@ def test_a_command_run_as_root_leaves_the_state_to_its_owner(
 
     # The service, as its own user, goes on: polls, composes, writes into the outbox.
     feed.add("later", "xAI ships a new model")
-    polled = as_nobody(path, "poll")
+    polled = as_nobody(path, "poll", "--all")
     assert polled.returncode == 0, polled.stderr
     sent = as_nobody(path, "digest", "--send")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert len(list((service_dir / "outbox" / "new").iterdir())) == 4
 
 
-def test_a_permission_error_names_the_path_and_the_user(
-    feed: LiveFeed, service_dir: Path
-) -> None:
+def test_a_permission_error_names_the_path_and_the_user(feed: LiveFeed, service_dir: Path) -> None:
     path = write_at(service_dir, settings(feed, None))
     outbox = service_dir / "outbox"
     for sub in ("tmp", "new", "cur"):
         (outbox / sub).mkdir(parents=True)  # made by hand as root, by an old version, ...
     os.chown(outbox, NOBODY, NOBODY)
-    assert as_nobody(path, "poll").returncode == 0
+    lock = service_dir / "monitor.db.lock"
+    lock.touch()  # root's, as an older monitor left it
+    refused = as_nobody(path, "poll", "--all")
+    assert refused.returncode == 1
+    assert f"permission denied for user nobody on {lock}, owned by root" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    os.chown(lock, NOBODY, NOBODY)
+    database = service_dir / "monitor.db"
+    database.touch()  # root's too
+    refused = as_nobody(path, "poll", "--all")
+    assert refused.returncode == 1
+    assert f"permission denied for user nobody on {database}, owned by root" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    os.chown(database, NOBODY, NOBODY)
+
+    assert as_nobody(path, "poll", "--all").returncode == 0
     feed.add("news", "xAI opens an office in Berlin")
-    assert as_nobody(path, "poll").returncode == 0
+    assert as_nobody(path, "poll", "--all").returncode == 0
     sent = as_nobody(path, "digest", "--send")
     assert sent.returncode == 1
     said = sent.stdout + sent.stderr
-    assert f"{outbox / 'tmp'}" in said and "nobody" in said and "owned by root" in said, said
+    assert f"permission denied for user nobody on {outbox / 'tmp'}, owned by root" in said, said
+    assert f"sudo chown -R nobody {outbox / 'tmp'}" in said
     assert "Traceback" not in said
 
 
@@ -277,9 +327,7 @@ def test_status_shows_a_poll_by_monitor_poll_and_lists_dead_letters_in_one_unit(
     recorder.refuse["a@example.org"] = "550 5.1.1 no such mailbox"
     feed = LiveFeed(httpserver)
     data = settings(feed, port, timezone="UTC")
-    data["watchlists"].append(
-        {"name": "Grok", "terms": ["Grok"], "recipients": ["a@example.org"]}
-    )
+    data["watchlists"].append({"name": "Grok", "terms": ["Grok"], "recipients": ["a@example.org"]})
     path = write_config(data)
     poll_news(path, feed, "xAI releases Grok 5", "Grok answers in German", "xAI in Memphis")
     capsys.readouterr()

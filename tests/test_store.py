@@ -241,7 +241,11 @@ def test_retry_then_dead_letter(store: Store) -> None:
     assert len(store.ready_messages(NOW, flush=True)) == 1  # an operator's flush
     assert len(store.ready_messages(NOW + timedelta(minutes=1))) == 1
     (deferred,) = store.deferred_messages()
-    assert (deferred.recipient, deferred.attempts, deferred.error) == ("a@example.org", 1, "451 try later")
+    assert (deferred.recipient, deferred.attempts, deferred.error) == (
+        "a@example.org",
+        1,
+        "451 try later",
+    )
     assert deferred.next_attempt_at == NOW + timedelta(minutes=1)
     store.mark_dead("<m@x>", "550 no such user", NOW)
     assert store.outbox().dead == 1  # dead letters are messages, not the deliveries in them
