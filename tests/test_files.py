@@ -64,3 +64,21 @@ def test_describe_a_refusal_in_ones_own_directory_points_at_the_mode(tmp_path: P
     (tmp_path / "new").mkdir()
     said = describe(error)
     assert f"on {tmp_path / 'new'}, which it owns; check its mode" in said
+
+
+@root_only
+def test_a_database_opened_by_root_stays_its_directorys_owners(tmp_path: Path) -> None:
+    from monitor.store import open_store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, NOBODY, NOBODY)
+    store = open_store(f"sqlite:///{state / 'db' / 'monitor.db'}")
+    try:
+        store.set_meta("written", "by root")  # the -wal and -shm exist while it is open
+        made = ["db", "db/monitor.db", "db/monitor.db-wal", "db/monitor.db-shm"]
+        assert {name: owner(state / name) for name in made} == {
+            name: (NOBODY, NOBODY) for name in made
+        }
+    finally:
+        store.close()
