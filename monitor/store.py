@@ -1409,6 +1409,25 @@ class Store:
             row = tx.execute(sa.select(items).where(where).order_by(items.c.id)).first()
         return (row.id, _item_from(row)) if row else None
 
+    def find_items(
+        self, wanted: str, urls: Collection[str] = (), limit: int = 20
+    ) -> list[tuple[int, Item]]:
+        """Stored items by id or key; else by one of `urls`; else those whose title holds
+        `wanted` in any case, up to `limit`, oldest first (read-only; `test --why-not`)."""
+        by_title = sa.func.lower(items.c.title).contains(wanted.lower(), autoescape=True)
+        searches = [items.c.key == wanted]
+        if wanted.isdigit():
+            searches[0] = sa.or_(items.c.id == int(wanted), searches[0])
+        if urls:
+            searches.append(items.c.url.in_(list(urls)))
+        searches.append(sa.or_(by_title, items.c.title.contains(wanted, autoescape=True)))
+        with self._read() as tx:
+            for where in searches:
+                query = sa.select(items).where(where).order_by(items.c.id).limit(limit)
+                if rows := tx.execute(query).all():
+                    return [(row.id, _item_from(row)) for row in rows]
+        return []
+
     # ------------------------------------------------------------------ outbox
 
     def pending_entries(
