@@ -507,13 +507,24 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
     width = None if args.wide or not sys.stdout.isatty() else shutil.get_terminal_size().columns
     names = [_feed_name(feed) for feed, _ in rows]
     name_width = max([4, *map(len, names)])
+    if width is not None and name_width + _FEED_COLUMNS > width:
+        name_width = max(4, min(name_width, width - _FEED_COLUMNS, _NAME_COLUMN))
     print(
         f"{'FEED':{name_width}} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16} {'FAILS':>5} "
         f"{'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
     )
     for name, (feed, state) in zip(names, rows, strict=True):
+        if len(name) > name_width:  # the whole name on a line of its own, the row below
+            print(name)
+            name = ""
         print(_feed_row(name.ljust(name_width), feed, state, config, width))
     return EXIT_OK
+
+
+# The width of a `monitor feeds` row after the name, up to the last error; and the name
+# column on a terminal too narrow for the longest name (longer names get a line of their own).
+_FEED_COLUMNS = 78
+_NAME_COLUMN = 24
 
 
 def _is_failing(feed: FeedConfig, state: FeedState) -> bool:

@@ -407,3 +407,37 @@ def test_twice_daily_and_weekly_by_day_name_load(write_config: Write) -> None:
     schedules = [config.deliveries_of(w)[0].schedule for w in config.watchlists]
     assert [str(s) for s in schedules] == ["daily 07:00, 16:00", "weekly MON 07:00"]
     assert main(["--config", str(write_config(data)), "check"]) == 0
+
+
+def test_a_display_name_a_header_could_misread_is_refused(write_config: Write) -> None:
+    from monitor.errors import ConfigError
+
+    data = {
+        "feeds": [{"name": "f", "url": "https://example.org/feed"}],
+        "watchlists": [
+            {"name": "w", "terms": ["x"], "recipients": ["=?utf-8?q?Boss?= <a@example.org>"]}
+        ],
+    }
+    with pytest.raises(ConfigError) as refused:
+        load_config(write_config(data))
+    assert "watchlists[0].recipients[0]" in refused.value.problems[0]
+    assert "'=?', which mail programs read as an encoded word" in refused.value.problems[0]
+
+
+def test_feeds_wraps_a_long_error_on_a_narrow_terminal(
+    httpserver: HTTPServer,
+    write_config: Write,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = broken_feeds(httpserver, write_config)
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main(["--config", str(path), "feeds"]) == 0
+    lines = out_of(capsys)[0].splitlines()
+    assert all(len(line) <= 120 for line in lines), lines
+    name = lines.index(LONG_NAME)  # whole, on a line of its own, its row below
+    assert lines[name + 1].startswith(" " * 24 + " ok ")
+    page = next(n for n, line in enumerate(lines) if line.startswith("Startseite"))
+    assert lines[page + 1].startswith("    the server sent an HTML page")  # the error, below

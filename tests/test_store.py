@@ -636,3 +636,24 @@ def test_a_schema_a_newer_monitor_migrated_is_refused_in_one_line(database_url: 
     engine.dispose()
     with pytest.raises(UnavailableError, match="schema is newer than this monitor knows"):
         open_store(database_url)
+
+
+def test_find_items_by_id_key_url_or_title_words(store: Store) -> None:
+    titles = ["Musk und xAI", "Wetter: Schnee in München", "ÜBERNAHME 100% sicher", "xAI wächst"]
+    batch = [make_item(n, title=title) for n, title in enumerate(titles)]
+    store.ingest(batch, lambda item: [], {}, NOW)
+    ids = {item.title: item_id for item_id, item in store.find_items("", limit=10)}
+    weather = ids["Wetter: Schnee in München"]
+
+    def found(wanted: str, urls: tuple[str, ...] = ()) -> list[str]:
+        return [item.title for _, item in store.find_items(wanted, urls)]
+
+    assert found(str(weather)) == ["Wetter: Schnee in München"]
+    assert found("u:example.org/1") == ["Wetter: Schnee in München"]
+    assert found("https://x", ("https://example.org/1",)) == ["Wetter: Schnee in München"]
+    assert found("schnee IN münchen") == ["Wetter: Schnee in München"]
+    assert found("xai") == ["Musk und xAI", "xAI wächst"]
+    assert found("100%") == ["ÜBERNAHME 100% sicher"]  # % is a character, not a wildcard
+    assert found("0%") == ["ÜBERNAHME 100% sicher"] and found("_") == []
+    assert found("ÜBERNAHME") == ["ÜBERNAHME 100% sicher"]
+    assert found("Mondlandung") == []
