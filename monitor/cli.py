@@ -427,9 +427,11 @@ def _why_not(store: Store, matcher: Matcher, names: list[str], wanted: str) -> i
     item_id, item = stored
     fields = {"title": item.title, "summary": item.summary}
     matched = {m.watchlist for m in matcher.match(item)}
+    excluded = {e.watchlist for e in matcher.excluded(fields, item.language, item.feed)}
     print(f"#{item_id} [{item.feed}, {item.language}] {item.title}")
     for name in names:
-        print(f"{name}: {'matches' if name in matched else 'no match'}")
+        verdict = "matches" if name in matched else "no match"
+        print(f"{name}: {verdict}{': its exclusion removed it' if name in excluded else ''}")
         for line in matcher.explain(name, fields, item.language, item.feed):
             print(f"  {line}")
     return EXIT_OK if matched else EXIT_FAILURE

@@ -200,7 +200,7 @@ def test_why_not_finds_an_item_by_title_fragment_or_url_even_if_it_matched_nothi
     assert main(["--config", str(polled), "test", "--why-not", "schnee in"]) == 1
     out = out_of(capsys)[0]
     assert "Wetter: Schnee in München" in out
-    assert "Grok: no match" in out and "Regulation: no match" in out
+    assert "Grok: no match\n" in out and "Regulation: no match\n" in out
     url = "https://news.example.org/wetter"
     assert main(["--config", str(polled), "test", "--why-not", url]) == 1
     assert "Wetter: Schnee in München" in out_of(capsys)[0]
@@ -246,6 +246,20 @@ def test_test_text_says_which_exclusion_removed_a_match(
     assert "'Werbung' in title: OpenAI: *Werbung* statt Regulierung" in out
     assert "would match: OpenAI, Regulierung" in out
     assert "no watchlist matched (1 excluded)" in err
+
+
+def test_why_not_says_when_the_exclusion_removed_a_stored_item(
+    httpserver: HTTPServer, write_config: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(httpserver)
+    data = settings(httpserver)
+    data["watchlists"][0]["exclude"] = "Bildern OR Wetter"
+    path = write_config(data)
+    assert main(["--config", str(path), "poll"]) == 0
+    assert main(["--config", str(path), "test", "--why-not", "Neue Version"]) == 1
+    out = out_of(capsys)[0]
+    assert "Grok: no match: its exclusion removed it" in out
+    assert "yes  Bildern  (title: Grok-Chatbot: Neue Version mit *Bildern*)" in out
 
 
 # --------------------------------------------------------------------------- feeds
