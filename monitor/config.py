@@ -303,9 +303,7 @@ class WatchlistConfig(_Model):
 
     @field_validator("exclude")
     @classmethod
-    def _valid_exclude(
-        cls, exclude: tuple[str, ...] | str, info: ValidationInfo
-    ) -> tuple[str, ...] | str:
+    def _valid_exclude(cls, exclude: tuple[str, ...] | str) -> tuple[str, ...] | str:
         if isinstance(exclude, str):
             from monitor.errors import QueryError
             from monitor.query import parse_query

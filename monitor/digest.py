@@ -27,7 +27,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from monitor.labels import labels, plain_problem, plain_status
-from monitor.models import DigestEntry, Hit, Item, OutgoingMessage
+from monitor.models import DigestEntry, Hit, Item, MessageKind, OutgoingMessage
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -174,10 +174,10 @@ class Renderer:
         entries: Sequence[DigestEntry],
         now: datetime,
         *,
-        kind: str = "digest",
+        kind: MessageKind = MessageKind.DIGEST,
         health: Sequence[FeedHealth] = (),
     ) -> OutgoingMessage:
-        """Render one multipart message; kind is "digest" or "alert" (immediate watchlists)."""
+        """Render one multipart message: a digest, or an alert (immediate watchlists)."""
         context = self._context(recipient, entries, now, kind, health)
         text = self._env.get_template(f"{kind}.txt.j2").render(context)
         # Inlined CSS: Gmail and Outlook drop <style> blocks but keep style attributes.
@@ -225,7 +225,7 @@ class Renderer:
         entry = DigestEntry((1,), "sample", item, (Hit("xAI", "title", 7, 10),))
         health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
         found = []
-        for kind in ("digest", "alert"):
+        for kind in MessageKind:
             try:
                 self.render("sample@example.org", [entry], now, kind=kind, health=health)
             except jinja2.TemplateSyntaxError as error:
@@ -260,7 +260,7 @@ class Renderer:
         recipient: str,
         entries: Sequence[DigestEntry],
         now: datetime,
-        kind: str,
+        kind: MessageKind,
         health: Sequence[FeedHealth],
     ) -> dict[str, object]:
         groups: dict[str, list[DigestEntry]] = {}
@@ -279,7 +279,7 @@ class Renderer:
             for name, group in sorted(groups.items())
         ]
         words = self._labels
-        if kind == "alert":
+        if kind is MessageKind.ALERT:
             template = self.settings.alert_subject or words["alert_subject"]
         else:
             template = self.settings.subject or words["subject"]

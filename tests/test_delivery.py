@@ -132,7 +132,7 @@ async def test_dead_letters_go_out_again_once_their_cause_is_fixed(
     import sqlalchemy as sa
 
     from monitor.cli import main
-    from monitor.store import messages
+    from monitor.store.schema import messages
 
     recorder, port = smtp_server
     recorder.refuse["b@example.org"] = "550 5.1.1 mailbox unavailable"
@@ -356,7 +356,8 @@ def test_a_test_email_or_preview_with_a_staged_config_leaves_the_polled_feeds_al
     import sqlalchemy as sa
 
     from monitor.cli import main
-    from monitor.store import feeds, open_store
+    from monitor.store import open_store
+    from monitor.store.schema import feeds
 
     _, port = smtp_server
     data = settings(port)
@@ -462,7 +463,7 @@ async def test_each_message_is_leased_right_before_it_is_sent(
     import sqlalchemy as sa
 
     from monitor.delivery import SEND_LEASE
-    from monitor.store import messages
+    from monitor.store.schema import messages
 
     recorder, port = smtp_server
     clock = Clock(utc(2026, 11, 30, 12, 0))
