@@ -21,7 +21,7 @@ from monitor.app import App
 from monitor.config import DeliveryPlan
 from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError
-from monitor.models import DigestEntry, FeedStatus, Item, OutgoingMessage
+from monitor.models import DigestEntry, FeedStatus, Item, MessageKind, OutgoingMessage
 from monitor.schedules import Every
 from monitor.store import DigestRun
 
@@ -142,7 +142,7 @@ def compose(
         )
         if not entries and not (app.config.digests.send_empty and record_runs):
             if runs:
-                app.store.claim(None, [], now, runs)  # the period is handled: nothing to say
+                app.store.claim_digest(None, [], now, runs)  # the period is handled: nothing to say
             continue
         try:
             message = app.renderer.render(recipient, entries, now, kind=_kind(pairs), health=health)
@@ -157,7 +157,7 @@ def compose(
             held += 1
             continue
         ids = [i for entry in entries for i in entry.delivery_ids]
-        if app.store.claim(message, ids, now, runs):
+        if app.store.claim_digest(message, ids, now, runs):
             composed += 1
     return composed, held
 
@@ -169,10 +169,10 @@ def _by_recipient(due: Sequence[Due]) -> dict[str, list[Due]]:
     return by_recipient
 
 
-def _kind(pairs: Sequence[Due]) -> str:
+def _kind(pairs: Sequence[Due]) -> MessageKind:
     """A recipient's message is an alert when every list in it is immediate."""
     alert = pairs and all(p.plan.schedule.every is Every.IMMEDIATE for p in pairs)
-    return "alert" if alert else "digest"
+    return MessageKind.ALERT if alert else MessageKind.DIGEST
 
 
 def _pending(app: App, names: set[str]) -> dict[str, list[DigestEntry]]:
