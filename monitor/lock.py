@@ -13,9 +13,9 @@ keep concurrent workers apart.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from monitor.errors import LockedError, UnavailableError
+from monitor.files import adopt, describe, make_dirs
 
 
 def sqlite_file(database_url: str) -> Path | None:
@@ -63,6 +64,7 @@ def database_lock(database_url: str, holder: str, writes: bool = True) -> Iterat
             raise LockedError(_refusal(file, os.fstat(descriptor).st_nlink)) from None
         owner = _owner_file(file)
         owner.write_text(f"{holder}, pid {os.getpid()}", encoding="utf-8")
+        adopt(owner)  # under sudo: the service must write it next
         try:
             yield
         finally:
@@ -75,13 +77,12 @@ def _open(file: Path) -> int:
     """The database file, created empty if new (SQLite takes an empty file as a new
     database): read-only is enough for the lock, and works on a read-only file."""
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        make_dirs(file.parent)
+        descriptor = os.open(file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
-        raise UnavailableError(
-            f"database {file}: cannot open it: {error.strerror}; check that the user running "
-            "monitor may read and write it and its directory"
-        ) from None
+        raise UnavailableError(f"database {file}: cannot open it: {describe(error)}") from None
+    adopt(file)  # made under sudo: the service's, as SQLite's own files are (files.py)
+    return descriptor
 
 
 def _require_writable(file: Path, descriptor: int) -> None:
@@ -89,12 +90,8 @@ def _require_writable(file: Path, descriptor: int) -> None:
     for path in (file, file.parent):
         if not os.access(path, os.W_OK):
             os.close(descriptor)
-            user = pwd.getpwuid(os.geteuid()).pw_name
-            what = "directory" if path == file.parent else "file"
-            raise UnavailableError(
-                f"database {file}: the {what} {path} is read-only for user {user!r}; give "
-                "that user write access (chown, chmod), or run monitor as a user who has it"
-            )
+            denied = PermissionError(errno.EACCES, "read-only", str(path))
+            raise UnavailableError(f"database {file} is read-only: {describe(denied)}")
 
 
 def _refusal(file: Path, names: int) -> str:

@@ -133,8 +133,8 @@ def test_a_read_only_database_is_one_line_naming_file_and_user(
     assert done.returncode == 1, done.stderr
     user = pwd.getpwuid(os.geteuid()).pw_name
     assert done.stderr == (
-        f"monitor: database {database}: the file {database} is read-only for user {user!r}; "
-        "give that user write access (chown, chmod), or run monitor as a user who has it\n"
+        f"monitor: database {database} is read-only: permission denied for user {user} on "
+        f"{database}, which it owns; check its mode\n"
     )
 
 
