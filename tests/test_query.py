@@ -3,7 +3,19 @@ from __future__ import annotations
 import pytest
 
 from monitor.errors import QueryError
-from monitor.query import And, Near, Node, Not, Or, Scope, Term, is_vacuous, parse_query, parse_term
+from monitor.query import (
+    And,
+    Filter,
+    Near,
+    Node,
+    Not,
+    Or,
+    Scope,
+    Term,
+    is_vacuous,
+    parse_query,
+    parse_term,
+)
 
 
 def shape(node: Node) -> object:
@@ -15,7 +27,10 @@ def shape(node: Node) -> object:
     if isinstance(node, Not):
         return ("Not", shape(node.child))
     if isinstance(node, Near):
-        return ("Near", node.distance, shape(node.left), shape(node.right))
+        name = "NearF" if node.ordered else "Near"
+        return (name, node.distance, shape(node.left), shape(node.right))
+    if isinstance(node, Filter):
+        return ("Filter", node.field, *node.values)
     return ("Scope", node.field, shape(node.child))
 
 
@@ -113,11 +128,11 @@ def test_clause_text_is_kept_for_explanations() -> None:
         ("xAI NEAR/2 NOT Grok", "NEAR needs terms on both sides", 11),
         ("a NEAR/2 b NEAR/3 c", "NEAR cannot be chained", 11),
         # An AND group is no one place: it held with one member near, the others anywhere.
-        ("(Musk AND Grok) NEAR/5 xAI", "not AND: write (A NEAR/5 C) AND (B NEAR/5 C)", 0),
+        ("(Musk AND Grok) NEAR/5 xAI", "not AND: write (Musk NEAR/5 xAI) AND (Grok NEAR/5 xAI)", 0),
         ('xAI NEAR/3 (Grok AND "Elon Musk")', "on each side, not AND", 11),
         ("(Musk AND NOT Grok) NEAR/3 xAI", "on each side, not AND", 0),
         ("((a AND b) OR c) NEAR/3 d", "on each side, not AND", 0),
-        ("site:heise.de", "unknown field 'site:'", 0),
+        ("author:heise", "unknown field 'author:'; use title:, summary:, site: or language:", 0),
         ("title:", "expected a term after title", 6),
         ("title:NOT Grok", "put it in parentheses", 6),
         ("B*", "at least two letters", 0),
