@@ -327,7 +327,7 @@ def _why_not(store: Store, matcher: Matcher, names: list[str], id_or_key: str) -
     print(f"#{item_id} [{item.feed}, {item.language}] {item.title}")
     for name in names:
         print(f"{name}: {'matches' if name in matched else 'no match'}")
-        for line in matcher.explain(name, fields, item.language, item.feed):
+        for line in matcher.explain(name, fields, item.language, item.feed, item.url):
             print(f"  {line}")
     return EXIT_OK if matched else EXIT_FAILURE
 

@@ -243,8 +243,8 @@ def _check_query(query: str, info: ValidationInfo) -> str:
     try:
         if is_vacuous(parse_query(query)):
             raise QueryError(
-                "the query also matches items without any of its terms (a bare NOT); "
-                "combine it with a term: Musk AND NOT Muskat",
+                "the query also matches items without any of its terms (a bare NOT or a "
+                "filter such as site:); combine it with a term: Musk AND NOT Muskat",
                 query,
                 0,
             )

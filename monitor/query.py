@@ -553,32 +553,32 @@ class _Parser:
         if value:
             values = [_filter_value(field, value, self.query, token.start + len(name) + 1)]
             return Filter(field, tuple(values), token.value)
+        example = "n-tv.de" if field == "site" else "de"
         if not self._at("open"):
             raise QueryError(
                 f"expected a {'domain' if field == 'site' else 'language code'} after "
-                f"{name}: (as in {name}:{'n-tv.de' if field == 'site' else 'de'})",
+                f"{name}: (as in {name}:{example})",
                 self.query,
                 token.end,
             )
         self.take()
         values = []
-        while True:
+        while not values or self._at("or"):
+            if values:
+                self.take()
             word = self.peek()
             if word is None or word.kind != "word":
-                raise QueryError(
-                    f"{name}:( ... ) takes values joined by OR, as in "
-                    f"{name}:({'n-tv.de OR spiegel.de' if field == 'site' else 'de OR en'})",
-                    self.query,
-                    word.start if word is not None else len(self.query),
-                )
+                break
             values.append(_filter_value(field, self.take().value, self.query, word.start))
-            if self._at("or"):
-                self.take()
-            elif self._at("close"):
-                self.take()
-                return Filter(field, tuple(values), self.text(token.start))
-            else:
-                self.unexpected()
+        if values and self._at("close"):
+            self.take()
+            return Filter(field, tuple(values), self.text(token.start))
+        examples = "n-tv.de OR spiegel.de" if field == "site" else "de OR en"
+        raise QueryError(
+            f"{name}:( ... ) takes values joined by OR, as in {name}:({examples})",
+            self.query,
+            self._start(),
+        )
 
     def _proximity(self, phrase: _Token, slop: _Token) -> Node:
         """ "Scholz Macron"~3 is Scholz NEAR/3 Macron; longer phrases are refused with a
