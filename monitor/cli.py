@@ -21,6 +21,7 @@ from monitor.config import (
     _parse_duration,
     find_config,
     mailbox_address,
+    missing_feeds,
 )
 from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_email
 from monitor.errors import ConfigError, LockedError, MonitorError
@@ -126,6 +127,11 @@ _READERS = {"status", "feeds", "prune", "retry-dead", "migrate-db"}
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
+    if (no_feeds := missing_feeds(config)) is not None and args.command in ("run", "poll"):
+        print(f"{path}: {no_feeds}", file=sys.stderr)
+        return EXIT_USAGE
+    if no_feeds is not None and args.command in ("check", "test"):
+        print(f"{path}: warning: {no_feeds}", file=sys.stderr)
     if args.command == "check":
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
