@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.config_messages import EXAMPLES, did_you_mean, plain_message
+from monitor.config_messages import EXAMPLES, did_you_mean, meant_key, plain_message
 from monitor.errors import ConfigError
 from monitor.schedules import (
     QuietHours,
@@ -552,6 +552,10 @@ def parse_config(text: str, source: str = "<string>", base: Path | None = None) 
         nested = {tuple(e["loc"][:i]) for e in errors for i in range(1, len(e["loc"]))}
         # A list whose entries failed also reports "too short"; the entries' errors say more.
         errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in nested)]
+        # "link: unknown key; did you mean url?" says all: not also "url: required key is missing".
+        unknown = [e["loc"] for e in errors if e["type"] == "extra_forbidden"]
+        meant = {(*loc[:-1], meant_key(loc, Config)) for loc in unknown}
+        errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
         described = [_describe(source, e, values, keys, data) for e in errors]
         problems += list(dict.fromkeys(described))  # a union's members say it once
     else:

@@ -129,7 +129,7 @@ def plain_message(error: Mapping[str, Any], loc: _Path, root: type[BaseModel]) -
         example = _example(key, loc, root)
         return "required key is missing" + (f"; add {example}" if example else "")
     if kind in ("tuple_type", "list_type"):
-        return _expected_list(key, value)
+        return _expected_list(key, value, holds_mappings=model_at(root, loc) is not None)
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return _expected_mapping(key, value, str(ctx.get("class_name", "")))
     if kind == "too_short":
@@ -176,7 +176,7 @@ def _example(key: str, loc: _Path, root: type[BaseModel]) -> str | None:
     return EXAMPLES.get(key)
 
 
-def _expected_list(key: str, value: Any) -> str:
+def _expected_list(key: str, value: Any, *, holds_mappings: bool) -> str:
     if key == "exclude":
         return _EXCLUDE
     if value is None:
@@ -187,8 +187,15 @@ def _expected_list(key: str, value: Any) -> str:
             f"{{name: {name}, url: '{url}'}}" for name, url in list(value.items())[:2]
         )
         return f"expected a list of feeds, each with a name and a url; write feeds: [{entries}]"
-    if isinstance(value, dict):
+    if isinstance(value, dict) and holds_mappings:
         return f"expected a list, not a mapping; write {key}: [{_inline(value)}]"
+    if isinstance(value, dict) and all(v is None for v in value.values()):
+        # terms: {xAI} is a mapping to YAML; the docs' case-sensitive form needs quotes.
+        quoted = ", ".join(f'"{{{k}}}"' for k in value)
+        return f"YAML reads {{...}} as a mapping: quote it, e.g. {key}: [{quoted}]"
+    if isinstance(value, dict):
+        words = [str(part) for pair in value.items() for part in pair if part is not None]
+        return f"expected a list, not a mapping; write {key}: [{', '.join(words)}]"
     return f"expected a list; write {key}: [{_inline(value)}]"
 
 
@@ -235,6 +242,15 @@ def _expected_text(key: str, value: Any) -> str:
     return f"expected text, not {_shown(value)}"
 
 
+def meant_key(loc: _Path, root: type[BaseModel]) -> str | None:
+    """The key an unknown key at `loc` most likely stands for (keywords: terms)."""
+    model = model_at(root, loc[:-1])
+    if model is None:
+        return None
+    key = str(loc[-1])
+    return SYNONYMS.get(model.__name__, {}).get(key.lower()) or did_you_mean(key, keys_of(model))
+
+
 def unknown_key(loc: _Path, root: type[BaseModel]) -> str:
     """An unknown key, with the key meant if it is clear, else the keys that exist here."""
     key = str(loc[-1])
@@ -242,7 +258,7 @@ def unknown_key(loc: _Path, root: type[BaseModel]) -> str:
     if model is None:
         return "unknown key; check the spelling against config.example.yaml"
     choices = keys_of(model)
-    meant = SYNONYMS.get(model.__name__, {}).get(key.lower()) or did_you_mean(key, choices)
+    meant = meant_key(loc, root)
     if meant is not None:
         return f"unknown key; did you mean {meant}?"
     elsewhere = [place for place in _places_of(key, root) if place]
