@@ -245,7 +245,8 @@ def _check_query(query: str, info: ValidationInfo) -> str:
         if is_vacuous(parse_query(query)):
             raise QueryError(
                 "the query also matches items without any of its terms (a bare NOT or a "
-                "filter such as site:); combine it with a term: Musk AND NOT Muskat",
+                "filter such as site:); combine it with a term, as in Musk AND NOT Muskat "
+                "or site:n-tv.de AND Grok",
                 query,
                 0,
             )
@@ -292,17 +293,30 @@ class WatchlistConfig(_Model):
     def _valid_exclude(
         cls, exclude: tuple[str, ...] | str, info: ValidationInfo
     ) -> tuple[str, ...] | str:
-        if isinstance(exclude, str):
-            from monitor.errors import QueryError
-            from monitor.query import parse_query
+        from monitor.errors import QueryError
+        from monitor.query import minus_terms, parse_query, parse_term
 
+        if isinstance(exclude, str):
             try:  # a bare NOT is fine here: it only ever removes items
-                parse_query(exclude)
+                excluded = minus_terms(parse_query(exclude))
             except QueryError as error:
                 raise ValueError(f"{error.message}\n{error.pointer()}") from None
+            if excluded:  # Google's -perfume here would remove every item WITHOUT perfume
+                raise ValueError(
+                    "exclude lists what to remove, so a '-' there would remove every item "
+                    f"without {excluded[0]}; write exclude: [{', '.join(excluded)}]"
+                )
             return exclude
         for term in exclude:
-            _check_term(term)
+            try:
+                parse_term(term)
+            except QueryError as error:
+                if error.rewrite is None:
+                    raise ValueError(error.message) from None
+                raise ValueError(
+                    f"exclude lists what to remove; write it without the '-': "
+                    f"exclude: [{error.rewrite}]"
+                ) from None
         return exclude
 
     @model_validator(mode="after")

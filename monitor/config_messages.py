@@ -129,7 +129,7 @@ def plain_message(error: Mapping[str, Any], loc: _Path, root: type[BaseModel]) -
         example = _example(key, loc, root)
         return "required key is missing" + (f"; add {example}" if example else "")
     if kind in ("tuple_type", "list_type"):
-        return _expected_list(key, value, holds_mappings=model_at(root, loc) is not None)
+        return _expected_list(key, value, model_at(root, loc))
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return _expected_mapping(key, value, str(ctx.get("class_name", "")))
     if kind == "too_short":
@@ -176,7 +176,9 @@ def _example(key: str, loc: _Path, root: type[BaseModel]) -> str | None:
     return EXAMPLES.get(key)
 
 
-def _expected_list(key: str, value: Any, *, holds_mappings: bool) -> str:
+def _expected_list(key: str, value: Any, entries: type[BaseModel] | None) -> str:
+    """A list was expected; `entries` is the model of its entries, if they are mappings."""
+    holds_mappings = entries is not None and entries.__name__ != "RecipientConfig"
     if key == "exclude":
         return _EXCLUDE
     if value is None:
@@ -189,6 +191,8 @@ def _expected_list(key: str, value: Any, *, holds_mappings: bool) -> str:
         return f"expected a list of feeds, each with a name and a url; write feeds: [{entries}]"
     if isinstance(value, dict) and holds_mappings:
         return f"expected a list, not a mapping; write {key}: [{_inline(value)}]"
+    if isinstance(value, str) and holds_mappings:
+        return f"expected a list; write {key}: [{_entry_for(value, entries)}]"
     if isinstance(value, dict) and all(v is None for v in value.values()):
         # terms: {xAI} is a mapping to YAML; the docs' case-sensitive form needs quotes.
         quoted = ", ".join(f'"{{{k}}}"' for k in value)
@@ -203,6 +207,16 @@ _EXCLUDE = (
     "expected a list of terms or one query; write exclude: [Nikola Tesla] or "
     "exclude: 'Apfel OR Rezept'"
 )
+
+
+def _entry_for(value: str, model: type[BaseModel] | None) -> str:
+    """A one-line entry of the model made from the text the user gave in its place."""
+    name = model.__name__ if model is not None else ""
+    if name == "FeedConfig":
+        return f"{{name: {_guess_name(value)}, url: '{value}'}}"
+    if name == "WatchlistConfig":
+        return f"{{name: {value}, terms: [{value}]}}"
+    return f"{{name: {value}}}"
 
 
 def _expected_mapping(key: str, value: Any, model: str) -> str:

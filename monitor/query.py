@@ -233,6 +233,20 @@ def _parses(query: str) -> bool:
     return True
 
 
+def minus_terms(node: Node) -> list[str] | None:
+    """The terms of a query that is nothing but Google's exclusions (-perfume -"white musk"),
+    as written; None for any other query."""
+    parts = node.children if isinstance(node, And) else (node,)
+    terms = []
+    for part in parts:
+        if not (isinstance(part, Not) and part.text.startswith("-")):
+            return None
+        if not isinstance(part.child, Term):
+            return None
+        terms.append(part.child.label)
+    return terms
+
+
 def is_vacuous(node: Node) -> bool:
     """True if the node can hold for a text containing none of its terms (a bare NOT, or a
     filter: site:n-tv.de alone would take every item from there)."""

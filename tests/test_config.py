@@ -433,7 +433,7 @@ BROKEN: list[tuple[str, tuple[str, str] | None, str, list[str]]] = [
         None,
         "    entities: Elon Musk\n",
         [
-            "c.yaml:8:15: watchlists[0].entities: expected a list; write entities: [Elon Musk] (in watchlist 'xAI')"
+            "c.yaml:8:15: watchlists[0].entities: expected a list; write entities: [{name: Elon Musk}] (in watchlist 'xAI')"
         ],
     ),
     (
@@ -687,6 +687,38 @@ BROKEN: list[tuple[str, tuple[str, str] | None, str, list[str]]] = [
         "timezone: 1\n",
         ['c.yaml:8:11: timezone: expected text, not the number 1; if you mean it, quote it: "1"'],
     ),
+    (
+        "exclude: Google's minus as a query",
+        None,
+        "    exclude: '-perfume -\"white musk\"'\n",
+        [
+            "c.yaml:8:14: watchlists[0].exclude: exclude lists what to remove, so a '-' there would remove every item without perfume; write exclude: [perfume, white musk] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "exclude: a term with a minus",
+        None,
+        "    exclude: [-perfume]\n",
+        [
+            "c.yaml:8:14: watchlists[0].exclude: exclude lists what to remove; write it without the '-': exclude: [perfume] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "query: three words ~5",
+        None,
+        "    query: '\"Elon Musk xAI\"~5'\n",
+        [
+            "c.yaml:8:12: watchlists[0].query: watchlist 'xAI': '~5' after a phrase of 3 words is written with NEAR/n here, between the two parts you mean; for a name and a word: \"Elon Musk\" NEAR/5 xAI\n    \"Elon Musk xAI\"~5\n                   ^"
+        ],
+    ),
+    (
+        "query: a filter alone",
+        None,
+        "    query: 'site:n-tv.de'\n",
+        [
+            "c.yaml:8:12: watchlists[0].query: watchlist 'xAI': the query also matches items without any of its terms (a bare NOT or a filter such as site:); combine it with a term, as in Musk AND NOT Muskat or site:n-tv.de AND Grok\n    site:n-tv.de\n    ^"
+        ],
+    ),
 ]
 # pydantic's words, which no message may use.
 PYDANTIC = ("Input should", "instance of", "Tuple should", "after validation", "valid tuple")
@@ -742,3 +774,47 @@ def test_a_config_without_feeds_serves_check_and_test_but_not_run_or_poll(
         assert main(["--config", str(path), *command]) == 2
         assert capsys.readouterr().err == f"{path}: {no_feeds}\n"
     assert not (path.parent / "monitor.db").exists()  # refused before anything was opened
+
+
+def test_the_exclude_a_minus_error_suggests_loads_and_excludes() -> None:
+    """The rewrite in the message is fed back: it loads, and it removes what the '-' meant."""
+    from monitor.watchlists import Matcher
+
+    (found,) = problems(MINIMAL + "    exclude: '-perfume -\"white musk\"'\n")
+    suggested = re.search(r"write (exclude: \[.*?\])", found)
+    assert suggested is not None
+    config = parse_config(MINIMAL + f"    {suggested.group(1)}\n")
+    matcher = Matcher(config.watchlists)
+    assert matcher.match_fields({"title": "xAI and the white musk perfume"}) == []
+    assert matcher.match_fields({"title": "xAI raises money"})
+
+
+_HINT = re.compile(
+    r"^c\.yaml:(\d+):\d+: \S+: .*?; write (?:e\.g\. )?(\w+): (.+?)(?: \(in \w+ '.*'\))?$"
+)
+
+
+HINTED = [row for row in BROKEN if any(_HINT.match(problem) for problem in row[3])]
+
+
+@pytest.mark.parametrize(("why", "edit", "append", "expected"), HINTED, ids=[h[0] for h in HINTED])
+def test_each_write_this_hint_loads_when_written(
+    why: str, edit: tuple[str, str] | None, append: str, expected: list[str]
+) -> None:
+    """Where a message says "write KEY: VALUE" for what it points at, doing so loads."""
+    assert len(HINTED) >= 10
+    hints = [found for problem in expected if (found := _HINT.match(problem))]
+    lines = ((MINIMAL.replace(*edit, 1) if edit else MINIMAL) + append).splitlines()
+    for hint in hints:
+        number, key, value = int(hint.group(1)) - 1, hint.group(2), hint.group(3)
+        value = value.split(" or ")[0]  # the first of two ways
+        if f"{key}:" not in lines[number]:  # a block: the key is on the line above
+            number -= 1
+            indent = len(lines[number]) - len(lines[number].lstrip())
+            while len(lines[number + 1]) - len(lines[number + 1].lstrip()) > indent:
+                del lines[number + 1]
+        # The key's old value ends at the end of the line, or of the flow mapping it is in.
+        block = lines[number].lstrip(" -").startswith(f"{key}:")
+        old = re.compile(rf"{key}:.*$" if block else rf"{key}: [^,}}]*")
+        lines[number] = old.sub(f"{key}: {value}".replace("\\", "\\\\"), lines[number])
+    parse_config("\n".join(lines) + "\n", "c.yaml")
