@@ -185,10 +185,12 @@ def _expected_list(key: str, value: Any, entries: type[BaseModel] | None) -> str
         example = EXAMPLES.get(key, key + ": [...]")
         return f"is empty; list at least one entry ({example}), or remove the key"
     if key == "feeds" and isinstance(value, dict):
-        entries = ", ".join(
-            f"{{name: {name}, url: '{url}'}}" for name, url in list(value.items())[:2]
-        )
-        return f"expected a list of feeds, each with a name and a url; write feeds: [{entries}]"
+        feeds = ", ".join(f"{{name: {name}, url: '{url}'}}" for name, url in value.items())
+        if len(value) > 2:
+            return "expected a list of feeds, one entry per feed with its name and url, e.g. " + (
+                f"feeds: [{feeds.split('}, ')[0]}}}, ...]"
+            )
+        return f"expected a list of feeds, each with a name and a url; write feeds: [{feeds}]"
     if isinstance(value, dict) and holds_mappings:
         return f"expected a list, not a mapping; write {key}: [{_inline(value)}]"
     if isinstance(value, str) and holds_mappings:

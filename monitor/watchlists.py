@@ -253,12 +253,13 @@ class Matcher:
         found = self._index.scan(list(prepared.values()))
         # Only watchlists with at least one term found can match: a query is never vacuous.
         candidates = sorted({w for leaf in found for w in self._by_leaf.get(leaf, ())})
+        origin = Origin(language, url)
         matches = []
         for position in candidates:
             watchlist = self._watchlists[position]
             if not applies(watchlist.config, language, feed):
                 continue
-            evaluation = _Evaluation(self._index, found, prepared, Origin(language, url))
+            evaluation = _Evaluation(self._index, found, prepared, origin)
             hits = evaluation.run(watchlist.rule)
             if hits and not (watchlist.exclude and evaluation.run(watchlist.exclude) is not None):
                 matches.append(Match(watchlist.config.name, _hits(hits, prepared)))
