@@ -321,13 +321,13 @@ class _Evaluation:
         index: _TermIndex,
         found: dict[int, list[_Span]],
         fields: dict[str, _Field],
-        origin: Origin,
+        origin: Origin | None = None,
     ) -> None:
         self._index = index
         self._found = found
         self._fields = fields
         self._all = frozenset(fields)
-        self._origin = origin
+        self._origin = origin or Origin()
 
     def run(self, node: Node, scope: frozenset[str] | None = None) -> _Found:
         scope = self._all if scope is None else scope
