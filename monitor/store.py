@@ -33,7 +33,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from monitor.errors import UnavailableError
 from monitor.lock import sqlite_file
-from monitor.models import DigestEntry, FeedState, FeedStatus, Hit, Item, Match, OutgoingMessage
+from monitor.models import (
+    DigestEntry,
+    EarlierMessage,
+    FeedState,
+    FeedStatus,
+    Hit,
+    Item,
+    Match,
+    OutgoingMessage,
+    StoryGrowth,
+)
 from monitor.stories import (
     Candidate,
     DedupeSettings,
@@ -277,6 +287,28 @@ story_bands = sa.Table(
     sa.Column("item_id", sa.Integer, nullable=False),
     sa.PrimaryKeyConstraint("band", "item_id", name="pk_story_bands"),
     sqlite_with_rowid=False,
+)
+
+# Story growth (migration 0008_i23_story_growth): a member that joined a story already
+# queued for a recipient, until a message to that recipient shows it (message_id).
+story_growth = sa.Table(
+    "story_growth",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "story_id",
+        sa.Integer,
+        sa.ForeignKey("stories.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False),
+    sa.Column("watchlist", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("message_id", sa.Text),  # NULL: not shown to the recipient yet
+    sa.UniqueConstraint("item_id", "recipient", name="uq_story_growth_item_recipient"),
+    sa.Index("ix_story_growth_recipient_message", "recipient", "message_id"),
 )
 
 
@@ -1315,6 +1347,7 @@ class Store:
         every story may have reached recipients already, even one the item began)."""
         created = _stamp(tx, now)
         told: dict[tuple[int, str], set[str]] = {}  # (story, watchlist) -> queued in this call
+        growth = _Growth()
         rows = []
         for found in recorded:
             story = (in_story or {}).get(found.item_id, found.item_id)
@@ -1323,13 +1356,17 @@ class Store:
                 queued = told[story, found.watchlist] = set()
                 if told_before or story != found.item_id:  # who was told already?
                     queued.update(_already_queued(tx, story, found.watchlist))
+            if story != found.item_id and not told_before:  # a new member joined a story
+                growth.joined(tx, story, found, recipients.get(found.watchlist, ()))
             wanted = [r for r in recipients.get(found.watchlist, ()) if r not in queued]
             queued.update(wanted)
+            growth.reached(story, wanted)
             rows += [(found.match_id, found.watchlist, r, "pending", created) for r in wanted]
         columns = ("match_id", "watchlist", "recipient", "status", "created_at")
         # New rows: a match is queued once, with its item's story (_settle, under the story
         # lock, skips items already in one) or as a revision just stored.
         _bulk_insert(tx, deliveries, columns, rows, new=True)
+        growth.insert(tx, now)
 
     def prune(
         self, items_before: datetime, keys_before: datetime, bands_before: datetime
@@ -1439,19 +1476,101 @@ class Store:
             outlets = _story_outlets(tx, {r.story_id for r in rows if r.story_id is not None})
         return _one_entry_per_story(rows, outlets)
 
+    def first_messages(
+        self, stories: Mapping[str, Collection[int]]
+    ) -> dict[tuple[str, int], EarlierMessage]:
+        """(recipient, story) -> the earliest live message (stored or sent, not dead) that
+        carried any item of the story (or the item, for one in no story) to the recipient,
+        for these stories of each recipient (read-only)."""
+        story = sa.func.coalesce(story_members.c.story_id, matches.c.item_id)
+        at = sa.func.coalesce(messages.c.sent_at, messages.c.created_at)
+        found: dict[tuple[str, int], EarlierMessage] = {}
+        with self._read() as tx:
+            for recipient, wanted in stories.items():
+                for chunk in _chunks(sorted(wanted)):
+                    query = (
+                        sa.select(story.label("story"), messages.c.message_id, messages.c.kind, at)
+                        .select_from(deliveries)
+                        .join(matches, matches.c.id == deliveries.c.match_id)
+                        .outerjoin(story_members, story_members.c.item_id == matches.c.item_id)
+                        .join(messages, messages.c.message_id == deliveries.c.message_id)
+                        .where(deliveries.c.recipient == recipient)
+                        .where(messages.c.status != "dead")
+                        .where(story.in_(chunk))
+                        .order_by(at, messages.c.message_id)
+                    )
+                    for row in tx.execute(query):
+                        earlier = EarlierMessage(row[1], row[2], _aware(row[3]))
+                        found.setdefault((recipient, row.story), earlier)
+        return found
+
+    def pending_growth(self, recipients: Iterable[str]) -> dict[str, list[StoryGrowth]]:
+        """recipient -> the stories that gained members since they reached the recipient,
+        not shown yet (story_growth rows without a message), first noted first (read-only).
+        The notes are read before the stories' outlets: every note's outlet is among them."""
+        query = (
+            sa.select(
+                story_growth.c.id,
+                story_growth.c.recipient,
+                story_growth.c.story_id,
+                story_growth.c.watchlist,
+                items.c.feed,
+                items.c.url,
+            )
+            .join(items, items.c.id == story_growth.c.item_id)
+            .where(story_growth.c.message_id.is_(None))
+            .where(story_growth.c.recipient.in_(sorted(set(recipients))))
+            .order_by(story_growth.c.id)
+        )
+        with self._read() as tx:
+            notes = tx.execute(query).all()
+            story_ids = {note.story_id for note in notes}
+            outlets = _story_outlets(tx, story_ids)
+            first = _first_items(tx, story_ids)
+        grouped: dict[tuple[str, int], list[Any]] = {}
+        for note in notes:
+            grouped.setdefault((note.recipient, note.story_id), []).append(note)
+        found: dict[str, list[StoryGrowth]] = {}
+        for (recipient, story), group in grouped.items():
+            if story not in first:
+                continue
+            new: dict[str, str] = {}  # outlet -> its first new link
+            for note in group:
+                new.setdefault(note.feed, note.url)
+            found.setdefault(recipient, []).append(
+                StoryGrowth(
+                    tuple(note.id for note in group),
+                    story,
+                    first[story],
+                    len({outlet for outlet, _ in outlets.get(story, ())}),
+                    tuple(new.items()),
+                    tuple(dict.fromkeys(note.watchlist for note in group)),
+                )
+            )
+        return found
+
     def claim(
         self,
         message: OutgoingMessage | None,
         delivery_ids: Sequence[int],
         now: datetime,
         runs: Sequence[DigestRun] = (),
+        *,
+        covered: Mapping[int, str] | None = None,
+        notes: Sequence[int] = (),
     ) -> bool:
         """Record the digest runs, store the rendered message and bind its deliveries, at once.
 
-        Returns False, storing nothing, when another process already handled one of the runs
-        or claimed one of the deliveries: exactly one worker composes each digest period.
+        `covered`: delivery id -> the earlier message that already carried its story to the
+        recipient, which accounts for it (docs/delivery.md). `notes`: the story growth notes
+        the message shows. Returns False, storing nothing, when another process already
+        handled one of the runs or claimed one of the deliveries or notes: exactly one
+        worker composes each digest period.
         """
         with self._tx() as tx:
+            if covered and not _bind_covered(tx, covered):
+                tx.rollback()
+                return False
             message_id = message.message_id if message else None
             if runs:
                 recorded = tx.execute(
@@ -1505,6 +1624,9 @@ class Store:
                 if claimed != len(delivery_ids):
                     tx.rollback()
                     return False
+            if notes and not _claim_notes(tx, notes, message.message_id):
+                tx.rollback()
+                return False
         return True
 
     def last_runs(self) -> dict[tuple[str, str], datetime]:
@@ -2205,6 +2327,22 @@ def _story_outlets(tx: Connection, story_ids: Iterable[int]) -> dict[int, list[t
     return outlets
 
 
+def _first_items(tx: Connection, story_ids: Iterable[int]) -> dict[int, Item]:
+    """story id -> its first item (else its earliest member still stored)."""
+    found: dict[int, Item] = {}
+    for chunk in _chunks(sorted(story_ids)):
+        query = (
+            sa.select(story_members.c.story_id, items)
+            .join(items, items.c.id == story_members.c.item_id)
+            .where(story_members.c.story_id.in_(chunk))
+            .where(story_members.c.revision_of.is_(None))
+            .order_by(items.c.id != story_members.c.story_id, items.c.published_at, items.c.id)
+        )
+        for row in tx.execute(query):
+            found.setdefault(row.story_id, _item_from(row))
+    return found
+
+
 def _one_entry_per_story(
     rows: Sequence[Any], outlets: Mapping[int, Sequence[tuple[str, str]]]
 ) -> list[tuple[str, DigestEntry]]:
@@ -2228,6 +2366,7 @@ def _one_entry_per_story(
             _hits_from(shown.hits),
             also_reported_by=tuple(also.items()),
             updated=shown.revision_of is not None,
+            story=shown.story_id if shown.story_id is not None else shown.item_pk,
         )
         entries.append((recipient, entry))
     return entries
@@ -2310,6 +2449,88 @@ def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:
         .where(deliveries.c.status != "dead")
     )
     return set(tx.execute(query).scalars())
+
+
+class _Growth:
+    """Growth notes of one `_queue` call: a recipient already reached by a story (a live
+    delivery of any of its items, for any watchlist) gets a note for each new member that
+    matched one of their watchlists, to be shown once (docs/delivery.md, "Story growth")."""
+
+    def __init__(self) -> None:
+        self._reached: dict[int, set[str]] = {}  # story -> recipients, stored or queued now
+        self._notes: dict[tuple[int, str], tuple[int, str]] = {}  # (item, r) -> (story, list)
+
+    def reached(self, story: int, recipients: Iterable[str]) -> None:
+        self._reached.setdefault(story, set()).update(recipients)
+
+    def joined(
+        self, tx: Connection, story: int, found: _Recorded, recipients: Iterable[str]
+    ) -> None:
+        if story not in self._reached:
+            self._reached[story] = _story_recipients(tx, story)
+        for recipient in recipients:
+            if recipient in self._reached[story]:
+                self._notes.setdefault((found.item_id, recipient), (story, found.watchlist))
+
+    def insert(self, tx: Connection, now: datetime) -> None:
+        if self._notes:
+            rows = [
+                {"story_id": story, "item_id": item_id, "recipient": recipient,
+                 "watchlist": watchlist, "created_at": now}
+                for (item_id, recipient), (story, watchlist) in sorted(self._notes.items())
+            ]  # fmt: skip
+            tx.execute(_insert(tx, story_growth).values(rows).on_conflict_do_nothing())
+
+
+def _story_recipients(tx: Connection, story: int) -> set[str]:
+    """Recipients with a live (not dead-lettered) delivery of any item of this story."""
+    query = (
+        sa.select(deliveries.c.recipient)
+        .join(matches, matches.c.id == deliveries.c.match_id)
+        .join(story_members, story_members.c.item_id == matches.c.item_id)
+        .where(story_members.c.story_id == story)
+        .where(deliveries.c.status != "dead")
+        .distinct()
+    )
+    return set(tx.execute(query).scalars())
+
+
+def _bind_covered(tx: Connection, covered: Mapping[int, str]) -> bool:
+    """Bind each pending delivery to the earlier message that carried its story, with that
+    message's state (claimed while it waits, sent once sent). The message's row is locked
+    first, so a mark_sent committing meanwhile cannot miss the delivery. False if one was
+    no longer pending."""
+    by_message: dict[str, list[int]] = {}
+    for delivery_id, message_id in covered.items():
+        by_message.setdefault(message_id, []).append(delivery_id)
+    for message_id, ids in sorted(by_message.items()):
+        state = messages.c.message_id == message_id
+        row = tx.execute(
+            sa.select(messages.c.status, messages.c.sent_at).where(state).with_for_update()
+        ).first()
+        if row is None:
+            return False
+        status = "claimed" if row.status == "ready" else row.status
+        bound = tx.execute(
+            deliveries.update()
+            .where(_among(tx, deliveries.c.id, sorted(ids)))
+            .where(deliveries.c.status == "pending")
+            .values(status=status, message_id=message_id, sent_at=row.sent_at)
+        ).rowcount
+        if bound != len(ids):
+            return False
+    return True
+
+
+def _claim_notes(tx: Connection, note_ids: Sequence[int], message_id: str) -> bool:
+    """Bind story growth notes to the message that shows them; False if one was taken."""
+    claimed = tx.execute(
+        story_growth.update()
+        .where(_among(tx, story_growth.c.id, sorted(note_ids)))
+        .where(story_growth.c.message_id.is_(None))
+        .values(message_id=message_id)
+    ).rowcount
+    return bool(claimed == len(note_ids))
 
 
 def _insert_revisions(
