@@ -25,7 +25,7 @@ import css_inline
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from monitor.models import DigestEntry, Hit, Item, OutgoingMessage
+from monitor.models import DigestEntry, EarlierMessage, Hit, Item, OutgoingMessage, StoryGrowth
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -137,14 +137,29 @@ class Renderer:
         *,
         kind: str = "digest",
         health: Sequence[FeedHealth] = (),
+        already: Sequence[tuple[DigestEntry, EarlierMessage]] = (),
+        growth: Sequence[StoryGrowth] = (),
     ) -> OutgoingMessage:
-        """Render one multipart message; kind is "digest" or "alert" (immediate watchlists)."""
+        """Render one multipart message; kind is "digest" or "alert" (immediate watchlists).
+
+        entries: one per story, in the order of their sections; already: stories an earlier
+        message carried, one line each; growth: sent stories that gained outlets."""
         context = self._context(recipient, entries, now, kind, health)
+        context.update(
+            subject=self._subject(kind, recipient, entries, growth),
+            already=[self._earlier(entry, sent) for entry, sent in already],
+            already_heading=(
+                "Already alerted" if all(s.kind == "alert" for _, s in already) else "Already sent"
+            ),
+            growth=[self._growth(line) for line in growth],
+            total=len(entries) + len(growth),
+        )
         text = self._env.get_template(f"{kind}.txt.j2").render(context)
         # Inlined CSS: Gmail and Outlook drop <style> blocks but keep style attributes.
         html = css_inline.inline(self._env.get_template(f"{kind}.html.j2").render(context))
         message = EmailMessage(policy=_POLICY)
-        message_id = self.message_id(recipient, entries, now)
+        notes = [i for line in growth for i in line.note_ids]
+        message_id = self.message_id(recipient, entries, now, notes)
         message["From"] = self.settings.sender
         message["To"] = recipient
         message["Subject"] = single_line(str(context["subject"]))
@@ -188,12 +203,17 @@ class Renderer:
         return found
 
     def message_id(
-        self, recipient: str, entries: Sequence[DigestEntry], now: datetime | None = None
+        self,
+        recipient: str,
+        entries: Sequence[DigestEntry],
+        now: datetime | None = None,
+        notes: Sequence[int] = (),
     ) -> str:
-        """Deterministic: the same recipient and deliveries always give the same Message-ID,
-        whichever worker composes them. The items' keys count too: SQLite gives the ids of
-        deliveries pruned from the end of the table to new ones, which must not reuse an old
-        message's ID (a mail client would hide the new message as a duplicate).
+        """Deterministic: the same recipient and deliveries (and story growth notes) always
+        give the same Message-ID, whichever worker composes them. The items' keys count
+        too: SQLite gives the ids of deliveries pruned from the end of the table to new
+        ones, which must not reuse an old message's ID (a mail client would hide the new
+        message as a duplicate).
 
         An empty digest (send_empty) is identified by its time instead.
         """
@@ -204,6 +224,8 @@ class Renderer:
             if ids
             else f"empty:{now.isoformat() if now else ''}"
         )
+        if notes:  # growth alone, or beside entries
+            seed_ids += "|growth:" + ",".join(map(str, sorted(notes)))
         seed = f"{recipient}|{seed_ids}".encode()
         return f"<digest.{hashlib.sha256(seed).hexdigest()[:32]}@{_domain(self.settings.sender)}>"
 
@@ -228,16 +250,9 @@ class Renderer:
                 "more": [self._brief(entry) for entry in group[cap:]],
                 "count": len(group),
             }
-            for name, group in sorted(groups.items())
+            for name, group in groups.items()  # the order given: the config's (contents.py)
         ]
-        template = self.settings.alert_subject if kind == "alert" else self.settings.subject
-        subject = template.format(
-            count=len(entries),
-            watchlists=", ".join(groups) or "your watchlists",
-            recipient=recipient,
-        )
         return {
-            "subject": subject,
             "health": [
                 {
                     "name": h.name,
@@ -248,10 +263,46 @@ class Renderer:
                 for h in health
             ],
             "recipient": recipient,
+            "kind": kind,
             "watchlists": watchlists,
-            "total": len(entries),
             "generated_at": self._local(now),
             "source": self.settings.source,
+        }
+
+    def _subject(
+        self,
+        kind: str,
+        recipient: str,
+        entries: Sequence[DigestEntry],
+        growth: Sequence[StoryGrowth],
+    ) -> str:
+        """Counts stories and articles (one entry each, and each story that grew), never
+        matches; names the sections, then the lists of the stories that grew."""
+        names = [entry.watchlist for entry in entries]
+        names += [name for line in growth for name in line.watchlists[:1]]
+        template = self.settings.alert_subject if kind == "alert" else self.settings.subject
+        return template.format(
+            count=len(entries) + len(growth),
+            watchlists=", ".join(dict.fromkeys(names)) or "your watchlists",
+            recipient=recipient,
+        )
+
+    def _earlier(self, entry: DigestEntry, sent: EarlierMessage) -> dict[str, object]:
+        return {
+            **self._brief(entry),
+            "kind": sent.kind,
+            "at": self._local(sent.at),
+            "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
+        }
+
+    def _growth(self, line: StoryGrowth) -> dict[str, object]:
+        item = line.item
+        return {
+            "title": item.title or item.url,
+            "outlet": item.feed,
+            "outlets": line.outlets,
+            "new": [{"outlet": outlet, "url": _link(url)} for outlet, url in line.new],
+            "tags": " · ".join(line.watchlists),
         }
 
     def _entry(self, entry: DigestEntry) -> dict[str, object]:
@@ -267,6 +318,8 @@ class Renderer:
             "snippet": snippet(item.summary, summary_spans),
             "terms": list(dict.fromkeys(h.term for h in entry.hits)),
             "updated": entry.updated,
+            "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
+            "shared": len(entry.watchlists) > 1,  # tags worth a line: more than its section
             "also": [
                 {"outlet": outlet, "url": url if url.startswith(("https://", "http://")) else ""}
                 for outlet, url in entry.also_reported_by
@@ -320,6 +373,11 @@ def highlight(text: str, spans: Sequence[tuple[int, int]], start: int, end: int)
     if position < end:
         parts.append((text[position:end], False))
     return parts
+
+
+def _link(url: str) -> str:
+    """Feed links only where a mail client opens them safely: http(s)."""
+    return url if url.startswith(("https://", "http://")) else ""
 
 
 def _domain(address: str) -> str:

@@ -641,7 +641,7 @@ def test_an_alerted_article_is_not_repeated_in_the_digest(
     assert "plant einen" not in text and "/babuschkin" not in text
     line = next(line for line in text.splitlines() if "Igor Babuschkin verlässt xAI" in line)
     assert text.index("Already alerted") < text.index(line)
-    assert "alerted" in line and "n-tv" in line
+    assert "alerted" in line and "(Nachrichten)" in line
     store = open_store(load_config(config).database)
     try:
         outbox = store.outbox()
