@@ -11,7 +11,7 @@ import binascii
 import contextlib
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email import quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry
@@ -189,12 +189,25 @@ class Renderer:
             "u:example.org/sample", "sample", "g", "https://example.org/sample", "Sample xAI",
             "A sample summary about xAI.", now, "en",
         )  # fmt: skip
-        entry = DigestEntry((1,), "sample", item, (Hit("xAI", "title", 7, 10),))
+        entry = DigestEntry(
+            (1,), "sample", item, (Hit("xAI", "title", 7, 10),), watchlists=("sample", "other")
+        )
         health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
+        # Every section a digest can have: an earlier alert's line, a story that grew.
+        already = [(replace(entry, delivery_ids=(2,)), EarlierMessage("<m@x>", "alert", now))]
+        growth = [StoryGrowth((3,), 1, item, 2, (("other", "https://example.org/o"),), ("x",))]
         found = []
         for kind in ("digest", "alert"):
             try:
-                self.render("sample@example.org", [entry], now, kind=kind, health=health)
+                self.render(
+                    "sample@example.org",
+                    [entry],
+                    now,
+                    kind=kind,
+                    health=health,
+                    already=already,
+                    growth=growth,
+                )
             except jinja2.TemplateSyntaxError as error:
                 found.append(f"{error.filename or error.name}:{error.lineno}: {error.message}")
             except Exception as error:  # undefined names, bad filters, a header refused

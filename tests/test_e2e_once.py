@@ -78,7 +78,7 @@ def deliveries(database: str) -> list[tuple[str, str, str | None]]:
             rows = connection.execute(
                 sa.text("SELECT watchlist, status, message_id FROM deliveries ORDER BY id")
             )
-            return [tuple(row) for row in rows]  # type: ignore[misc]
+            return [tuple(row) for row in rows]
     finally:
         engine.dispose()
 
