@@ -1484,24 +1484,33 @@ class Store:
         for these stories of each recipient (read-only)."""
         story = sa.func.coalesce(story_members.c.story_id, matches.c.item_id)
         at = sa.func.coalesce(messages.c.sent_at, messages.c.created_at)
+        everyone = sorted(stories)
         found: dict[tuple[str, int], EarlierMessage] = {}
         with self._read() as tx:
-            for recipient, wanted in stories.items():
-                for chunk in _chunks(sorted(wanted)):
-                    query = (
-                        sa.select(story.label("story"), messages.c.message_id, messages.c.kind, at)
-                        .select_from(deliveries)
-                        .join(matches, matches.c.id == deliveries.c.match_id)
-                        .outerjoin(story_members, story_members.c.item_id == matches.c.item_id)
-                        .join(messages, messages.c.message_id == deliveries.c.message_id)
-                        .where(deliveries.c.recipient == recipient)
-                        .where(messages.c.status != "dead")
-                        .where(story.in_(chunk))
-                        .order_by(at, messages.c.message_id)
+            # One query per chunk of stories for every recipient: one per recipient cost a
+            # round trip each on PostgreSQL.
+            for chunk in _chunks(sorted({s for wanted in stories.values() for s in wanted})):
+                query = (
+                    sa.select(
+                        deliveries.c.recipient,
+                        story.label("story"),
+                        messages.c.message_id,
+                        messages.c.kind,
+                        at.label("at"),
                     )
-                    for row in tx.execute(query):
-                        earlier = EarlierMessage(row[1], row[2], _aware(row[3]))
-                        found.setdefault((recipient, row.story), earlier)
+                    .select_from(deliveries)
+                    .join(matches, matches.c.id == deliveries.c.match_id)
+                    .outerjoin(story_members, story_members.c.item_id == matches.c.item_id)
+                    .join(messages, messages.c.message_id == deliveries.c.message_id)
+                    .where(deliveries.c.recipient.in_(everyone))
+                    .where(messages.c.status != "dead")
+                    .where(story.in_(chunk))
+                    .order_by(at, messages.c.message_id)
+                )
+                for row in tx.execute(query):
+                    if row.story in stories[row.recipient]:
+                        earlier = EarlierMessage(row.message_id, row.kind, _aware(row.at))
+                        found.setdefault((row.recipient, row.story), earlier)
         return found
 
     def pending_growth(self, recipients: Iterable[str]) -> dict[str, list[StoryGrowth]]:
