@@ -232,13 +232,11 @@ class Renderer:
         """
         ids = sorted(i for entry in entries for i in entry.delivery_ids)
         keys = sorted({entry.item.key for entry in entries})
-        seed_ids = (
-            ",".join(map(str, ids)) + "|" + ",".join(keys)
-            if ids
-            else f"empty:{now.isoformat() if now else ''}"
-        )
-        if notes:  # growth alone, or beside entries
+        seed_ids = ",".join(map(str, ids)) + "|" + ",".join(keys) if ids else ""
+        if notes:  # stories that grew, alone or beside entries
             seed_ids += "|growth:" + ",".join(map(str, sorted(notes)))
+        if not seed_ids:
+            seed_ids = f"empty:{now.isoformat() if now else ''}"
         seed = f"{recipient}|{seed_ids}".encode()
         return f"<digest.{hashlib.sha256(seed).hexdigest()[:32]}@{_domain(self.settings.sender)}>"
 
