@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from monitor.models import DigestEntry, EarlierMessage, StoryGrowth
+from monitor.models import DigestEntry, EarlierMessage, MessageKind, StoryGrowth
 
 Rank = Callable[[str], tuple[int, str]]
 
@@ -54,7 +54,7 @@ def plan(
     earlier: Mapping[int, EarlierMessage],
     growth: Sequence[StoryGrowth],
     rank: Rank,
-    kind: str,
+    kind: MessageKind,
 ) -> Contents:
     """The contents of one recipient's message. due: the pending entries of the lists being
     sent; others: those of the recipient's other lists (their names are tags only);
@@ -71,13 +71,13 @@ def plan(
             entries.append(merged)
             continue
         covered.update(dict.fromkeys(merged.delivery_ids, told.message_id))
-        if kind == "digest" and story not in grown:
+        if kind is MessageKind.DIGEST and story not in grown:
             already.append((merged, told))
     carried = {entry.story for entry in entries}
     absorbed = [i for line in growth if line.story in carried for i in line.note_ids]
     lines = (
         [_tagged(line, tags.get(line.story, ()), rank) for line in growth if line.story in grown]
-        if kind == "digest"
+        if kind is MessageKind.DIGEST
         else []
     )
     return Contents(

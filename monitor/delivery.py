@@ -22,7 +22,7 @@ from monitor.config import DeliveryPlan
 from monitor.contents import Contents, plan, ranking
 from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError
-from monitor.models import DigestEntry, FeedStatus, Item, OutgoingMessage
+from monitor.models import DigestEntry, FeedStatus, Item, MessageKind, OutgoingMessage
 from monitor.schedules import Every
 from monitor.store import DigestRun
 
@@ -141,7 +141,7 @@ def compose(
         )
         if not contents.is_news and not (app.config.digests.send_empty and record_runs):
             if runs or contents.covered:  # the period is handled: nothing new to say
-                app.store.claim(None, [], now, runs, covered=contents.covered)
+                app.store.claim_digest(None, [], now, runs, covered=contents.covered)
             continue
         try:
             message = _render(app, recipient, contents, now, _kind(pairs), health)
@@ -155,15 +155,15 @@ def compose(
             )
             held += 1
             continue
-        claimed = app.store.claim(
+        if app.store.claim_digest(
             message,
             contents.delivery_ids,
             now,
             runs,
             covered=contents.covered,
             notes=contents.notes,
-        )
-        composed += claimed
+        ):
+            composed += 1
     return composed, held
 
 
@@ -206,7 +206,7 @@ def _render(
     recipient: str,
     contents: Contents,
     now: datetime,
-    kind: str,
+    kind: MessageKind,
     health: Sequence[FeedHealth],
 ) -> OutgoingMessage:
     return app.renderer.render(
@@ -227,10 +227,10 @@ def _by_recipient(due: Sequence[Due]) -> dict[str, list[Due]]:
     return by_recipient
 
 
-def _kind(pairs: Sequence[Due]) -> str:
+def _kind(pairs: Sequence[Due]) -> MessageKind:
     """A recipient's message is an alert when every list in it is immediate."""
     alert = pairs and all(p.plan.schedule.every is Every.IMMEDIATE for p in pairs)
-    return "alert" if alert else "digest"
+    return MessageKind.ALERT if alert else MessageKind.DIGEST
 
 
 def _pending(app: App, names: set[str]) -> dict[str, list[DigestEntry]]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import email.policy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email import quoprimime
-from email.headerregistry import BaseHeader, HeaderRegistry
+from email import message_from_bytes, quoprimime
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -25,7 +26,16 @@ import css_inline
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from monitor.models import DigestEntry, EarlierMessage, Hit, Item, OutgoingMessage, StoryGrowth
+from monitor.labels import labels, plain_problem, plain_status
+from monitor.models import (
+    DigestEntry,
+    EarlierMessage,
+    Hit,
+    Item,
+    MessageKind,
+    OutgoingMessage,
+    StoryGrowth,
+)
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -55,8 +65,10 @@ class DigestSettings:
     sender: str
     zone: ZoneInfo
     max_per_watchlist: int = 25
-    subject: str = "monitor digest: {count} new for {watchlists}"
-    alert_subject: str = "monitor alert: {count} new for {watchlists}"
+    subject: str | None = None  # None: the language's default (labels.py)
+    alert_subject: str | None = None
+    language: str = "en"  # of the labels and default subjects (labels.LANGUAGES)
+    names: tuple[tuple[str, str], ...] = ()  # (address, display name) for the To header
     source: str = ""  # which config produced the digest, for the footer
     unsubscribe_url: str | None = None  # https, for RFC 8058 one-click unsubscribe
 
@@ -69,6 +81,39 @@ class FeedHealth:
     status: str
     error: str
     since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadableMessage:
+    """A rendered message as its recipient reads it (`digest --preview`)."""
+
+    address: str
+    to: str  # the To header, decoded: "Jane Doe <jane@example.org>"
+    subject: str
+    text: str
+    html: str
+    mime: bytes
+
+
+def read_back(message: OutgoingMessage) -> ReadableMessage:
+    """The decoded parts of a rendered message: what a mail program shows."""
+    parsed = message_from_bytes(message.mime, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)  # the default policy's class
+
+    def body(subtype: str) -> str:
+        part = parsed.get_body((subtype,))
+        if not isinstance(part, EmailMessage):
+            return ""
+        return "\n".join(str(part.get_content()).splitlines())  # the wire's CRLF: \n
+
+    return ReadableMessage(
+        message.recipient,
+        str(parsed["To"]),
+        str(parsed["Subject"]),
+        body("plain"),
+        body("html"),
+        message.mime,
+    )
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -117,6 +162,8 @@ class Renderer:
 
     def __init__(self, settings: DigestSettings, templates_dir: Path | None = None) -> None:
         self.settings = settings
+        self._names = dict(settings.names)
+        self._labels = labels(settings.language)
         search = [str(templates_dir)] if templates_dir else []
         self._env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader([*search, str(default_templates_dir())]),
@@ -135,12 +182,12 @@ class Renderer:
         entries: Sequence[DigestEntry],
         now: datetime,
         *,
-        kind: str = "digest",
+        kind: MessageKind = MessageKind.DIGEST,
         health: Sequence[FeedHealth] = (),
         already: Sequence[tuple[DigestEntry, EarlierMessage]] = (),
         growth: Sequence[StoryGrowth] = (),
     ) -> OutgoingMessage:
-        """Render one multipart message; kind is "digest" or "alert" (immediate watchlists).
+        """Render one multipart message: a digest, or an alert (immediate watchlists).
 
         entries: one per story, in the order of their sections; already: stories an earlier
         message carried, one line each; growth: sent stories that gained outlets."""
@@ -148,9 +195,7 @@ class Renderer:
         context.update(
             subject=self._subject(kind, recipient, entries, growth),
             already=[self._earlier(entry, sent) for entry, sent in already],
-            already_heading=(
-                "Already alerted" if all(s.kind == "alert" for _, s in already) else "Already sent"
-            ),
+            already_heading=self._already_heading(already),
             growth=[self._growth(line) for line in growth],
             total=len(entries) + len(growth),
         )
@@ -161,7 +206,7 @@ class Renderer:
         notes = [i for line in growth for i in line.note_ids]
         message_id = self.message_id(recipient, entries, now, notes)
         message["From"] = self.settings.sender
-        message["To"] = recipient
+        message["To"] = self._to(recipient)
         message["Subject"] = single_line(str(context["subject"]))
         message["Date"] = format_datetime(now.astimezone(self.settings.zone))
         message["Message-ID"] = message_id
@@ -179,6 +224,15 @@ class Renderer:
         message.attach(_text_part(html, "html"))
         return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
 
+    def _to(self, recipient: str) -> Address | str:
+        """The recipient with their display name, which the header encodes (RFC 2047),
+        quotes and folds: a name is never pasted into the header's text."""
+        name = self._names.get(recipient)
+        if not name:
+            return recipient
+        local, _, domain = recipient.rpartition("@")
+        return Address(display_name=name, username=local, domain=domain)
+
     def problems(self) -> list[str]:
         """What keeps a digest or an alert from rendering, found by rendering a sample of
         each (every template they include compiles on the way): a broken user template, or
@@ -194,10 +248,12 @@ class Renderer:
         )
         health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
         # Every section a digest can have: an earlier alert's line, a story that grew.
-        already = [(replace(entry, delivery_ids=(2,)), EarlierMessage("<m@x>", "alert", now))]
+        already = [
+            (replace(entry, delivery_ids=(2,)), EarlierMessage("<m@x>", MessageKind.ALERT, now))
+        ]
         growth = [StoryGrowth((3,), 1, item, 2, (("other", "https://example.org/o"),), ("x",))]
         found = []
-        for kind in ("digest", "alert"):
+        for kind in MessageKind:
             try:
                 self.render(
                     "sample@example.org",
@@ -245,7 +301,7 @@ class Renderer:
         recipient: str,
         entries: Sequence[DigestEntry],
         now: datetime,
-        kind: str,
+        kind: MessageKind,
         health: Sequence[FeedHealth],
     ) -> dict[str, object]:
         groups: dict[str, list[DigestEntry]] = {}
@@ -263,12 +319,15 @@ class Renderer:
             }
             for name, group in groups.items()  # the order given: the config's (contents.py)
         ]
+        language = self.settings.language
         return {
+            "language": language,
+            "t": self._labels,
             "health": [
                 {
                     "name": h.name,
-                    "status": h.status,
-                    "error": h.error,
+                    "status": plain_status(h.status, language),
+                    "error": plain_problem(h.error, language) if h.error else "",
                     "since": self._local(h.since) if h.since else "",
                 }
                 for h in health
@@ -282,36 +341,49 @@ class Renderer:
 
     def _subject(
         self,
-        kind: str,
+        kind: MessageKind,
         recipient: str,
         entries: Sequence[DigestEntry],
         growth: Sequence[StoryGrowth],
     ) -> str:
         """Counts stories and articles (one entry each, and each story that grew), never
         matches; names the sections, then the lists of the stories that grew."""
+        words = self._labels
+        if kind is MessageKind.ALERT:
+            template = self.settings.alert_subject or words["alert_subject"]
+        else:
+            template = self.settings.subject or words["subject"]
         names = [entry.watchlist for entry in entries]
         names += [name for line in growth for name in line.watchlists[:1]]
-        template = self.settings.alert_subject if kind == "alert" else self.settings.subject
         return template.format(
             count=len(entries) + len(growth),
-            watchlists=", ".join(dict.fromkeys(names)) or "your watchlists",
+            watchlists=", ".join(dict.fromkeys(names)) or words["your_watchlists"],
             recipient=recipient,
         )
 
+    def _already_heading(self, already: Sequence[tuple[DigestEntry, EarlierMessage]]) -> str:
+        alerts = all(sent.kind == MessageKind.ALERT for _, sent in already)
+        return self._labels["already_alerted" if alerts else "already_sent"]
+
     def _earlier(self, entry: DigestEntry, sent: EarlierMessage) -> dict[str, object]:
+        how = "alerted" if sent.kind == MessageKind.ALERT else "in_digest_of"
         return {
             **self._brief(entry),
-            "kind": sent.kind,
-            "at": self._local(sent.at),
+            "when": f"{self._labels[how]} {self._local(sent.at)}",
             "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
         }
 
     def _growth(self, line: StoryGrowth) -> dict[str, object]:
         item = line.item
+        spread = self._labels["now_in"].format(
+            outlets=line.outlets,
+            count=len(line.new),
+            names=", ".join(outlet for outlet, _ in line.new),
+        )
         return {
             "title": item.title or item.url,
             "outlet": item.feed,
-            "outlets": line.outlets,
+            "spread": spread,
             "new": [{"outlet": outlet, "url": _link(url)} for outlet, url in line.new],
             "tags": " · ".join(line.watchlists),
         }
