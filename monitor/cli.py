@@ -35,7 +35,7 @@ from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.poller import poll_due
-from monitor.store import Store, open_store
+from monitor.store import DeferredMessage, Store, open_store
 from monitor.text import clean_text
 from monitor.urls import canonical_url
 from monitor.watchlists import Exclusion, Matcher, in_context
@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     feeds.add_argument("--json", action="store_true", help="a JSON list, for scripts")
     command("prune", help="delete items past retention.items; keep their keys as tombstones")
     command("status", help="daemon alive?, last poll, feeds by state, outbox, next digests")
+    dead = command(
+        "dead-letters", help="list the messages a server refused for good: recipient, since, why"
+    )
+    dead.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
     retry = command(
         "retry-dead", help="send dead letters again (same Message-ID) once their cause is fixed"
     )
@@ -174,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that read what the daemon (or `monitor poll`) stored: on a database file that is
 # not there they would create an empty one, and report from it.
-_READERS = {"status", "feeds", "prune", "retry-dead", "migrate-db"}
+_READERS = {"status", "feeds", "prune", "dead-letters", "retry-dead", "migrate-db"}
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -200,6 +204,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return asyncio.run(_preview(config, args))
     if args.command == "test-email":
         return asyncio.run(_test_email(config, args.address))
+    if args.command == "dead-letters":
+        return _dead_letters(config, args.recipient)
     if args.command == "retry-dead":  # a running daemon sends them: no lock needed
         return _retry_dead(config, args.recipient)
     if args.command == "run":
@@ -265,11 +271,15 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
 async def _digest(config: Config, args: argparse.Namespace) -> int:
     only = resolve_names(args.watchlist, [w.name for w in config.watchlists], "watchlist")
     async with running_app(config) as app:
-        report = await run_digests(app, force=True, only=only or None)
+        report = await run_digests(app, force=True, only=only or None, flush=True)
+        deferred = app.store.deferred_messages()
     print(
         f"{report.composed} digest(s) composed, {report.sent} sent, "
-        f"{report.retrying} to retry, {report.dead} dead-lettered"
+        f"{report.retrying} deferred, {report.dead} dead letter(s)"
     )
+    _print_deferred(deferred, config)
+    if report.dead:
+        print("  `monitor dead-letters` says who refused what and why")
     if report.held_back:
         print(
             f"monitor: the messages of {report.held_back} recipient(s) could not be rendered "
@@ -277,6 +287,41 @@ async def _digest(config: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if not (report.retrying or report.held_back) else EXIT_FAILURE
+
+
+def _print_deferred(deferred: Sequence[DeferredMessage], config: Config) -> None:
+    """What waits for a retry after a failure that may pass, until when, and why."""
+    for message in deferred:
+        until = _local(message.next_attempt_at, config)
+        print(
+            f"  deferred: {message.recipient} ({message.kind}, attempt {message.attempts}) "
+            f"until {until}: {message.error}"
+        )
+    if deferred:
+        print(
+            "  the daemon tries them again at those times; `monitor digest --send` tries "
+            "them all now"
+        )
+
+
+def _dead_letters(config: Config, recipient: str | None) -> int:
+    """One line per dead letter: a message, to one recipient, refused for good."""
+    store = open_store(config.database)
+    try:
+        letters = store.dead_letters(recipient)
+    finally:
+        store.close()
+    if letters:
+        print(f"{'SINCE':23} {'RECIPIENT':32} {'KIND':6} ERROR")
+    for letter in letters:
+        since = _local(letter.since, config)
+        print(f"{since:23} {letter.recipient:32} {letter.kind:6} {letter.error}")
+    whose = f" to {recipient}" if recipient else ""
+    print(
+        f"{len(letters)} dead letter(s){whose}: messages a server refused for good"
+        + ("; once the cause is fixed, `monitor retry-dead` sends them again" if letters else "")
+    )
+    return EXIT_OK
 
 
 async def _preview(config: Config, args: argparse.Namespace) -> int:
@@ -590,3 +635,7 @@ def _feed_record(feed: FeedConfig, state: FeedState) -> dict[str, object]:
 
 def _when(moment: datetime | None, config: Config) -> str:
     return moment.astimezone(config.zone).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def _local(moment: datetime, config: Config) -> str:
+    return moment.astimezone(config.zone).strftime("%Y-%m-%d %H:%M:%S %Z")

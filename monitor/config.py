@@ -479,6 +479,18 @@ class RetentionConfig(_Model):
         return self
 
 
+def database_url(value: str) -> str:
+    """`value` as SQLAlchemy spells it: a plain path is a SQLite file, and libpq's
+    `postgres://` (what PostgreSQL hosts hand out) is `postgresql://`, which SQLAlchemy
+    alone knows."""
+    if "://" not in value:
+        return f"sqlite:///{value}"
+    scheme, rest = value.split("://", 1)
+    if scheme == "postgres" or scheme.startswith("postgres+"):
+        return f"postgresql{scheme.removeprefix('postgres')}://{rest}"
+    return value
+
+
 class Config(_Model):
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "Europe/Berlin"
     database: str = "sqlite:///monitor.db"
@@ -497,9 +509,7 @@ class Config(_Model):
     @field_validator("database")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if "://" not in value:  # a plain path means a SQLite file
-            return f"sqlite:///{value}"
-        return value
+        return database_url(value)
 
     def display_names(self) -> dict[str, str]:
         """address -> the display name given with it (anywhere in the config)."""
