@@ -279,6 +279,18 @@ def _has_and(node: Node) -> bool:
     return False
 
 
+def wanted_filters(node: Node) -> list[Filter]:
+    """The site: and language: filters an item may have to meet, in order (not those
+    under NOT: an item of unknown origin meets NOT site:x)."""
+    if isinstance(node, Filter):
+        return [node]
+    if isinstance(node, Term | Not | Near):  # a NEAR has terms on both sides
+        return []
+    if isinstance(node, Scope):
+        return wanted_filters(node.child)
+    return [found for child in node.children for found in wanted_filters(child)]
+
+
 def terms_of(node: Node) -> list[Term]:
     """Every term in the tree, in order."""
     if isinstance(node, Term):

@@ -248,6 +248,36 @@ def test_test_text_says_which_exclusion_removed_a_match(
     assert "no watchlist matched (1 excluded)" in err
 
 
+def test_test_text_says_what_a_site_or_language_filter_needs_and_takes_a_url(
+    httpserver: HTTPServer, write_config: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A text has no link and no language: a query with site: or language: cannot hold. It
+    used to say only "no watchlist matched", as if the query were wrong."""
+    data = settings(httpserver)
+    data["watchlists"] = [
+        {
+            "name": "Grok auf n-tv",
+            "query": "site:n-tv.de AND Grok",
+            "recipients": ["a@example.org"],
+        },
+        {"name": "Grok auf Deutsch", "query": "language:de AND Grok"},
+    ]
+    data["recipients"] = ["a@example.org"]
+    path = write_config(data)
+    assert main(["--config", str(path), "test", "Grok ist da"]) == 1
+    out, err = out_of(capsys)
+    assert "Grok auf n-tv: needs the item's link for site:n-tv.de; add --url LINK" in out
+    assert "Grok auf Deutsch: needs the item's language for language:de; add --language de" in (out)
+    assert "no watchlist matched" in err
+    link = "https://www.n-tv.de/technik/Grok-article1.html"
+    assert main(["--config", str(path), "test", "--url", link, "Grok ist da"]) == 0
+    out = out_of(capsys)[0]
+    assert out.startswith("Grok auf n-tv: Grok\n")
+    assert "Grok auf Deutsch: needs" in out  # still not told the language
+    assert main(["--config", str(path), "test", "--url", "https://bild.de/x", "Grok"]) == 1
+    assert "needs the item's link" not in out_of(capsys)[0]  # known, and not n-tv.de
+
+
 def test_why_not_says_when_the_exclusion_removed_a_stored_item(
     httpserver: HTTPServer, write_config: Write, capsys: pytest.CaptureFixture[str]
 ) -> None:
