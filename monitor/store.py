@@ -170,6 +170,9 @@ messages = sa.Table(
     sa.Column("kind", sa.Text, nullable=False, server_default="digest"),  # digest | alert
     sa.Column("lease_owner", sa.Text),  # the worker sending it right now, if any
     sa.Column("lease_until", UTCDateTime),
+    # When a server first left the end of this message unanswered: it may have it. One more
+    # copy is allowed, never a third (delivery.send_ready).
+    sa.Column("unconfirmed_at", UTCDateTime),
     sa.Index("ix_messages_status_next", "status", "next_attempt_at"),
 )
 
@@ -1608,6 +1611,18 @@ class Store:
                     .where(deliveries.c.message_id == message_id)
                     .values(status=status, sent_at=now)
                 )
+
+    def note_unconfirmed(self, message_id: str, now: datetime) -> bool:
+        """Record that the server may have this message (no reply to its end); True the
+        first time for this message, False ever after."""
+        with self._tx() as tx:
+            noted = tx.execute(
+                messages.update()
+                .where(messages.c.message_id == message_id)
+                .where(messages.c.unconfirmed_at.is_(None))
+                .values(unconfirmed_at=now)
+            ).rowcount
+        return bool(noted)
 
     def mark_retry(
         self, message_id: str, error: str, now: datetime, delay: Callable[[int], timedelta]
