@@ -19,6 +19,7 @@ from monitor.config import (
     Config,
     FeedConfig,
     _parse_duration,
+    config_warnings,
     find_config,
     mailbox_address,
 )
@@ -127,6 +128,8 @@ _READERS = {"status", "feeds", "prune", "retry-dead", "migrate-db"}
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
     if args.command == "check":
+        for warning in config_warnings(config):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
     testing = args.command == "test" and bool(args.why_not or args.stored)
