@@ -245,6 +245,12 @@ def _migrate_db(config: Config, target: str) -> int:
 
 
 def _retry_dead(config: Config, recipient: str | None) -> int:
+    if recipient is not None:
+        try:
+            recipient = mailbox_address(recipient)  # as stored: the domain in lower case
+        except ValueError as refused:
+            print(f"monitor: {refused}", file=sys.stderr)
+            return EXIT_USAGE
     store = open_store(config.database)
     try:
         count = store.retry_dead(datetime.now(UTC), recipient)

@@ -149,8 +149,10 @@ async def test_dead_letters_go_out_again_once_their_cause_is_fixed(
         path = write_config(data)  # the same file and database the app uses
         assert main(["--config", str(path), "retry-dead", "--recipient", "c@example.org"]) == 0
         assert "0 dead letter(s) to c@example.org" in capsys.readouterr().out
+        assert main(["--config", str(path), "retry-dead", "--recipient", "b@EXAMPLE.org"]) == 0
+        assert "1 dead letter(s) to b@example.org queued again" in capsys.readouterr().out
         assert main(["--config", str(path), "retry-dead"]) == 0
-        assert "1 dead letter(s) queued again" in capsys.readouterr().out
+        assert "0 dead letter(s) queued again" in capsys.readouterr().out
         clock.now = datetime.now(UTC) + timedelta(minutes=1)  # the command's clock is real
         assert (await run_digests(app)).sent == 1
         assert app.store.outbox().dead == 0 and app.store.dead_letters() == []
@@ -569,9 +571,9 @@ async def test_a_server_slow_to_answer_the_end_of_a_message_gets_one_copy(
     """A server that answers 250 after the command timeout (scanning, say) kept the message,
     and every retry sent it another copy: the wait for that reply is RFC 5321's own."""
     recorder, port = smtp_server
-    recorder.data_delay = 2.5
+    recorder.data_delay = 3.5
     clock = Clock(utc(2026, 11, 30, 6, 30))
-    async with open_app(slow_server_settings(port, timeout=1), clock) as app:
+    async with open_app(slow_server_settings(port, timeout=2), clock) as app:
         add_matches(app, 1)
         assert (await run_digests(app, force=True)).sent == 1
         clock.advance(hours=2)
@@ -613,6 +615,7 @@ async def test_a_sent_mark_the_database_refuses_is_retried_never_the_send(
     server accepts a message: the "sent" mark failed, and the message went out again."""
     import sqlite3
     import threading
+    import time
 
     import sqlalchemy as sa
 
@@ -628,7 +631,15 @@ async def test_a_sent_mark_the_database_refuses_is_retried_never_the_send(
 
         sa.event.listen(app.store.engine, "connect", short_busy_timeout)
         app.store.engine.dispose()
-        released = threading.Event()
+        refused, released = threading.Event(), threading.Event()
+
+        class Refusals(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "sent mark could not be written" in record.getMessage():
+                    refused.set()
+
+        watcher = Refusals()
+        logging.getLogger("monitor.delivery").addHandler(watcher)
 
         def hold_the_write_lock(_: bytes) -> None:  # while the message is in transmission
             other = sqlite3.connect(
@@ -636,15 +647,20 @@ async def test_a_sent_mark_the_database_refuses_is_retried_never_the_send(
             )
             other.execute("BEGIN IMMEDIATE")
 
-            def release() -> None:
+            def release() -> None:  # once a mark was refused, and a retry or two later
+                refused.wait(timeout=60)
+                time.sleep(1.0)
                 other.rollback()
                 other.close()
                 released.set()
 
-            threading.Timer(1.5, release).start()
+            threading.Thread(target=release, daemon=True).start()
 
         recorder.on_data = hold_the_write_lock
-        report = await run_digests(app, force=True)
+        try:
+            report = await run_digests(app, force=True)
+        finally:
+            logging.getLogger("monitor.delivery").removeHandler(watcher)
         assert released.is_set() and report.sent == 1
         assert (
             "the sent mark could not be written: (sqlite3.OperationalError) database is locked"
