@@ -117,7 +117,7 @@ class SmtpMailer:
                 await self._transaction(client, message)
             except UnconfirmedDeliveryError as error:  # the connection is closed
                 await report(message, error)
-                failure = DeliveryError(f"server did not answer: {error}")
+                failure = DeliveryError("not tried: the server left the message before unanswered")
                 await _fail(batch[position + 1 :], failure, report, take)
                 return
             except aiosmtplib.SMTPServerDisconnected as error:
@@ -213,7 +213,8 @@ def _redact(text: str, username: str, password: str) -> str:
     """A server's refusal of a login without what the client sent: some quote the AUTH
     data, whose base64 is the password in all but name. Long base64-like tokens go, and
     shorter ones that decode to the password or user name, and the password itself."""
-    secrets = [s.encode() for s in (password, username) if s]
+    # Shorter secrets would be found by chance in what any token decodes to.
+    secrets = [s.encode() for s in (password, username) if len(s) >= 3]
 
     def hide(found: re.Match[str]) -> str:
         token = found.group()
@@ -222,7 +223,11 @@ def _redact(text: str, username: str, password: str) -> str:
         return token
 
     text = _BASE64_TOKEN.sub(hide, text)
-    return text.replace(password, "[redacted]") if password else text
+    sent = [f"\0{username}\0{password}", username, password]  # PLAIN, LOGIN: as encoded
+    for secret in [base64.b64encode(s.encode()).decode() for s in sent] + [password]:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
 
 
 def _decodes_to(token: str, secrets: list[bytes]) -> bool:
