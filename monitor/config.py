@@ -554,23 +554,22 @@ def config_warnings(config: Config) -> list[str]:
             else "allow_plaintext_login: true"
         )
         warnings.append(f"smtp: the password goes to {config.smtp.host} in clear text ({why})")
-    lists = [("recipients", config.recipients)]
-    lists += [(f"watchlist {w.name!r}", w.recipients) for w in config.watchlists]
-    for where, recipients in lists:
-        warnings += _case_twins(where, [r.address for r in recipients])
-    return warnings
+    addresses = [r.address for r in config.recipients]
+    addresses += [r.address for w in config.watchlists for r in w.recipients]
+    return warnings + list(_case_twins(addresses))
 
 
-def _case_twins(where: str, addresses: list[str]) -> Iterator[str]:
+def _case_twins(addresses: list[str]) -> Iterator[str]:
     """Addresses that differ only in the case of the part before the @: RFC 5321 lets a
-    server tell them apart, almost none does, and then one person gets two copies."""
+    server tell them apart, almost none does, and then one person gets two messages."""
     first: dict[str, str] = {}
-    for address in dict.fromkeys(addresses):  # exact repeats are merged already
+    for address in dict.fromkeys(addresses):  # exact repeats are one recipient already
         twin = first.setdefault(address.lower(), address)
         if twin != address:
             yield (
-                f"{where}: {twin} and {address} differ only in upper/lower case before the @ "
-                "and each gets a copy; most servers deliver both to one mailbox: keep one"
+                f"recipients: {twin} and {address} differ only in upper/lower case before the "
+                "@ and each gets its own messages; most servers deliver both to one mailbox: "
+                "write it one way"
             )
 
 

@@ -338,10 +338,10 @@ def test_check_warns_about_addresses_that_differ_only_in_case_before_the_at(
     from monitor.cli import main
 
     path = tmp_path / "config.yaml"
-    path.write_text(
-        MINIMAL.replace("[press@example.org]", "[Press@example.org, press@EXAMPLE.org]"),
-        encoding="utf-8",
+    text = MINIMAL.replace(
+        "    terms: [xAI]\n", "    terms: [xAI]\n    recipients: [press@EXAMPLE.org]\n"
     )
+    path.write_text(text.replace("[press@example.org]", "[Press@example.org]"), encoding="utf-8")
     assert main(["--config", str(path), "check"]) == 0
     err = capsys.readouterr().err
     assert (
