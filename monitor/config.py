@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.config_messages import EXAMPLES, did_you_mean, meant_key, plain_message
 from monitor.errors import ConfigError
 from monitor.schedules import (
     QuietHours,
@@ -210,13 +211,28 @@ _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 LanguageCode = Annotated[str, AfterValidator(_language_code)]
 
 
+_NAMED = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<address>[^<>]*)>\s*$", re.DOTALL)
+
+
 def _recipient(value: Any) -> Any:
-    """A recipient is an address, or a mapping with the address and personal settings."""
-    return {"address": value} if isinstance(value, str) else value
+    """A recipient is an address (`jane@example.org` or `Jane Doe <jane@example.org>`), or a
+    mapping with the address and personal settings."""
+    if not isinstance(value, str):
+        return value
+    named = _NAMED.match(value)
+    if named is None:
+        return {"address": value}
+    name = named["name"]
+    if len(name) >= 2 and name[0] == name[-1] == '"':  # "Doe, Jane" <jane@example.org>
+        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    address = named["address"].strip()
+    return {"address": address, "name": name} if name else {"address": address}
 
 
 class RecipientConfig(_Model):
     address: Address
+    # The display name in the To header ("Jane Doe"), encoded there by the mail library.
+    name: Annotated[str, AfterValidator(_header_text)] | None = None
     digest: ScheduleText | None = None  # this recipient's own schedule, over the watchlist's
     quiet_hours: QuietHoursText | None = None  # e.g. "22:00-07:00": deferred, never dropped
 
@@ -244,8 +260,9 @@ def _check_query(query: str, info: ValidationInfo) -> str:
     try:
         if is_vacuous(parse_query(query)):
             raise QueryError(
-                "the query also matches items without any of its terms (a bare NOT); "
-                "combine it with a term: Musk AND NOT Muskat",
+                "the query also matches items without any of its terms (a bare NOT or a "
+                "filter such as site:); combine it with a term, as in Musk AND NOT Muskat "
+                "or site:n-tv.de AND Grok",
                 query,
                 0,
             )
@@ -289,20 +306,31 @@ class WatchlistConfig(_Model):
 
     @field_validator("exclude")
     @classmethod
-    def _valid_exclude(
-        cls, exclude: tuple[str, ...] | str, info: ValidationInfo
-    ) -> tuple[str, ...] | str:
-        if isinstance(exclude, str):
-            from monitor.errors import QueryError
-            from monitor.query import parse_query
+    def _valid_exclude(cls, exclude: tuple[str, ...] | str) -> tuple[str, ...] | str:
+        from monitor.errors import QueryError
+        from monitor.query import minus_terms, parse_query, parse_term
 
+        if isinstance(exclude, str):
             try:  # a bare NOT is fine here: it only ever removes items
-                parse_query(exclude)
+                excluded = minus_terms(parse_query(exclude))
             except QueryError as error:
                 raise ValueError(f"{error.message}\n{error.pointer()}") from None
+            if excluded:  # Google's -perfume here would remove every item WITHOUT perfume
+                raise ValueError(
+                    "exclude lists what to remove, so a '-' there would remove every item "
+                    f"without {excluded[0]}; write exclude: [{', '.join(excluded)}]"
+                )
             return exclude
         for term in exclude:
-            _check_term(term)
+            try:
+                parse_term(term)
+            except QueryError as error:
+                if error.rewrite is None:
+                    raise ValueError(error.message) from None
+                raise ValueError(
+                    f"exclude lists what to remove; write it without the '-': "
+                    f"exclude: [{error.rewrite}]"
+                ) from None
         return exclude
 
     @model_validator(mode="after")
@@ -396,8 +424,12 @@ class SmtpConfig(_Model):
 class DigestsConfig(_Model):
     max_per_watchlist: int = Field(25, ge=1)
     send_empty: bool = False
-    subject: HeaderText = "monitor digest: {count} new for {watchlists}"
-    alert_subject: HeaderText = "monitor alert: {count} new for {watchlists}"
+    # Labels, dates' words and default subjects in this language (de or en shipped).
+    language: str = "en"
+    subject: HeaderText | None = None  # default: "monitor digest: {count} new for {watchlists}"
+    alert_subject: HeaderText | None = (
+        None  # default: the subject set above, else "monitor alert: ..."
+    )
     hold: Duration = 300.0  # immediate alerts wait this long to batch a burst into one mail
     quiet_hours: QuietHoursText | None = None  # default for every watchlist, e.g. "22:00-07:00"
     templates_dir: str | None = None  # your own digest/alert templates override the shipped ones
@@ -405,7 +437,9 @@ class DigestsConfig(_Model):
 
     @field_validator("subject", "alert_subject")
     @classmethod
-    def _placeholders(cls, value: str) -> str:
+    def _placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         try:
             value.format(count=0, watchlists="", recipient="")
         except (KeyError, IndexError, ValueError) as error:
@@ -413,6 +447,23 @@ class DigestsConfig(_Model):
                 f"bad placeholder {error}; use only {{count}}, {{watchlists}}, {{recipient}}"
             ) from None
         return value
+
+    @field_validator("language")
+    @classmethod
+    def _shipped_language(cls, value: str) -> str:
+        from monitor.labels import LANGUAGES
+
+        code = value.strip().lower()
+        if code not in LANGUAGES:
+            raise ValueError(
+                f"{value!r}: digests are shipped in {' and '.join(sorted(LANGUAGES))}; "
+                "write one of them (your own wording goes in templates_dir)"
+            )
+        return code
+
+    def alert_subject_set(self) -> str | None:
+        """The alert subject the user chose: alert_subject, else their subject."""
+        return self.alert_subject or self.subject
 
     @field_validator("unsubscribe_url")
     @classmethod
@@ -469,6 +520,18 @@ class RetentionConfig(_Model):
         return self
 
 
+def database_url(value: str) -> str:
+    """`value` as SQLAlchemy spells it: a plain path is a SQLite file, and libpq's
+    `postgres://` (what PostgreSQL hosts hand out) is `postgresql://`, which SQLAlchemy
+    alone knows."""
+    if "://" not in value:
+        return f"sqlite:///{value}"
+    scheme, rest = value.split("://", 1)
+    if scheme == "postgres" or scheme.startswith("postgres+"):
+        return f"postgresql{scheme.removeprefix('postgres')}://{rest}"
+    return value
+
+
 class Config(_Model):
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "Europe/Berlin"
     database: str = "sqlite:///monitor.db"
@@ -480,16 +543,23 @@ class Config(_Model):
     metrics: MetricsConfig | None = None  # the HTTP endpoint is off unless configured
     dedupe: DedupeConfig = DedupeConfig()
     retention: RetentionConfig = RetentionConfig()
-    feeds: tuple[FeedConfig, ...] = Field(min_length=1)
+    feeds: tuple[FeedConfig, ...] = ()  # none: check and test work, run and poll refuse
     watchlists: tuple[WatchlistConfig, ...] = Field(min_length=1)
     source: str = Field("<memory>", exclude=True)  # the file this came from, for messages
 
     @field_validator("database")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if "://" not in value:  # a plain path means a SQLite file
-            return f"sqlite:///{value}"
-        return value
+        return database_url(value)
+
+    def display_names(self) -> dict[str, str]:
+        """address -> the display name given with it (anywhere in the config)."""
+        everyone = [*self.recipients, *(r for w in self.watchlists for r in w.recipients)]
+        names: dict[str, str] = {}
+        for recipient in everyone:
+            if recipient.name:
+                names.setdefault(recipient.address, recipient.name)
+        return names
 
     def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
         """The addresses that receive this watchlist, each once."""
@@ -615,7 +685,12 @@ def parse_config(text: str, source: str = "<string>", base: Path | None = None) 
         nested = {tuple(e["loc"][:i]) for e in errors for i in range(1, len(e["loc"]))}
         # A list whose entries failed also reports "too short"; the entries' errors say more.
         errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in nested)]
-        problems += [_describe(source, e, values, keys, data) for e in errors]
+        # "link: unknown key; did you mean url?" says all: not also "url: required key is missing".
+        unknown = [e["loc"] for e in errors if e["type"] == "extra_forbidden"]
+        meant = {(*loc[:-1], meant_key(loc, Config)) for loc in unknown}
+        errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
+        described = [_describe(source, e, values, keys, data) for e in errors]
+        problems += list(dict.fromkeys(described))  # a union's members say it once
     else:
         problems += _cross_checks(config, source, values)
         if not problems:
@@ -728,21 +803,16 @@ def _describe(
 ) -> str:
     loc: _Path = tuple(part for part in error["loc"] if not _is_pydantic_tag(part))
     kind = error["type"]
+    message = plain_message(error, loc, Config)
     if kind == "extra_forbidden":
         mark = keys.get(loc) or _nearest(loc, values)
-        message = "unknown key; check the spelling against config.example.yaml"
     elif kind == "missing":
         mark = _nearest(loc, values)
-        message = "required key is missing"
     else:
         # Name the key the user wrote: "recipients[0]", not the model's inner "...address".
         while loc and loc not in values and loc[:-1] in values:
             loc = loc[:-1]
         mark = values.get(loc) or _nearest(loc, values)
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if kind == "string_type" and isinstance(error.get("input"), dict):
-            # terms: [{xAI}] is a mapping to YAML; the docs' case-sensitive form needs quotes.
-            message += '; YAML reads {...} as a mapping: quote it, e.g. "{xAI}"'
     return f"{source}:{mark.line}:{mark.column}: {_dotted(loc)}: {_naming(message, loc, data)}"
 
 
@@ -799,8 +869,27 @@ def _cross_checks(config: Config, source: str, values: dict[_Path, _Mark]) -> li
                 report(("watchlists", index, "recipients", position, "digest"), str(error))
         for position, feed in enumerate(watchlist.feeds):
             if feed not in feed_names:
-                report(("watchlists", index, "feeds", position), f"no feed is named {feed!r}")
+                report(("watchlists", index, "feeds", position), _no_feed_named(feed, feed_names))
     return problems
+
+
+def _no_feed_named(name: str, feed_names: set[str]) -> str:
+    meant = did_you_mean(name, sorted(feed_names))
+    if meant is not None:
+        return f"no feed is named {name!r}; did you mean {meant!r}?"
+    if not feed_names:
+        return f"no feed is named {name!r}: there are no feeds; add {EXAMPLES['feeds']}"
+    return f"no feed is named {name!r}; the feeds are {', '.join(sorted(feed_names))}"
+
+
+def missing_feeds(config: Config) -> str | None:
+    """Why `run` and `poll` cannot work with this config (it has no feeds), or None. The
+    other commands can: a watchlist is tried with `test` before any feed is chosen."""
+    if config.feeds:
+        return None
+    return (
+        f"feeds: no feeds are configured; run and poll need at least one: add {EXAMPLES['feeds']}"
+    )
 
 
 def _duplicates(names: list[str]) -> Iterator[tuple[int, str]]:

@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.app import App
 from monitor.config import DeliveryPlan
+from monitor.contents import Contents, plan, ranking
 from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError, UnconfirmedDeliveryError
-from monitor.models import DigestEntry, FeedStatus, Item, OutgoingMessage
+from monitor.models import DigestEntry, FeedStatus, Item, MessageKind, OutgoingMessage
 from monitor.schedules import Every
 from monitor.store import DigestRun
 
@@ -51,9 +52,10 @@ class Due:
 
 
 async def run_digests(
-    app: App, *, force: bool = False, only: Iterable[str] | None = None
+    app: App, *, force: bool = False, only: Iterable[str] | None = None, flush: bool = False
 ) -> DeliveryReport:
-    """Compose what is due (force: everything pending, now), then send everything stored.
+    """Compose what is due (force: everything pending, now), then send everything stored
+    that is due (flush: waiting for a retry or not; see send_ready).
 
     Database work and rendering run in a thread: on SQLite a write waits for the poll
     writer's transaction, and the event loop must keep fetching meanwhile.
@@ -62,9 +64,9 @@ async def run_digests(
     try:
         composed, held = await asyncio.to_thread(_compose_due, app, now, force, only)
     except Exception:  # what is stored goes out even when composing failed (a bug, say)
-        await send_ready(app)
+        await send_ready(app, flush=flush)
         raise
-    sent, retrying, dead = await send_ready(app)
+    sent, retrying, dead = await send_ready(app, flush=flush)
     return DeliveryReport(composed, sent, retrying, dead, held)
 
 
@@ -131,35 +133,93 @@ def compose(
     """Render one message per recipient from its due pairs, and claim it. Returns how many,
     and how many recipients' messages could not be rendered (their matches stay pending)."""
     by_recipient = _by_recipient(due)
-    pending = _pending(app, {pair.plan.watchlist for pair in due})
+    planned = plan_messages(app, by_recipient)
     health = feed_health(app) if by_recipient else []
     composed = held = 0
     for recipient, pairs in by_recipient.items():
-        names = {pair.plan.watchlist for pair in pairs}
-        entries = [e for e in pending.get(recipient, []) if e.watchlist in names]
+        contents = planned[recipient]
         runs = (
             [DigestRun(p.plan.watchlist, recipient, p.slot) for p in pairs] if record_runs else []
         )
-        if not entries and not (app.config.digests.send_empty and record_runs):
-            if runs:
-                app.store.claim(None, [], now, runs)  # the period is handled: nothing to say
+        if not contents.is_news and not (app.config.digests.send_empty and record_runs):
+            if runs or contents.covered:  # the period is handled: nothing new to say
+                app.store.claim_digest(None, [], now, runs, covered=contents.covered)
             continue
         try:
-            message = app.renderer.render(recipient, entries, now, kind=_kind(pairs), health=health)
+            message = _render(app, recipient, contents, now, _kind(pairs), health)
         except Exception:  # one recipient's items (a user template's branch) only
             log.exception(
                 "could not render the %s for %s (watchlists %s); its matches stay pending, "
                 "the other recipients' messages go out",
                 _kind(pairs),
                 recipient,
-                ", ".join(sorted(names)),
+                ", ".join(sorted({pair.plan.watchlist for pair in pairs})),
             )
             held += 1
             continue
-        ids = [i for entry in entries for i in entry.delivery_ids]
-        if app.store.claim(message, ids, now, runs):
+        if app.store.claim_digest(
+            message,
+            contents.delivery_ids,
+            now,
+            runs,
+            covered=contents.covered,
+            notes=contents.notes,
+        ):
             composed += 1
     return composed, held
+
+
+def plan_messages(app: App, by_recipient: Mapping[str, Sequence[Due]]) -> dict[str, Contents]:
+    """What each recipient's message holds: each story once, ranked and tagged, none sent
+    before, and the growth of stories sent before (monitor/contents.py)."""
+    if not by_recipient:
+        return {}
+    growth = app.store.pending_growth(by_recipient)  # before the entries: see pending_growth
+    lists = {
+        w.name
+        for w in app.config.watchlists
+        if set(app.config.recipients_of(w)) & set(by_recipient)
+    }
+    pending = _pending(app, lists)
+    stories = {
+        r: {e.story for e in pending.get(r, [])} | {g.story for g in growth.get(r, [])}
+        for r in by_recipient
+    }
+    earlier = app.store.first_messages(stories)
+    rank = ranking([w.name for w in app.config.watchlists])
+    planned = {}
+    for recipient, pairs in by_recipient.items():
+        names = {pair.plan.watchlist for pair in pairs}
+        mine = pending.get(recipient, [])
+        told = {story: m for (r, story), m in earlier.items() if r == recipient}
+        planned[recipient] = plan(
+            [e for e in mine if e.watchlist in names],
+            [e for e in mine if e.watchlist not in names],
+            told,
+            growth.get(recipient, []),
+            rank,
+            _kind(pairs),
+        )
+    return planned
+
+
+def _render(
+    app: App,
+    recipient: str,
+    contents: Contents,
+    now: datetime,
+    kind: MessageKind,
+    health: Sequence[FeedHealth],
+) -> OutgoingMessage:
+    return app.renderer.render(
+        recipient,
+        contents.entries,
+        now,
+        kind=kind,
+        health=health,
+        already=contents.already,
+        growth=contents.growth,
+    )
 
 
 def _by_recipient(due: Sequence[Due]) -> dict[str, list[Due]]:
@@ -169,10 +229,10 @@ def _by_recipient(due: Sequence[Due]) -> dict[str, list[Due]]:
     return by_recipient
 
 
-def _kind(pairs: Sequence[Due]) -> str:
+def _kind(pairs: Sequence[Due]) -> MessageKind:
     """A recipient's message is an alert when every list in it is immediate."""
     alert = pairs and all(p.plan.schedule.every is Every.IMMEDIATE for p in pairs)
-    return "alert" if alert else "digest"
+    return MessageKind.ALERT if alert else MessageKind.DIGEST
 
 
 def _pending(app: App, names: set[str]) -> dict[str, list[DigestEntry]]:
@@ -196,20 +256,21 @@ def feed_health(app: App) -> list[FeedHealth]:
 def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage]:
     """Exactly what `digest --send` would send now, without claiming or marking anything."""
     now = app.clock()
-    due = all_plans(app, only, now)
-    pending = _pending(app, {pair.plan.watchlist for pair in due})
+    pairs = _by_recipient(all_plans(app, only, now))
     health = feed_health(app)
-    pairs = _by_recipient(due)
     return [
-        app.renderer.render(
-            recipient, entries, now, kind=_kind(pairs.get(recipient, [])), health=health
-        )
-        for recipient, entries in pending.items()
+        _render(app, recipient, contents, now, _kind(pairs[recipient]), health)
+        for recipient, contents in plan_messages(app, pairs).items()
+        if contents.is_news
     ]
 
 
-async def send_ready(app: App) -> tuple[int, int, int]:
-    """Hand every stored, unsent message to the mailer; mark each right after its outcome."""
+async def send_ready(app: App, *, flush: bool = False) -> tuple[int, int, int]:
+    """Hand every stored, unsent message to the mailer; mark each right after its outcome.
+
+    flush: also those waiting for their retry. An operator's `digest --send` after fixing
+    the server, as `postqueue -f`: it must not wait for a backoff of up to an hour.
+    """
     counts = {"sent": 0, "retrying": 0, "dead": 0}
     lease = send_lease(app)
 
@@ -247,7 +308,7 @@ async def send_ready(app: App) -> tuple[int, int, int]:
 
     for message_id, accepted_at in list(app.accepted.items()):  # a mark left from before
         await _write_sent_mark(app, message_id, accepted_at)
-    batch = await asyncio.to_thread(app.store.ready_messages, app.clock())
+    batch = await asyncio.to_thread(app.store.ready_messages, app.clock(), flush=flush)
     await app.mailer.deliver(batch, report, take)
     return counts["sent"], counts["retrying"], counts["dead"]
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import email.policy
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email import quoprimime
-from email.headerregistry import BaseHeader, HeaderRegistry
+from email import message_from_bytes, quoprimime
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -25,7 +26,16 @@ import css_inline
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from monitor.models import DigestEntry, Hit, Item, OutgoingMessage
+from monitor.labels import labels, plain_problem, plain_status
+from monitor.models import (
+    DigestEntry,
+    EarlierMessage,
+    Hit,
+    Item,
+    MessageKind,
+    OutgoingMessage,
+    StoryGrowth,
+)
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -55,8 +65,10 @@ class DigestSettings:
     sender: str
     zone: ZoneInfo
     max_per_watchlist: int = 25
-    subject: str = "monitor digest: {count} new for {watchlists}"
-    alert_subject: str = "monitor alert: {count} new for {watchlists}"
+    subject: str | None = None  # None: the language's default (labels.py)
+    alert_subject: str | None = None
+    language: str = "en"  # of the labels and default subjects (labels.LANGUAGES)
+    names: tuple[tuple[str, str], ...] = ()  # (address, display name) for the To header
     source: str = ""  # which config produced the digest, for the footer
     unsubscribe_url: str | None = None  # https, for RFC 8058 one-click unsubscribe
 
@@ -69,6 +81,39 @@ class FeedHealth:
     status: str
     error: str
     since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadableMessage:
+    """A rendered message as its recipient reads it (`digest --preview`)."""
+
+    address: str
+    to: str  # the To header, decoded: "Jane Doe <jane@example.org>"
+    subject: str
+    text: str
+    html: str
+    mime: bytes
+
+
+def read_back(message: OutgoingMessage) -> ReadableMessage:
+    """The decoded parts of a rendered message: what a mail program shows."""
+    parsed = message_from_bytes(message.mime, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)  # the default policy's class
+
+    def body(subtype: str) -> str:
+        part = parsed.get_body((subtype,))
+        if not isinstance(part, EmailMessage):
+            return ""
+        return "\n".join(str(part.get_content()).splitlines())  # the wire's CRLF: \n
+
+    return ReadableMessage(
+        message.recipient,
+        str(parsed["To"]),
+        str(parsed["Subject"]),
+        body("plain"),
+        body("html"),
+        message.mime,
+    )
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -117,6 +162,8 @@ class Renderer:
 
     def __init__(self, settings: DigestSettings, templates_dir: Path | None = None) -> None:
         self.settings = settings
+        self._names = dict(settings.names)
+        self._labels = labels(settings.language)
         search = [str(templates_dir)] if templates_dir else []
         self._env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader([*search, str(default_templates_dir())]),
@@ -135,34 +182,55 @@ class Renderer:
         entries: Sequence[DigestEntry],
         now: datetime,
         *,
-        kind: str = "digest",
+        kind: MessageKind = MessageKind.DIGEST,
         health: Sequence[FeedHealth] = (),
+        already: Sequence[tuple[DigestEntry, EarlierMessage]] = (),
+        growth: Sequence[StoryGrowth] = (),
     ) -> OutgoingMessage:
-        """Render one multipart message; kind is "digest" or "alert" (immediate watchlists)."""
+        """Render one multipart message: a digest, or an alert (immediate watchlists).
+
+        entries: one per story, in the order of their sections; already: stories an earlier
+        message carried, one line each; growth: sent stories that gained outlets."""
         context = self._context(recipient, entries, now, kind, health)
+        context.update(
+            subject=self._subject(kind, recipient, entries, growth),
+            already=[self._earlier(entry, sent) for entry, sent in already],
+            already_heading=self._already_heading(already),
+            growth=[self._growth(line) for line in growth],
+            total=len(entries) + len(growth),
+        )
         text = self._env.get_template(f"{kind}.txt.j2").render(context)
         # Inlined CSS: Gmail and Outlook drop <style> blocks but keep style attributes.
         html = css_inline.inline(self._env.get_template(f"{kind}.html.j2").render(context))
         message = EmailMessage(policy=_POLICY)
-        message_id = self.message_id(recipient, entries, now)
+        notes = [i for line in growth for i in line.note_ids]
+        message_id = self.message_id(recipient, entries, now, notes)
         message["From"] = self.settings.sender
-        message["To"] = recipient
+        message["To"] = self._to(recipient)
         message["Subject"] = single_line(str(context["subject"]))
         message["Date"] = format_datetime(now.astimezone(self.settings.zone))
         message["Message-ID"] = message_id
         message["Auto-Submitted"] = "auto-generated"
         message["List-Id"] = f"monitor digest <digest.{_domain(self.settings.sender)}>"
-        unsubscribe = f"<mailto:{self.settings.sender}?subject=unsubscribe>"
         if self.settings.unsubscribe_url:
-            # RFC 8058: the one-click POST header is only meaningful with an https URI.
-            unsubscribe += f", <{self.settings.unsubscribe_url}>"
+            # Only where something handles it: a mailto: to the sender reached no one, and a
+            # client's Unsubscribe button then did nothing. RFC 8058 one-click needs https.
+            message["List-Unsubscribe"] = f"<{self.settings.unsubscribe_url}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message["List-Unsubscribe"] = unsubscribe
         message["MIME-Version"] = "1.0"
         message.make_alternative()
         message.attach(_text_part(text, "plain"))
         message.attach(_text_part(html, "html"))
         return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
+
+    def _to(self, recipient: str) -> Address | str:
+        """The recipient with their display name, which the header encodes (RFC 2047),
+        quotes and folds: a name is never pasted into the header's text."""
+        name = self._names.get(recipient)
+        if not name:
+            return recipient
+        local, _, domain = recipient.rpartition("@")
+        return Address(display_name=name, username=local, domain=domain)
 
     def problems(self) -> list[str]:
         """What keeps a digest or an alert from rendering, found by rendering a sample of
@@ -174,12 +242,27 @@ class Renderer:
             "u:example.org/sample", "sample", "g", "https://example.org/sample", "Sample xAI",
             "A sample summary about xAI.", now, "en",
         )  # fmt: skip
-        entry = DigestEntry((1,), "sample", item, (Hit("xAI", "title", 7, 10),))
+        entry = DigestEntry(
+            (1,), "sample", item, (Hit("xAI", "title", 7, 10),), watchlists=("sample", "other")
+        )
         health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
+        # Every section a digest can have: an earlier alert's line, a story that grew.
+        already = [
+            (replace(entry, delivery_ids=(2,)), EarlierMessage("<m@x>", MessageKind.ALERT, now))
+        ]
+        growth = [StoryGrowth((3,), 1, item, 2, (("other", "https://example.org/o"),), ("x",))]
         found = []
-        for kind in ("digest", "alert"):
+        for kind in MessageKind:
             try:
-                self.render("sample@example.org", [entry], now, kind=kind, health=health)
+                self.render(
+                    "sample@example.org",
+                    [entry],
+                    now,
+                    kind=kind,
+                    health=health,
+                    already=already,
+                    growth=growth,
+                )
             except jinja2.TemplateSyntaxError as error:
                 found.append(f"{error.filename or error.name}:{error.lineno}: {error.message}")
             except Exception as error:  # undefined names, bad filters, a header refused
@@ -188,22 +271,27 @@ class Renderer:
         return found
 
     def message_id(
-        self, recipient: str, entries: Sequence[DigestEntry], now: datetime | None = None
+        self,
+        recipient: str,
+        entries: Sequence[DigestEntry],
+        now: datetime | None = None,
+        notes: Sequence[int] = (),
     ) -> str:
-        """Deterministic: the same recipient and deliveries always give the same Message-ID,
-        whichever worker composes them. The items' keys count too: SQLite gives the ids of
-        deliveries pruned from the end of the table to new ones, which must not reuse an old
-        message's ID (a mail client would hide the new message as a duplicate).
+        """Deterministic: the same recipient and deliveries (and story growth notes) always
+        give the same Message-ID, whichever worker composes them. The items' keys count
+        too: SQLite gives the ids of deliveries pruned from the end of the table to new
+        ones, which must not reuse an old message's ID (a mail client would hide the new
+        message as a duplicate).
 
         An empty digest (send_empty) is identified by its time instead.
         """
         ids = sorted(i for entry in entries for i in entry.delivery_ids)
         keys = sorted({entry.item.key for entry in entries})
-        seed_ids = (
-            ",".join(map(str, ids)) + "|" + ",".join(keys)
-            if ids
-            else f"empty:{now.isoformat() if now else ''}"
-        )
+        seed_ids = ",".join(map(str, ids)) + "|" + ",".join(keys) if ids else ""
+        if notes:  # stories that grew, alone or beside entries
+            seed_ids += "|growth:" + ",".join(map(str, sorted(notes)))
+        if not seed_ids:
+            seed_ids = f"empty:{now.isoformat() if now else ''}"
         seed = f"{recipient}|{seed_ids}".encode()
         return f"<digest.{hashlib.sha256(seed).hexdigest()[:32]}@{_domain(self.settings.sender)}>"
 
@@ -212,7 +300,7 @@ class Renderer:
         recipient: str,
         entries: Sequence[DigestEntry],
         now: datetime,
-        kind: str,
+        kind: MessageKind,
         health: Sequence[FeedHealth],
     ) -> dict[str, object]:
         groups: dict[str, list[DigestEntry]] = {}
@@ -228,30 +316,75 @@ class Renderer:
                 "more": [self._brief(entry) for entry in group[cap:]],
                 "count": len(group),
             }
-            for name, group in sorted(groups.items())
+            for name, group in groups.items()  # the order given: the config's (contents.py)
         ]
-        template = self.settings.alert_subject if kind == "alert" else self.settings.subject
-        subject = template.format(
-            count=len(entries),
-            watchlists=", ".join(groups) or "your watchlists",
-            recipient=recipient,
-        )
+        language = self.settings.language
         return {
-            "subject": subject,
+            "language": language,
+            "t": self._labels,
             "health": [
                 {
                     "name": h.name,
-                    "status": h.status,
-                    "error": h.error,
+                    "status": plain_status(h.status, language),
+                    "error": plain_problem(h.error, language) if h.error else "",
                     "since": self._local(h.since) if h.since else "",
                 }
                 for h in health
             ],
             "recipient": recipient,
+            "kind": kind,
             "watchlists": watchlists,
-            "total": len(entries),
             "generated_at": self._local(now),
             "source": self.settings.source,
+        }
+
+    def _subject(
+        self,
+        kind: MessageKind,
+        recipient: str,
+        entries: Sequence[DigestEntry],
+        growth: Sequence[StoryGrowth],
+    ) -> str:
+        """Counts stories and articles (one entry each, and each story that grew), never
+        matches; names the sections, then the lists of the stories that grew."""
+        words = self._labels
+        if kind is MessageKind.ALERT:
+            template = self.settings.alert_subject or words["alert_subject"]
+        else:
+            template = self.settings.subject or words["subject"]
+        names = [entry.watchlist for entry in entries]
+        names += [name for line in growth for name in line.watchlists[:1]]
+        return template.format(
+            count=len(entries) + len(growth),
+            watchlists=", ".join(dict.fromkeys(names)) or words["your_watchlists"],
+            recipient=recipient,
+        )
+
+    def _already_heading(self, already: Sequence[tuple[DigestEntry, EarlierMessage]]) -> str:
+        alerts = all(sent.kind == MessageKind.ALERT for _, sent in already)
+        return self._labels["already_alerted" if alerts else "already_sent"]
+
+    def _earlier(self, entry: DigestEntry, sent: EarlierMessage) -> dict[str, object]:
+        how = "alerted" if sent.kind == MessageKind.ALERT else "in_digest_of"
+        return {
+            **self._brief(entry),
+            "when": f"{self._labels[how]} {self._local(sent.at)}",
+            "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
+        }
+
+    def _growth(self, line: StoryGrowth) -> dict[str, object]:
+        item = line.item
+        spread = self._labels["now_in"].format(
+            outlets=line.outlets,
+            count=len(line.new),
+            names=", ".join(outlet for outlet, _ in line.new),
+        )
+        return {
+            "title": item.title or item.url,
+            "outlet": item.feed,
+            "spread": spread,
+            "new": [{"outlet": outlet, "url": _link(url)} for outlet, url in line.new],
+            "tags": " · ".join(line.watchlists),
         }
 
     def _entry(self, entry: DigestEntry) -> dict[str, object]:
@@ -267,6 +400,8 @@ class Renderer:
             "snippet": snippet(item.summary, summary_spans),
             "terms": list(dict.fromkeys(h.term for h in entry.hits)),
             "updated": entry.updated,
+            "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
+            "shared": len(entry.watchlists) > 1,  # tags worth a line: more than its section
             "also": [
                 {"outlet": outlet, "url": url if url.startswith(("https://", "http://")) else ""}
                 for outlet, url in entry.also_reported_by
@@ -320,6 +455,11 @@ def highlight(text: str, spans: Sequence[tuple[int, int]], start: int, end: int)
     if position < end:
         parts.append((text[position:end], False))
     return parts
+
+
+def _link(url: str) -> str:
+    """Feed links only where a mail client opens them safely: http(s)."""
+    return url if url.startswith(("https://", "http://")) else ""
 
 
 def _domain(address: str) -> str:
