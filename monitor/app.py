@@ -52,6 +52,9 @@ class App:
     # Message-ID -> when the server accepted it, while its "sent" mark is not yet written
     # (delivery.record_sent): such a message is never handed to the server again.
     accepted: dict[str, datetime] = field(default_factory=dict)
+    # Feeds listing more items than max_items, already logged (with the numbers) at a poll
+    # that read them: not again at every poll.
+    long_feeds: set[str] = field(default_factory=set)
 
     def apply_config(self, config: Config) -> None:
         """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""
