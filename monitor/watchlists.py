@@ -231,7 +231,11 @@ def _any_of(nodes: list[Node]) -> Node:
 
 
 def _text(node: Node) -> str:
-    return node.label if isinstance(node, Term) else node.text
+    """A clause as explanations show it; a case-sensitive term keeps its braces, which say
+    why "XAI" did not match {xAI}."""
+    if isinstance(node, Term):
+        return f"{{{node.label}}}" if node.case_sensitive else node.label
+    return node.text
 
 
 class Matcher:
