@@ -14,6 +14,7 @@ to monitor's: their records are only read here, for the service's HTTP status.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -21,6 +22,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
@@ -67,16 +69,10 @@ def masked(url: str) -> str:
     A webhook shows its host only (its path is often the secret); an Apprise URL what
     Apprise's own privacy mode keeps (`slack://T...2/A...D/T...Q/%23press`)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    where = f"{host}:{parts.port}" if parts.port else host
     if is_webhook(url):
-        return (
-            f"{parts.scheme}://{where}/..."
-            if parts.path.strip("/")
-            else f"{parts.scheme}://{where}"
-        )
+        where = parts.netloc.rpartition("@")[2]  # no user or password
+        hidden = "/..." if parts.path.strip("/") or parts.query else ""
+        return f"{parts.scheme}://{where}{hidden}"
     plugin = _instantiate(url)
     if plugin is None:
         return f"{parts.scheme}://..."
@@ -149,8 +145,18 @@ def _plain(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
 
-def _instantiate(url: str) -> apprise.NotifyBase | None:
+@functools.cache
+def _load_plugins() -> None:
+    """Apprise imports its plugins on first use; one imports the standard library's imghdr,
+    deprecated since Python 3.11 (a warning about Apprise's code, not monitor's)."""
     quiet_libraries()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        apprise.Apprise.instantiate("json://localhost", suppress_exceptions=True)
+
+
+def _instantiate(url: str) -> apprise.NotifyBase | None:
+    _load_plugins()
     try:
         plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     except Exception:  # a URL Apprise cannot read: said by problems(), never its text

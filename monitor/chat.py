@@ -18,9 +18,13 @@ from urllib.parse import quote
 
 from monitor.models import DigestEntry, Hit, MessageKind, OutgoingMessage
 
-# CommonMark's backslash-escapable punctuation: feed text is written literally, never as
-# markup (a title "[click](http://evil)" stays text).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&\"'])")
+# Markdown's inline markup in feed text is escaped, so a title "[click](http://evil)" or
+# "*" stays text; lines start with "• ", so block markup (#, -, 1.) cannot begin one.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+# Angle brackets end a Slack link's text, and Slack's converter passes them on: shown as
+# look-alikes instead.
+_ANGLES = str.maketrans({"<": "‹", ">": "›"})
+_SPACES = re.compile(r"\s+")
 _KINDS = {MessageKind.ALERT: "alert", MessageKind.DIGEST: "digest"}
 
 
@@ -72,7 +76,7 @@ def story_line(entry: DigestEntry) -> str:
     item = entry.item
     title = _highlighted(item.title, [h for h in entry.hits if h.field == "title"])
     link = _link(item.url)
-    line = f"• {escape(item.feed)}: " + (f"[{title}]({link})" if link else title)
+    line = f"• {escape(item.feed).strip()}: " + (f"[{title}]({link})" if link else title)
     others = [h.term for h in entry.hits if h.field != "title"]
     if others and not any(h.field == "title" for h in entry.hits):
         line += " · matched **" + escape(others[0]) + "**"
@@ -104,7 +108,8 @@ def fit(lines: Sequence[str], limit: int) -> str:
 
 
 def escape(text: str) -> str:
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+    """Feed text as literal Markdown on one line (a newline would start a block)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _SPACES.sub(" ", text).translate(_ANGLES))
 
 
 def _highlighted(title: str, hits: Sequence[Hit]) -> str:
