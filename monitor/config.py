@@ -311,6 +311,17 @@ class RecipientConfig(_Model):
             return Path(self.url_file).read_text(encoding="utf-8").strip()
         return self.url or ""
 
+    def service(self) -> str:
+        """What carries this recipient's messages, as status and metrics name it: email,
+        webhook, or the Apprise URL's scheme (slack, ntfy, tgram, ...)."""
+        if not self.is_channel:
+            return "email"
+        try:
+            scheme = self.channel_url().partition("://")[0].lower()
+        except OSError:
+            return "unknown"
+        return "webhook" if scheme in ("http", "https") else scheme or "unknown"
+
     def secret(self) -> str | None:
         """A webhook's signing secret, read when it is needed."""
         if self.secret_env:
@@ -622,6 +633,14 @@ class Config(_Model):
     def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
         """The addresses (a channel's: its name) that receive this watchlist."""
         return tuple(plan.recipient for plan in self.deliveries_of(watchlist))
+
+    def service_of(self, recipient: str) -> str:
+        """email, webhook, slack, ...: a recipient no longer configured is email when it is
+        an address (a channel's name holds no @), else "removed"."""
+        channel = self.channels().get(recipient)
+        if channel is not None:
+            return channel.service()
+        return "email" if "@" in recipient else "removed"
 
     def channels(self) -> dict[str, RecipientConfig]:
         """Every chat channel recipient, by name (its address in the outbox)."""

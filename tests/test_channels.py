@@ -232,7 +232,8 @@ async def test_ntfy_on_its_own_host_gets_the_message_and_its_password_stays_out_
         assert (await run_digests(app)).sent == 1
     main(["--config", str(app.config.source), "status"])
     shown = capsys.readouterr()
-    assert "ntfy" in shown.out and password not in shown.out + shown.err
+    assert "messages:   ntfy 1 sent" in shown.out
+    assert password not in shown.out + shown.err
     request = httpserver.log[-1][0]
     credentials = base64.b64encode(f"press:{password}".encode()).decode()
     assert request.headers["Authorization"] == f"Basic {credentials}"
@@ -355,6 +356,29 @@ async def test_a_burst_of_stories_stays_within_telegrams_limit_with_the_rest_cou
     shown = text.count("• heise")
     assert 5 < shown < 120
     assert text.rstrip().endswith(f"+{120 - shown} more")
+
+
+async def test_status_and_metrics_count_messages_per_channel_and_state(
+    httpserver: HTTPServer, open_app: Any
+) -> None:
+    from monitor.metrics import Metrics
+    from monitor.status import status_lines, take_snapshot
+
+    httpserver.expect_request("/hook").respond_with_data("gone", status=404)
+    clock = Clock()
+    data = settings("a@example.org", webhook(httpserver.url_for("/hook")))
+    async with open_app(data, clock) as app:
+        add_matches(app, 1)
+        report = await run_digests(app, force=True)  # no smtp: the mail goes to the Maildir
+        assert (report.sent, report.dead) == (1, 1)
+        snapshot = take_snapshot(app.store, app.config, clock())
+        metrics = Metrics()
+        metrics.record_snapshot(snapshot, clock())
+        lines = status_lines(snapshot, app.config, clock())
+    assert "messages:   email 1 sent; webhook 1 dead" in lines
+    exposed = metrics.exposition().decode()
+    assert 'monitor_messages{channel="webhook",state="dead"} 1.0' in exposed
+    assert 'monitor_messages{channel="email",state="sent"} 1.0' in exposed
 
 
 # ------------------------------------------------------------------ the message
