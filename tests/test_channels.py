@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -245,6 +246,53 @@ async def test_ntfy_on_its_own_host_gets_the_message_and_its_password_stays_out_
     assert caplog.records  # the capture worked
     assert password not in logged and credentials not in logged
     assert password not in error
+
+
+async def test_matrix_on_its_own_homeserver_gets_the_story_as_html(
+    httpserver: HTTPServer, open_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "syt_bW9uaXRvcg_do-not-log"
+    host = f"127.0.0.1:{httpserver.port}"
+    monkeypatch.setenv("MONITOR_TEST_MATRIX_URL", f"matrix://{token}@{host}/#press")
+    api = "/_matrix/client/v3"
+    httpserver.expect_request(f"{api}/account/whoami").respond_with_json(
+        {"user_id": "@m:x"}
+    )  # :x is the
+    # homeserver's name, which completes the room alias #press
+    httpserver.expect_request(f"{api}/join/#press:x", method="POST").respond_with_json(
+        {"room_id": "!room:x"}
+    )
+    httpserver.expect_request(
+        re.compile(rf"{api}/rooms/!room:x/send/m\.room\.message/.+"), method="PUT"
+    ).respond_with_json({"event_id": "$1"})
+    recipient = {"name": "matrix", "url_env": "MONITOR_TEST_MATRIX_URL"}
+    async with open_app(settings(recipient), Clock()) as app:
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).sent == 1
+    send = httpserver.log[-1][0]
+    assert send.method == "PUT" and send.headers["Authorization"] == f"Bearer {token}"
+    event = json.loads(send.get_data())
+    assert event["format"] == "org.matrix.custom.html"
+    assert (
+        '<a href="https://example.org/1">Neues von <strong>xAI</strong></a>'
+        in event["formatted_body"]
+    )
+
+
+async def test_matrix_refusing_the_token_is_a_dead_letter(
+    httpserver: HTTPServer, open_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "MONITOR_TEST_MATRIX_URL", f"matrix://revoked@127.0.0.1:{httpserver.port}/#p"
+    )
+    httpserver.expect_request(re.compile("/_matrix/.*")).respond_with_json(
+        {"errcode": "M_UNKNOWN_TOKEN", "error": "Invalid access token"}, status=401
+    )
+    recipient = {"name": "matrix", "url_env": "MONITOR_TEST_MATRIX_URL"}
+    async with open_app(settings(recipient), Clock()) as app:
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).dead == 1
+        assert "HTTP 401" in app.store.dead_letters()[0].error
 
 
 # ------------------------------------------------------------------ fixed-host services
