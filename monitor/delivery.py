@@ -219,9 +219,7 @@ def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage
     health = feed_health(app)
     pairs = _by_recipient(due)
     return [
-        app.renderer.render(
-            recipient, entries, now, kind=_kind(pairs.get(recipient, [])), health=health
-        )
+        _render(app, recipient, entries, now, _kind(pairs.get(recipient, [])), health)
         for recipient, entries in pending.items()
     ]
 

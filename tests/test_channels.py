@@ -4,6 +4,7 @@ layer replaced (those services have fixed hosts), so no request leaves the machi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -155,8 +156,13 @@ async def test_webhook_gets_one_signed_json_post_with_the_idempotency_key(
      (403, "dead"), (410, "dead")],
 )  # fmt: skip
 async def test_webhook_failures_are_retried_or_dead_lettered(
-    httpserver: HTTPServer, open_app: Any, status: int, outcome: str
+    httpserver: HTTPServer,
+    open_app: Any,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    outcome: str,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     httpserver.expect_request("/hook").respond_with_data("no", status=status)
     async with open_app(settings(webhook(httpserver.url_for("/hook"))), Clock()) as app:
         add_matches(app, 1)
@@ -170,6 +176,8 @@ async def test_webhook_failures_are_retried_or_dead_lettered(
         else:
             [deferred] = app.store.deferred_messages()
             assert f"HTTP {status}" in deferred.error
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert f"HTTP {status}" in logged and SECRET not in logged
 
 
 async def test_a_429_waits_at_least_its_retry_after_then_delivers_once(
@@ -558,3 +566,18 @@ def test_load_config_accepts_a_channel_next_to_an_address(
     config = load_config(write_config(settings("a@example.org", webhook("https://h.example/x"))))
     assert config.recipients_of(config.watchlists[0]) == ("a@example.org", "hook")
     assert set(config.channels()) == {"hook"}
+
+
+def test_digest_preview_shows_a_channels_message_as_it_will_read(
+    open_app: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def store_a_match() -> str:
+        async with open_app(settings(webhook("https://hooks.example.org/x")), Clock()) as app:
+            add_matches(app, 1)
+            return app.config.source
+
+    path = asyncio.run(store_a_match())
+    assert main(["--config", path, "digest", "--preview"]) == 0
+    shown = capsys.readouterr().out
+    assert "monitor alert: 1 story for xAI" in shown
+    assert "• heise: [Neues von **xAI**](https://example.org/1)" in shown
