@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
 
-from monitor.models import DigestEntry, Hit, MessageKind, OutgoingMessage
+from monitor.models import DigestEntry, Hit, MessageKind, OutgoingMessage, StoryGrowth
 
 # Markdown's inline markup in feed text is escaped, so a title "[click](http://evil)" or
 # "*" stays text; lines start with "• ", so block markup (#, -, 1.) cannot begin one.
@@ -43,14 +43,20 @@ def render_chat(
     now: datetime,
     kind: MessageKind,
     limit: int,
+    growth: Sequence[StoryGrowth] = (),
 ) -> OutgoingMessage:
-    """The message for a channel recipient; `limit` is its service's size in characters."""
-    stories = sorted(entries, key=lambda e: e.item.published, reverse=True)
-    watchlists = sorted({e.watchlist for e in stories})
+    """The message for a channel recipient; `limit` is its service's size in characters.
+    Entries come ranked (contents.py); stories sent before that grew follow them."""
+    stories = list(entries)
+    watchlists = sorted({e.watchlist for e in stories} | {w for g in growth for w in g.watchlists})
     count = len(stories)
     noun = "story" if count == 1 else "stories"
     title = f"monitor {_KINDS[kind]}: {count} {noun} for {', '.join(watchlists)}"
-    lines = [story_line(entry) for entry in stories]
+    if growth and not stories:
+        title = (
+            f"monitor {_KINDS[kind]}: {len(growth)} earlier stories grew ({', '.join(watchlists)})"
+        )
+    lines = [story_line(entry) for entry in stories] + [growth_line(g) for g in growth]
     text = fit(lines, limit - len(title) - 2)
     document = {
         "message_id": message_id,
@@ -85,6 +91,16 @@ def story_line(entry: DigestEntry) -> str:
     if entry.updated:
         line += " · updated"
     return line
+
+
+def growth_line(growth: StoryGrowth) -> str:
+    """`• heise: [Title](url) · now in 5 outlets (+1: SPIEGEL)`."""
+    item = growth.item
+    link = _link(item.url)
+    title = _highlighted(item.title, [])
+    line = f"• {escape(item.feed).strip()}: " + (f"[{title}]({link})" if link else title)
+    joined = ", ".join(escape(outlet) for outlet, _ in growth.new)
+    return line + f" · now in {growth.outlets} outlets (+{len(growth.new)}: {joined})"
 
 
 def fit(lines: Sequence[str], limit: int) -> str:
