@@ -277,6 +277,10 @@ class RecipientConfig(_Model):
         if not self.is_channel:
             if self.secret_env or self.secret_file:
                 raise ValueError("secret_env/secret_file belong to a webhook recipient (url)")
+            if not self.address:
+                raise ValueError(
+                    "give an address (a mailbox) or url_env, url_file or url (a chat channel)"
+                )
             object.__setattr__(self, "address", mailbox_address(self.address))
             return self
         problems = []

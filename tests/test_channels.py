@@ -581,3 +581,13 @@ def test_digest_preview_shows_a_channels_message_as_it_will_read(
     shown = capsys.readouterr().out
     assert "monitor alert: 1 story for xAI" in shown
     assert "• heise: [Neues von **xAI**](https://example.org/1)" in shown
+
+
+def test_a_story_that_grew_is_one_line_with_its_new_outlets() -> None:
+    from monitor.chat import growth_line
+    from monitor.models import StoryGrowth
+
+    grown = StoryGrowth((7,), 3, item(1), 5, (("SPIEGEL", "https://spiegel.example/1"),), ("xAI",))
+    assert growth_line(grown) == (
+        "• heise: [Neues von xAI](https://example.org/1) · now in 5 outlets (+1: SPIEGEL)"
+    )
