@@ -33,12 +33,14 @@ import apprise
 from monitor.chat import chat_text
 from monitor.config import RecipientConfig
 from monitor.errors import DeliveryError, PermanentDeliveryError
+from monitor.files import describe
 from monitor.mailer import Mailer, Outcome, Take, _anyone
 from monitor.models import OutgoingMessage
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_LIMIT = 60_000  # characters of text in a webhook message; its stories are all there
+SMALLEST_LIMIT = 1600  # characters: fits the chat services of docs/delivery.md (Discord: 2,000)
 WEBHOOK_TIMEOUT = 30.0  # seconds for the whole request
 SIGNATURE_HEADER = "X-Monitor-Signature"
 TIMESTAMP_HEADER = "X-Monitor-Timestamp"
@@ -83,6 +85,16 @@ def masked(url: str) -> str:
     return f"{private.scheme}://{netloc}{private.path}".rstrip("/")
 
 
+def limit_of(recipient: RecipientConfig) -> int:
+    """limit() of the recipient's URL; when it cannot be read now (a url_file gone), the
+    smallest of the services' (Discord's 2,000, less the markup): the message is stored, and
+    its send reports the file."""
+    try:
+        return limit(recipient.channel_url())
+    except OSError:
+        return SMALLEST_LIMIT
+
+
 def limit(url: str) -> int:
     """How many characters of text the service takes in one message, with room for the
     markup Apprise adds (a Markdown link becomes an HTML anchor for Telegram)."""
@@ -90,7 +102,7 @@ def limit(url: str) -> int:
         return WEBHOOK_LIMIT
     plugin = _instantiate(url)
     size = int(getattr(plugin, "body_maxlen", 0) or 0) if plugin else 0
-    return int(size * 0.8) if size > 0 else 2000
+    return int(size * 0.8) if size > 0 else SMALLEST_LIMIT
 
 
 def problems(channels: Mapping[str, RecipientConfig]) -> list[str]:
@@ -180,7 +192,9 @@ class ChatSender:
                 await self.send(message)
             except DeliveryError as error:
                 await report(message, error)
-            except Exception as error:  # a bug, or a file gone: retried, never its URL
+            except OSError as error:  # url_file or secret_file unreadable: fixed, then sent
+                await report(message, DeliveryError(f"{message.recipient}: {describe(error)}"))
+            except Exception as error:  # a bug: retried; its text may hold the URL, so not shown
                 await report(message, DeliveryError(f"{message.recipient}: {type(error).__name__}"))
             else:
                 await report(message, None)

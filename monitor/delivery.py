@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.app import App
-from monitor.channels import ChatSender, limit
+from monitor.channels import ChatSender, limit, limit_of
 from monitor.chat import render_chat
 from monitor.config import DeliveryPlan
 from monitor.contents import Contents, plan, ranking
@@ -216,7 +216,7 @@ def _render(
     channel = app.config.channels().get(recipient)
     if channel is not None:
         message_id = app.renderer.message_id(recipient, contents.entries, now, contents.notes)
-        size = limit(channel.channel_url())
+        size = limit_of(channel)
         return render_chat(
             message_id, recipient, contents.entries, now, kind, size, contents.growth
         )

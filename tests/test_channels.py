@@ -591,3 +591,21 @@ def test_a_story_that_grew_is_one_line_with_its_new_outlets() -> None:
     assert growth_line(grown) == (
         "• heise: [Neues von xAI](https://example.org/1) · now in 5 outlets (+1: SPIEGEL)"
     )
+
+
+async def test_a_url_file_gone_after_the_start_is_retried_and_named(
+    httpserver: HTTPServer, open_app: Any, tmp_path: Path
+) -> None:
+    url_file = tmp_path / "hook-url"
+    url_file.write_text(httpserver.url_for("/hook") + "\n", encoding="utf-8")
+    recipient = {
+        "name": "hook",
+        "url_file": str(url_file),
+        "secret_env": "MONITOR_TEST_HOOK_SECRET",
+    }
+    async with open_app(settings(recipient), Clock()) as app:
+        url_file.unlink()
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).retrying == 1
+        assert str(url_file) in app.store.deferred_messages()[0].error
+    assert httpserver.log == []
