@@ -51,6 +51,9 @@ class App:
     # Feeds another worker's config polls and this one's does not, already logged: a claim
     # takes them again and again while the configs differ (a warning per claim, before).
     foreign_feeds: set[str] = field(default_factory=set)
+    # Feeds listing more items than max_items, already logged (with the numbers) at a poll
+    # that read them: not again at every poll.
+    long_feeds: set[str] = field(default_factory=set)
 
     def apply_config(self, config: Config) -> None:
         """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""
