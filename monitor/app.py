@@ -51,6 +51,9 @@ class App:
     # Feeds another worker's config polls and this one's does not, already logged: a claim
     # takes them again and again while the configs differ (a warning per claim, before).
     foreign_feeds: set[str] = field(default_factory=set)
+    # Message-ID -> when the server accepted it, while its "sent" mark is not yet written
+    # (delivery.record_sent): such a message is never handed to the server again.
+    accepted: dict[str, datetime] = field(default_factory=dict)
     # Feeds listing more items than max_items, already logged (with the numbers) at a poll
     # that read them: not again at every poll.
     long_feeds: set[str] = field(default_factory=set)

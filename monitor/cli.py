@@ -24,6 +24,7 @@ from monitor.config import (
     Config,
     FeedConfig,
     _parse_duration,
+    config_warnings,
     find_config,
     mailbox_address,
     missing_feeds,
@@ -208,6 +209,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
     if no_feeds is not None and args.command in ("check", "test"):
         print(f"{path}: warning: {no_feeds}", file=sys.stderr)
     if args.command == "check":
+        for warning in config_warnings(config):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
     testing = args.command == "test" and bool(args.why_not or args.stored)
@@ -404,6 +407,12 @@ def _migrate_db(config: Config, target: str) -> int:
 
 
 def _retry_dead(config: Config, recipient: str | None) -> int:
+    if recipient is not None:
+        try:
+            recipient = mailbox_address(recipient)  # as stored: the domain in lower case
+        except ValueError as refused:
+            print(f"monitor: {refused}", file=sys.stderr)
+            return EXIT_USAGE
     store = open_store(config.database)
     try:
         count = store.retry_dead(datetime.now(UTC), recipient)

@@ -84,6 +84,7 @@ def mailbox_address(text: str) -> str:
     if not _ADDRESS.match(text) or not text.isprintable():
         raise ValueError(f"{text!r} is not an email address like name@example.org")
     local, _, domain = text.rpartition("@")
+    domain = domain.lower()  # RFC 5321 2.4: one mailbox, however its domain is written
     if not local.isascii():
         raise ValueError(
             f"{text!r}: letters beyond ASCII before the @ need SMTPUTF8, which monitor does "
@@ -455,12 +456,22 @@ class SmtpConfig(_Model):
     verify_certificates: bool = True
     ca_file: str | None = None  # a CA bundle for a server whose certificate a private CA signed
     timeout: Duration = 30.0
+    # The wait for the reply to the end of a message: RFC 5321 4.5.3.2.6 gives 10 minutes.
+    # A client that gives up sooner sends a copy the server may already have accepted.
+    data_timeout: Duration = 600.0
+    allow_plaintext_login: bool = False  # log in to a remote server without TLS: explicit only
 
     @model_validator(mode="after")
     def _consistent(self) -> SmtpConfig:
         problems = []  # all of them, not the first only
         if self.tls and self.starttls:
             problems.append("set either tls (implicit, port 465) or starttls, not both")
+        if self.is_plaintext_login and not (self.allow_plaintext_login or self.is_loopback):
+            problems.append(
+                f"username is set but starttls and tls are off: the password would cross the "
+                f"network to {self.host} in clear text; set starttls: true (or tls: true), "
+                "or allow_plaintext_login: true if that network is trusted"
+            )
         if self.ca_file and not Path(self.ca_file).is_file():
             problems.append(f"ca_file {self.ca_file!r} does not exist")
         if self.username and not (self.password_env or self.password_file):
@@ -478,6 +489,21 @@ class SmtpConfig(_Model):
     @property
     def use_starttls(self) -> bool:
         return self.starttls if self.starttls is not None else not self.tls
+
+    @property
+    def is_plaintext_login(self) -> bool:
+        """A login is configured and nothing encrypts the connection it goes over."""
+        return bool(self.username) and not (self.tls or self.use_starttls)
+
+    @property
+    def is_loopback(self) -> bool:
+        """The server is on this machine: what goes to it never crosses a network."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:  # a name: it may resolve anywhere
+            return False
 
     @property
     def effective_port(self) -> int:
@@ -635,7 +661,7 @@ class Config(_Model):
         return names
 
     def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
-        """The addresses (a channel's: its name) that receive this watchlist."""
+        """The addresses (a channel's: its name) that receive this watchlist, each once."""
         return tuple(plan.recipient for plan in self.deliveries_of(watchlist))
 
     def service_of(self, recipient: str) -> str:
@@ -654,9 +680,9 @@ class Config(_Model):
     def deliveries_of(self, watchlist: WatchlistConfig) -> tuple[DeliveryPlan, ...]:
         """Per recipient: when this watchlist is sent, and when not (quiet hours). A
         recipient whose `kinds` leave out what this watchlist sends it has no plan."""
-        defaults = {r.address: r for r in self.recipients}
+        defaults = {r.address: r for r in _each_once(self.recipients)}
         plans = []
-        for recipient in watchlist.recipients or self.recipients:
+        for recipient in _each_once(watchlist.recipients or self.recipients):
             fallback = defaults.get(recipient.address)
             own = "immediate" if watchlist.priority is Priority.IMMEDIATE else watchlist.digest
             digest = recipient.digest or (fallback and fallback.digest) or own
@@ -695,6 +721,44 @@ class Config(_Model):
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+
+def _each_once(recipients: tuple[RecipientConfig, ...]) -> list[RecipientConfig]:
+    """An address listed twice (a@example.org, a@EXAMPLE.org) is one mailbox: its first
+    entry, with that entry's settings, gets one copy."""
+    seen: dict[str, RecipientConfig] = {}
+    for recipient in recipients:
+        seen.setdefault(recipient.address, recipient)
+    return list(seen.values())
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What `check` points out without refusing: the config works, maybe not as meant."""
+    warnings = []
+    if config.smtp is not None and config.smtp.is_plaintext_login:
+        why = (
+            "a loopback server: it never leaves this machine"
+            if config.smtp.is_loopback
+            else "allow_plaintext_login: true"
+        )
+        warnings.append(f"smtp: the password goes to {config.smtp.host} in clear text ({why})")
+    addresses = [r.address for r in config.recipients]
+    addresses += [r.address for w in config.watchlists for r in w.recipients]
+    return warnings + list(_case_twins(addresses))
+
+
+def _case_twins(addresses: list[str]) -> Iterator[str]:
+    """Addresses that differ only in the case of the part before the @: RFC 5321 lets a
+    server tell them apart, almost none does, and then one person gets two messages."""
+    first: dict[str, str] = {}
+    for address in dict.fromkeys(addresses):  # exact repeats are one recipient already
+        twin = first.setdefault(address.lower(), address)
+        if twin != address:
+            yield (
+                f"recipients: {twin} and {address} differ only in upper/lower case before the "
+                "@ and each gets its own messages; most servers deliver both to one mailbox: "
+                "write it one way"
+            )
 
 
 # --------------------------------------------------------------------------- loading

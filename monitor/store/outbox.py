@@ -313,6 +313,18 @@ class OutboxStore(StoreBase):
                     .values(status=DeliveryStatus(status.value), sent_at=now)
                 )
 
+    def note_unconfirmed(self, message_id: str, now: datetime) -> bool:
+        """Record that the server may have this message (no reply to its end); True the
+        first time for this message, False ever after."""
+        with self._tx() as tx:
+            noted = tx.execute(
+                messages.update()
+                .where(messages.c.message_id == message_id)
+                .where(messages.c.unconfirmed_at.is_(None))
+                .values(unconfirmed_at=now)
+            ).rowcount
+        return bool(noted)
+
     def mark_retry(
         self, message_id: str, error: str, now: datetime, delay: Callable[[int], timedelta]
     ) -> None:
