@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.app import App
+from monitor.channels import ChatSender, limit, limit_of
+from monitor.chat import render_chat
 from monitor.config import DeliveryPlan
 from monitor.contents import Contents, plan, ranking
 from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError, UnconfirmedDeliveryError
-from monitor.models import DigestEntry, FeedStatus, Item, MessageKind, OutgoingMessage
+from monitor.models import DigestEntry, FeedStatus, Hit, Item, MessageKind, OutgoingMessage
 from monitor.schedules import Every
 from monitor.store import DigestRun
 
@@ -211,6 +213,14 @@ def _render(
     kind: MessageKind,
     health: Sequence[FeedHealth],
 ) -> OutgoingMessage:
+    """A mail for an address; a short chat message for a channel (chat.py)."""
+    channel = app.config.channels().get(recipient)
+    if channel is not None:
+        message_id = app.renderer.message_id(recipient, contents.entries, now, contents.notes)
+        size = limit_of(channel)
+        return render_chat(
+            message_id, recipient, contents.entries, now, kind, size, contents.growth
+        )
     return app.renderer.render(
         recipient,
         contents.entries,
@@ -290,7 +300,8 @@ async def send_ready(app: App, *, flush: bool = False) -> tuple[int, int, int]:
             counts["dead"] += 1
         else:
             mark_retry = app.store.mark_retry
-            await asyncio.to_thread(mark_retry, message.message_id, str(error), now, retry_delay)
+            delay = _respecting(error.retry_after)
+            await asyncio.to_thread(mark_retry, message.message_id, str(error), now, delay)
             log.warning("delivery failed, will retry: %s", error, extra=_fields(message))
             counts["retrying"] += 1
 
@@ -375,10 +386,41 @@ def _fields(message: OutgoingMessage) -> dict[str, str]:
     return {"recipient": message.recipient, "message_id": message.message_id}
 
 
+def _respecting(retry_after: float | None) -> Callable[[int], timedelta]:
+    """The backoff, but never sooner than the service asked (Retry-After of a 429, 503)."""
+    if retry_after is None:
+        return retry_delay
+    return lambda attempts: max(retry_delay(attempts), timedelta(seconds=retry_after))
+
+
 def retry_delay(attempts: int) -> timedelta:
     """1 min, 2, 4, ... capped at 1 h, with jitter, so a recovering server is not stampeded."""
     ceiling = min(3600.0, 60.0 * 2 ** min(attempts - 1, 12))
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+async def send_test_chat(app: App, name: str) -> str:
+    """Send one sample chat message to the channel `name`, bypassing the outbox; the
+    service's answer, or DeliveryError saying it."""
+    now = app.clock()
+    entry = DigestEntry((0,), "test", _sample(now), (Hit("monitor", "title", 0, 7),))
+    message_id = app.renderer.message_id(name, [entry], now)
+    url = app.config.channels()[name].channel_url()
+    message = render_chat(message_id, name, [entry], now, MessageKind.ALERT, limit(url))
+    return await ChatSender(app.config.channels()).send(message)
+
+
+def _sample(now: datetime) -> Item:
+    return Item(
+        key=f"test:{now.isoformat()}",  # a Message-ID of its own: clients hide repeats
+        feed="monitor",
+        guid="test",
+        url="https://example.org/monitor-test",
+        title="monitor test: Grüße von monitor",
+        summary="If you can read this, with umlauts intact (äöü ß), delivery works.",
+        published=now,
+        language="de",
+    )
 
 
 async def send_test_email(app: App, address: str) -> DeliveryError | None:

@@ -69,6 +69,10 @@ class ParseError(MonitorError):
 class DeliveryError(MonitorError):
     """A message could not be delivered right now; it stays pending and is retried."""
 
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after  # seconds the service asked us to wait (429, 503)
+        super().__init__(message)
+
 
 class PermanentDeliveryError(DeliveryError):
     """The server refused the recipient for good; the delivery is dead-lettered."""

@@ -364,6 +364,14 @@ class OutboxStore(StoreBase):
         oldest = aware(pending[1]) if pending[1] is not None else None
         return Outbox(int(pending[0]), int(ready), int(dead), oldest)
 
+    def message_counts(self) -> dict[tuple[str, MessageStatus], int]:
+        """How many messages each recipient has in each state (ready, sent, dead)."""
+        query = sa.select(messages.c.recipient, messages.c.status, sa.func.count()).group_by(
+            messages.c.recipient, messages.c.status
+        )
+        with self._read() as tx:
+            return {(r, MessageStatus(status)): int(n) for r, status, n in tx.execute(query)}
+
     def retry_dead(self, now: datetime, recipient: str | None = None) -> int:
         """Send dead letters (of one recipient, or all) again, once their cause is fixed (a
         mailbox restored, a sender allowed): the same bytes and Message-ID, ready now, and
