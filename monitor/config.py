@@ -50,6 +50,10 @@ _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
+def _kind_of(value: Any) -> str:
+    return "a list" if isinstance(value, list) else f"the single value {value!r}"
+
+
 def _parse_duration(value: Any) -> float:
     """'90s', '15m', '2h', '1d' or a number of seconds -> seconds."""
     if isinstance(value, bool):
@@ -791,8 +795,17 @@ def parse_config(text: str, source: str = "<string>", base: Path | None = None) 
     from another directory found no database there, created an empty one, and a `monitor
     poll` beside it sent every digest again."""
     data, values, keys, problems = _read_yaml(text, source)
+    if data is None:  # an empty file, or only comments
+        raise ConfigError(
+            [f"{source}:1:1: config: the file is empty; copy config.example.yaml and edit it"]
+        )
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}:1:1: the config must be a mapping of keys (feeds, ...)"])
+        raise ConfigError(
+            [
+                f"{source}:1:1: config: expected keys (feeds:, watchlists:, recipients:, ...), "
+                f"not {_kind_of(data)}; config.example.yaml shows them"
+            ]
+        )
     if base is not None:
         data = _anchored(data, base)
     try:

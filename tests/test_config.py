@@ -790,6 +790,23 @@ def test_the_table_is_large_and_speaks_no_pydantic() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "c.yaml:1:1: config: the file is empty; copy config.example.yaml and edit it"),
+        ("# only a comment\n", "c.yaml:1:1: config: the file is empty; copy config.example.yaml"),
+        ("- name: xAI\n", "c.yaml:1:1: config: expected keys (feeds:, watchlists:, recipients:, "),
+        ("xAI\n", "not the single value 'xAI'; config.example.yaml shows them"),
+    ],
+)
+def test_an_empty_file_or_a_file_without_keys_says_where_to_start(text: str, expected: str) -> None:
+    """An empty config.yaml said "the config must be a mapping of keys (feeds, ...)", without
+    a key path and in words no new user knows."""
+    (found,) = problems(text)
+    assert expected in found
+    assert re.match(r"c\.yaml:\d+:\d+: \S+: ", found)
+
+
+@pytest.mark.parametrize(
     ("written", "meant"), [("keywords", "terms"), ("schedule", "digest"), ("email", "recipients")]
 )
 def test_did_you_mean_for_the_keys_of_other_tools(written: str, meant: str) -> None:
