@@ -31,7 +31,13 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.config_messages import EXAMPLES, did_you_mean, meant_key, plain_message
+from monitor.config_messages import (
+    EXAMPLES,
+    did_you_mean,
+    meant_key,
+    plain_message,
+    yaml_syntax,
+)
 from monitor.errors import ConfigError
 from monitor.schedules import (
     Every,
@@ -856,6 +862,20 @@ def _anchored(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
+def _syntax_problem(error: yaml.MarkedYAMLError, text: str, source: str) -> str:
+    """FILE:LINE:COL: YAML syntax: what is wrong, in words (config_messages.yaml_syntax)."""
+    mark = error.problem_mark or error.context_mark
+    said = str(error.problem or error.context)
+    if said.startswith("expected ',' or") and "<scalar>" not in said and error.context_mark:
+        mark = error.context_mark  # a [ or { never closed: point at it, not at the end
+    if mark is None:
+        return f"{source}: YAML syntax: {said}"
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    column, said = yaml_syntax(said, line, mark.column + 1)
+    return f"{source}:{mark.line + 1}:{column}: YAML syntax: {said}"
+
+
 def _read_yaml(
     text: str, source: str
 ) -> tuple[Any, dict[_Path, _Mark], dict[_Path, _Mark], list[str]]:
@@ -882,9 +902,7 @@ def _read_yaml(
     except _AliasBomb as error:
         raise ConfigError([f"{source}:{error.line}:{error.column}: {error}"]) from None
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ConfigError([f"{where}: YAML syntax: {error.problem or error.context}"]) from None
+        raise ConfigError([_syntax_problem(error, text, source)]) from None
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: YAML: {error}"]) from None
     finally:

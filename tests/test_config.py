@@ -105,6 +105,65 @@ def test_yaml_syntax_error_has_line_and_column() -> None:
     assert re.match(r"c\.yaml:\d+:\d+: YAML syntax:", found[0])
 
 
+# YAML's own words ("expected <block end>, but found '<scalar>'") for the slips a person
+# makes: a query pasted with its quotes first, a tab, a bracket left open. Each row: the
+# watchlist line as written, then what the message says; a suggested line must load.
+YAML_SLIPS = [
+    (
+        '    query: "Elon Musk" AND xAI',
+        'c.yaml:8:12: YAML syntax: query: the value ends at the " after ", and YAML cannot '
+        "read the rest of the line; put the whole value in quotes: "
+        "query: '\"Elon Musk\" AND xAI'",
+    ),
+    (
+        '    query: "Elon Musk" AND xAI   # the boss',
+        "put the whole value in quotes: query: '\"Elon Musk\" AND xAI'",
+    ),
+    (
+        "    query: {XAI} NEAR/5 Musk",
+        "c.yaml:8:12: YAML syntax: query: the value ends at the } after {, and YAML cannot "
+        "read the rest of the line; put the whole value in quotes: query: '{XAI} NEAR/5 Musk'",
+    ),
+    (
+        "    query: 'Musk' AND 'Grok'",
+        "put the whole value in quotes: query: \"'Musk' AND 'Grok'\"",
+    ),
+    (
+        "    exclude: perfume: yes",
+        "c.yaml:8:14: YAML syntax: exclude: ': ' inside the value starts another key; put the "
+        "whole value in quotes: exclude: 'perfume: yes'",
+    ),
+    (
+        "\tdigest: hourly",
+        "c.yaml:8:1: YAML syntax: a tab; YAML indents with spaces only: replace the tab with "
+        "spaces",
+    ),
+    (
+        "   digest: hourly",
+        "c.yaml:8:4: YAML syntax: this line is indented differently from the lines above it; "
+        "indent the keys of one entry alike, with spaces",
+    ),
+    ("    exclude: [perfume, Duft", "c.yaml:8:14: YAML syntax: a [ is never closed; add ]"),
+    (
+        '    exclude: ["white musk" OR Duft]',
+        "c.yaml:8:28: YAML syntax: inside [ ] the entries are separated by commas, and a quoted "
+        "entry ends at its closing quote",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "said"), YAML_SLIPS, ids=[row[0].strip() for row in YAML_SLIPS])
+def test_a_yaml_slip_is_told_in_words_and_the_suggested_line_loads(line: str, said: str) -> None:
+    (found,) = problems(MINIMAL + line + "\n")
+    assert said in found
+    assert "<block end>" not in found and "<scalar>" not in found
+    if ": put the whole value in quotes: " in found:
+        suggested = "    " + found.rpartition(": put the whole value in quotes: ")[2]
+        watchlist = parse_config(MINIMAL + suggested + "\n", "c.yaml").watchlists[0]
+        written = line.split(":", 1)[1].split("#")[0].strip()
+        assert written in (watchlist.query, watchlist.exclude, watchlist.query or "")
+
+
 def test_missing_sections_and_duplicate_names() -> None:
     found = problems("recipients: [a@example.org]\nfeeds: []\n")
     assert found == [
