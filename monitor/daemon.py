@@ -40,6 +40,7 @@ from monitor.metrics import Metrics, PollOutcome, start_endpoint
 from monitor.notify import Notifier
 from monitor.poller import CycleReport, poll_due
 from monitor.retention import prune
+from monitor.spike_alerts import check_spikes
 from monitor.status import Health, Heartbeat, take_snapshot, write_heartbeat
 from monitor.workers import Registry
 
@@ -137,6 +138,7 @@ class Daemon:
         self.metrics.record_polls(_outcomes(report), time.monotonic() - started)
         self.metrics.record_ingest(report.new_items, report.matches)
         self.metrics.record_poll_tick(self.last_poll_at)
+        await self.spike_check()
         if report.polls:
             level = logging.INFO if (report.new_items or report.failed) else logging.DEBUG
             log.log(
@@ -147,6 +149,14 @@ class Daemon:
                 report.matches,
                 report.failed,
             )
+
+    async def spike_check(self) -> None:
+        """Spike and silence alerts, judged after every poll cycle (the digest tick sends
+        them). A failure is logged and polling goes on."""
+        try:
+            await asyncio.to_thread(check_spikes, self.app)
+        except Exception:
+            log.exception("spike check failed; the next poll cycle tries again")
 
     async def digest_tick(self) -> None:
         report = await run_digests(self.app)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import quoprimime
@@ -158,6 +158,43 @@ class Renderer:
             unsubscribe += f", <{self.settings.unsubscribe_url}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message["List-Unsubscribe"] = unsubscribe
+        message["MIME-Version"] = "1.0"
+        message.make_alternative()
+        message.attach(_text_part(text, "plain"))
+        message.attach(_text_part(html, "html"))
+        return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
+
+    def render_notice(
+        self,
+        template: str,
+        recipient: str,
+        subject: str,
+        context: Mapping[str, object],
+        now: datetime,
+        seed: str,
+        kind: MessageKind = MessageKind.ALERT,
+    ) -> OutgoingMessage:
+        """Render `template`.txt.j2 and .html.j2 (a spike or silence alert) into one message;
+        the Message-ID is derived from `seed`, so the same alert keeps its ID."""
+        page = {
+            **context,
+            "subject": subject,
+            "recipient": recipient,
+            "health": [],
+            "generated_at": self._local(now),
+            "source": self.settings.source,
+        }
+        text = self._env.get_template(f"{template}.txt.j2").render(page)
+        html = css_inline.inline(self._env.get_template(f"{template}.html.j2").render(page))
+        digest = hashlib.sha256(f"{recipient}|{seed}".encode()).hexdigest()[:32]
+        message_id = f"<{template}.{digest}@{_domain(self.settings.sender)}>"
+        message = EmailMessage(policy=_POLICY)
+        message["From"] = self.settings.sender
+        message["To"] = recipient
+        message["Subject"] = single_line(subject)
+        message["Date"] = format_datetime(now.astimezone(self.settings.zone))
+        message["Message-ID"] = message_id
+        message["Auto-Submitted"] = "auto-generated"
         message["MIME-Version"] = "1.0"
         message.make_alternative()
         message.attach(_text_part(text, "plain"))

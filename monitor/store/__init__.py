@@ -18,6 +18,7 @@ One module per entity, one mixin of `Store` each:
     outbox    OutboxStore: pending deliveries, digest claims, messages and their sending
     workers   WorkerStore: running processes and their heartbeats
     prune     PruneStore: retention
+    spikes    SpikeStore: stories per day and window, spike and silence alerts claimed once
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from monitor.store.items import IngestResult, ItemStore
 from monitor.store.leases import Claim, LeaseStore
 from monitor.store.outbox import DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
+from monitor.store.spikes import SpikeStore, SpikeStory
 from monitor.store.workers import WorkerInfo, WorkerStore
 from monitor.stories import DedupeSettings
 
@@ -40,6 +42,7 @@ __all__ = [
     "IngestResult",
     "Outbox",
     "Pruned",
+    "SpikeStory",
     "Store",
     "WorkerInfo",
     "create_engine",
@@ -49,7 +52,7 @@ __all__ = [
 ]
 
 
-class Store(ItemStore, LeaseStore, OutboxStore, WorkerStore, PruneStore):
+class Store(ItemStore, LeaseStore, OutboxStore, WorkerStore, PruneStore, SpikeStore):
     """The database, behind methods named for what the pipeline needs."""
 
 
