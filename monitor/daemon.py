@@ -138,7 +138,8 @@ class Daemon:
         self.metrics.record_polls(_outcomes(report), time.monotonic() - started)
         self.metrics.record_ingest(report.new_items, report.matches)
         self.metrics.record_poll_tick(self.last_poll_at)
-        await self.spike_check()
+        if report.polls:  # a cycle that polled nothing changed no count
+            await self.spike_check()
         if report.polls:
             level = logging.INFO if (report.new_items or report.failed) else logging.DEBUG
             log.log(

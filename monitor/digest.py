@@ -214,6 +214,21 @@ class Renderer:
         entry = DigestEntry((1,), "sample", item, (Hit("xAI", "title", 7, 10),))
         health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
         found = []
+        try:  # spike and silence alerts (monitor/spike_alerts.py)
+            sample = {
+                "lines": ["A sample."],
+                "stories": [
+                    {"title": "Sample", "url": item.url, "outlet": "sample", "also": ["other"]}
+                ],
+                "outlets": [{"name": "sample", "count": 1}],
+                "words": ["sample"],
+                "feeds": ["sample: broken"],
+            }
+            self.render_notice("spike", "sample@example.org", "Sample", sample, now, "sample")
+        except jinja2.TemplateSyntaxError as error:
+            found.append(f"{error.filename or error.name}:{error.lineno}: {error.message}")
+        except Exception as error:
+            found.append(f"{_where(error) or 'rendering a sample spike alert: '}{error!r}")
         for kind in MessageKind:
             try:
                 self.render("sample@example.org", [entry], now, kind=kind, health=health)

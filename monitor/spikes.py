@@ -80,7 +80,9 @@ class History:
     window: int
     days: Mapping[date, int]
     first_match: datetime | None  # the watchlist's history starts here
-    last_match: datetime | None = None
+    last_match: datetime | None = None  # `now` when the window has stories
+    spiked_at: datetime | None = None  # the last spike alert
+    silenced_at: datetime | None = None  # the last silence alert
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,8 @@ def spike(history: History, settings: SpikeSettings) -> Spike | None:
     """The spike in the window ending at history.now, if all three thresholds are met."""
     if not settings.enabled or not is_warm(history, settings):
         return None
+    if history.spiked_at is not None and history.now - history.spiked_at < settings.cooldown:
+        return None
     start = history.now - settings.window
     return judge(history, settings, history.window, start, history.now)
 
@@ -164,6 +168,10 @@ def silence(history: History, settings: SpikeSettings) -> Silence | None:
     quiet_since = history.now - settings.silence_after
     if history.last_match is not None and history.last_match > quiet_since:
         return None
+    if history.silenced_at is not None and (
+        history.last_match is None or history.silenced_at > history.last_match
+    ):
+        return None  # this silence was reported
     days = baseline(history, settings, quiet_since.date())
     if not days:
         return None

@@ -49,7 +49,9 @@ def make_app(database_url: str, tmp_path: Path) -> Iterator[MakeApp]:
             {
                 "database": database_url,
                 "outbox": str(tmp_path / "outbox"),
-                "feeds": [{"name": f"feed{k}", "url": f"https://f{k}.example/rss"} for k in range(3)],
+                "feeds": [
+                    {"name": f"feed{k}", "url": f"https://f{k}.example/rss"} for k in range(3)
+                ],
                 "watchlists": [
                     {
                         "name": "Grok",

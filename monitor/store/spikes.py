@@ -79,11 +79,7 @@ class SpikeStore(StoreBase):
             for row in tx.execute(sa.select(story_days).where(story_days.c.day >= first_day)):
                 if row.watchlist in daily:
                     daily[row.watchlist][row.day] = row.stories
-            starts = {
-                row.watchlist: aware(row.first_match_at)
-                for row in tx.execute(sa.select(spike_watchlists))
-                if row.first_match_at is not None
-            }
+            states = {row.watchlist: row for row in tx.execute(sa.select(spike_watchlists))}
             current = {n: int(c) for n, c in tx.execute(_stories_since(now - window))}
             last = {name: _last_match(tx, name) for name in wanted if not current.get(name)}
         return [
@@ -92,8 +88,10 @@ class SpikeStore(StoreBase):
                 now,
                 int(current.get(name, 0)),
                 daily[name],
-                starts.get(name),
+                _moment(states, name, "first_match_at"),
                 last.get(name, now if current.get(name) else None),
+                _moment(states, name, "spike_at"),
+                _moment(states, name, "silence_at"),
             )
             for name in wanted
         ]
@@ -249,6 +247,11 @@ def _count(tx: Connection, start: date, through: date) -> None:
             .values([{"watchlist": name, "first_match_at": first} for name, first in chunk])
             .on_conflict_do_nothing()
         )
+
+
+def _moment(states: dict[str, Any], name: str, column: str) -> datetime | None:
+    value = getattr(states[name], column) if name in states else None
+    return aware(value) if value is not None else None
 
 
 def _last_match(tx: Connection, watchlist: str) -> datetime | None:
