@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         "retry-dead", help="send dead letters again (same Message-ID) once their cause is fixed"
     )
     retry.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
+    trends = commands.add_parser(
+        "trends", help="daily stories per watchlist, the usual level, the days that would fire"
+    )
+    trends.add_argument("--watchlist", action="append", metavar="NAME")
+    trends.add_argument("--days", type=int, default=30, help="how many days back (30)")
     return parser
 
 
@@ -122,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that read what the daemon (or `monitor poll`) stored: on a database file that is
 # not there they would create an empty one, and report from it.
-_READERS = {"status", "feeds", "prune", "retry-dead", "migrate-db"}
+_READERS = {"status", "feeds", "prune", "retry-dead", "migrate-db", "trends"}
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -146,6 +151,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return _feeds(config)
     if args.command == "test-email":
         return asyncio.run(_test_email(config, args.address))
+    if args.command == "trends":
+        return _trends(config, args.watchlist, args.days)
     if args.command == "retry-dead":  # a running daemon sends them: no lock needed
         return _retry_dead(config, args.recipient)
     if args.command == "run":
@@ -345,6 +352,25 @@ def _explain(match: Match, fields: dict[str, str]) -> list[str]:
         f"{fields[hit.field][hit.start : hit.end]!r}"
         for hit in match.hits
     ]
+
+
+def _trends(config: Config, names: list[str] | None, days: int) -> int:
+    from monitor.app import utc_now
+    from monitor.trends import trend_lines
+
+    unknown = set(names or ()) - {w.name for w in config.watchlists}
+    if unknown or not 1 <= days <= 366:
+        problem = f"no watchlist named {', '.join(sorted(unknown))}" if unknown else ""
+        print(f"monitor: {problem or '--days takes 1 to 366'}", file=sys.stderr)
+        return EXIT_USAGE
+    store = open_store(config.database)
+    try:
+        wanted = names or [w.name for w in config.watchlists]
+        lines = trend_lines(store, config, wanted, days, utc_now())
+    finally:
+        store.close()
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _status(config: Config) -> int:

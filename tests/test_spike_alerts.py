@@ -16,7 +16,8 @@ from typing import Any, cast
 import pytest
 
 from monitor.app import App, build_mailer, build_renderer
-from monitor.config import Config
+from monitor.cli import main
+from monitor.config import Config, load_config
 from monitor.models import Item
 from monitor.spike_alerts import check_spikes
 from monitor.spikes import DAY
@@ -253,3 +254,33 @@ def test_spikes_off_never_alerts(make_app: MakeApp) -> None:
     add(app, MONDAY + 14 * DAY, [story() for _ in range(80)])
     clock.now = MONDAY + 14 * DAY + timedelta(hours=1)
     assert check_spikes(app) == 0
+
+
+def test_trends_charts_each_day_and_the_days_that_would_have_fired(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(
+        {
+            "feeds": [{"name": "feed0", "url": "https://f0.example/rss"}],
+            "watchlists": [{"name": "Grok", "terms": ["Grok"], "recipients": ["a@example.org"]}],
+        }
+    )
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    config = load_config(path)
+    store = open_store(config.database)
+    matcher = Matcher(config.watchlists)
+    recipients = {"Grok": ("a@example.org",)}
+    for back in range(20, 0, -1):  # 10 a day; 40 three days ago
+        count = 40 if back == 3 else 10
+        store.ingest([story() for _ in range(count)], matcher.match, recipients, today - back * DAY)
+    store.close()
+    assert main(["--config", str(path), "trends", "--days", "5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Grok  ")
+    assert "spikes: balanced, 1 day(s) would have fired" in out[0]
+    days = out[1:6]  # 4 days ago .. today
+    assert days[0].split()[-3:] == ["10", "usual", "10"]
+    assert days[1].endswith(" 40  usual 10  ◀ would have fired")
+    assert [line.split()[-3:] for line in days[2:4]] == [["10", "usual", "10"]] * 2
+    assert days[4].endswith(" 0  usual 10  (today so far)")
+    assert main(["--config", str(path), "trends", "--watchlist", "Nope"]) == 2
