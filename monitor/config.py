@@ -210,13 +210,28 @@ _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 LanguageCode = Annotated[str, AfterValidator(_language_code)]
 
 
+_NAMED = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<address>[^<>]*)>\s*$", re.DOTALL)
+
+
 def _recipient(value: Any) -> Any:
-    """A recipient is an address, or a mapping with the address and personal settings."""
-    return {"address": value} if isinstance(value, str) else value
+    """A recipient is an address (`jane@example.org` or `Jane Doe <jane@example.org>`), or a
+    mapping with the address and personal settings."""
+    if not isinstance(value, str):
+        return value
+    named = _NAMED.match(value)
+    if named is None:
+        return {"address": value}
+    name = named["name"]
+    if len(name) >= 2 and name[0] == name[-1] == '"':  # "Doe, Jane" <jane@example.org>
+        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    address = named["address"].strip()
+    return {"address": address, "name": name} if name else {"address": address}
 
 
 class RecipientConfig(_Model):
     address: Address
+    # The display name in the To header ("Jane Doe"), encoded there by the mail library.
+    name: Annotated[str, AfterValidator(_header_text)] | None = None
     digest: ScheduleText | None = None  # this recipient's own schedule, over the watchlist's
     quiet_hours: QuietHoursText | None = None  # e.g. "22:00-07:00": deferred, never dropped
 
@@ -411,8 +426,12 @@ class SmtpConfig(_Model):
 class DigestsConfig(_Model):
     max_per_watchlist: int = Field(25, ge=1)
     send_empty: bool = False
-    subject: HeaderText = "monitor digest: {count} new for {watchlists}"
-    alert_subject: HeaderText = "monitor alert: {count} new for {watchlists}"
+    # Labels, dates' words and default subjects in this language (de or en shipped).
+    language: str = "en"
+    subject: HeaderText | None = None  # default: "monitor digest: {count} new for {watchlists}"
+    alert_subject: HeaderText | None = (
+        None  # default: the subject set above, else "monitor alert: ..."
+    )
     hold: Duration = 300.0  # immediate alerts wait this long to batch a burst into one mail
     quiet_hours: QuietHoursText | None = None  # default for every watchlist, e.g. "22:00-07:00"
     templates_dir: str | None = None  # your own digest/alert templates override the shipped ones
@@ -420,7 +439,9 @@ class DigestsConfig(_Model):
 
     @field_validator("subject", "alert_subject")
     @classmethod
-    def _placeholders(cls, value: str) -> str:
+    def _placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         try:
             value.format(count=0, watchlists="", recipient="")
         except (KeyError, IndexError, ValueError) as error:
@@ -428,6 +449,23 @@ class DigestsConfig(_Model):
                 f"bad placeholder {error}; use only {{count}}, {{watchlists}}, {{recipient}}"
             ) from None
         return value
+
+    @field_validator("language")
+    @classmethod
+    def _shipped_language(cls, value: str) -> str:
+        from monitor.labels import LANGUAGES
+
+        code = value.strip().lower()
+        if code not in LANGUAGES:
+            raise ValueError(
+                f"{value!r}: digests are shipped in {' and '.join(sorted(LANGUAGES))}; "
+                "write one of them (your own wording goes in templates_dir)"
+            )
+        return code
+
+    def alert_subject_set(self) -> str | None:
+        """The alert subject the user chose: alert_subject, else their subject."""
+        return self.alert_subject or self.subject
 
     @field_validator("unsubscribe_url")
     @classmethod
@@ -510,6 +548,15 @@ class Config(_Model):
         """The watchlist's spike and silence thresholds: its preset and overrides."""
         spikes = watchlist.spikes
         return PRESETS[spikes] if isinstance(spikes, Sensitivity) else spikes.settings()
+
+    def display_names(self) -> dict[str, str]:
+        """address -> the display name given with it (anywhere in the config)."""
+        everyone = [*self.recipients, *(r for w in self.watchlists for r in w.recipients)]
+        names: dict[str, str] = {}
+        for recipient in everyone:
+            if recipient.name:
+                names.setdefault(recipient.address, recipient.name)
+        return names
 
     def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
         """The addresses that receive this watchlist."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import email.policy
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import quoprimime
-from email.headerregistry import BaseHeader, HeaderRegistry
+from email import message_from_bytes, quoprimime
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -25,6 +26,7 @@ import css_inline
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from monitor.labels import labels, plain_problem, plain_status
 from monitor.models import DigestEntry, Hit, Item, MessageKind, OutgoingMessage
 from monitor.text import single_line
 
@@ -55,8 +57,10 @@ class DigestSettings:
     sender: str
     zone: ZoneInfo
     max_per_watchlist: int = 25
-    subject: str = "monitor digest: {count} new for {watchlists}"
-    alert_subject: str = "monitor alert: {count} new for {watchlists}"
+    subject: str | None = None  # None: the language's default (labels.py)
+    alert_subject: str | None = None
+    language: str = "en"  # of the labels and default subjects (labels.LANGUAGES)
+    names: tuple[tuple[str, str], ...] = ()  # (address, display name) for the To header
     source: str = ""  # which config produced the digest, for the footer
     unsubscribe_url: str | None = None  # https, for RFC 8058 one-click unsubscribe
 
@@ -69,6 +73,39 @@ class FeedHealth:
     status: str
     error: str
     since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadableMessage:
+    """A rendered message as its recipient reads it (`digest --preview`)."""
+
+    address: str
+    to: str  # the To header, decoded: "Jane Doe <jane@example.org>"
+    subject: str
+    text: str
+    html: str
+    mime: bytes
+
+
+def read_back(message: OutgoingMessage) -> ReadableMessage:
+    """The decoded parts of a rendered message: what a mail program shows."""
+    parsed = message_from_bytes(message.mime, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)  # the default policy's class
+
+    def body(subtype: str) -> str:
+        part = parsed.get_body((subtype,))
+        if not isinstance(part, EmailMessage):
+            return ""
+        return "\n".join(str(part.get_content()).splitlines())  # the wire's CRLF: \n
+
+    return ReadableMessage(
+        message.recipient,
+        str(parsed["To"]),
+        str(parsed["Subject"]),
+        body("plain"),
+        body("html"),
+        message.mime,
+    )
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -117,6 +154,8 @@ class Renderer:
 
     def __init__(self, settings: DigestSettings, templates_dir: Path | None = None) -> None:
         self.settings = settings
+        self._names = dict(settings.names)
+        self._labels = labels(settings.language)
         search = [str(templates_dir)] if templates_dir else []
         self._env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader([*search, str(default_templates_dir())]),
@@ -146,7 +185,7 @@ class Renderer:
         message = EmailMessage(policy=_POLICY)
         message_id = self.message_id(recipient, entries, now)
         message["From"] = self.settings.sender
-        message["To"] = recipient
+        message["To"] = self._to(recipient)
         message["Subject"] = single_line(str(context["subject"]))
         message["Date"] = format_datetime(now.astimezone(self.settings.zone))
         message["Message-ID"] = message_id
@@ -181,6 +220,8 @@ class Renderer:
             "subject": subject,
             "recipient": recipient,
             "health": [],
+            "language": self.settings.language,
+            "t": self._labels,
             "generated_at": self._local(now),
             "source": self.settings.source,
         }
@@ -190,7 +231,7 @@ class Renderer:
         message_id = f"<{template}.{digest}@{_domain(self.settings.sender)}>"
         message = EmailMessage(policy=_POLICY)
         message["From"] = self.settings.sender
-        message["To"] = recipient
+        message["To"] = self._to(recipient)
         message["Subject"] = single_line(subject)
         message["Date"] = format_datetime(now.astimezone(self.settings.zone))
         message["Message-ID"] = message_id
@@ -200,6 +241,15 @@ class Renderer:
         message.attach(_text_part(text, "plain"))
         message.attach(_text_part(html, "html"))
         return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
+
+    def _to(self, recipient: str) -> Address | str:
+        """The recipient with their display name, which the header encodes (RFC 2047),
+        quotes and folds: a name is never pasted into the header's text."""
+        name = self._names.get(recipient)
+        if not name:
+            return recipient
+        local, _, domain = recipient.rpartition("@")
+        return Address(display_name=name, username=local, domain=domain)
 
     def problems(self) -> list[str]:
         """What keeps a digest or an alert from rendering, found by rendering a sample of
@@ -282,21 +332,26 @@ class Renderer:
             }
             for name, group in sorted(groups.items())
         ]
-        template = (
-            self.settings.alert_subject if kind is MessageKind.ALERT else self.settings.subject
-        )
+        words = self._labels
+        if kind is MessageKind.ALERT:
+            template = self.settings.alert_subject or words["alert_subject"]
+        else:
+            template = self.settings.subject or words["subject"]
         subject = template.format(
             count=len(entries),
-            watchlists=", ".join(groups) or "your watchlists",
+            watchlists=", ".join(groups) or words["your_watchlists"],
             recipient=recipient,
         )
+        language = self.settings.language
         return {
             "subject": subject,
+            "language": language,
+            "t": words,
             "health": [
                 {
                     "name": h.name,
-                    "status": h.status,
-                    "error": h.error,
+                    "status": plain_status(h.status, language),
+                    "error": plain_problem(h.error, language) if h.error else "",
                     "since": self._local(h.since) if h.since else "",
                 }
                 for h in health

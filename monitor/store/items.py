@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -404,11 +404,21 @@ class ItemStore(StoryStore):
         with self._read() as tx:
             return [(row.id, item_from(row)) for row in tx.execute(query)]
 
-    def stored_item(self, id_or_key: str) -> tuple[int, Item] | None:
-        """One stored item by its numeric id or its key (read-only)."""
-        where = items.c.key == id_or_key
-        if id_or_key.isdigit():
-            where = sa.or_(items.c.id == int(id_or_key), where)
+    def find_items(
+        self, wanted: str, urls: Collection[str] = (), limit: int = 20
+    ) -> list[tuple[int, Item]]:
+        """Stored items by id or key; else by one of `urls`; else those whose title holds
+        `wanted` in any case, up to `limit`, oldest first (read-only; `test --why-not`)."""
+        by_title = sa.func.lower(items.c.title).contains(wanted.lower(), autoescape=True)
+        searches = [items.c.key == wanted]
+        if wanted.isdigit():
+            searches[0] = sa.or_(items.c.id == int(wanted), searches[0])
+        if urls:
+            searches.append(items.c.url.in_(list(urls)))
+        searches.append(sa.or_(by_title, items.c.title.contains(wanted, autoescape=True)))
         with self._read() as tx:
-            row = tx.execute(sa.select(items).where(where).order_by(items.c.id)).first()
-        return (row.id, item_from(row)) if row else None
+            for where in searches:
+                query = sa.select(items).where(where).order_by(items.c.id).limit(limit)
+                if rows := tx.execute(query).all():
+                    return [(row.id, item_from(row)) for row in rows]
+        return []

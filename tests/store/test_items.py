@@ -138,3 +138,24 @@ def test_a_changed_link_seen_by_two_feeds_of_one_ingest_stays_one_item(store: St
     assert heise.new_items == () and spiegel.new_items == ()
     assert store.item_count() == 1
     assert len(store.pending_entries()) == 2  # the first alert only, to 2 recipients
+
+
+def test_find_items_by_id_key_url_or_title_words(store: Store) -> None:
+    titles = ["Musk und xAI", "Wetter: Schnee in München", "ÜBERNAHME 100% sicher", "xAI wächst"]
+    batch = [make_item(n, title=title) for n, title in enumerate(titles)]
+    store.ingest(batch, lambda item: [], {}, NOW)
+    ids = {item.title: item_id for item_id, item in store.find_items("", limit=10)}
+    weather = ids["Wetter: Schnee in München"]
+
+    def found(wanted: str, urls: tuple[str, ...] = ()) -> list[str]:
+        return [item.title for _, item in store.find_items(wanted, urls)]
+
+    assert found(str(weather)) == ["Wetter: Schnee in München"]
+    assert found("u:example.org/1") == ["Wetter: Schnee in München"]
+    assert found("https://x", ("https://example.org/1",)) == ["Wetter: Schnee in München"]
+    assert found("schnee IN münchen") == ["Wetter: Schnee in München"]
+    assert found("xai") == ["Musk und xAI", "xAI wächst"]
+    assert found("100%") == ["ÜBERNAHME 100% sicher"]  # % is a character, not a wildcard
+    assert found("0%") == ["ÜBERNAHME 100% sicher"] and found("_") == []
+    assert found("ÜBERNAHME") == ["ÜBERNAHME 100% sicher"]
+    assert found("Mondlandung") == []
