@@ -24,6 +24,7 @@ from monitor.errors import DeliveryError, PermanentDeliveryError
 from monitor.models import DigestEntry, FeedStatus, Item, MessageKind, OutgoingMessage
 from monitor.schedules import Every
 from monitor.store import DigestRun
+from monitor.trends import recent_counts
 
 log = logging.getLogger(__name__)
 FIRST_POLL_DONE = "first_poll_done"
@@ -132,6 +133,7 @@ def compose(
     by_recipient = _by_recipient(due)
     pending = _pending(app, {pair.plan.watchlist for pair in due})
     health = feed_health(app) if by_recipient else []
+    trends = recent_counts(app.store, {p.plan.watchlist for p in due}, now) if by_recipient else {}
     composed = held = 0
     for recipient, pairs in by_recipient.items():
         names = {pair.plan.watchlist for pair in pairs}
@@ -144,7 +146,9 @@ def compose(
                 app.store.claim_digest(None, [], now, runs)  # the period is handled: nothing to say
             continue
         try:
-            message = app.renderer.render(recipient, entries, now, kind=_kind(pairs), health=health)
+            message = app.renderer.render(
+                recipient, entries, now, kind=_kind(pairs), health=health, trends=trends
+            )
         except Exception:  # one recipient's items (a user template's branch) only
             log.exception(
                 "could not render the %s for %s (watchlists %s); its matches stay pending, "
@@ -199,9 +203,16 @@ def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage
     pending = _pending(app, {pair.plan.watchlist for pair in due})
     health = feed_health(app)
     pairs = _by_recipient(due)
+    # Read only: the days the daemon has counted (a preview writes nothing).
+    trends = recent_counts(app.store, {p.plan.watchlist for p in due}, now, count=False)
     return [
         app.renderer.render(
-            recipient, entries, now, kind=_kind(pairs.get(recipient, [])), health=health
+            recipient,
+            entries,
+            now,
+            kind=_kind(pairs.get(recipient, [])),
+            health=health,
+            trends=trends,
         )
         for recipient, entries in pending.items()
     ]

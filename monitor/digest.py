@@ -28,6 +28,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from monitor.labels import labels, plain_problem, plain_status
 from monitor.models import DigestEntry, Hit, Item, MessageKind, OutgoingMessage
+from monitor.spikes import sparkline
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -176,9 +177,11 @@ class Renderer:
         *,
         kind: MessageKind = MessageKind.DIGEST,
         health: Sequence[FeedHealth] = (),
+        trends: Mapping[str, Sequence[int]] | None = None,
     ) -> OutgoingMessage:
-        """Render one multipart message: a digest, or an alert (immediate watchlists)."""
-        context = self._context(recipient, entries, now, kind, health)
+        """Render one multipart message: a digest, or an alert (immediate watchlists).
+        `trends`: each watchlist's stories per day, today last, charted in its section."""
+        context = self._context(recipient, entries, now, kind, health, trends or {})
         text = self._env.get_template(f"{kind}.txt.j2").render(context)
         # Inlined CSS: Gmail and Outlook drop <style> blocks but keep style attributes.
         html = css_inline.inline(self._env.get_template(f"{kind}.html.j2").render(context))
@@ -316,6 +319,7 @@ class Renderer:
         now: datetime,
         kind: MessageKind,
         health: Sequence[FeedHealth],
+        trends: Mapping[str, Sequence[int]] | None = None,
     ) -> dict[str, object]:
         groups: dict[str, list[DigestEntry]] = {}
         for entry in entries:
@@ -329,6 +333,7 @@ class Renderer:
                 # hidden: a delivery marked sent must be readable in the message.
                 "more": [self._brief(entry) for entry in group[cap:]],
                 "count": len(group),
+                "trend": trend_chart((trends or {}).get(name, ())),
             }
             for name, group in sorted(groups.items())
         ]
@@ -391,6 +396,24 @@ class Renderer:
         with contextlib.suppress(OverflowError):  # a placeholder date (year 1) stored earlier
             moment = moment.astimezone(self.settings.zone)
         return moment.strftime("%Y-%m-%d %H:%M %Z")
+
+
+TREND_HEIGHT = 40  # pixels of the busiest day's bar
+
+
+def trend_chart(counts: Sequence[int]) -> dict[str, object] | None:
+    """A watchlist's recent days as bars of table cells (pixel heights; every mail client
+    draws a cell's height and colour, where many block SVG and remote images), and as a
+    sparkline for the text part. None without counts."""
+    if not counts:
+        return None
+    top = max(max(counts), 1)
+    bars = [
+        {"count": count, "height": max(2, round(count / top * TREND_HEIGHT)), "today": False}
+        for count in counts
+    ]
+    bars[-1]["today"] = True
+    return {"bars": bars, "spark": sparkline(counts), "days": len(counts), "today": counts[-1]}
 
 
 def snippet(text: str, spans: Sequence[tuple[int, int]], width: int = SNIPPET_CHARS) -> Segments:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from monitor.config import Config
-from monitor.spikes import TrendDay, sparkline, trend
+from monitor.spikes import DAY, TrendDay, sparkline, trend
 from monitor.store import Store
 
 BAR = 40  # characters for the busiest day
@@ -34,6 +34,21 @@ def trend_lines(
             "",
         ]
     return lines
+
+
+def recent_counts(
+    store: Store, names: Iterable[str], now: datetime, days: int = 14, *, count: bool = True
+) -> dict[str, list[int]]:
+    """Each watchlist's distinct stories per UTC day, the last `days` days, today (so far)
+    last. count=False: only the days already counted (writes nothing)."""
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    counts = {}
+    for history in store.spike_histories(names, now, now - midnight, days, count=count):
+        past = [
+            history.days.get((midnight - back * DAY).date(), 0) for back in range(days - 1, 0, -1)
+        ]
+        counts[history.watchlist] = [*past, history.window]
+    return counts
 
 
 def chart(shown: list[TrendDay]) -> list[str]:

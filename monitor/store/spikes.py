@@ -67,11 +67,19 @@ def _stories_since(since: datetime, until: datetime | None = None) -> sa.Select[
 
 class SpikeStore(StoreBase):
     def spike_histories(
-        self, names: Iterable[str], now: datetime, window: timedelta, days: int
+        self,
+        names: Iterable[str],
+        now: datetime,
+        window: timedelta,
+        days: int,
+        *,
+        count: bool = True,
     ) -> list[History]:
         """Each watchlist's last `days` complete days, its stories in the window ending now,
-        and, for those with none in it, its last match."""
-        self._count_days(now)
+        and, for those with none in it, its last match. count=False: read only the days
+        counted before (a read-only look beside the daemon)."""
+        if count:
+            self._count_days(now)
         wanted = sorted(set(names))
         first_day = now.date() - days * DAY
         with self._read() as tx:
