@@ -200,7 +200,7 @@ def test_each_watchlist_shows_its_trend_as_bars_of_cells_and_a_sparkline() -> No
     message = renderer().render("a@example.org", entries, NOW, trends={"Grok": counts})
     parsed = parse(message.mime)
     html = parsed.get_body(("html",)).get_content()
-    bars = re.findall(r'<td height="(\d+)" bgcolor="(#[0-9a-f]+)"', html)
+    bars = re.findall(r'<td width="12" height="(\d+)" bgcolor="(#[0-9a-f]+)"', html)
     assert [int(h) for h, _ in bars] == [max(2, round(c / 20 * 40)) for c in counts]  # not Musk
     assert [colour for _, colour in bars] == ["#9bb8dc"] * 13 + ["#e66100"]  # today's marked
     assert "<svg" not in html and "<img" not in html
@@ -215,4 +215,4 @@ def test_a_digest_with_ten_charts_stays_small() -> None:
     with_charts = renderer().render("a@example.org", entries, NOW, trends=trends)
     without = renderer().render("a@example.org", entries, NOW)
     assert len(with_charts.mime) < 100_000
-    assert len(with_charts.mime) - len(without.mime) < 10 * 5_000  # each chart under 5 KB
+    assert len(with_charts.mime) - len(without.mime) < 10 * 2_500  # each chart under 2.5 KB
