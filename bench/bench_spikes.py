@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from zoneinfo import ZoneInfo
@@ -193,7 +193,7 @@ def digest_size() -> None:
                 "A summary of the article. " * 8,
                 NOW,
                 "en",
-            ),  # fmt: skip
+            ),
         )
         for w in range(10)
         for k in range(5)
