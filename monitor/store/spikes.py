@@ -65,7 +65,21 @@ def _stories_since(since: datetime, until: datetime | None = None) -> sa.Select[
     return query if until is None else query.where(matches.c.created_at < until)
 
 
+def _matches_since(since: datetime) -> sa.Select[Any]:
+    """Matches per watchlist since `since`, from an index alone (no join): SQLite skip-scans
+    ix_matches_watchlist_created, PostgreSQL range-scans ix_matches_created."""
+    return (
+        sa.select(matches.c.watchlist, sa.func.count())
+        .where(matches.c.created_at >= since)
+        .group_by(matches.c.watchlist)
+    )
+
+
 class SpikeStore(StoreBase):
+    # The counted days last read, by (first day, last day counted): complete days do not
+    # change, so a cycle reads them again only when a day was counted (once a day).
+    _days_read: tuple[tuple[date, str | None], dict[str, dict[date, int]]] | None = None
+
     def spike_histories(
         self,
         names: Iterable[str],
@@ -74,28 +88,28 @@ class SpikeStore(StoreBase):
         days: int,
         *,
         count: bool = True,
+        exact: bool = True,
     ) -> list[History]:
         """Each watchlist's last `days` complete days, its stories in the window ending now,
         and, for those with none in it, its last match. count=False: read only the days
-        counted before (a read-only look beside the daemon)."""
+        counted before (a read-only look beside the daemon). exact=False: the window holds
+        the watchlist's matches, an upper bound of its stories read from the index alone
+        (`window_stories` then counts the few that matter)."""
         if count:
             self._count_days(now)
         wanted = sorted(set(names))
-        first_day = now.date() - days * DAY
+        daily = self._counted_days(now.date() - days * DAY)
         with self._read() as tx:
-            daily: dict[str, dict[date, int]] = {name: {} for name in wanted}
-            for row in tx.execute(sa.select(story_days).where(story_days.c.day >= first_day)):
-                if row.watchlist in daily:
-                    daily[row.watchlist][row.day] = row.stories
             states = {row.watchlist: row for row in tx.execute(sa.select(spike_watchlists))}
-            current = {n: int(c) for n, c in tx.execute(_stories_since(now - window))}
+            query = _stories_since(now - window) if exact else _matches_since(now - window)
+            current = {n: int(c) for n, c in tx.execute(query)}
             last = {name: _last_match(tx, name) for name in wanted if not current.get(name)}
         return [
             History(
                 name,
                 now,
-                int(current.get(name, 0)),
-                daily[name],
+                current.get(name, 0),
+                daily.get(name, {}),
                 _moment(states, name, "first_match_at"),
                 last.get(name, now if current.get(name) else None),
                 _moment(states, name, "spike_at"),
@@ -104,20 +118,48 @@ class SpikeStore(StoreBase):
             for name in wanted
         ]
 
+    def window_stories(self, names: Iterable[str], since: datetime) -> dict[str, int]:
+        """The distinct stories each named watchlist matched since `since`."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        query = _stories_since(since).where(matches.c.watchlist.in_(wanted))
+        with self._read() as tx:
+            return {name: int(count) for name, count in tx.execute(query)}
+
+    def _counted_days(self, first: date) -> dict[str, dict[date, int]]:
+        with self._read() as tx:
+            counted = tx.execute(
+                sa.select(meta.c.value).where(meta.c.key == COUNTED_THROUGH)
+            ).scalar()
+            if self._days_read is not None and self._days_read[0] == (first, counted):
+                return self._days_read[1]
+            daily: dict[str, dict[date, int]] = {}
+            for row in tx.execute(sa.select(story_days).where(story_days.c.day >= first)):
+                daily.setdefault(row.watchlist, {})[row.day] = row.stories
+        self._days_read = ((first, counted), daily)
+        return daily
+
     def _count_days(self, now: datetime) -> None:
-        """Count the complete days not yet counted (the first call: every day matched)."""
+        """Count the complete days not yet counted (the first call: every day matched).
+        Looks first without the write lock: on SQLite every cycle would otherwise queue
+        behind (and hold up) the poll's writes for a day counted once a day."""
         through = (now - SETTLE).date() - DAY
+        with self._read() as tx:
+            last = tx.execute(sa.select(meta.c.value).where(meta.c.key == COUNTED_THROUGH))
+            if (done := last.scalar()) is not None and date.fromisoformat(done) >= through:
+                return
         with self._tx() as tx:
             counted = tx.execute(sa.select(meta.c.value).where(meta.c.key == COUNTED_THROUGH))
-            last = counted.scalar()
-            if last is not None:
-                start = date.fromisoformat(last) + DAY
+            done = counted.scalar()
+            if done is not None:
+                start = date.fromisoformat(done) + DAY
             else:
                 earliest = tx.execute(sa.select(sa.func.min(matches.c.created_at))).scalar()
                 start = aware(earliest).date() if earliest is not None else through + DAY
             if start <= through:
                 _count(tx, start, through)
-            if last is None or start <= through:
+            if done is None or start <= through:
                 value = through.isoformat()
                 tx.execute(
                     insert(tx, meta)
