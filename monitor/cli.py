@@ -26,6 +26,7 @@ from monitor.config import (
     _parse_duration,
     find_config,
     mailbox_address,
+    missing_feeds,
 )
 from monitor.delivery import FIRST_POLL_DONE, UNHEALTHY, preview, run_digests, send_test_email
 from monitor.digest import read_back
@@ -35,7 +36,7 @@ from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.poller import poll_due
-from monitor.store import Store, open_store
+from monitor.store import DeferredMessage, Store, open_store
 from monitor.text import clean_text
 from monitor.urls import canonical_url
 from monitor.watchlists import Exclusion, Matcher, in_context
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     feeds.add_argument("--json", action="store_true", help="a JSON list, for scripts")
     command("prune", help="delete items past retention.items; keep their keys as tombstones")
     command("status", help="daemon alive?, last poll, feeds by state, outbox, next digests")
+    dead = command(
+        "dead-letters", help="list the messages a server refused for good: recipient, since, why"
+    )
+    dead.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
     retry = command(
         "retry-dead", help="send dead letters again (same Message-ID) once their cause is fixed"
     )
@@ -179,10 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that read what the daemon (or `monitor poll`) stored: on a database file that is
 # not there they would create an empty one, and report from it.
-_READERS = {"status", "feeds", "prune", "retry-dead", "migrate-db", "trends"}
+_READERS = {"status", "feeds", "prune", "dead-letters", "retry-dead", "migrate-db", "trends"}
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
+    if (no_feeds := missing_feeds(config)) is not None and args.command in ("run", "poll"):
+        print(f"{path}: {no_feeds}", file=sys.stderr)
+        return EXIT_USAGE
+    if no_feeds is not None and args.command in ("check", "test"):
+        print(f"{path}: warning: {no_feeds}", file=sys.stderr)
     if args.command == "check":
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
@@ -207,6 +217,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return asyncio.run(_test_email(config, args.address))
     if args.command == "trends":
         return _trends(config, args.watchlist, args.days)
+    if args.command == "dead-letters":
+        return _dead_letters(config, args.recipient)
     if args.command == "retry-dead":  # a running daemon sends them: no lock needed
         return _retry_dead(config, args.recipient)
     if args.command == "run":
@@ -272,11 +284,15 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
 async def _digest(config: Config, args: argparse.Namespace) -> int:
     only = resolve_names(args.watchlist, [w.name for w in config.watchlists], "watchlist")
     async with running_app(config) as app:
-        report = await run_digests(app, force=True, only=only or None)
+        report = await run_digests(app, force=True, only=only or None, flush=True)
+        deferred = app.store.deferred_messages()
     print(
         f"{report.composed} digest(s) composed, {report.sent} sent, "
-        f"{report.retrying} to retry, {report.dead} dead-lettered"
+        f"{report.retrying} deferred, {report.dead} dead letter(s)"
     )
+    _print_deferred(deferred, config)
+    if report.dead:
+        print("  `monitor dead-letters` says who refused what and why")
     if report.held_back:
         print(
             f"monitor: the messages of {report.held_back} recipient(s) could not be rendered "
@@ -284,6 +300,41 @@ async def _digest(config: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if not (report.retrying or report.held_back) else EXIT_FAILURE
+
+
+def _print_deferred(deferred: Sequence[DeferredMessage], config: Config) -> None:
+    """What waits for a retry after a failure that may pass, until when, and why."""
+    for message in deferred:
+        until = _local(message.next_attempt_at, config)
+        print(
+            f"  deferred: {message.recipient} ({message.kind}, attempt {message.attempts}) "
+            f"until {until}: {message.error}"
+        )
+    if deferred:
+        print(
+            "  the daemon tries them again at those times; `monitor digest --send` tries "
+            "them all now"
+        )
+
+
+def _dead_letters(config: Config, recipient: str | None) -> int:
+    """One line per dead letter: a message, to one recipient, refused for good."""
+    store = open_store(config.database)
+    try:
+        letters = store.dead_letters(recipient)
+    finally:
+        store.close()
+    if letters:
+        print(f"{'SINCE':23} {'RECIPIENT':32} {'KIND':6} ERROR")
+    for letter in letters:
+        since = _local(letter.since, config)
+        print(f"{since:23} {letter.recipient:32} {letter.kind:6} {letter.error}")
+    whose = f" to {recipient}" if recipient else ""
+    print(
+        f"{len(letters)} dead letter(s){whose}: messages a server refused for good"
+        + ("; once the cause is fixed, `monitor retry-dead` sends them again" if letters else "")
+    )
+    return EXIT_OK
 
 
 async def _preview(config: Config, args: argparse.Namespace) -> int:
@@ -434,12 +485,12 @@ def _why_not(store: Store, matcher: Matcher, names: list[str], wanted: str) -> i
     item_id, item = stored
     fields = {"title": item.title, "summary": item.summary}
     matched = {m.watchlist for m in matcher.match(item)}
-    excluded = {e.watchlist for e in matcher.excluded(fields, item.language, item.feed)}
+    excluded = {e.watchlist for e in matcher.excluded(fields, item.language, item.feed, item.url)}
     print(f"#{item_id} [{item.feed}, {item.language}] {item.title}")
     for name in names:
         verdict = "matches" if name in matched else "no match"
         print(f"{name}: {verdict}{': its exclusion removed it' if name in excluded else ''}")
-        for line in matcher.explain(name, fields, item.language, item.feed):
+        for line in matcher.explain(name, fields, item.language, item.feed, item.url):
             print(f"  {line}")
     return EXIT_OK if matched else EXIT_FAILURE
 
@@ -487,14 +538,12 @@ def _trends(config: Config, names: list[str] | None, days: int) -> int:
     from monitor.app import utc_now
     from monitor.trends import trend_lines
 
-    unknown = set(names or ()) - {w.name for w in config.watchlists}
-    if unknown or not 1 <= days <= 366:
-        problem = f"no watchlist named {', '.join(sorted(unknown))}" if unknown else ""
-        print(f"monitor: {problem or '--days takes 1 to 366'}", file=sys.stderr)
-        return EXIT_USAGE
+    known = [w.name for w in config.watchlists]
+    wanted = resolve_names(names, known, "watchlist") or known
+    if not 1 <= days <= 366:
+        raise UsageError(f"--days {days}: give 1 to 366 days")
     store = open_store(config.database)
     try:
-        wanted = names or [w.name for w in config.watchlists]
         lines = trend_lines(store, config, wanted, days, utc_now())
     finally:
         store.close()
@@ -616,3 +665,7 @@ def _feed_record(feed: FeedConfig, state: FeedState) -> dict[str, object]:
 
 def _when(moment: datetime | None, config: Config) -> str:
     return moment.astimezone(config.zone).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def _local(moment: datetime, config: Config) -> str:
+    return moment.astimezone(config.zone).strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -51,9 +51,10 @@ class Due:
 
 
 async def run_digests(
-    app: App, *, force: bool = False, only: Iterable[str] | None = None
+    app: App, *, force: bool = False, only: Iterable[str] | None = None, flush: bool = False
 ) -> DeliveryReport:
-    """Compose what is due (force: everything pending, now), then send everything stored.
+    """Compose what is due (force: everything pending, now), then send everything stored
+    that is due (flush: waiting for a retry or not; see send_ready).
 
     Database work and rendering run in a thread: on SQLite a write waits for the poll
     writer's transaction, and the event loop must keep fetching meanwhile.
@@ -62,9 +63,9 @@ async def run_digests(
     try:
         composed, held = await asyncio.to_thread(_compose_due, app, now, force, only)
     except Exception:  # what is stored goes out even when composing failed (a bug, say)
-        await send_ready(app)
+        await send_ready(app, flush=flush)
         raise
-    sent, retrying, dead = await send_ready(app)
+    sent, retrying, dead = await send_ready(app, flush=flush)
     return DeliveryReport(composed, sent, retrying, dead, held)
 
 
@@ -218,8 +219,12 @@ def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage
     ]
 
 
-async def send_ready(app: App) -> tuple[int, int, int]:
-    """Hand every stored, unsent message to the mailer; mark each right after its outcome."""
+async def send_ready(app: App, *, flush: bool = False) -> tuple[int, int, int]:
+    """Hand every stored, unsent message to the mailer; mark each right after its outcome.
+
+    flush: also those waiting for their retry. An operator's `digest --send` after fixing
+    the server, as `postqueue -f`: it must not wait for a backoff of up to an hour.
+    """
     counts = {"sent": 0, "retrying": 0, "dead": 0}
 
     async def report(message: OutgoingMessage, error: DeliveryError | None) -> None:
@@ -247,7 +252,7 @@ async def send_ready(app: App) -> tuple[int, int, int]:
             lease, message.message_id, app.worker_id, now, now + SEND_LEASE
         )
 
-    batch = await asyncio.to_thread(app.store.ready_messages, app.clock())
+    batch = await asyncio.to_thread(app.store.ready_messages, app.clock(), flush=flush)
     await app.mailer.deliver(batch, report, take)
     return counts["sent"], counts["retrying"], counts["dead"]
 

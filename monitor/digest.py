@@ -194,12 +194,11 @@ class Renderer:
         message["Message-ID"] = message_id
         message["Auto-Submitted"] = "auto-generated"
         message["List-Id"] = f"monitor digest <digest.{_domain(self.settings.sender)}>"
-        unsubscribe = f"<mailto:{self.settings.sender}?subject=unsubscribe>"
         if self.settings.unsubscribe_url:
-            # RFC 8058: the one-click POST header is only meaningful with an https URI.
-            unsubscribe += f", <{self.settings.unsubscribe_url}>"
+            # Only where something handles it: a mailto: to the sender reached no one, and a
+            # client's Unsubscribe button then did nothing. RFC 8058 one-click needs https.
+            message["List-Unsubscribe"] = f"<{self.settings.unsubscribe_url}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message["List-Unsubscribe"] = unsubscribe
         message["MIME-Version"] = "1.0"
         message.make_alternative()
         message.attach(_text_part(text, "plain"))

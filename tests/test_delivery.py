@@ -116,8 +116,8 @@ async def test_one_refused_recipient_is_dead_lettered_others_delivered(
         add_matches(app, 1)
         report = await run_digests(app, force=True)
         assert (report.sent, report.dead, report.retrying) == (1, 1, 0)
-        assert app.store.dead_letters()[0][0] == "b@example.org"
-        assert "550" in app.store.dead_letters()[0][1]
+        assert app.store.dead_letters()[0].recipient == "b@example.org"
+        assert "550" in app.store.dead_letters()[0].error
         clock.advance(hours=2)
         assert (await run_digests(app, force=True)).sent == 0  # the dead letter is not retried
     assert [r for _, r, _ in recorder.messages] == [["a@example.org"]]

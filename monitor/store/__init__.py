@@ -30,7 +30,7 @@ from monitor.store.engine import create_engine, hint, migrate
 from monitor.store.feeds import host_of
 from monitor.store.items import IngestResult, ItemStore
 from monitor.store.leases import Claim, LeaseStore
-from monitor.store.outbox import DigestRun, Outbox, OutboxStore
+from monitor.store.outbox import DeadLetter, DeferredMessage, DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
 from monitor.store.spikes import SpikeStore, SpikeStory
 from monitor.store.workers import WorkerInfo, WorkerStore
@@ -38,6 +38,8 @@ from monitor.stories import DedupeSettings
 
 __all__ = [
     "Claim",
+    "DeadLetter",
+    "DeferredMessage",
     "DigestRun",
     "IngestResult",
     "Outbox",

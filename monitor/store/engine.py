@@ -3,6 +3,8 @@ store builds on (one transaction per public method: `_tx` to write, `_read` to r
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +17,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Connection, Engine
 
+from monitor.config import database_url
 from monitor.errors import UnavailableError
+from monitor.files import adopt, describe, make_dirs
 from monitor.lock import sqlite_file
 from monitor.store.dialect import SQLITE, dialect_of, forget_staging, insert
 from monitor.store.schema import meta
@@ -29,19 +33,27 @@ _MIGRATION_LOCK = 0x6D6F6E69746F72  # "monitor": the advisory lock id for migrat
 
 def hint(url: str) -> str:
     """Under systemd, where the service may write: a relative `database:` is taken from the
-    config file's directory, /etc/monitor, which it may not."""
+    config file's directory, /etc/monitor, which it may not. And which file this user may
+    not write (one an older monitor made under sudo), and whose it is."""
     state, file = os.environ.get("STATE_DIRECTORY"), sqlite_file(url)
+    if file is not None:
+        family = (file.parent, file, *(file.with_name(file.name + s) for s in ("-wal", "-shm")))
+        for path in family:
+            if path.exists() and not os.access(path, os.W_OK):
+                return f"; {describe(PermissionError(errno.EACCES, 'denied', str(path)))}"
     if not state or file is None or str(file).startswith(state.split(":")[0]):
         return ""
     return f" (this service may write only in {state}: set database: {state}/monitor.db)"
 
 
 def create_engine(url: str) -> Engine:
+    url = database_url(url)  # `migrate-db --to` takes one from the command line
     if url.startswith("sqlite"):
-        if (file := sqlite_file(url)) is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        if (file := sqlite_file(url)) is not None:
+            make_dirs(file.parent)
+            sa.event.listen(engine, "connect", functools.partial(_adopt_files, file))
         sa.event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     if url.startswith("postgresql://"):
@@ -65,6 +77,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # time (docs/store.md).
     cursor.execute("PRAGMA wal_autocheckpoint=16384")
     cursor.close()
+
+
+def _adopt_files(file: Path, _dbapi_connection: Any, _record: Any) -> None:
+    """The database, -wal and -shm (made by the pragmas) stay the owner's of their
+    directory under `sudo monitor ...` (monitor.files), so the service can go on writing."""
+    for path in (file, file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
+        adopt(path)
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import FeedState, FeedStatus
-from monitor.store.dialect import among, dialect_of, insert
+from monitor.store.dialect import among, aware, dialect_of, insert
 from monitor.store.engine import StoreBase
 from monitor.store.schema import feeds, hosts
 
@@ -149,6 +149,12 @@ class FeedStore(StoreBase):
         with self._read() as tx:
             rows = tx.execute(sa.select(feeds.c.name, feeds.c.status))
             return {name: FeedStatus(status) for name, status in rows}
+
+    def last_poll_at(self) -> datetime | None:
+        """When any feed was last polled, by the daemon or by `monitor poll`."""
+        with self._read() as tx:
+            last = tx.execute(sa.select(sa.func.max(feeds.c.last_polled_at))).scalar()
+        return aware(last) if last is not None else None
 
     def feed_state(self, name: str) -> FeedState | None:
         with self._read() as tx:

@@ -39,10 +39,36 @@ class DigestRun:
 class Outbox:
     """Counts for status displays."""
 
-    pending: int
-    ready: int
-    dead: int
+    pending: int  # deliveries (a watchlist's match for a recipient) not yet accepted
+    ready: int  # messages stored, waiting to be sent
+    dead: int  # dead letters: messages the server refused for good
     oldest_pending: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredMessage:
+    """A message whose last attempt failed for a reason that may pass; it waits its turn."""
+
+    recipient: str
+    kind: MessageKind
+    attempts: int
+    next_attempt_at: datetime
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the server refused for good; `monitor retry-dead` sends it again."""
+
+    message_id: str
+    recipient: str
+    kind: MessageKind
+    since: datetime  # when it was refused
+    error: str
+
+
+# What is told about a message without its bytes.
+_ABOUT_MESSAGE = [c for c in messages.c if c.name != "mime"]
 
 
 def _one_entry_per_story(
@@ -191,15 +217,17 @@ class OutboxStore(StoreBase):
         with self._read() as tx:
             return {(w, r): aware(created) for w, r, created in tx.execute(query)}
 
-    def ready_messages(self, now: datetime) -> list[OutgoingMessage]:
-        """Messages stored but not yet accepted by the server, due, and not being sent."""
+    def ready_messages(self, now: datetime, *, flush: bool = False) -> list[OutgoingMessage]:
+        """Messages stored but not yet accepted by the server, due (flush: waiting for a
+        retry or not, as `postqueue -f`), and not being sent."""
         query = (
             sa.select(messages.c.message_id, messages.c.recipient, messages.c.mime, messages.c.kind)
             .where(messages.c.status == MessageStatus.READY)
-            .where(messages.c.next_attempt_at <= now)
             .where(sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until <= now))
             .order_by(messages.c.created_at)
         )
+        if not flush:
+            query = query.where(messages.c.next_attempt_at <= now)
         with self._read() as tx:
             return [
                 OutgoingMessage(r.message_id, r.recipient, bytes(r.mime), MessageKind(r.kind))
@@ -305,7 +333,7 @@ class OutboxStore(StoreBase):
                 sa.select(sa.func.count()).where(messages.c.status == MessageStatus.READY)
             ).scalar_one()
             dead = tx.execute(
-                sa.select(sa.func.count()).where(deliveries.c.status == DeliveryStatus.DEAD)
+                sa.select(sa.func.count()).where(messages.c.status == MessageStatus.DEAD)
             ).scalar_one()
         oldest = aware(pending[1]) if pending[1] is not None else None
         return Outbox(int(pending[0]), int(ready), int(dead), oldest)
@@ -341,12 +369,43 @@ class OutboxStore(StoreBase):
                 )
         return len(found)
 
-    def dead_letters(self) -> list[tuple[str, str]]:
-        """(recipient, last error) of each message the server refused for good."""
+    def dead_letters(self, recipient: str | None = None) -> list[DeadLetter]:
+        """Each message the server refused for good (of one recipient), oldest first."""
+        query = (
+            sa.select(*_ABOUT_MESSAGE)
+            .where(messages.c.status == MessageStatus.DEAD)
+            .order_by(messages.c.sent_at, messages.c.recipient)
+        )
+        if recipient is not None:
+            query = query.where(messages.c.recipient == recipient)
         with self._read() as tx:
-            rows = tx.execute(
-                sa.select(messages.c.recipient, messages.c.last_error).where(
-                    messages.c.status == MessageStatus.DEAD
+            return [
+                DeadLetter(
+                    row.message_id,
+                    row.recipient,
+                    MessageKind(row.kind),
+                    aware(row.sent_at or row.created_at),
+                    row.last_error or "",
                 )
-            )
-            return [(row.recipient, row.last_error or "") for row in rows]
+                for row in tx.execute(query)
+            ]
+
+    def deferred_messages(self) -> list[DeferredMessage]:
+        """Messages waiting for another attempt after a failure that may pass, soonest first."""
+        query = (
+            sa.select(*_ABOUT_MESSAGE)
+            .where(messages.c.status == MessageStatus.READY)
+            .where(messages.c.attempts > 0)
+            .order_by(messages.c.next_attempt_at, messages.c.recipient)
+        )
+        with self._read() as tx:
+            return [
+                DeferredMessage(
+                    row.recipient,
+                    MessageKind(row.kind),
+                    row.attempts,
+                    aware(row.next_attempt_at),
+                    row.last_error or "",
+                )
+                for row in tx.execute(query)
+            ]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from monitor.models import OutgoingMessage
-from monitor.store import DigestRun, Store
+from monitor.models import MessageKind, OutgoingMessage
+from monitor.store import DeadLetter, DigestRun, Store
 from tests.store.common import NOW, RECIPIENTS, make_item, match_all
 
 
@@ -42,15 +42,27 @@ def test_marking_a_message_finds_its_deliveries_by_index(store: Store) -> None:
 
 
 def test_retry_then_dead_letter(store: Store) -> None:
-    store.ingest([make_item(1)], match_all, {"xAI": ("a@example.org",)}, NOW)
+    store.ingest([make_item(1), make_item(2)], match_all, {"xAI": ("a@example.org",)}, NOW)
     ids = [e.delivery_ids[0] for _, e in store.pending_entries()]
+    assert len(ids) == 2
     store.claim_digest(OutgoingMessage("<m@x>", "a@example.org", b"x"), ids, NOW)
     store.mark_retry("<m@x>", "451 try later", NOW, lambda attempts: timedelta(minutes=attempts))
     assert store.ready_messages(NOW) == []
+    assert len(store.ready_messages(NOW, flush=True)) == 1  # an operator's flush
     assert len(store.ready_messages(NOW + timedelta(minutes=1))) == 1
+    (deferred,) = store.deferred_messages()
+    assert (deferred.recipient, deferred.attempts, deferred.error) == (
+        "a@example.org",
+        1,
+        "451 try later",
+    )
+    assert deferred.next_attempt_at == NOW + timedelta(minutes=1)
     store.mark_dead("<m@x>", "550 no such user", NOW)
-    assert store.outbox().dead == 1
-    assert store.dead_letters() == [("a@example.org", "550 no such user")]
+    assert store.outbox().dead == 1  # dead letters are messages, not the deliveries in them
+    assert store.deferred_messages() == []
+    assert store.dead_letters() == [
+        DeadLetter("<m@x>", "a@example.org", MessageKind.DIGEST, NOW, "550 no such user")
+    ]
 
 
 def test_digest_runs_make_one_claimant_per_period(store: Store) -> None:
