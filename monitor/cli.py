@@ -36,6 +36,7 @@ from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.poller import poll_due
+from monitor.spike_alerts import check_spikes
 from monitor.store import DeferredMessage, Store, open_store
 from monitor.text import clean_text
 from monitor.urls import canonical_url
@@ -271,12 +272,15 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
         app.store.set_meta(FIRST_POLL_DONE, "1")
+        # As the daemon after each cycle: a cron job of poll + digest --send gets them too.
+        alerts = await asyncio.to_thread(check_spikes, app)
     for poll in report.polls:
         if poll.error:
             print(f"  {poll.feed}: FAILED: {poll.error}")
     print(
         f"polled {len(report.polls)} feeds: {report.new_items} new items, "
         f"{report.matches} matches, {report.failed} failed"
+        + (f"; {alerts} spike/silence alert(s) queued" if alerts else "")
     )
     return EXIT_OK
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 from monitor.app import App, build_mailer, build_renderer
 from monitor.cli import main
@@ -284,3 +285,36 @@ def test_trends_charts_each_day_and_the_days_that_would_have_fired(
     assert [line.split()[-3:] for line in days[2:4]] == [["10", "usual", "10"]] * 2
     assert days[4].endswith(" 0  usual 10  (today so far)")
     assert main(["--config", str(path), "trends", "--watchlist", "Nope"]) == 2
+
+
+def test_monitor_poll_judges_spikes_after_its_cycle(
+    write_config: Callable[..., Path],
+    httpserver: HTTPServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    empty = '<?xml version="1.0"?><rss version="2.0"><channel><title>w</title></channel></rss>'
+    httpserver.expect_request("/rss").respond_with_data(empty, content_type="application/rss+xml")
+    path = write_config(
+        {
+            "feeds": [{"name": "feed0", "url": httpserver.url_for("/rss")}],
+            "watchlists": [{"name": "Grok", "terms": ["Grok"], "recipients": ["a@example.org"]}],
+        }
+    )
+    now = datetime.now(UTC)
+    config = load_config(path)
+    store = open_store(config.database)
+    matcher = Matcher(config.watchlists)
+    for back in range(14, 0, -1):  # 5 a day for two weeks, then 40 in the last hour
+        store.ingest([story() for _ in range(5)], matcher.match, {"Grok": ("a@example.org",)},
+                     now - back * DAY)  # fmt: skip
+    surge = [story() for _ in range(40)]
+    store.ingest(surge, matcher.match, {"Grok": ("a@example.org",)}, now - timedelta(hours=1))
+    store.close()
+    assert main(["--config", str(path), "poll"]) == 0
+    assert "; 1 spike/silence alert(s) queued" in capsys.readouterr().out
+    store = open_store(config.database)
+    subjects = [
+        email.message_from_bytes(m.mime)["Subject"] for m in store.ready_messages(now + DAY)
+    ]
+    store.close()
+    assert subjects == ["Grok: 40 stories in 24 h, 8.0x the usual"]
