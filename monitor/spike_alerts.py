@@ -67,7 +67,10 @@ def check_spikes(app: App) -> int:
         settings_of = {watchlist.name: settings for watchlist, settings in group}
         for history in histories(app.store, settings_of, now, window):
             watchlist, settings = watched[history.watchlist]
-            stored += _alert_on(app, watchlist, settings, history)
+            try:
+                stored += _alert_on(app, watchlist, settings, history)
+            except Exception:  # one watchlist's alert (a user template, say): the rest go on
+                log.exception("could not compose the spike alert of watchlist %s", watchlist.name)
     return stored
 
 
