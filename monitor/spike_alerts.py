@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from monitor.app import App
 from monitor.config import DeliveryPlan, WatchlistConfig
 from monitor.delivery import UNHEALTHY
+from monitor.labels import labels, plain_problem, plain_status
 from monitor.models import MessageKind, OutgoingMessage
 from monitor.schedules import QuietHours
 from monitor.spikes import DAY, History, Silence, Spike, SpikeSettings, silence, spike
@@ -130,12 +131,15 @@ def spike_alert(
 ) -> Alert:
     """What a spike's message says: how much, the stories, the outlets, the words that rose."""
     now, since = history.now, history.now - settings.window
-    hours = settings.window.total_seconds() / 3600
-    subject = (
-        f"{watchlist.name}: {found.count} stories in {hours:g} h, {found.factor:.1f}x the usual"
-    )
-    usual = f"usually {found.usual:.1f} in {hours:g} h"
-    lines = (f"{found.count} distinct stories matched {watchlist.name} in {hours:g} h ({usual}).",)
+    language = app.config.digests.language
+    words = labels(language)
+    numbers = {
+        "watchlist": watchlist.name,
+        "count": found.count,
+        "hours": _number(settings.window.total_seconds() / 3600, language),
+        "factor": _number(found.factor, language, "{:.1f}"),
+        "usual": _number(round(found.usual, 1), language),
+    }
     stories = app.store.spike_stories(watchlist.name, since, now)
     outlets = Counter(app.store.outlets_of(watchlist.name, since, now)).most_common(SHOWN_OUTLETS)
     before = app.store.matched_titles(watchlist.name, since - settings.baseline_days * DAY, since)
@@ -144,8 +148,8 @@ def spike_alert(
     return Alert(
         watchlist.name,
         "spike",
-        subject,
-        lines,
+        words["spike_subject"].format(**numbers),
+        (words["spike_text"].format(**numbers),),
         tuple(stories[:SHOWN_STORIES]),
         tuple(outlets),
         rising_words(titles, before, share),
@@ -156,29 +160,40 @@ def silence_alert(
     app: App, watchlist: WatchlistConfig, settings: SpikeSettings, quiet: Silence, now: datetime
 ) -> Alert:
     """What a silence's message says: since when, what is usual, which feeds went wrong."""
-    hours = settings.silence_after.total_seconds() / 3600
-    subject = f"{watchlist.name}: no stories for {hours:g} h (usually {quiet.usual:g} a day)"
+    language = app.config.digests.language
+    words = labels(language)
     since = quiet.since or now - settings.silence_after
+    local = since.astimezone(app.config.zone)
+    numbers = {
+        "watchlist": watchlist.name,
+        "hours": _number(settings.silence_after.total_seconds() / 3600, language),
+        "usual": _number(quiet.usual, language),
+        "since": f"{local:%Y-%m-%d %H:%M} {local.tzname()}",
+    }
     feeds = [
-        f"{state.name}: {state.status.value}"
-        + (f" since {state.error_since:%Y-%m-%d %H:%M} UTC" if state.error_since else "")
-        + (f" ({state.last_error})" if state.last_error else "")
+        f"{state.name}: {plain_status(state.status.value, language)}"
+        + (f" ({plain_problem(state.last_error, language)})" if state.last_error else "")
         for state in app.store.feed_states(UNHEALTHY)
         if (not watchlist.feeds or state.name in watchlist.feeds)
         and (state.error_since is None or state.error_since >= since - DAY)
     ]
-    cause = (
-        "These feeds went stale or broken meanwhile:"
-        if feeds
-        else "No feed reports a problem: check the watchlist's query, or the outlets' coverage."
-    )
-    last = f"{since:%Y-%m-%d %H:%M} UTC" if quiet.since else "more than the baseline ago"
     lines = (
-        f"{watchlist.name} usually matches {quiet.usual:g} stories a day, "
-        f"and has matched nothing since {last}. A feed or a query has usually broken.",
-        cause,
+        words["silence_text"].format(**numbers),
+        words["silence_feeds"] if feeds else words["silence_no_feeds"],
     )
-    return Alert(watchlist.name, "silence", subject, lines, feeds=tuple(feeds))
+    return Alert(
+        watchlist.name,
+        "silence",
+        words["silence_subject"].format(**numbers),
+        lines,
+        feeds=tuple(feeds),
+    )
+
+
+def _number(value: float, language: str, form: str = "{:g}") -> str:
+    """4.7 in English, 4,7 in German."""
+    text = form.format(value)
+    return text.replace(".", ",") if language == "de" else text
 
 
 def rising_words(now: Sequence[str], before: Sequence[str], share: float) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from email import policy
 from email.message import Message
 from pathlib import Path
 from typing import Any, cast
@@ -114,7 +115,7 @@ def history(app: App, days: int, per_day: Callable[[int], int], hour: int = 6) -
 
 def alerts(app: App) -> list[Message]:
     ready = app.store.ready_messages(app.clock() + 7 * DAY)
-    return [email.message_from_bytes(message.mime) for message in ready]
+    return [email.message_from_bytes(message.mime, policy=policy.default) for message in ready]
 
 
 def body(message: Message) -> str:
@@ -318,3 +319,30 @@ def test_monitor_poll_judges_spikes_after_its_cycle(
     ]
     store.close()
     assert subjects == ["Grok: 40 stories in 24 h, 8.0x the usual"]
+
+
+def test_alerts_speak_the_digests_language(database_url: str, tmp_path: Path) -> None:
+    clock = Clock(MONDAY)
+    config = Config.model_validate(
+        {
+            "database": database_url,
+            "outbox": str(tmp_path / "outbox"),
+            "digests": {"language": "de"},
+            "feeds": [{"name": "feed0", "url": "https://f0.example/rss"}],
+            "watchlists": [{"name": "Grok", "terms": ["Grok"], "recipients": ["a@example.org"]}],
+        }
+    )
+    store = open_store(database_url)
+    app = App(config, store, Matcher(config.watchlists), cast(Any, None),
+              build_renderer(config), build_mailer(config), cast(Any, None), clock=clock)  # fmt: skip
+    app.apply_config(config)
+    try:
+        history(app, 14, lambda day: 4)
+        add(app, MONDAY + 14 * DAY, [story() for _ in range(30)])
+        clock.now = MONDAY + 14 * DAY + timedelta(hours=1)
+        assert check_spikes(app) == 1
+        (sent,) = alerts(app)
+        assert sent["Subject"] == "Grok: 34 Meldungen in 24 h, 8,5-mal so viele wie üblich"
+        assert "Die Meldungen dahinter:" in body(sent)
+    finally:
+        store.close()
