@@ -47,7 +47,7 @@ def make_app(database_url: str, tmp_path: Path) -> Iterator[MakeApp]:
     """An App (a worker) on the test database, its watchlist Grok with `spikes` as given."""
     apps: list[App] = []
 
-    def make(clock: Clock, spikes: Any = "balanced") -> App:
+    def make(clock: Clock, spikes: Any = "balanced", **watchlist: Any) -> App:
         config = Config.model_validate(
             {
                 "database": database_url,
@@ -61,6 +61,7 @@ def make_app(database_url: str, tmp_path: Path) -> Iterator[MakeApp]:
                         "terms": ["Grok"],
                         "recipients": ["a@example.org", "b@example.org"],
                         "spikes": spikes,
+                        **watchlist,
                     }
                 ],
             }
@@ -247,6 +248,19 @@ def test_two_workers_judging_the_same_watchlist_send_one_alert(make_app: MakeApp
         stored = list(pool.map(check_spikes, [first, second]))
     assert sorted(stored) == [0, 1]
     assert len(alerts(first)) == 2  # one message per recipient, not per worker
+
+
+def test_quiet_hours_hold_the_alert_until_they_end(make_app: MakeApp) -> None:
+    clock = Clock(MONDAY)
+    app = make_app(clock, quiet_hours="22:00-07:00")  # Europe/Berlin
+    history(app, 14, lambda day: 10)
+    night = MONDAY + 14 * DAY + timedelta(hours=1)  # 02:00 in Berlin
+    add(app, night, [story() for _ in range(50)])
+    clock.now = night + timedelta(minutes=30)
+    assert check_spikes(app) == 1
+    assert app.store.ready_messages(clock.now) == []
+    seven = MONDAY + 14 * DAY + timedelta(hours=6)  # 07:00 in Berlin
+    assert len(app.store.ready_messages(seven)) == 2
 
 
 def test_spikes_off_never_alerts(make_app: MakeApp) -> None:
