@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -8,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from monitor.digest import DigestSettings, Renderer, _text_part, snippet
-from monitor.models import DigestEntry, Hit, Item
+from monitor.models import DigestEntry, EarlierMessage, Hit, Item, MessageKind, StoryGrowth
 
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 
@@ -216,3 +217,32 @@ def test_a_digest_with_ten_charts_stays_small() -> None:
     without = renderer().render("a@example.org", entries, NOW)
     assert len(with_charts.mime) < 100_000
     assert len(with_charts.mime) - len(without.mime) < 10 * 2_500  # each chart under 2.5 KB
+
+
+@pytest.mark.parametrize(
+    ("language", "spread", "heading", "line"),
+    [
+        ("en", "now in 3 outlets (+1: SPIEGEL)", "Already alerted (1)", "alerted 2026-11-29"),
+        ("de", "jetzt in 3 Medien (+1: SPIEGEL)", "Bereits gemeldet (1)", "gemeldet 2026-11-29"),
+    ],
+)
+def test_a_story_that_grew_and_one_already_alerted_read_in_the_digests_language(
+    language: str, spread: str, heading: str, line: str
+) -> None:
+    alerted = replace(entry(2, "Babuschkin verlässt xAI"), watchlists=("xAI", "Grok"))
+    grew = StoryGrowth(
+        (7,), 3, entry(3, "Keele verlässt xAI").item, 3,
+        (("SPIEGEL", "https://spiegel.example/k"),), ("xAI",),
+    )  # fmt: skip
+    message = renderer(language=language).render(
+        "a@example.org",
+        [],
+        NOW,
+        already=[(alerted, EarlierMessage("<a@x>", MessageKind.ALERT, NOW))],
+        growth=[grew],
+    )
+    text = parse(message.mime).get_body(("plain",)).get_content()
+    assert spread in text and "SPIEGEL <https://spiegel.example/k>" in text
+    assert heading in text and line in text and text.count("Babuschkin verlässt xAI") == 1
+    assert "https://example.org/2" not in text  # an alerted story in one line, no link again
+    assert parse(message.mime)["Subject"].startswith(("monitor digest: 1 ", "monitor: 1 "))
