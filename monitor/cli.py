@@ -24,20 +24,29 @@ from monitor.config import (
     Config,
     FeedConfig,
     _parse_duration,
+    config_warnings,
     find_config,
     mailbox_address,
     missing_feeds,
 )
-from monitor.delivery import FIRST_POLL_DONE, UNHEALTHY, preview, run_digests, send_test_email
+from monitor.delivery import (
+    FIRST_POLL_DONE,
+    UNHEALTHY,
+    preview,
+    run_digests,
+    send_test_chat,
+    send_test_email,
+)
 from monitor.digest import read_back
-from monitor.errors import ConfigError, LockedError, MonitorError
+from monitor.errors import ConfigError, DeliveryError, LockedError, MonitorError
 from monitor.labels import plain_problem
 from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.poller import poll_due
 from monitor.spike_alerts import check_spikes
-from monitor.store import DeferredMessage, Store, open_store
+from monitor.startup import release_sighup
+from monitor.store import DeferredMessage, Store, database_trouble, open_store
 from monitor.text import clean_text
 from monitor.urls import canonical_url
 from monitor.watchlists import Exclusion, Matcher, in_context
@@ -128,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate = command("migrate-db", help="copy all state into another database")
     migrate.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql+psycopg://...")
-    test_email = command("test-email", help="send a test message via the mailer")
-    test_email.add_argument("address", help="where to send it")
+    test_send = command(
+        "test-send", help="send a test message to an address or a channel (by its name)"
+    )
+    test_send.add_argument("recipient", help="an email address, or a channel recipient's name")
+    test_email = command("test-email", help="the same as test-send (its former name)")
+    test_email.add_argument("recipient", help="an email address, or a channel recipient's name")
     feeds = command("feeds", help="one line per feed: status, last success, error, next poll")
     feeds.add_argument("--wide", action="store_true", help="never wrap: one line per feed")
     feeds.add_argument("--failing", action="store_true", help="only the feeds that fail")
@@ -154,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # only the daemon reloads; any other command ends on SIGHUP
+        release_sighup()
     setup_logging(args.verbose, args.log_format)
     path = find_config(args.config)
     try:
@@ -179,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MonitorError as error:
         print(f"monitor: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as error:  # the database failing under a command: one line, no traceback
+        if (trouble := database_trouble(error)) is None:
+            raise
+        print(f"monitor: {trouble}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 
@@ -195,6 +215,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
     if no_feeds is not None and args.command in ("check", "test"):
         print(f"{path}: warning: {no_feeds}", file=sys.stderr)
     if args.command == "check":
+        for warning in config_warnings(config):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
     testing = args.command == "test" and bool(args.why_not or args.stored)
@@ -214,8 +236,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return _feeds(config, args)
     if args.command == "digest" and args.preview:  # reads only: beside a running daemon too
         return asyncio.run(_preview(config, args))
-    if args.command == "test-email":
-        return asyncio.run(_test_email(config, args.address))
+    if args.command in ("test-send", "test-email"):
+        return asyncio.run(_test_send(config, args.recipient))
     if args.command == "trends":
         return _trends(config, args.watchlist, args.days)
     if args.command == "dead-letters":
@@ -227,7 +249,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
 
         asyncio.run(run_daemon(config, path))
         return EXIT_OK
-    with database_lock(config.database, f"monitor {args.command}"):
+    writes = args.command != "migrate-db"  # which only reads this database
+    with database_lock(config.database, f"monitor {args.command}", writes):
         if args.command == "migrate-db":
             return _migrate_db(config, args.to)
         if args.command == "prune":
@@ -395,6 +418,12 @@ def _migrate_db(config: Config, target: str) -> int:
 
 
 def _retry_dead(config: Config, recipient: str | None) -> int:
+    if recipient is not None:
+        try:
+            recipient = mailbox_address(recipient)  # as stored: the domain in lower case
+        except ValueError as refused:
+            print(f"monitor: {refused}", file=sys.stderr)
+            return EXIT_USAGE
     store = open_store(config.database)
     try:
         count = store.retry_dead(datetime.now(UTC), recipient)
@@ -405,6 +434,21 @@ def _retry_dead(config: Config, recipient: str | None) -> int:
         f"{count} dead letter(s){whose} queued again; the running daemon sends them at its "
         "next digest tick (or run `monitor digest --send`)"
     )
+    return EXIT_OK
+
+
+async def _test_send(config: Config, recipient: str) -> int:
+    """A sample message to an address, or to a channel named in the config."""
+    if "@" in recipient:
+        return await _test_email(config, recipient)
+    channel = resolve_names([recipient], list(config.channels()), "channel")
+    async with running_app(config, takes_part=False) as app:
+        try:
+            answer = await send_test_chat(app, channel[0])
+        except DeliveryError as error:
+            print(f"monitor: test message to {error}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"test message to {answer}")
     return EXIT_OK
 
 
