@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -663,3 +664,52 @@ def samples_of(metrics: Metrics) -> dict[str, float]:
         for s in family.samples
         if not s.labels
     }
+
+
+def test_a_new_config_on_a_used_database_gets_its_first_digests_after_its_first_poll(
+    httpserver: HTTPServer,
+    smtp_server: tuple[SmtpRecorder, int],
+    write_config: Callable[..., Path],
+    start: Callable[..., Daemon],
+) -> None:
+    """Issue 23: a config with other watchlists and recipients, started on a database that
+    has seen polls and digests before, got today's period of each new (watchlist, recipient)
+    marked handled, empty, at start, before its first poll: its matches waited a day."""
+    recorder, port = smtp_server
+    recent = datetime.now(UTC) - timedelta(hours=1)
+    httpserver.expect_request("/de.xml").respond_with_data(
+        rss("Nachrichten", [("xai-1", "xAI baut Rechenzentrum", "Grok wächst.")], start=recent)
+    )
+    data = base_config(httpserver, port)
+    config = write_config(data)
+    daemon = start(config)
+    wait_for(lambda: len(recorder.messages) == 2, "the first config's digests")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+
+    httpserver.clear()
+    news = [("xai-2", "xAI stellt Grok 6 vor", "Neu."), ("sturm", "Sturm über Berlin", "Orkan.")]
+    httpserver.expect_request("/de.xml").respond_with_data(rss("Nachrichten", news, start=recent))
+    storms = [("storm", "Storm warning for the coast", "Heavy rain.")]
+    httpserver.expect_request("/en.xml").respond_with_data(
+        rss("Tech News", storms, base="https://tech.example.com", start=recent)
+    )
+    data["feeds"].append({"name": "Tech News", "url": httpserver.url_for("/en.xml")})
+    data["watchlists"] = [
+        {"name": "xAI", "terms": ["xAI"], "recipients": ["c@example.org"], "digest": "daily 07:00"},
+        {
+            "name": "Storms",
+            "terms": ["storm", "Sturm"],
+            "recipients": ["c@example.org", "d@example.org"],
+            "digest": "daily 07:00",
+        },
+    ]
+    config = write_config(data)
+    daemon = start(config)
+    wait_for(lambda: len(recorder.messages) == 4, "a first digest for c and for d")
+    digests = {str(m["To"]): m.get_body(("plain",)).get_content() for m in recorder.parsed()[2:]}  # type: ignore[union-attr]
+    assert sorted(digests) == ["c@example.org", "d@example.org"]
+    assert "Grok 6" in digests["c@example.org"] and "Storm warning" in digests["c@example.org"]
+    assert "Sturm über Berlin" in digests["d@example.org"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
