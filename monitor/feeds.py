@@ -52,6 +52,14 @@ def poll_interval(
     return min(max(wanted, bounds.minimum), bounds.maximum)
 
 
+def backlog_cutoff(now: datetime, last_success_at: datetime | None, backlog: float) -> datetime:
+    """Items dated before this are a feed's backlog, not news: they were older than `backlog`
+    when monitor could first have read them. That is now on the feed's first poll, and its
+    last successful poll after an outage, so what appeared meanwhile still alerts."""
+    seen_from = min(now, last_success_at) if last_success_at else now
+    return seen_from - timedelta(seconds=backlog)
+
+
 def jittered(seconds: float, rng: random.Random | None = None) -> float:
     return seconds * (rng or random).uniform(1 - JITTER, 1 + JITTER)
 

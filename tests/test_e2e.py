@@ -174,13 +174,15 @@ def test_a_feeds_backlog_is_stored_and_searchable_but_never_alerted(
         ],
         archive,
     )
-    httpserver.expect_ordered_request("/archiv.xml").respond_with_data(first)
     later = dated_rss(
         "Archiv",
         [("xai-2019", "Grok im Jahr 2019", datetime(2019, 1, 1, tzinfo=UTC))],
         archive,
     )
-    httpserver.expect_ordered_request("/archiv.xml").respond_with_data(later)
+    documents = [first, later]
+    httpserver.expect_request("/archiv.xml").respond_with_handler(
+        lambda _: Response(documents.pop(0) if len(documents) > 1 else documents[0])
+    )
     # Another outlet carries the 2017 piece, undated: the stored article is still from 2017.
     copy = dated_rss("Kopie", [("xai-2017", "Musk gründet xAI-Vorläufer", None)], archive)
     httpserver.expect_request("/kopie.xml").respond_with_data(copy)
