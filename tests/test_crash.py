@@ -13,7 +13,7 @@ from pytest_httpserver import HTTPServer
 
 from monitor.cli import main
 from tests.conftest import SmtpRecorder
-from tests.feeds import GERMAN
+from tests.feeds import GERMAN_NOW
 
 
 def test_killed_between_send_and_mark_resends_once_with_the_same_message_id(
@@ -22,7 +22,7 @@ def test_killed_between_send_and_mark_resends_once_with_the_same_message_id(
     write_config: Callable[..., Path],
 ) -> None:
     recorder, port = smtp_server
-    httpserver.expect_request("/de.xml").respond_with_data(GERMAN)
+    httpserver.expect_request("/de.xml").respond_with_data(GERMAN_NOW)
     path = str(
         write_config(
             {

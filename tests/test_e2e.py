@@ -12,7 +12,7 @@ from werkzeug import Request, Response
 
 from monitor.cli import main
 from tests.conftest import SmtpRecorder
-from tests.feeds import ENGLISH, GERMAN
+from tests.feeds import ENGLISH_NOW, GERMAN_NOW
 
 
 def serve_with_etag(httpserver: HTTPServer, path: str, body: bytes) -> list[str | None]:
@@ -60,8 +60,8 @@ def test_poll_then_send_delivers_one_multipart_digest_per_recipient(
     capsys: Any,
 ) -> None:
     recorder, port = smtp_server
-    german = serve_with_etag(httpserver, "/de.xml", GERMAN)
-    serve_with_etag(httpserver, "/en.xml", ENGLISH)
+    german = serve_with_etag(httpserver, "/de.xml", GERMAN_NOW)
+    serve_with_etag(httpserver, "/en.xml", ENGLISH_NOW)
     path = str(write_config(config(httpserver, port)))
 
     assert main(["--config", path, "poll"]) == 0
@@ -96,8 +96,8 @@ def test_poll_then_send_delivers_one_multipart_digest_per_recipient(
 def test_smtp_down_keeps_everything_pending(
     httpserver: HTTPServer, write_config: Callable[..., Path], capsys: Any
 ) -> None:
-    serve_with_etag(httpserver, "/de.xml", GERMAN)
-    serve_with_etag(httpserver, "/en.xml", ENGLISH)
+    serve_with_etag(httpserver, "/de.xml", GERMAN_NOW)
+    serve_with_etag(httpserver, "/en.xml", ENGLISH_NOW)
     from tests.conftest import free_port
 
     path = str(write_config(config(httpserver, free_port())))  # nothing listens there
@@ -118,8 +118,8 @@ def test_smtp_down_keeps_everything_pending(
 def test_without_smtp_digests_land_in_the_maildir_outbox(
     httpserver: HTTPServer, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    serve_with_etag(httpserver, "/de.xml", GERMAN)
-    serve_with_etag(httpserver, "/en.xml", ENGLISH)
+    serve_with_etag(httpserver, "/de.xml", GERMAN_NOW)
+    serve_with_etag(httpserver, "/en.xml", ENGLISH_NOW)
     data = config(httpserver, 1)
     del data["smtp"]
     path = str(write_config(data))
@@ -244,7 +244,9 @@ def test_interval_is_the_longest_wait_and_feeds_says_why(
 
     quiet = spaced("ruhig", timedelta(days=1))
     httpserver.expect_request("/ruhig.xml").respond_with_data(quiet)
-    httpserver.expect_request("/eilig.xml").respond_with_data(spaced("eilig", timedelta(minutes=16)))
+    httpserver.expect_request("/eilig.xml").respond_with_data(
+        spaced("eilig", timedelta(minutes=16))
+    )
     short_ttl = quiet.replace(b"<channel>", b"<channel><ttl>10</ttl>")
     httpserver.expect_request("/ttl.xml").respond_with_data(short_ttl)
     httpserver.expect_request("/cache.xml").respond_with_data(

@@ -1069,19 +1069,19 @@ async def test_the_writer_gathers_feeds_parsed_close_together_into_one_round(
         parsing = [asyncio.create_task(app.parse_pool.run(_nap)) for _ in range(4)]
         await asyncio.sleep(0)  # the parses have been handed over
         assert app.parse_pool.backlogged
-        first = asyncio.create_task(writer.ingest(batches[0]))
+        first = asyncio.create_task(writer.ingest(batches[0], START))
         await asyncio.sleep(0.2)
         assert writer.holding == 1 and writer.handed.is_set()  # out of the cycle's window
-        second = asyncio.create_task(writer.ingest(batches[1]))
+        second = asyncio.create_task(writer.ingest(batches[1], START))
         results = await asyncio.gather(first, second)
         assert rounds == [2]
         assert [len(r.new_items) for r in results] == [len(batches[0]), len(batches[1])]
         assert writer.holding == 0
         await asyncio.gather(*parsing)
         assert app.parse_pool.running == 0
-        third = asyncio.create_task(writer.ingest(batches[2]))
+        third = asyncio.create_task(writer.ingest(batches[2], START))
         await asyncio.sleep(0.2)
-        fourth = asyncio.create_task(writer.ingest(batches[0]))  # seen before: no new item
+        fourth = asyncio.create_task(writer.ingest(batches[0], START))  # seen before: no new item
         results = await asyncio.gather(third, fourth)
         assert rounds == [2, 1, 1]
         assert [len(r.new_items) for r in results] == [1, 0]
@@ -1144,7 +1144,7 @@ async def test_on_postgresql_a_claim_does_not_wait_for_the_round_storing_items(
 
         app.store.ingest_many = held
         writer = _Writer(app)
-        ingest = asyncio.create_task(writer.ingest(items))
+        ingest = asyncio.create_task(writer.ingest(items, START))
         assert await asyncio.to_thread(storing.wait, 10)
         claim = asyncio.create_task(writer.call(lambda: 42))
         done, _ = await asyncio.wait({claim}, timeout=1.0)
