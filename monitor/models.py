@@ -94,6 +94,8 @@ class FeedState:
     unchanged_streak: int = 0  # polls in a row answered 304 / same body
     item_gap: float | None = None  # seconds between items, as the feed's dates show
     interval: float | None = None  # the adapted poll interval, seconds
+    poll_reason: str | None = None  # why the next poll is when it is, for `monitor feeds`
+    ttl: float | None = None  # seconds the feed's last parsed document asked (RSS <ttl>)
 
     @property
     def items_per_day(self) -> float | None:
