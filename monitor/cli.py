@@ -369,7 +369,7 @@ def _feeds(config: Config) -> int:
     finally:
         store.close()
     print(
-        f"{'FEED':24} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16} {'FAILS':>5} "
+        f"{'FEED':24} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16} {'WHY':32} {'FAILS':>5} "
         f"{'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
     )
     for feed in sorted(config.feeds, key=lambda f: (f.group or "", f.name)):
@@ -388,9 +388,18 @@ def _feed_row(feed: FeedConfig, state: FeedState | None, config: Config) -> str:
     next_poll = _when(state.next_poll_at, config) if feed.enabled else "never"
     return (
         f"{name[:24]:24} {status:9} {_when(state.last_success_at, config):16} "
-        f"{next_poll:16} {state.consecutive_failures:>5} {per_day:>9}  "
+        f"{next_poll:16} {_why(feed, state):32} {state.consecutive_failures:>5} {per_day:>9}  "
         f"{_when(state.error_since, config):16} {(state.last_error or '')[:80]}"
     )
+
+
+def _why(feed: FeedConfig, state: FeedState) -> str:
+    """Why the next poll is when it is: the poller's reason, written with each outcome."""
+    if not feed.enabled:
+        return "switched off in the config"
+    if state.status is FeedStatus.NEW or not state.poll_reason:
+        return "first poll"
+    return state.poll_reason
 
 
 def _when(moment: datetime | None, config: Config) -> str:

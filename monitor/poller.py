@@ -526,8 +526,8 @@ class _Writer:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    # ingest: (items, backlog cutoff) | finish: (name, values) | release: (host, owner, last request,
-    # blocked until) | call: a function of no arguments
+    # ingest: (items, backlog cutoff) | finish: (name, values) | release: (host, owner,
+    # last request, blocked until) | call: a function of no arguments
     kind: str
     payload: Any
     future: asyncio.Future[Any]
@@ -587,7 +587,9 @@ async def poll_feed(
         conditional = _conditional(state)
         result = await _fetch(app, feed, state, conditional)
         fetched = time.monotonic() - started
-        backlog_before = rules.backlog_cutoff(app.clock(), state.last_success_at, app.config.backlog)
+        backlog_before = rules.backlog_cutoff(
+            app.clock(), state.last_success_at, app.config.backlog
+        )
         try:
             body_hash = _hash(result.body)
             parsed = await _parse_if_changed(app, feed, state, result, body_hash)
@@ -707,7 +709,6 @@ def _bounds(app: App, feed: FeedConfig) -> rules.Bounds:
     return rules.Bounds(
         default=app.config.feed_interval(feed),
         minimum=polling.min_interval,
-        maximum=polling.max_interval,
         fixed=feed.interval is not None,
     )
 
@@ -715,7 +716,7 @@ def _bounds(app: App, feed: FeedConfig) -> rules.Bounds:
 def _unchanged(
     app: App, feed: FeedConfig, state: FeedState, result: FetchResult
 ) -> tuple[dict[str, Any], PollReport]:
-    values = _success(app, feed, state, result, state.item_gap, None, new_items=0)
+    values = _success(app, feed, state, result, state.item_gap, state.ttl, new_items=0)
     values["unchanged_streak"] = state.unchanged_streak + 1
     return values, PollReport(feed.name, unchanged=True, status=FeedStatus(values["status"]))
 
@@ -730,7 +731,7 @@ def _changed(
 ) -> dict[str, Any]:
     gap = parsed.item_gap or state.item_gap
     values = _success(app, feed, state, result, gap, parsed.ttl, new_items)
-    values.update(item_gap=gap, unchanged_streak=0)
+    values.update(item_gap=gap, unchanged_streak=0, ttl=parsed.ttl)
     if parsed.title:
         values["title"] = parsed.title
     if parsed.warning:
@@ -764,7 +765,7 @@ def _success(
     new_items: int,
 ) -> dict[str, Any]:
     now = app.clock()
-    interval = rules.poll_interval(_bounds(app, feed), item_gap, ttl, result.freshness(now))
+    wait = rules.poll_interval(_bounds(app, feed), item_gap, ttl, result.freshness(now))
     last_new = now if new_items else state.last_new_item_at
     status = rules.health_after_success(last_new, item_gap, now)
     _log_change(feed, state, status, "")
@@ -775,8 +776,9 @@ def _success(
         "last_error": None,
         "error_since": None,
         "consecutive_failures": 0,
-        "interval": interval,
-        "next_poll_at": now + timedelta(seconds=rules.jittered(interval)),
+        "interval": wait.seconds,
+        "next_poll_at": now + timedelta(seconds=rules.jittered(wait.seconds)),
+        "poll_reason": wait.reason,
         "etag": result.headers.get("etag") or state.etag,
         "last_modified": result.headers.get("last-modified") or state.last_modified,
     }
@@ -807,7 +809,7 @@ def _deferred(
     """The feed's host said 429, or let a request time out (to another of its feeds),
     while this one waited for its turn: nothing was sent, so its health and failure count
     stay as they are; it is due again when the block ends."""
-    values: dict[str, Any] = {"next_poll_at": until}
+    values: dict[str, Any] = {"next_poll_at": until, "poll_reason": "its host asked to wait"}
     report = PollReport(
         feed.name, unchanged=True, status=state.status, host_blocked_until=until, deferred=True
     )
@@ -832,10 +834,12 @@ def _failed(
         status = FeedStatus.DISABLED
         values["last_error"] = "HTTP 410 Gone: the feed was removed; change its URL to re-enable"
         values["next_poll_at"] = None
+        values["poll_reason"] = "never (HTTP 410 Gone)"
     else:
         status = rules.health_after_failure(since, now)
         delay = _failure_delay(app, feed, state, failures, error)
         values["next_poll_at"] = now + timedelta(seconds=delay)
+        values["poll_reason"] = rules.failure_reason(failures, getattr(error, "retry_after", None))
     values["status"] = status.value
     _log_change(feed, state, status, values["last_error"])
     block = getattr(error, "host_blocked_until", None)  # the fetcher held off the host

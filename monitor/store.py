@@ -2045,7 +2045,9 @@ def _matched_elsewhere(
     or its language matches only now. The stored text is matched (the digest shows it), as
     the copy's feed and language."""
     pairs = [(_stored(known, hashes), copy) for copy, hashes in seen]
-    pairs = [(row, copy) for row, copy in pairs if row.item_id and row.key and row.feed != copy.feed]
+    pairs = [
+        (row, copy) for row, copy in pairs if row.item_id and row.key and row.feed != copy.feed
+    ]
     if not pairs:
         return []
     dates = _published_of(tx, {row.item_id for row, _ in pairs if row.item_id})

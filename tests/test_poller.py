@@ -12,6 +12,7 @@ import gc
 import gzip
 import logging
 import multiprocessing
+import re
 import signal
 import socket
 import struct
@@ -811,21 +812,32 @@ async def test_a_quiet_feed_turns_stale_once(
     assert sum("stale" in r.getMessage() for r in caplog.records) == 1
 
 
-async def test_ttl_and_cache_lifetime_stretch_the_interval(
+async def test_a_server_asking_for_less_is_honoured_also_after_a_304(
     httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
 ) -> None:
-    with_ttl = GERMAN.replace(b"<language>de</language>", b"<ttl>120</ttl>")
-    httpserver.expect_request("/ttl").respond_with_data(with_ttl)
+    """A feed's <ttl> is kept: a poll answered 304 (nothing parsed) still follows it. A
+    cache lifetime longer than the configured interval does not stretch it."""
+    with_ttl = GERMAN.replace(b"<language>de</language>", b"<ttl>10</ttl>")
+    httpserver.expect_request("/ttl").respond_with_handler(
+        lambda request: (
+            Response(status=304)
+            if request.headers.get("If-None-Match") == '"v1"'
+            else Response(with_ttl, headers={"ETag": '"v1"'})
+        )
+    )
     httpserver.expect_request("/cached").respond_with_data(
         GERMAN, headers={"Cache-Control": "public, max-age=10800"}
     )
     feeds = {"ttl": httpserver.url_for("/ttl"), "cached": httpserver.url_for("/cached")}
     async with start_app(feeds) as app:
         await poll_due(app)
-        ttl, cached = app.store.feed_state("ttl"), app.store.feed_state("cached")
-    assert ttl is not None and ttl.interval == 7200
-    assert cached is not None and cached.interval == 10800
-    assert between(ttl.next_poll_at, 1.8 * HOUR, 2.2 * HOUR, clock.now)
+        clock.advance(HOUR)
+        ttl = await poll(app, "ttl")
+        cached = app.store.feed_state("cached")
+    assert ttl.unchanged_streak == 1 and ttl.interval == 600
+    assert ttl.poll_reason == "every 10m (server asks 10m: ttl)"
+    assert between(ttl.next_poll_at, 0.85 * timedelta(minutes=10), timedelta(minutes=10), clock.now)
+    assert cached is not None and cached.interval == 900
 
 
 # ----------------------------------------------------------------------------- leases
@@ -1216,7 +1228,9 @@ async def test_feeds_command_shows_health_errors_and_rhythm(
     assert main(["--config", str(path), "feeds"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert "degraded" in lines["down"] and "HTTP 500" in lines["down"]
-    assert lines["down"].split()[5] == "1"  # consecutive failures (after "-" and a date)
+    assert re.search(r"backing off after 1 failure +1 ", lines["down"])  # why; failures
     assert "ok" in lines["news/de"] and "1440.0" in lines["news/de"]  # items a minute apart
     assert "disabled" in lines["off"] and "never" in lines["off"]
+    assert "switched off in the config" in lines["off"]
     assert lines["gone"].split()[1] == "gone" and "HTTP 410" in lines["gone"]
+    assert "never (HTTP 410 Gone)" in lines["gone"]
