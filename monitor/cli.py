@@ -22,7 +22,7 @@ from monitor.config import (
     find_config,
     mailbox_address,
 )
-from monitor.delivery import FIRST_POLL_DONE, preview, run_digests, send_test_email
+from monitor.delivery import preview, run_digests, send_test_email
 from monitor.errors import ConfigError, LockedError, MonitorError
 from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
@@ -176,7 +176,6 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
         return EXIT_USAGE
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
-        app.store.set_meta(FIRST_POLL_DONE, "1")
     for poll in report.polls:
         if poll.error:
             print(f"  {poll.feed}: FAILED: {poll.error}")
