@@ -29,6 +29,7 @@ from tempfile import TemporaryDirectory
 import sqlalchemy as sa
 from common import postgres_schema
 
+from monitor.models import FeedUpdate
 from monitor.store import Store, open_store
 
 SIZES = [int(n) for n in os.environ.get("BENCH_FEEDS", "600,10000,60000").split(",")]
@@ -66,7 +67,7 @@ def cycle(store: Store, count: int) -> list[float]:
         started = time.perf_counter()
         claim = store.claim_feeds("w1", NOW, until, WINDOW, cycle=run)
         spent.append(time.perf_counter() - started)
-        later = {"next_poll_at": NOW + timedelta(hours=1), "last_polled_at": NOW}
+        later = FeedUpdate(next_poll_at=NOW + timedelta(hours=1), last_polled_at=NOW)
         store.finish_polls(
             [(feed.name, later) for feed in claim.feeds],
             [(host, "w1", NOW, None) for host in claim.last_requests],

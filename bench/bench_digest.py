@@ -25,7 +25,7 @@ from monitor.app import running_app
 from monitor.config import load_config
 from monitor.delivery import run_digests
 from monitor.models import Item
-from monitor.store import messages
+from monitor.store.schema import messages
 
 RECIPIENTS = 200
 ITEMS = 25

@@ -33,7 +33,9 @@ from monitor.config import parse_config
 from monitor.models import Hit, Item, Match
 from monitor.parse import make_key
 from monitor.retention import prune_store
-from monitor.store import _insert, create_engine, item_row, items, open_store
+from monitor.store import create_engine, open_store
+from monitor.store.dialect import insert
+from monitor.store.schema import item_row, items
 from monitor.stories import DedupeSettings, assign_stories, fingerprints
 from monitor.urls import canonical_url
 
@@ -144,7 +146,7 @@ def run_baseline(url: str, raw: Sequence[tuple[str, str, str, str, str]]) -> flo
         for batch in batches(normalize(raw)):
             rows = [item_row(item, NOW) for item in batch]
             with engine.begin() as tx:
-                tx.execute(_insert(tx, items).on_conflict_do_nothing(), rows)
+                tx.execute(insert(tx, items).on_conflict_do_nothing(), rows)
         return time.perf_counter() - started
     finally:
         engine.dispose()

@@ -322,7 +322,7 @@ def in_process(database: str, servers: Servers, port: int) -> InProcess:
         config = Config.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
 
     async def cycles() -> InProcess:
-        import monitor.store
+        import monitor.store.leases
 
         async with running_app(config) as app:
             started = time.perf_counter()
@@ -349,14 +349,14 @@ def in_process(database: str, servers: Servers, port: int) -> InProcess:
 
             app.store.claim_feeds = timed(app.store.claim_feeds)  # type: ignore[method-assign]
             # The other host releases share the transaction that records polls' outcomes.
-            release = monitor.store._release_hosts  # type: ignore[attr-defined]
-            monitor.store._release_hosts = timed(release)  # type: ignore[attr-defined]
+            release = monitor.store.leases.release_hosts
+            monitor.store.leases.release_hosts = timed(release)
             try:
                 started = time.perf_counter()
                 await poll_due(app, force=True)
                 warm = time.perf_counter() - started
             finally:
-                monitor.store._release_hosts = release  # type: ignore[attr-defined]
+                monitor.store.leases.release_hosts = release
             return InProcess(cold, warm, spent[0], cpu[0])
 
     return asyncio.run(cycles())

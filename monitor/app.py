@@ -98,7 +98,9 @@ def build_renderer(config: Config) -> Renderer:
         zone=config.zone,
         max_per_watchlist=config.digests.max_per_watchlist,
         subject=config.digests.subject,
-        alert_subject=config.digests.alert_subject,
+        alert_subject=config.digests.alert_subject_set(),
+        language=config.digests.language,
+        names=tuple(config.display_names().items()),
         source=config.source,
         unsubscribe_url=config.digests.unsubscribe_url,
     )

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import json
 import os
+import re
+import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,46 +27,87 @@ from monitor.config import (
     find_config,
     mailbox_address,
 )
-from monitor.delivery import preview, run_digests, send_test_email
+from monitor.delivery import UNHEALTHY, preview, run_digests, send_test_email
+from monitor.digest import read_back
 from monitor.errors import ConfigError, LockedError, MonitorError
+from monitor.labels import plain_problem
 from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
-from monitor.models import FeedState, FeedStatus, Match
+from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.poller import poll_due
-from monitor.store import Store, open_store
+from monitor.store import DeferredMessage, Store, open_store
 from monitor.text import clean_text
-from monitor.watchlists import Matcher
+from monitor.urls import canonical_url
+from monitor.watchlists import Exclusion, Matcher, in_context
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+class UsageError(Exception):
+    """A command line that names something the config does not have: exit 2."""
+
+
+def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
+    """--config, -v and --log-format, before the command or after it (`monitor check
+    --config x.yaml`). After it they default to nothing, so they never undo the ones before."""
+    options = argparse.ArgumentParser(add_help=False)
+    unset = argparse.SUPPRESS
+    options.add_argument(
+        "--config",
+        default=unset if after_command else None,
+        help="config file (default: $MONITOR_CONFIG, ./config.yaml)",
+    )
+    options.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=unset if after_command else 0,
+        help="more log detail (debug)",
+    )
+    options.add_argument(
+        "--log-format", choices=("text", "json"), default=unset if after_command else "text"
+    )
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="monitor", description="Media-monitoring alert daemon: feeds in, digests out."
+        prog="monitor",
+        description="Media-monitoring alert daemon: feeds in, digests out.",
+        parents=[_common_options(after_command=False)],
     )
-    parser.add_argument("--config", help="config file (default: $MONITOR_CONFIG, ./config.yaml)")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log detail (debug)"
-    )
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--version", action="version", version=f"monitor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("check", help="validate the config; exit 0, or 2 listing every problem")
-    commands.add_parser("run", help="run the daemon in the foreground")
-    poll = commands.add_parser("poll", help="poll due feeds once, then exit")
+    common = [_common_options(after_command=True)]
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, parents=common)
+
+    command("check", help="validate the config; exit 0, or 2 listing every problem")
+    command("run", help="run the daemon in the foreground")
+    poll = command("poll", help="poll due feeds once, then exit")
     poll.add_argument(
         "--all",
         action="store_true",
         help="poll every feed, due or not (one disabled by HTTP 410 only with --feed)",
     )
     poll.add_argument("--feed", action="append", metavar="NAME", help="poll only this feed")
-    digest = commands.add_parser("digest", help="preview or send pending digests")
+    digest = command("digest", help="preview or send pending digests")
     mode = digest.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--preview", action="store_true", help="render without sending or marking")
+    mode.add_argument(
+        "--preview",
+        action="store_true",
+        help="show what each recipient would read, without sending or marking (also while "
+        "the daemon runs)",
+    )
     mode.add_argument("--send", action="store_true", help="send all pending digests now")
     digest.add_argument("--watchlist", action="append", metavar="NAME")
-    digest.add_argument("--out", metavar="FILE", help="write the preview here (default: stdout)")
-    test = commands.add_parser("test", help="show which watchlists TEXT matches, and why")
+    digest.add_argument(
+        "--out",
+        metavar="DIR",
+        help="with --preview: write RECIPIENT.html and RECIPIENT.eml per recipient into DIR",
+    )
+    test = command("test", help="show which watchlists TEXT matches, and why")
     test.add_argument("--watchlist", action="append", metavar="NAME")
     test.add_argument("text", nargs="?", default="", help="text to match (as a title)")
     test.add_argument("--title", default=None, help="title field")
@@ -73,19 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument(
         "--since", default="7d", type=_duration, help="with --stored: items this recent (7d)"
     )
-    test.add_argument("--why-not", metavar="ITEM_ID", help="explain each clause for a stored item")
-    migrate = commands.add_parser("migrate-db", help="copy all state into another database")
+    test.add_argument(
+        "--why-not",
+        metavar="ITEM",
+        help="explain each clause for a stored item: its id, its URL or words of its title",
+    )
+    migrate = command("migrate-db", help="copy all state into another database")
     migrate.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql+psycopg://...")
-    test_email = commands.add_parser("test-email", help="send a test message via the mailer")
+    test_email = command("test-email", help="send a test message via the mailer")
     test_email.add_argument("address", help="where to send it")
-    commands.add_parser("feeds", help="one line per feed: status, last success, error, next poll")
-    commands.add_parser(
-        "prune", help="delete items past retention.items; keep their keys as tombstones"
+    feeds = command("feeds", help="one line per feed: status, last success, error, next poll")
+    feeds.add_argument("--wide", action="store_true", help="never wrap: one line per feed")
+    feeds.add_argument("--failing", action="store_true", help="only the feeds that fail")
+    feeds.add_argument("--json", action="store_true", help="a JSON list, for scripts")
+    command("prune", help="delete items past retention.items; keep their keys as tombstones")
+    command("status", help="daemon alive?, last poll, feeds by state, outbox, next digests")
+    dead = command(
+        "dead-letters", help="list the messages a server refused for good: recipient, since, why"
     )
-    commands.add_parser(
-        "status", help="daemon alive?, last poll, feeds by state, outbox, next digests"
-    )
-    retry = commands.add_parser(
+    dead.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
+    retry = command(
         "retry-dead", help="send dead letters again (same Message-ID) once their cause is fixed"
     )
     retry.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
@@ -107,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _dispatch(args, config, path)
         sys.stdout.flush()  # here, not at exit: a reader gone (`| head -1`) is caught below
         return code
+    except UsageError as error:
+        print(f"monitor: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say
         return EXIT_FAILURE
@@ -122,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that read what the daemon (or `monitor poll`) stored: on a database file that is
 # not there they would create an empty one, and report from it.
-_READERS = {"status", "feeds", "prune", "retry-dead", "migrate-db"}
+_READERS = {"status", "feeds", "prune", "dead-letters", "retry-dead", "migrate-db"}
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -143,9 +199,13 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
     if args.command == "status":
         return _status(config)
     if args.command == "feeds":
-        return _feeds(config)
+        return _feeds(config, args)
+    if args.command == "digest" and args.preview:  # reads only: beside a running daemon too
+        return asyncio.run(_preview(config, args))
     if args.command == "test-email":
         return asyncio.run(_test_email(config, args.address))
+    if args.command == "dead-letters":
+        return _dead_letters(config, args.recipient)
     if args.command == "retry-dead":  # a running daemon sends them: no lock needed
         return _retry_dead(config, args.recipient)
     if args.command == "run":
@@ -169,11 +229,32 @@ def _missing_database(database: str) -> Path | None:
     return None if file is None or file.exists() else file.absolute()
 
 
+def resolve_names(given: Sequence[str] | None, known: Sequence[str], kind: str) -> list[str]:
+    """The names as the config spells them: exact, else the one that differs only in case;
+    UsageError with a did-you-mean otherwise."""
+    return [_resolve(name, known, kind) for name in given or ()]
+
+
+def _resolve(name: str, known: Sequence[str], kind: str) -> str:
+    if name in known:
+        return name
+    folded = [k for k in known if k.casefold() == name.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    if folded:
+        choices = " or ".join(repr(k) for k in sorted(folded))
+        raise UsageError(f"{name!r} could be {choices}; give the exact name")
+    by_fold = {k.casefold(): k for k in known}
+    close = difflib.get_close_matches(name.casefold(), list(by_fold), n=3, cutoff=0.6)
+    if close:
+        hint = " or ".join(repr(by_fold[c]) for c in close)
+        raise UsageError(f"no {kind} named {name!r}; did you mean {hint}?")
+    listed = ", ".join(sorted(known)[:10]) + (", ..." if len(known) > 10 else "")
+    raise UsageError(f"no {kind} named {name!r}; the {kind}s are: {listed}")
+
+
 async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
-    unknown = set(feeds or ()) - {f.name for f in config.feeds}
-    if unknown:
-        print(f"monitor: no feed named {', '.join(sorted(unknown))}", file=sys.stderr)
-        return EXIT_USAGE
+    feeds = resolve_names(feeds, [f.name for f in config.feeds], "feed") or None
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
     for poll in report.polls:
@@ -187,27 +268,17 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
 
 
 async def _digest(config: Config, args: argparse.Namespace) -> int:
-    unknown = set(args.watchlist or ()) - {w.name for w in config.watchlists}
-    if unknown:
-        print(f"monitor: no watchlist named {', '.join(sorted(unknown))}", file=sys.stderr)
-        return EXIT_USAGE
-    async with running_app(config, takes_part=not args.preview) as app:
-        if args.preview:
-            messages = preview(app, args.watchlist)
-            output = b"\n".join(m.mime for m in messages)
-            if args.out:
-                Path(args.out).write_bytes(output)
-                print(f"{len(messages)} digest(s) written to {args.out}")
-            else:
-                sys.stdout.write(output.decode("utf-8", "replace"))
-                if not messages:
-                    print("nothing pending", file=sys.stderr)
-            return EXIT_OK
-        report = await run_digests(app, force=True, only=args.watchlist)
+    only = resolve_names(args.watchlist, [w.name for w in config.watchlists], "watchlist")
+    async with running_app(config) as app:
+        report = await run_digests(app, force=True, only=only or None, flush=True)
+        deferred = app.store.deferred_messages()
     print(
         f"{report.composed} digest(s) composed, {report.sent} sent, "
-        f"{report.retrying} to retry, {report.dead} dead-lettered"
+        f"{report.retrying} deferred, {report.dead} dead letter(s)"
     )
+    _print_deferred(deferred, config)
+    if report.dead:
+        print("  `monitor dead-letters` says who refused what and why")
     if report.held_back:
         print(
             f"monitor: the messages of {report.held_back} recipient(s) could not be rendered "
@@ -215,6 +286,71 @@ async def _digest(config: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if not (report.retrying or report.held_back) else EXIT_FAILURE
+
+
+def _print_deferred(deferred: Sequence[DeferredMessage], config: Config) -> None:
+    """What waits for a retry after a failure that may pass, until when, and why."""
+    for message in deferred:
+        until = _local(message.next_attempt_at, config)
+        print(
+            f"  deferred: {message.recipient} ({message.kind}, attempt {message.attempts}) "
+            f"until {until}: {message.error}"
+        )
+    if deferred:
+        print(
+            "  the daemon tries them again at those times; `monitor digest --send` tries "
+            "them all now"
+        )
+
+
+def _dead_letters(config: Config, recipient: str | None) -> int:
+    """One line per dead letter: a message, to one recipient, refused for good."""
+    store = open_store(config.database)
+    try:
+        letters = store.dead_letters(recipient)
+    finally:
+        store.close()
+    if letters:
+        print(f"{'SINCE':23} {'RECIPIENT':32} {'KIND':6} ERROR")
+    for letter in letters:
+        since = _local(letter.since, config)
+        print(f"{since:23} {letter.recipient:32} {letter.kind:6} {letter.error}")
+    whose = f" to {recipient}" if recipient else ""
+    print(
+        f"{len(letters)} dead letter(s){whose}: messages a server refused for good"
+        + ("; once the cause is fixed, `monitor retry-dead` sends them again" if letters else "")
+    )
+    return EXIT_OK
+
+
+async def _preview(config: Config, args: argparse.Namespace) -> int:
+    """What each recipient would read now; nothing is claimed, marked or locked."""
+    only = resolve_names(args.watchlist, [w.name for w in config.watchlists], "watchlist")
+    target = Path(args.out) if args.out else None
+    if target is not None and target.exists() and not target.is_dir():
+        raise UsageError(f"--out takes a directory; {target} is a file")
+    async with running_app(config, takes_part=False) as app:
+        messages = [read_back(m) for m in preview(app, only or None)]
+    if not messages:
+        print("nothing pending", file=sys.stderr)
+    elif target is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        for message in messages:
+            name = _file_name(message.address)
+            (target / f"{name}.html").write_text(message.html, encoding="utf-8")
+            (target / f"{name}.eml").write_bytes(message.mime)
+        print(f"{len(messages)} digest(s) written to {target}")
+    else:
+        rule = "=" * 72
+        for message in messages:
+            print(f"{rule}\nTo: {message.to}\nSubject: {message.subject}\n{rule}\n")
+            print(message.text)
+    return EXIT_OK
+
+
+def _file_name(address: str) -> str:
+    """An address as a file name: it is checked by the config, but never trusted as a path."""
+    return re.sub(r"[^\w.@+-]", "_", address).lstrip(".") or "recipient"
 
 
 def _prune(config: Config) -> int:
@@ -272,10 +408,8 @@ async def _test_email(config: Config, address: str) -> int:
 
 def _test(args: argparse.Namespace, config: Config) -> int:
     """Exit 0 if a watchlist matched, 1 if none did (scripts rely on it), 2 on bad usage."""
-    watchlists = [w for w in config.watchlists if not args.watchlist or w.name in args.watchlist]
-    if args.watchlist and not watchlists:
-        print(f"monitor: no watchlist named {', '.join(args.watchlist)}", file=sys.stderr)
-        return EXIT_USAGE
+    names = resolve_names(args.watchlist, [w.name for w in config.watchlists], "watchlist")
+    watchlists = [w for w in config.watchlists if not names or w.name in names]
     matcher = Matcher(watchlists)
     if args.why_not or args.stored:
         store = open_store(config.database)
@@ -290,16 +424,31 @@ def _test(args: argparse.Namespace, config: Config) -> int:
         fields["summary"] = clean_text(args.summary)
     found = matcher.match_fields(fields, args.language)
     _print_matches(found, fields)
+    excluded = matcher.excluded(fields, args.language)
+    _print_exclusions(excluded, fields)
     if not found:
-        print("no watchlist matched", file=sys.stderr)
+        why = f" ({len(excluded)} excluded)" if excluded else ""
+        print(f"no watchlist matched{why}", file=sys.stderr)
     return EXIT_OK if found else EXIT_FAILURE
 
 
 def _print_matches(found: Sequence[Match], fields: dict[str, str], indent: str = "") -> None:
     for match in found:
         print(f"{indent}{match.watchlist}: {', '.join(match.terms)}")
-        for line in _explain(match, fields):
+        for line in _explain(match.hits, fields):
             print(f"{indent}  {line}")
+
+
+def _print_exclusions(excluded: Sequence[Exclusion], fields: dict[str, str]) -> None:
+    """A match the exclusion removed, and which words of it did: else it looks like the
+    terms did not match at all."""
+    for exclusion in excluded:
+        terms = list(dict.fromkeys(hit.term for hit in exclusion.removed_by))
+        print(f"{exclusion.watchlist}: excluded by {', '.join(terms) or exclusion.clause}")
+        for line in _explain(exclusion.removed_by, fields):
+            print(f"  {line}")
+        matched = dict.fromkeys(hit.term for hit in exclusion.hits)
+        print(f"  would match: {', '.join(matched)}")
 
 
 def _test_stored(store: Store, matcher: Matcher, since: datetime) -> int:
@@ -315,20 +464,45 @@ def _test_stored(store: Store, matcher: Matcher, since: datetime) -> int:
     return EXIT_OK if matched else EXIT_FAILURE
 
 
-def _why_not(store: Store, matcher: Matcher, names: list[str], id_or_key: str) -> int:
-    stored = store.stored_item(id_or_key)
+def _why_not(store: Store, matcher: Matcher, names: list[str], wanted: str) -> int:
+    stored = _one_item(store, wanted)
     if stored is None:
-        print(f"monitor: no stored item with id or key {id_or_key!r}", file=sys.stderr)
         return EXIT_USAGE
     item_id, item = stored
     fields = {"title": item.title, "summary": item.summary}
     matched = {m.watchlist for m in matcher.match(item)}
+    excluded = {e.watchlist for e in matcher.excluded(fields, item.language, item.feed)}
     print(f"#{item_id} [{item.feed}, {item.language}] {item.title}")
     for name in names:
-        print(f"{name}: {'matches' if name in matched else 'no match'}")
+        verdict = "matches" if name in matched else "no match"
+        print(f"{name}: {verdict}{': its exclusion removed it' if name in excluded else ''}")
         for line in matcher.explain(name, fields, item.language, item.feed):
             print(f"  {line}")
     return EXIT_OK if matched else EXIT_FAILURE
+
+
+def _one_item(store: Store, wanted: str) -> tuple[int, Item] | None:
+    """The stored item `wanted` names (id, key, URL or words of its title); None, said on
+    stderr, when there is none or several (listed, to pick one's id)."""
+    urls = {wanted, canonical_url(wanted)} if wanted.startswith(("http://", "https://")) else ()
+    found = store.find_items(wanted, urls)
+    exact = [(i, item) for i, item in found if item.title.casefold() == wanted.casefold()]
+    if len(found) == 1 or len(exact) == 1:
+        return (exact or found)[0]
+    if not found:
+        print(
+            f"monitor: no stored item has the id, URL or a title with {wanted!r} (items are "
+            "kept for retention.items; `monitor test --stored` lists recent ones)",
+            file=sys.stderr,
+        )
+        return None
+    more = "+" if len(found) >= 20 else ""
+    print(
+        f"monitor: {len(found)}{more} stored items fit {wanted!r}; give one's id:", file=sys.stderr
+    )
+    for item_id, item in found:
+        print(f"  {item_id:>6}  [{item.feed}] {item.title}", file=sys.stderr)
+    return None
 
 
 def _duration(value: str) -> float:
@@ -338,11 +512,11 @@ def _duration(value: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _explain(match: Match, fields: dict[str, str]) -> list[str]:
+def _explain(hits: Sequence[Hit], fields: dict[str, str]) -> list[str]:
+    """Each hit in the words around it, as the reader finds it in the item."""
     return [
-        f"{hit.term!r} in {hit.field} [{hit.start}:{hit.end}]: "
-        f"{fields[hit.field][hit.start : hit.end]!r}"
-        for hit in match.hits
+        f"{hit.term!r} in {hit.field}: {in_context(fields[hit.field], hit.start, hit.end)}"
+        for hit in hits
     ]
 
 
@@ -361,35 +535,111 @@ def _status(config: Config) -> int:
     return EXIT_OK if snapshot.running(now) else EXIT_FAILURE
 
 
-def _feeds(config: Config) -> int:
+def _feeds(config: Config, args: argparse.Namespace) -> int:
     store = open_store(config.database)
     try:
         states = {s.name: s for s in store.feed_states()}
     finally:
         store.close()
+    rows = [
+        (feed, states.get(feed.name) or FeedState(feed.name, feed.url))
+        for feed in sorted(config.feeds, key=lambda f: (f.group or "", f.name))
+    ]
+    if args.failing:
+        rows = [(feed, state) for feed, state in rows if _is_failing(feed, state)]
+    if args.json:
+        print(json.dumps([_feed_record(f, s) for f, s in rows], ensure_ascii=False, indent=2))
+        return EXIT_OK
+    width = None if args.wide or not sys.stdout.isatty() else shutil.get_terminal_size().columns
+    names = [_feed_name(feed) for feed, _ in rows]
+    name_width = max([4, *map(len, names)])
+    why_width = max([3, *(len(_why(feed, state)) for feed, state in rows)])
+    if width is not None and min(name_width, _NAME_COLUMN) + _FEED_COLUMNS + why_width >= width:
+        why_width = 0  # a narrow terminal: the rest of the row matters more; --wide shows it
+    columns = _FEED_COLUMNS + (why_width + 1 if why_width else 0)
+    if width is not None and name_width + columns > width:
+        name_width = max(4, min(name_width, width - columns, _NAME_COLUMN))
+    why = f" {'WHY':{why_width}}" if why_width else ""
     print(
-        f"{'FEED':24} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16} {'WHY':32} {'FAILS':>5} "
-        f"{'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
+        f"{'FEED':{name_width}} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16}{why} "
+        f"{'FAILS':>5} {'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
     )
-    for feed in sorted(config.feeds, key=lambda f: (f.group or "", f.name)):
-        print(_feed_row(feed, states.get(feed.name), config))
+    for name, (feed, state) in zip(names, rows, strict=True):
+        if len(name) > name_width:  # the whole name on a line of its own, the row below
+            print(name)
+            name = ""
+        print(_feed_row(name.ljust(name_width), feed, state, config, width, why_width))
+    if not why_width:
+        print("(why each next poll is when it is: monitor feeds --wide)")
     return EXIT_OK
 
 
-def _feed_row(feed: FeedConfig, state: FeedState | None, config: Config) -> str:
-    """One line of `monitor feeds`: health, timing and the last error with its age."""
-    state = state or FeedState(feed.name, feed.url)
-    status = state.status.value if feed.enabled else "disabled"
-    if feed.enabled and state.status is FeedStatus.DISABLED:
-        status = "gone"  # the server said 410; a feed switched off in the config is disabled
-    name = f"{feed.group}/{feed.name}" if feed.group else feed.name
+# The width of a `monitor feeds` row after the name, up to the last error; and the name
+# column on a terminal too narrow for the longest name (longer names get a line of their own).
+_FEED_COLUMNS = 78
+_NAME_COLUMN = 24
+
+
+def _is_failing(feed: FeedConfig, state: FeedState) -> bool:
+    return feed.enabled and (state.consecutive_failures > 0 or state.status in UNHEALTHY)
+
+
+def _feed_name(feed: FeedConfig) -> str:
+    return f"{feed.group}/{feed.name}" if feed.group else feed.name
+
+
+def _feed_state(feed: FeedConfig, state: FeedState) -> str:
+    if not feed.enabled:
+        return "disabled"
+    if state.status is FeedStatus.DISABLED:
+        return "gone"  # the server said 410; a feed switched off in the config is disabled
+    return state.status.value
+
+
+def _feed_row(
+    name: str, feed: FeedConfig, state: FeedState, config: Config, width: int | None, why: int
+) -> str:
+    """One feed of `monitor feeds`: health, timing (and why, in a column `why` wide, if
+    any) and the last error with its age. The whole name always; on a terminal narrower
+    than the line, the error wraps below it."""
     per_day = f"{state.items_per_day:.1f}" if state.items_per_day else "-"
     next_poll = _when(state.next_poll_at, config) if feed.enabled else "never"
-    return (
-        f"{name[:24]:24} {status:9} {_when(state.last_success_at, config):16} "
-        f"{next_poll:16} {_why(feed, state):32} {state.consecutive_failures:>5} {per_day:>9}  "
-        f"{_when(state.error_since, config):16} {(state.last_error or '')[:80]}"
+    reason = f" {_why(feed, state):{why}}" if why else ""
+    line = (
+        f"{name} {_feed_state(feed, state):9} {_when(state.last_success_at, config):16} "
+        f"{next_poll:16}{reason} {state.consecutive_failures:>5} {per_day:>9}  "
+        f"{_when(state.error_since, config):16}"
     )
+    error = " ".join((state.last_error or "").split())
+    if width is None or len(line) + 1 + len(error) <= width:
+        return f"{line} {error}".rstrip()
+    wrapped = textwrap.wrap(
+        error, max(20, width - 4), initial_indent="    ", subsequent_indent="    "
+    )
+    return "\n".join([line, *wrapped])
+
+
+def _feed_record(feed: FeedConfig, state: FeedState) -> dict[str, object]:
+    """One feed for `monitor feeds --json`: times in ISO 8601 (UTC), the error as the
+    library said it and in plain words."""
+
+    def iso(moment: datetime | None) -> str | None:
+        return moment.astimezone(UTC).isoformat() if moment else None
+
+    return {
+        "name": feed.name,
+        "group": feed.group,
+        "url": feed.url,
+        "state": _feed_state(feed, state),
+        "last_success": iso(state.last_success_at),
+        "next_poll": iso(state.next_poll_at) if feed.enabled else None,
+        "next_poll_why": _why(feed, state),
+        "consecutive_failures": state.consecutive_failures,
+        "items_per_day": state.items_per_day,
+        "failing_since": iso(state.error_since),
+        "last_error": state.last_error,
+        "problem": plain_problem(state.last_error) if state.last_error else None,
+    }
 
 
 def _why(feed: FeedConfig, state: FeedState) -> str:
@@ -403,3 +653,7 @@ def _why(feed: FeedConfig, state: FeedState) -> str:
 
 def _when(moment: datetime | None, config: Config) -> str:
     return moment.astimezone(config.zone).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def _local(moment: datetime, config: Config) -> str:
+    return moment.astimezone(config.zone).strftime("%Y-%m-%d %H:%M:%S %Z")

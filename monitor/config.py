@@ -209,13 +209,28 @@ _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 LanguageCode = Annotated[str, AfterValidator(_language_code)]
 
 
+_NAMED = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<address>[^<>]*)>\s*$", re.DOTALL)
+
+
 def _recipient(value: Any) -> Any:
-    """A recipient is an address, or a mapping with the address and personal settings."""
-    return {"address": value} if isinstance(value, str) else value
+    """A recipient is an address (`jane@example.org` or `Jane Doe <jane@example.org>`), or a
+    mapping with the address and personal settings."""
+    if not isinstance(value, str):
+        return value
+    named = _NAMED.match(value)
+    if named is None:
+        return {"address": value}
+    name = named["name"]
+    if len(name) >= 2 and name[0] == name[-1] == '"':  # "Doe, Jane" <jane@example.org>
+        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    address = named["address"].strip()
+    return {"address": address, "name": name} if name else {"address": address}
 
 
 class RecipientConfig(_Model):
     address: Address
+    # The display name in the To header ("Jane Doe"), encoded there by the mail library.
+    name: Annotated[str, AfterValidator(_header_text)] | None = None
     digest: ScheduleText | None = None  # this recipient's own schedule, over the watchlist's
     quiet_hours: QuietHoursText | None = None  # e.g. "22:00-07:00": deferred, never dropped
 
@@ -288,9 +303,7 @@ class WatchlistConfig(_Model):
 
     @field_validator("exclude")
     @classmethod
-    def _valid_exclude(
-        cls, exclude: tuple[str, ...] | str, info: ValidationInfo
-    ) -> tuple[str, ...] | str:
+    def _valid_exclude(cls, exclude: tuple[str, ...] | str) -> tuple[str, ...] | str:
         if isinstance(exclude, str):
             from monitor.errors import QueryError
             from monitor.query import parse_query
@@ -370,8 +383,12 @@ class SmtpConfig(_Model):
 class DigestsConfig(_Model):
     max_per_watchlist: int = Field(25, ge=1)
     send_empty: bool = False
-    subject: HeaderText = "monitor digest: {count} new for {watchlists}"
-    alert_subject: HeaderText = "monitor alert: {count} new for {watchlists}"
+    # Labels, dates' words and default subjects in this language (de or en shipped).
+    language: str = "en"
+    subject: HeaderText | None = None  # default: "monitor digest: {count} new for {watchlists}"
+    alert_subject: HeaderText | None = (
+        None  # default: the subject set above, else "monitor alert: ..."
+    )
     hold: Duration = 300.0  # immediate alerts wait this long to batch a burst into one mail
     quiet_hours: QuietHoursText | None = None  # default for every watchlist, e.g. "22:00-07:00"
     templates_dir: str | None = None  # your own digest/alert templates override the shipped ones
@@ -379,7 +396,9 @@ class DigestsConfig(_Model):
 
     @field_validator("subject", "alert_subject")
     @classmethod
-    def _placeholders(cls, value: str) -> str:
+    def _placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         try:
             value.format(count=0, watchlists="", recipient="")
         except (KeyError, IndexError, ValueError) as error:
@@ -387,6 +406,23 @@ class DigestsConfig(_Model):
                 f"bad placeholder {error}; use only {{count}}, {{watchlists}}, {{recipient}}"
             ) from None
         return value
+
+    @field_validator("language")
+    @classmethod
+    def _shipped_language(cls, value: str) -> str:
+        from monitor.labels import LANGUAGES
+
+        code = value.strip().lower()
+        if code not in LANGUAGES:
+            raise ValueError(
+                f"{value!r}: digests are shipped in {' and '.join(sorted(LANGUAGES))}; "
+                "write one of them (your own wording goes in templates_dir)"
+            )
+        return code
+
+    def alert_subject_set(self) -> str | None:
+        """The alert subject the user chose: alert_subject, else their subject."""
+        return self.alert_subject or self.subject
 
     @field_validator("unsubscribe_url")
     @classmethod
@@ -443,6 +479,18 @@ class RetentionConfig(_Model):
         return self
 
 
+def database_url(value: str) -> str:
+    """`value` as SQLAlchemy spells it: a plain path is a SQLite file, and libpq's
+    `postgres://` (what PostgreSQL hosts hand out) is `postgresql://`, which SQLAlchemy
+    alone knows."""
+    if "://" not in value:
+        return f"sqlite:///{value}"
+    scheme, rest = value.split("://", 1)
+    if scheme == "postgres" or scheme.startswith("postgres+"):
+        return f"postgresql{scheme.removeprefix('postgres')}://{rest}"
+    return value
+
+
 class Config(_Model):
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "Europe/Berlin"
     database: str = "sqlite:///monitor.db"
@@ -464,9 +512,16 @@ class Config(_Model):
     @field_validator("database")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if "://" not in value:  # a plain path means a SQLite file
-            return f"sqlite:///{value}"
-        return value
+        return database_url(value)
+
+    def display_names(self) -> dict[str, str]:
+        """address -> the display name given with it (anywhere in the config)."""
+        everyone = [*self.recipients, *(r for w in self.watchlists for r in w.recipients)]
+        names: dict[str, str] = {}
+        for recipient in everyone:
+            if recipient.name:
+                names.setdefault(recipient.address, recipient.name)
+        return names
 
     def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
         """The addresses that receive this watchlist."""

@@ -21,7 +21,14 @@ from monitor.app import App
 from monitor.config import DeliveryPlan
 from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError
-from monitor.models import DigestEntry, FeedState, FeedStatus, Item, OutgoingMessage
+from monitor.models import (
+    DigestEntry,
+    FeedState,
+    FeedStatus,
+    Item,
+    MessageKind,
+    OutgoingMessage,
+)
 from monitor.schedules import Every
 from monitor.store import DigestRun
 
@@ -49,9 +56,10 @@ class Due:
 
 
 async def run_digests(
-    app: App, *, force: bool = False, only: Iterable[str] | None = None
+    app: App, *, force: bool = False, only: Iterable[str] | None = None, flush: bool = False
 ) -> DeliveryReport:
-    """Compose what is due (force: everything pending, now), then send everything stored.
+    """Compose what is due (force: everything pending, now), then send everything stored
+    that is due (flush: waiting for a retry or not; see send_ready).
 
     Database work and rendering run in a thread: on SQLite a write waits for the poll
     writer's transaction, and the event loop must keep fetching meanwhile.
@@ -60,9 +68,9 @@ async def run_digests(
     try:
         composed, held = await asyncio.to_thread(_compose_due, app, now, force, only)
     except Exception:  # what is stored goes out even when composing failed (a bug, say)
-        await send_ready(app)
+        await send_ready(app, flush=flush)
         raise
-    sent, retrying, dead = await send_ready(app)
+    sent, retrying, dead = await send_ready(app, flush=flush)
     return DeliveryReport(composed, sent, retrying, dead, held)
 
 
@@ -172,7 +180,7 @@ def compose(
         )
         if not entries and not (app.config.digests.send_empty and record_runs):
             if runs:
-                app.store.claim(None, [], now, runs)  # the period is handled: nothing to say
+                app.store.claim_digest(None, [], now, runs)  # the period is handled: nothing to say
             continue
         try:
             message = app.renderer.render(recipient, entries, now, kind=_kind(pairs), health=health)
@@ -187,7 +195,7 @@ def compose(
             held += 1
             continue
         ids = [i for entry in entries for i in entry.delivery_ids]
-        if app.store.claim(message, ids, now, runs):
+        if app.store.claim_digest(message, ids, now, runs):
             composed += 1
     return composed, held
 
@@ -199,10 +207,10 @@ def _by_recipient(due: Sequence[Due]) -> dict[str, list[Due]]:
     return by_recipient
 
 
-def _kind(pairs: Sequence[Due]) -> str:
+def _kind(pairs: Sequence[Due]) -> MessageKind:
     """A recipient's message is an alert when every list in it is immediate."""
     alert = pairs and all(p.plan.schedule.every is Every.IMMEDIATE for p in pairs)
-    return "alert" if alert else "digest"
+    return MessageKind.ALERT if alert else MessageKind.DIGEST
 
 
 def _pending(app: App, names: set[str]) -> dict[str, list[DigestEntry]]:
@@ -238,8 +246,12 @@ def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage
     ]
 
 
-async def send_ready(app: App) -> tuple[int, int, int]:
-    """Hand every stored, unsent message to the mailer; mark each right after its outcome."""
+async def send_ready(app: App, *, flush: bool = False) -> tuple[int, int, int]:
+    """Hand every stored, unsent message to the mailer; mark each right after its outcome.
+
+    flush: also those waiting for their retry. An operator's `digest --send` after fixing
+    the server, as `postqueue -f`: it must not wait for a backoff of up to an hour.
+    """
     counts = {"sent": 0, "retrying": 0, "dead": 0}
 
     async def report(message: OutgoingMessage, error: DeliveryError | None) -> None:
@@ -267,7 +279,7 @@ async def send_ready(app: App) -> tuple[int, int, int]:
             lease, message.message_id, app.worker_id, now, now + SEND_LEASE
         )
 
-    batch = await asyncio.to_thread(app.store.ready_messages, app.clock())
+    batch = await asyncio.to_thread(app.store.ready_messages, app.clock(), flush=flush)
     await app.mailer.deliver(batch, report, take)
     return counts["sent"], counts["retrying"], counts["dead"]
 

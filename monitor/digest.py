@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import email.policy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import quoprimime
-from email.headerregistry import BaseHeader, HeaderRegistry
+from email import message_from_bytes, quoprimime
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -25,7 +26,8 @@ import css_inline
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from monitor.models import DigestEntry, Hit, Item, OutgoingMessage
+from monitor.labels import labels, plain_problem, plain_status
+from monitor.models import DigestEntry, Hit, Item, MessageKind, OutgoingMessage
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -55,8 +57,10 @@ class DigestSettings:
     sender: str
     zone: ZoneInfo
     max_per_watchlist: int = 25
-    subject: str = "monitor digest: {count} new for {watchlists}"
-    alert_subject: str = "monitor alert: {count} new for {watchlists}"
+    subject: str | None = None  # None: the language's default (labels.py)
+    alert_subject: str | None = None
+    language: str = "en"  # of the labels and default subjects (labels.LANGUAGES)
+    names: tuple[tuple[str, str], ...] = ()  # (address, display name) for the To header
     source: str = ""  # which config produced the digest, for the footer
     unsubscribe_url: str | None = None  # https, for RFC 8058 one-click unsubscribe
 
@@ -69,6 +73,39 @@ class FeedHealth:
     status: str
     error: str
     since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadableMessage:
+    """A rendered message as its recipient reads it (`digest --preview`)."""
+
+    address: str
+    to: str  # the To header, decoded: "Jane Doe <jane@example.org>"
+    subject: str
+    text: str
+    html: str
+    mime: bytes
+
+
+def read_back(message: OutgoingMessage) -> ReadableMessage:
+    """The decoded parts of a rendered message: what a mail program shows."""
+    parsed = message_from_bytes(message.mime, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)  # the default policy's class
+
+    def body(subtype: str) -> str:
+        part = parsed.get_body((subtype,))
+        if not isinstance(part, EmailMessage):
+            return ""
+        return "\n".join(str(part.get_content()).splitlines())  # the wire's CRLF: \n
+
+    return ReadableMessage(
+        message.recipient,
+        str(parsed["To"]),
+        str(parsed["Subject"]),
+        body("plain"),
+        body("html"),
+        message.mime,
+    )
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -117,6 +154,8 @@ class Renderer:
 
     def __init__(self, settings: DigestSettings, templates_dir: Path | None = None) -> None:
         self.settings = settings
+        self._names = dict(settings.names)
+        self._labels = labels(settings.language)
         search = [str(templates_dir)] if templates_dir else []
         self._env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader([*search, str(default_templates_dir())]),
@@ -135,10 +174,10 @@ class Renderer:
         entries: Sequence[DigestEntry],
         now: datetime,
         *,
-        kind: str = "digest",
+        kind: MessageKind = MessageKind.DIGEST,
         health: Sequence[FeedHealth] = (),
     ) -> OutgoingMessage:
-        """Render one multipart message; kind is "digest" or "alert" (immediate watchlists)."""
+        """Render one multipart message: a digest, or an alert (immediate watchlists)."""
         context = self._context(recipient, entries, now, kind, health)
         text = self._env.get_template(f"{kind}.txt.j2").render(context)
         # Inlined CSS: Gmail and Outlook drop <style> blocks but keep style attributes.
@@ -146,23 +185,31 @@ class Renderer:
         message = EmailMessage(policy=_POLICY)
         message_id = self.message_id(recipient, entries, now)
         message["From"] = self.settings.sender
-        message["To"] = recipient
+        message["To"] = self._to(recipient)
         message["Subject"] = single_line(str(context["subject"]))
         message["Date"] = format_datetime(now.astimezone(self.settings.zone))
         message["Message-ID"] = message_id
         message["Auto-Submitted"] = "auto-generated"
         message["List-Id"] = f"monitor digest <digest.{_domain(self.settings.sender)}>"
-        unsubscribe = f"<mailto:{self.settings.sender}?subject=unsubscribe>"
         if self.settings.unsubscribe_url:
-            # RFC 8058: the one-click POST header is only meaningful with an https URI.
-            unsubscribe += f", <{self.settings.unsubscribe_url}>"
+            # Only where something handles it: a mailto: to the sender reached no one, and a
+            # client's Unsubscribe button then did nothing. RFC 8058 one-click needs https.
+            message["List-Unsubscribe"] = f"<{self.settings.unsubscribe_url}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message["List-Unsubscribe"] = unsubscribe
         message["MIME-Version"] = "1.0"
         message.make_alternative()
         message.attach(_text_part(text, "plain"))
         message.attach(_text_part(html, "html"))
         return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
+
+    def _to(self, recipient: str) -> Address | str:
+        """The recipient with their display name, which the header encodes (RFC 2047),
+        quotes and folds: a name is never pasted into the header's text."""
+        name = self._names.get(recipient)
+        if not name:
+            return recipient
+        local, _, domain = recipient.rpartition("@")
+        return Address(display_name=name, username=local, domain=domain)
 
     def problems(self) -> list[str]:
         """What keeps a digest or an alert from rendering, found by rendering a sample of
@@ -177,7 +224,7 @@ class Renderer:
         entry = DigestEntry((1,), "sample", item, (Hit("xAI", "title", 7, 10),))
         health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
         found = []
-        for kind in ("digest", "alert"):
+        for kind in MessageKind:
             try:
                 self.render("sample@example.org", [entry], now, kind=kind, health=health)
             except jinja2.TemplateSyntaxError as error:
@@ -212,7 +259,7 @@ class Renderer:
         recipient: str,
         entries: Sequence[DigestEntry],
         now: datetime,
-        kind: str,
+        kind: MessageKind,
         health: Sequence[FeedHealth],
     ) -> dict[str, object]:
         groups: dict[str, list[DigestEntry]] = {}
@@ -230,19 +277,26 @@ class Renderer:
             }
             for name, group in sorted(groups.items())
         ]
-        template = self.settings.alert_subject if kind == "alert" else self.settings.subject
+        words = self._labels
+        if kind is MessageKind.ALERT:
+            template = self.settings.alert_subject or words["alert_subject"]
+        else:
+            template = self.settings.subject or words["subject"]
         subject = template.format(
             count=len(entries),
-            watchlists=", ".join(groups) or "your watchlists",
+            watchlists=", ".join(groups) or words["your_watchlists"],
             recipient=recipient,
         )
+        language = self.settings.language
         return {
             "subject": subject,
+            "language": language,
+            "t": words,
             "health": [
                 {
                     "name": h.name,
-                    "status": h.status,
-                    "error": h.error,
+                    "status": plain_status(h.status, language),
+                    "error": plain_problem(h.error, language) if h.error else "",
                     "since": self._local(h.since) if h.since else "",
                 }
                 for h in health

@@ -357,18 +357,18 @@ def _tracing() -> aiohttp.TraceConfig:
     return trace
 
 
-async def _queued(session: aiohttp.ClientSession, context: SimpleNamespace, _: object) -> None:
+async def _queued(_session: aiohttp.ClientSession, context: SimpleNamespace, _: object) -> None:
     """The request waits for one of the session's `concurrency` connections: its deadline
     runs meanwhile, and a timeout then says nothing of its host."""
     context.trace_request_ctx.queued = True
 
 
-async def _dequeued(session: aiohttp.ClientSession, context: SimpleNamespace, _: object) -> None:
+async def _dequeued(_session: aiohttp.ClientSession, context: SimpleNamespace, _: object) -> None:
     context.trace_request_ctx.queued = False
 
 
 async def _refuse_internal_redirect(
-    session: aiohttp.ClientSession,
+    _session: aiohttp.ClientSession,
     context: SimpleNamespace,
     params: aiohttp.TraceRequestRedirectParams,
 ) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import filelock
 import sqlalchemy as sa
 
-from monitor.errors import LockedError
+from monitor.errors import LockedError, UnavailableError
+from monitor.files import adopt, describe, make_dirs
 
 
 def sqlite_file(database_url: str) -> Path | None:
@@ -37,18 +38,22 @@ def database_lock(database_url: str, holder: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     lock = filelock.FileLock(str(path), timeout=0)
     try:
         lock.acquire()
+    except PermissionError as error:  # a lock file root made, before monitor gave it back
+        raise UnavailableError(f"cannot take the lock: {describe(error)}") from None
     except filelock.Timeout:
         owner = _read_owner(path.with_suffix(".owner"))
         raise LockedError(
             f"another monitor process ({owner}) is using {path.with_suffix('')}; "
             "the running daemon polls and sends on its own, or stop it first"
         ) from None
+    adopt(path)  # under sudo: the service must take it next
     owner_file = path.with_suffix(".owner")
     owner_file.write_text(f"{holder}, pid {os.getpid()}", encoding="utf-8")
+    adopt(owner_file)
     try:
         yield
     finally:

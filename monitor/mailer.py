@@ -22,6 +22,7 @@ import aiosmtplib
 
 from monitor.config import SmtpConfig
 from monitor.errors import DeliveryError, PermanentDeliveryError
+from monitor.files import adopt, describe, make_dirs
 from monitor.models import OutgoingMessage
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,8 @@ class MaildirMailer:
         self.path = Path(path)
 
     def _ensure(self) -> None:
-        for sub in ("tmp", "new", "cur"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        for directory in (self.path, self.path / "tmp", self.path / "new", self.path / "cur"):
+            make_dirs(directory)  # the state directory's owner's, even under sudo
 
     async def deliver(
         self, batch: Sequence[OutgoingMessage], report: Outcome, take: Take = _anyone
@@ -194,7 +195,7 @@ class MaildirMailer:
             try:
                 target = self.write(message)
             except OSError as error:
-                await report(message, DeliveryError(f"outbox {self.path}: {error}"))
+                await report(message, DeliveryError(f"outbox {self.path}: {describe(error)}"))
             else:
                 log.info("message written to outbox", extra={"path": str(target)})
                 await report(message, None)
@@ -203,11 +204,14 @@ class MaildirMailer:
         self._ensure()
         name = _file_name(message)
         temporary = self.path / "tmp" / f"{name}.{os.getpid()}.{socket.gethostname()}"
+        # No symbolic link followed: under sudo, tmp/ is another user's directory.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
         try:
-            with open(temporary, "wb") as handle:
+            with open(os.open(temporary, flags, 0o666), "wb") as handle:
                 handle.write(message.mime)
                 handle.flush()
                 os.fsync(handle.fileno())
+            adopt(temporary)
         except OSError:  # a full disk, a file too large: no partial file left in tmp/
             temporary.unlink(missing_ok=True)
             raise

@@ -67,7 +67,9 @@ class Metrics:
         self.pending = Gauge(
             "monitor_deliveries_pending", "Deliveries not yet accepted by the server.", registry=r
         )
-        self.dead = Gauge("monitor_deliveries_dead", "Dead-lettered deliveries.", registry=r)
+        self.dead = Gauge(  # the name predates counting dead letters as messages everywhere
+            "monitor_deliveries_dead", "Dead letters: messages refused for good.", registry=r
+        )
         self.oldest_pending = Gauge(
             "monitor_oldest_pending_delivery_age_seconds",
             "Age of the oldest delivery still pending (0 when none).",

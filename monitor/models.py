@@ -102,6 +102,56 @@ class FeedState:
         return 86400.0 / self.item_gap if self.item_gap else None
 
 
+class Keep(enum.Enum):
+    """A FeedUpdate field left as the feed's row has it."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class FeedUpdate:
+    """What one poll changes in a feed's stored state (FeedState): built by the poller
+    (outcomes.py), written by the store with the release of the feed's lease. A field set to
+    KEEP leaves its column alone; None clears it."""
+
+    status: FeedStatus | Keep = KEEP
+    url: str | Keep = KEEP  # a permanent redirect adopted
+    host: str | Keep = KEEP
+    title: str | Keep = KEEP
+    etag: str | Keep | None = KEEP
+    last_modified: str | Keep | None = KEEP
+    body_hash: str | Keep | None = KEEP
+    next_poll_at: datetime | Keep | None = KEEP  # None: never again (410 Gone)
+    last_polled_at: datetime | Keep = KEEP
+    last_success_at: datetime | Keep = KEEP
+    last_new_item_at: datetime | Keep = KEEP
+    last_error: str | Keep | None = KEEP
+    last_error_at: datetime | Keep = KEEP
+    error_since: datetime | Keep | None = KEEP
+    consecutive_failures: int | Keep = KEEP
+    items_total: int | Keep = KEEP
+    redirect_url: str | Keep | None = KEEP
+    redirect_count: int | Keep = KEEP
+    ignore_validators: bool | Keep = KEEP
+    unchanged_streak: int | Keep = KEEP
+    item_gap: float | Keep | None = KEEP
+    interval: float | Keep = KEEP
+    poll_reason: str | Keep = KEEP  # why next_poll_at is when it is, for `monitor feeds`
+    ttl: float | Keep | None = KEEP  # the parsed document's <ttl>, for the polls answered 304
+
+    def columns(self) -> dict[str, Any]:
+        """The changed columns and their values, as stored."""
+        changed = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            name: value.value if isinstance(value, FeedStatus) else value
+            for name, value in changed.items()
+            if value is not KEEP
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class DigestEntry:
     """One matched item as a digest shows it."""
@@ -114,6 +164,28 @@ class DigestEntry:
     updated: bool = False  # a re-alert: the item's title or summary changed since it was sent
 
 
+class DeliveryStatus(enum.StrEnum):
+    """Where one match's delivery to one recipient stands."""
+
+    PENDING = "pending"  # queued for its recipient's next digest or alert
+    CLAIMED = "claimed"  # bound to a stored message not yet accepted by the server
+    SENT = "sent"
+    DEAD = "dead"  # its message was refused for good (a dead letter)
+
+
+class MessageStatus(enum.StrEnum):
+    """Where one stored message stands."""
+
+    READY = "ready"  # stored, to be sent (now, or after its backoff)
+    SENT = "sent"  # accepted by the server
+    DEAD = "dead"  # refused for good: a dead letter, until `retry-dead`
+
+
+class MessageKind(enum.StrEnum):
+    DIGEST = "digest"
+    ALERT = "alert"  # an immediate watchlist's message
+
+
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     """A rendered message, stored before it is sent so a resend uses the same bytes."""
@@ -121,4 +193,4 @@ class OutgoingMessage:
     message_id: str
     recipient: str
     mime: bytes
-    kind: str = "digest"  # "digest" or "alert" (an immediate watchlist's message)
+    kind: MessageKind = MessageKind.DIGEST

@@ -175,7 +175,7 @@ def parse_feed(
     if not stripped:
         raise ParseError("the server sent an empty document")
     if stripped[:1] in (b"{", b"["):
-        return _parse_json_feed(stripped, feed_name, url, language, now, max_items)
+        return _parse_json_feed(stripped, feed_name, language, now, max_items)
     if _HTML_START.match(stripped[:4096]):
         raise ParseError("the server sent an HTML page, not a feed (is the URL the feed's?)")
     body = _DOCTYPE.sub(b"", body, count=1)
@@ -368,7 +368,7 @@ def _digest(text: str) -> str:
 
 
 def _parse_json_feed(
-    body: bytes, feed_name: str, url: str, language: str | None, now: datetime, max_items: int
+    body: bytes, feed_name: str, language: str | None, now: datetime, max_items: int
 ) -> ParsedFeed:
     try:
         document = json.loads(body.decode("utf-8-sig"))

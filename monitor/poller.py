@@ -26,9 +26,10 @@ from monitor.app import App
 from monitor.config import FeedConfig
 from monitor.errors import FetchError, ParseError
 from monitor.fetch import FetchResult, HostBlocked
-from monitor.models import FeedState, FeedStatus, Item, Match
+from monitor.models import FeedState, FeedUpdate, Item, Match
+from monitor.outcomes import PollReport, changed, deferred, failed, unchanged
 from monitor.parse import ParsedFeed, parse_feed
-from monitor.store import Claim, IngestResult, host_of
+from monitor.store import Claim, IngestResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,21 +57,6 @@ _GATHER_OUTCOMES_SECONDS = 0.02
 # hung host's 40 due feeds held a 20-feed window until the first of them timed out). With
 # polls in flight, a cycle looks at its window at least this often: that sends no event.
 _UNANSWERED_SECONDS = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class PollReport:
-    feed: str
-    new_items: int = 0
-    matches: int = 0
-    unchanged: bool = False
-    error: str | None = None
-    status: FeedStatus = FeedStatus.OK
-    host_blocked_until: datetime | None = None  # left alone until then (429, or a timeout)
-    fetch_seconds: float | None = None  # how long the HTTP exchange took, when it completed
-    # Not asked: its host is blocked (429, or a timeout). Rescheduled to the block's end,
-    # not a failure, and `unchanged` too (nothing was fetched, so nothing changed).
-    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +320,7 @@ class _Cycle:
     async def _poll(self, state: FeedState) -> PollReport:
         try:
             feed = self.configured[state.name]
-            report = await poll_feed(self.app, feed, state, self.owner, self.writer)
+            report = await poll_feed(self.app, feed, state, self.writer)
         except BaseException:  # cancelled: give the feed back unpolled, then its host
             give_back = self.app.store.give_back
             now = self.app.clock()
@@ -414,9 +400,9 @@ class _Writer:
         result: IngestResult = await self._queue("ingest", (items, backlog_before))
         return result
 
-    async def finish(self, name: str, values: Mapping[str, Any]) -> None:
+    async def finish(self, name: str, update: FeedUpdate) -> None:
         """Record a poll's outcome and release the feed's lease."""
-        await self._queue("finish", (name, values))
+        await self._queue("finish", (name, update))
 
     async def release(
         self, owner: str, host: str, last_request: datetime, blocked_until: datetime | None
@@ -526,8 +512,8 @@ class _Writer:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    # ingest: (items, backlog cutoff) | finish: (name, values) | release: (host, owner,
-    # last request, blocked until) | call: a function of no arguments
+    # ingest: (items, backlog cutoff) | finish: (name, FeedUpdate) | release: (host,
+    # owner, last request, blocked until) | call: a function of no arguments
     kind: str
     payload: Any
     future: asyncio.Future[Any]
@@ -578,7 +564,7 @@ def _attempt(function: Callable[..., Any], *args: Any) -> Any:
 
 
 async def poll_feed(
-    app: App, feed: FeedConfig, state: FeedState, owner: str, writer: _Writer | None = None
+    app: App, feed: FeedConfig, state: FeedState, writer: _Writer | None = None
 ) -> PollReport:
     """Fetch one feed, ingest what is new, record the outcome and release the feed's lease."""
     writer = writer or _Writer(app)
@@ -618,28 +604,28 @@ async def poll_feed(
                 # and must not expire while the feed still lists its (maybe pruned) items, or
                 # those alert again once it changes.
                 await writer.ingest((await _parse(app, feed, result)).items, backlog_before)
-            values, report = _unchanged(app, feed, state, result)
+            update, report = unchanged(app, feed, state, result)
         else:
             found = await writer.ingest(parsed.items, backlog_before)
             _log_backlog(feed, found, backlog_before)
-            values = _changed(app, feed, state, result, parsed, len(found.new_items))
-            values["body_hash"] = body_hash
+            update = changed(app, feed, state, result, parsed, len(found.new_items))
+            update = dataclasses.replace(update, body_hash=body_hash)
             report = PollReport(feed.name, len(found.new_items), len(found.matches))
-        if retried and not values.get("ignore_validators"):
+        if retried and update.ignore_validators is not True:
             log.warning(
                 "server answers a conditional request with no feed, the same request "
                 "without validators with the feed; polling this feed without them from now on",
                 extra={"feed": feed.name, "url": state.url},
             )
-            values["ignore_validators"] = True
+            update = dataclasses.replace(update, ignore_validators=True)
     except HostBlocked as blocked:
-        values, report = _deferred(feed, state, blocked.until)
+        update, report = deferred(feed, state, blocked.until)
     except (FetchError, ParseError) as error:
-        values, report = _failed(app, feed, state, error)
+        update, report = failed(app, feed, state, error)
     except Exception as error:  # a bug must not stop the other feeds
         log.exception("unexpected error while polling", extra={"feed": feed.name, "url": state.url})
-        values, report = _failed(app, feed, state, FetchError(f"internal error: {error!r}"))
-    await writer.finish(feed.name, values)
+        update, report = failed(app, feed, state, FetchError(f"internal error: {error!r}"))
+    await writer.finish(feed.name, update)
     return dataclasses.replace(report, fetch_seconds=fetched)
 
 
@@ -699,170 +685,3 @@ async def _parse(app: App, feed: FeedConfig, result: FetchResult) -> ParsedFeed:
 
 def _hash(body: bytes | None) -> str | None:
     return hashlib.sha256(body).hexdigest() if body is not None else None
-
-
-# ----------------------------------------------------------------------------- outcomes
-
-
-def _bounds(app: App, feed: FeedConfig) -> rules.Bounds:
-    polling = app.config.polling
-    return rules.Bounds(
-        default=app.config.feed_interval(feed),
-        minimum=polling.min_interval,
-        fixed=feed.interval is not None,
-    )
-
-
-def _unchanged(
-    app: App, feed: FeedConfig, state: FeedState, result: FetchResult
-) -> tuple[dict[str, Any], PollReport]:
-    values = _success(app, feed, state, result, state.item_gap, state.ttl, new_items=0)
-    values["unchanged_streak"] = state.unchanged_streak + 1
-    return values, PollReport(feed.name, unchanged=True, status=FeedStatus(values["status"]))
-
-
-def _changed(
-    app: App,
-    feed: FeedConfig,
-    state: FeedState,
-    result: FetchResult,
-    parsed: ParsedFeed,
-    new_items: int,
-) -> dict[str, Any]:
-    gap = parsed.item_gap or state.item_gap
-    values = _success(app, feed, state, result, gap, parsed.ttl, new_items)
-    values.update(item_gap=gap, unchanged_streak=0, ttl=parsed.ttl)
-    if parsed.title:
-        values["title"] = parsed.title
-    if parsed.warning:
-        log.debug("lenient parse", extra={"feed": feed.name, "detail": parsed.warning})
-    if parsed.left_out:
-        log.info(
-            "feed lists more items than polling.max_items; the %d oldest were not read",
-            parsed.left_out,
-            extra={"feed": feed.name},
-        )
-    etag, modified = result.headers.get("etag"), result.headers.get("last-modified")
-    if not state.ignore_validators and rules.lying_validators(
-        state.etag, state.last_modified, etag, modified, changed=state.body_hash is not None
-    ):
-        log.warning(
-            "server's validators lie (content changed, ETag/Last-Modified did not); "
-            "polling this feed without them from now on",
-            extra={"feed": feed.name, "url": state.url},
-        )
-        values["ignore_validators"] = True
-    return values
-
-
-def _success(
-    app: App,
-    feed: FeedConfig,
-    state: FeedState,
-    result: FetchResult,
-    item_gap: float | None,
-    ttl: float | None,
-    new_items: int,
-) -> dict[str, Any]:
-    now = app.clock()
-    wait = rules.poll_interval(_bounds(app, feed), item_gap, ttl, result.freshness(now))
-    last_new = now if new_items else state.last_new_item_at
-    status = rules.health_after_success(last_new, item_gap, now)
-    _log_change(feed, state, status, "")
-    values: dict[str, Any] = {
-        "status": status.value,
-        "last_polled_at": now,
-        "last_success_at": now,
-        "last_error": None,
-        "error_since": None,
-        "consecutive_failures": 0,
-        "interval": wait.seconds,
-        "next_poll_at": now + timedelta(seconds=rules.jittered(wait.seconds)),
-        "poll_reason": wait.reason,
-        "etag": result.headers.get("etag") or state.etag,
-        "last_modified": result.headers.get("last-modified") or state.last_modified,
-    }
-    if new_items:  # the lease makes this worker the feed's only writer meanwhile
-        values.update(items_total=state.items_total + new_items, last_new_item_at=now)
-    values.update(_redirect(feed, state, result))
-    return values
-
-
-def _redirect(feed: FeedConfig, state: FeedState, result: FetchResult) -> dict[str, Any]:
-    seen, count = rules.adopt_redirect(
-        state.url, state.redirect_url, state.redirect_count, result.permanent_redirect
-    )
-    if seen is None or count < rules.REDIRECT_SIGHTINGS:
-        return {"redirect_url": seen, "redirect_count": count}
-    log.warning(
-        "feed moved permanently to %s (seen %d times); polling the new URL from now on",
-        seen,
-        count,
-        extra={"feed": feed.name, "url": state.url},
-    )
-    return {"url": seen, "host": host_of(seen), "redirect_url": None, "redirect_count": 0}
-
-
-def _deferred(
-    feed: FeedConfig, state: FeedState, until: datetime
-) -> tuple[dict[str, Any], PollReport]:
-    """The feed's host said 429, or let a request time out (to another of its feeds),
-    while this one waited for its turn: nothing was sent, so its health and failure count
-    stay as they are; it is due again when the block ends."""
-    values: dict[str, Any] = {"next_poll_at": until, "poll_reason": "its host asked to wait"}
-    report = PollReport(
-        feed.name, unchanged=True, status=state.status, host_blocked_until=until, deferred=True
-    )
-    return values, report
-
-
-def _failed(
-    app: App, feed: FeedConfig, state: FeedState, error: FetchError | ParseError
-) -> tuple[dict[str, Any], PollReport]:
-    now = app.clock()
-    status_code = getattr(error, "status", None)
-    since = state.error_since or now
-    failures = state.consecutive_failures + 1
-    values: dict[str, Any] = {
-        "last_polled_at": now,
-        "last_error": rules.error_text(str(error)),  # parse errors quote the document too
-        "last_error_at": now,
-        "error_since": since,
-        "consecutive_failures": failures,
-    }
-    if status_code == 410:
-        status = FeedStatus.DISABLED
-        values["last_error"] = "HTTP 410 Gone: the feed was removed; change its URL to re-enable"
-        values["next_poll_at"] = None
-        values["poll_reason"] = "never (HTTP 410 Gone)"
-    else:
-        status = rules.health_after_failure(since, now)
-        delay = _failure_delay(app, feed, state, failures, error)
-        values["next_poll_at"] = now + timedelta(seconds=delay)
-        values["poll_reason"] = rules.failure_reason(failures, getattr(error, "retry_after", None))
-    values["status"] = status.value
-    _log_change(feed, state, status, values["last_error"])
-    block = getattr(error, "host_blocked_until", None)  # the fetcher held off the host
-    error_text = values["last_error"]
-    return values, PollReport(feed.name, error=error_text, status=status, host_blocked_until=block)
-
-
-def _failure_delay(
-    app: App, feed: FeedConfig, state: FeedState, failures: int, error: FetchError | ParseError
-) -> float:
-    waited = getattr(error, "retry_after", None)
-    interval = state.interval or app.config.feed_interval(feed)
-    return rules.failure_delay(interval, failures, app.config.polling.max_interval, waited)
-
-
-def _log_change(feed: FeedConfig, state: FeedState, status: FeedStatus, error: str) -> None:
-    """Log a health change once, when it happens, not on every poll."""
-    if status == state.status or (state.status == FeedStatus.NEW and status == FeedStatus.OK):
-        return
-    extra = {"feed": feed.name, "url": state.url}
-    if status == FeedStatus.OK:
-        log.info("feed is ok again (was %s)", state.status.value, extra=extra)
-    elif status == FeedStatus.STALE:
-        log.warning("feed is stale: no new item for much longer than usual", extra=extra)
-    else:
-        log.warning("feed is %s: %s", status.value, error, extra=extra)

@@ -1,4 +1,5 @@
-"""When digests go out: `daily HH:MM`, `weekly MON HH:MM`, `hourly`, `immediate`.
+"""When digests go out: `daily HH:MM`, `weekly MON HH:MM`, `hourly`, `immediate`; daily and
+weekly take several times (`daily 07:00, 16:00`) and weekdays by name (`weekly monday 07:00`).
 
 A schedule yields *slots*: the instants a digest is due. A digest tick compares the latest
 slot with the last one handled (kept in the database), so a slot missed during downtime is
@@ -14,9 +15,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 _WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# German short forms too (Mo, Di, Mi, Do, Fr, Sa, So): the users are German press offices.
+_GERMAN = ("mo", "di", "mi", "do", "fr", "sa", "so")
+_TIMES = r"\d{1,2}:\d{2}(?:\s*,\s*\d{1,2}:\d{2})*"
 _PATTERN = re.compile(
-    r"^\s*(?:(?P<daily>daily)\s+(?P<dtime>\d{1,2}:\d{2})"
-    r"|(?P<weekly>weekly)\s+(?P<day>[A-Za-z]{3})\s+(?P<wtime>\d{1,2}:\d{2})"
+    rf"^\s*(?:(?P<daily>daily)\s+(?P<dtime>{_TIMES})"
+    rf"|(?P<weekly>weekly)\s+(?P<day>[A-Za-z]+)\s+(?P<wtime>{_TIMES})"
     r"|(?P<hourly>hourly)|(?P<immediate>immediate))\s*$",
     re.IGNORECASE,
 )
@@ -32,7 +37,7 @@ class Every(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Schedule:
     every: Every
-    at: time = time(0, 0)
+    times: tuple[time, ...] = (time(0, 0),)  # sorted; daily and weekly send at each
     weekday: int = 0  # Monday = 0, for weekly
 
     def latest_slot(self, now: datetime, zone: ZoneInfo) -> datetime:
@@ -47,9 +52,9 @@ class Schedule:
         step = 1 if self.every is Every.DAILY else 7
         if self.every is Every.WEEKLY:
             day -= timedelta(days=(day.weekday() - self.weekday) % 7)
-        while (slot := self._at(day, zone)) > now:
+        while not (slots := [s for s in self._at(day, zone) if s <= now]):
             day -= timedelta(days=step)
-        return slot.astimezone(UTC)
+        return max(slots).astimezone(UTC)
 
     def next_slot(self, now: datetime, zone: ZoneInfo) -> datetime:
         """The first instant after `now` when this digest is due (UTC)."""
@@ -61,18 +66,19 @@ class Schedule:
         step = 1 if self.every is Every.DAILY else 7
         if self.every is Every.WEEKLY:
             day += timedelta(days=(self.weekday - day.weekday()) % 7)
-        while (slot := self._at(day, zone)) <= now:
+        while not (slots := [s for s in self._at(day, zone) if s > now]):
             day += timedelta(days=step)
-        return slot.astimezone(UTC)
+        return min(slots).astimezone(UTC)
 
-    def _at(self, day: date, zone: ZoneInfo) -> datetime:
-        return datetime.combine(day, self.at, tzinfo=zone)
+    def _at(self, day: date, zone: ZoneInfo) -> list[datetime]:
+        return [datetime.combine(day, at, tzinfo=zone) for at in self.times]
 
     def __str__(self) -> str:
+        times = ", ".join(f"{at:%H:%M}" for at in self.times)
         if self.every is Every.DAILY:
-            return f"daily {self.at:%H:%M}"
+            return f"daily {times}"
         if self.every is Every.WEEKLY:
-            return f"weekly {_WEEKDAYS[self.weekday]} {self.at:%H:%M}"
+            return f"weekly {_WEEKDAYS[self.weekday]} {times}"
         return self.every.value
 
 
@@ -81,20 +87,37 @@ def parse_schedule(text: str) -> Schedule:
     found = _PATTERN.match(text or "")
     if not found:
         raise ValueError(
-            f"{text!r} is not a schedule; write 'daily 07:00', 'weekly MON 07:00', "
-            "'hourly' or 'immediate'"
+            f"{text!r} is not a schedule; write 'daily 07:00', 'daily 07:00, 16:00', "
+            "'weekly monday 07:00', 'hourly' or 'immediate'"
         )
     if found["hourly"]:
         return Schedule(Every.HOURLY)
     if found["immediate"]:
         return Schedule(Every.IMMEDIATE)
-    clock = _clock(found["dtime"] or found["wtime"])
+    times = _times(found["dtime"] or found["wtime"])
     if found["daily"]:
-        return Schedule(Every.DAILY, clock)
-    day = found["day"].upper()
-    if day not in _WEEKDAYS:
-        raise ValueError(f"{found['day']!r} is not a weekday; use MON, TUE, ... SUN")
-    return Schedule(Every.WEEKLY, clock, _WEEKDAYS.index(day))
+        return Schedule(Every.DAILY, times)
+    return Schedule(Every.WEEKLY, times, _weekday(found["day"]))
+
+
+def _weekday(text: str) -> int:
+    """'monday', 'Mon', 'MON', 'Mo' -> 0."""
+    name = text.lower()
+    for names in (_DAY_NAMES, _GERMAN):
+        if name in names:
+            return names.index(name)
+    if len(name) >= 3 and (full := [d for d in _DAY_NAMES if d.startswith(name)]):
+        return _DAY_NAMES.index(full[0])
+    raise ValueError(f"{text!r} is not a weekday; write monday, tuesday, ... sunday (or MON)")
+
+
+def _times(text: str) -> tuple[time, ...]:
+    """'16:00, 07:00' -> (07:00, 16:00); a time given twice is a typo, said so."""
+    times = [_clock(part.strip()) for part in text.split(",")]
+    for at in times:
+        if times.count(at) > 1:
+            raise ValueError(f"{text!r} names {at:%H:%M} twice; give each time once")
+    return tuple(sorted(times))
 
 
 def _clock(text: str) -> time:
@@ -108,14 +131,19 @@ def check_in_zone(schedule: Schedule, zone: ZoneInfo, year: int) -> None:
     """Reject a local time that does not exist or occurs twice on a DST switch day."""
     if schedule.every not in (Every.DAILY, Every.WEEKLY):
         return
+    for at in schedule.times:
+        _check_time_in_zone(at, zone, year)
+
+
+def _check_time_in_zone(at: time, zone: ZoneInfo, year: int) -> None:
     day = date(year, 1, 1)
     while day.year == year:
-        first = datetime.combine(day, schedule.at, tzinfo=zone)
+        first = datetime.combine(day, at, tzinfo=zone)
         second = first.replace(fold=1)
         round_trip = first.astimezone(UTC).astimezone(zone)
-        if first.utcoffset() != second.utcoffset() or round_trip.time() != schedule.at:
+        if first.utcoffset() != second.utcoffset() or round_trip.time() != at:
             raise ValueError(
-                f"{schedule.at:%H:%M} does not exist or occurs twice in {zone.key} on "
+                f"{at:%H:%M} does not exist or occurs twice in {zone.key} on "
                 f"{day.isoformat()} (daylight saving switch); pick a time outside "
                 "the switch hour, e.g. 03:00 or later"
             )

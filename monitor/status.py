@@ -129,6 +129,8 @@ class Snapshot:
     # Workers registered with a recent heartbeat (several on PostgreSQL): the heartbeat above
     # is the last one any of them wrote, and one stopping wrote "stopped" while others ran.
     workers: tuple[WorkerInfo, ...] = ()
+    # When a feed was last polled, by any process: the daemon's heartbeat knows only its own.
+    last_poll_at: datetime | None = None
 
     def running(self, now: datetime) -> bool:
         """Whether a daemon (any worker) runs on this database."""
@@ -183,6 +185,7 @@ def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
         heartbeat=read_heartbeat(store),
         feeds_gone=gone,
         workers=tuple(w for w in store.live_workers(now - ALIVE_WITHIN) if _may_run(w.host, w.pid)),
+        last_poll_at=store.last_poll_at(),
     )
 
 
@@ -252,12 +255,15 @@ def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]
     if len(snapshot.workers) > 1 or (snapshot.workers and not alive):
         named = ", ".join(f"pid {w.pid} on {w.host}" for w in snapshot.workers)
         daemon = f"running: {len(snapshot.workers)} worker(s) ({named})"
+    polls = [snapshot.last_poll_at, heartbeat.last_poll_at if heartbeat else None]
+    last_poll = max((moment for moment in polls if moment is not None), default=None)
+    listed = " (`monitor dead-letters` lists them)" if outbox.dead else ""
     lines = [
         f"daemon:     {daemon}",
-        f"last poll:  {_local(heartbeat.last_poll_at if heartbeat else None, zone)}",
+        f"last poll:  {_local(last_poll, zone)}",
         f"feeds:      {feeds}",
         f"outbox:     {outbox.pending} pending{oldest}, {outbox.ready} ready to send, "
-        f"{outbox.dead} dead letters",
+        f"{outbox.dead} dead letters{listed}",
         "next digests:",
     ]
     width = max((len(d.watchlist) for d in snapshot.next_digests), default=0)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 from itertools import chain, repeat
 
+from typing_extensions import override
+
 _BLOCK_TAGS = frozenset(
     [
         "address",
@@ -112,6 +114,7 @@ class _TextExtractor(HTMLParser):
         self.parts: list[str] = []
         self._skipping = 0
 
+    @override
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP_TAGS:
             self._skipping += 1

@@ -144,6 +144,16 @@ def _checked_stop(leaf: _Leaf, field: _Field, start: int, end: int) -> int | Non
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    """A watchlist whose terms matched an item and whose exclusion removed it."""
+
+    watchlist: str
+    clause: str  # the exclusion as configured: "Werbung OR Anzeige", "title:Podcast"
+    hits: tuple[Hit, ...]  # what matched
+    removed_by: tuple[Hit, ...]  # what the exclusion found (none for a bare NOT)
+
+
 @dataclass(frozen=True)
 class _Watchlist:
     config: WatchlistConfig
@@ -209,6 +219,31 @@ class Matcher:
             if hits and not (watchlist.exclude and evaluation.run(watchlist.exclude) is not None):
                 matches.append(Match(watchlist.config.name, _hits(hits, prepared)))
         return matches
+
+    def excluded(
+        self, fields: Mapping[str, str], language: str | None = None, feed: str | None = None
+    ) -> list[Exclusion]:
+        """The watchlists that would match these fields but for their exclusion, and what
+        the exclusion found there (`monitor test` says so instead of "no match")."""
+        prepared = {name: _Field(name, text) for name, text in fields.items() if text}
+        found = self._index.scan(list(prepared.values()))
+        excluded = []
+        for watchlist in self._watchlists:
+            if watchlist.exclude is None or not applies(watchlist.config, language, feed):
+                continue
+            evaluation = _Evaluation(self._index, found, prepared)
+            hits = evaluation.run(watchlist.rule)
+            removed = evaluation.run(watchlist.exclude) if hits else None
+            if hits and removed is not None:
+                excluded.append(
+                    Exclusion(
+                        watchlist.config.name,
+                        _text(watchlist.exclude),
+                        _hits(hits, prepared),
+                        _hits(removed, prepared),
+                    )
+                )
+        return excluded
 
     def explain(
         self,
@@ -343,10 +378,21 @@ class _Evaluation:
         return lines
 
     def _describe(self, span: _Span) -> str:
-        """A span as the user can check it: field, offsets and the original words there."""
+        """A span as the user can check it: the field and the words around it, marked."""
         field = self._fields[span[0]].folded
         start, stop = field.source(span[1]), field.source(span[2])
-        return f"{span[0]}[{start}:{stop}] {field.original[start:stop]!r}"
+        return f"{span[0]}: {in_context(field.original, start, stop)}"
+
+
+def in_context(text: str, start: int, stop: int, width: int = 40) -> str:
+    """text[start:stop] marked *like this*, with up to `width` characters of whole words on
+    either side and "…" where the text goes on: what a reader checks a hit against."""
+    before, after = text[max(0, start - width) : start], text[stop : stop + width]
+    if start > width and " " in before:
+        before = "… " + before.split(" ", 1)[1]
+    if stop + width < len(text) and " " in after:
+        after = after.rsplit(" ", 1)[0] + " …"
+    return " ".join(f"{before}*{text[start:stop]}*{after}".split())
 
 
 def _nesting(node: Node) -> tuple[int, int] | None:

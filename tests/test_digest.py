@@ -41,7 +41,7 @@ def test_headers_and_structure() -> None:
     parsed = parse(message.mime)
     assert parsed["Message-ID"] == message.message_id
     assert parsed["Auto-Submitted"] == "auto-generated"
-    assert parsed["List-Unsubscribe"].startswith("<mailto:")
+    assert parsed["List-Unsubscribe"] is None  # no unsubscribe_url: nothing would handle it
     assert parsed["List-Id"]
     assert parsed["Date"] == "Sun, 29 Nov 2026 07:00:00 +0100"
     assert parsed.get_content_type() == "multipart/alternative"

@@ -103,7 +103,7 @@ def test_smtp_down_keeps_everything_pending(
     path = str(write_config(config(httpserver, free_port())))  # nothing listens there
     assert main(["--config", path, "poll"]) == 0
     assert main(["--config", path, "digest", "--send"]) == 1
-    assert "2 to retry" in capsys.readouterr().out
+    assert "2 deferred" in capsys.readouterr().out
     from monitor.config import load_config
     from monitor.store import open_store
 

@@ -74,7 +74,7 @@ def test_leases_of_the_stopped_sqlite_process_are_not_copied(
     source.claim_feeds("dead-worker", NOW, NOW + timedelta(hours=1), 10, force=True)
     source.ingest([make_item("1", title="xAI")], watch_xai, RECIPIENTS, NOW)
     ids = [i for _, entry in source.pending_entries() for i in entry.delivery_ids]
-    assert source.claim(OutgoingMessage("<m@test>", "a@example.org", b"x"), ids, NOW)
+    assert source.claim_digest(OutgoingMessage("<m@test>", "a@example.org", b"x"), ids, NOW)
     assert source.lease_message("<m@test>", "dead-worker", NOW, NOW + timedelta(minutes=10))
     source.close()
 

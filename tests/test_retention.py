@@ -37,7 +37,7 @@ def store(database_url: str) -> Iterator[Store]:
 def send_everything(store: Store) -> None:
     ids = [i for _, entry in store.pending_entries() for i in entry.delivery_ids]
     message = OutgoingMessage("<sent@test>", "a@example.org", b"x")
-    assert store.claim(message, ids, NOW)
+    assert store.claim_digest(message, ids, NOW)
     store.mark_sent(message.message_id, NOW)
 
 
@@ -128,11 +128,13 @@ def test_dead_letters_old_digest_periods_and_crashed_workers_do_not_pile_up(
     store.ingest([make_item("1", title="xAI")], watch_xai, RECIPIENTS, NOW)
     ids = [i for _, entry in store.pending_entries() for i in entry.delivery_ids]
     refused = OutgoingMessage("<dead@test>", "a@example.org", b"x")
-    assert store.claim(refused, ids, NOW)
+    assert store.claim_digest(refused, ids, NOW)
     store.mark_dead(refused.message_id, "550 no such user", NOW)
     for days in (0, 1, 2):  # three periods of one pair, one of another
-        assert store.claim(None, [], NOW, [DigestRun("xAI", "a@example.org", NOW + days * DAY)])
-    assert store.claim(None, [], NOW, [DigestRun("xAI", "b@example.org", NOW)])
+        assert store.claim_digest(
+            None, [], NOW, [DigestRun("xAI", "a@example.org", NOW + days * DAY)]
+        )
+    assert store.claim_digest(None, [], NOW, [DigestRun("xAI", "b@example.org", NOW)])
     store.heartbeat(WorkerInfo("crashed", "h", 1, "c", NOW), NOW)
     store.heartbeat(WorkerInfo("alive", "h", 2, "c", NOW + 40 * DAY), NOW + 40 * DAY)
 

@@ -68,3 +68,34 @@ def test_switch_hour_rejected(clock: str) -> None:
 def test_other_hours_accepted() -> None:
     check_in_zone(parse_schedule("daily 03:00"), BERLIN, 2026)
     check_in_zone(parse_schedule("daily 01:59"), BERLIN, 2026)
+
+
+def test_twice_daily_slots() -> None:
+    twice = parse_schedule("daily 07:00, 16:00")
+    assert str(twice) == "daily 07:00, 16:00"
+    # Berlin is UTC+1 in January: 07:00 = 06:00 UTC, 16:00 = 15:00 UTC.
+    assert twice.latest_slot(utc(2026, 1, 10, 12, 0), BERLIN) == utc(2026, 1, 10, 6, 0)
+    assert twice.latest_slot(utc(2026, 1, 10, 15, 0), BERLIN) == utc(2026, 1, 10, 15, 0)
+    assert twice.latest_slot(utc(2026, 1, 10, 5, 0), BERLIN) == utc(2026, 1, 9, 15, 0)
+    assert twice.next_slot(utc(2026, 1, 10, 6, 0), BERLIN) == utc(2026, 1, 10, 15, 0)
+    assert twice.next_slot(utc(2026, 1, 10, 15, 0), BERLIN) == utc(2026, 1, 11, 6, 0)
+    assert parse_schedule("daily 16:00,07:00") == twice  # order and spacing do not matter
+
+
+@pytest.mark.parametrize("day", ["monday", "Monday", "MON", "mon", "Mo"])
+def test_weekly_takes_day_names(day: str) -> None:
+    weekly = parse_schedule(f"weekly {day} 07:00")
+    assert weekly.weekday == 0 and str(weekly) == "weekly MON 07:00"
+
+
+def test_weekly_on_several_times_and_bad_forms() -> None:
+    assert str(parse_schedule("weekly friday 07:00, 16:00")) == "weekly FRI 07:00, 16:00"
+    with pytest.raises(ValueError, match="'someday' is not a weekday; write monday"):
+        parse_schedule("weekly someday 07:00")
+    with pytest.raises(ValueError, match="07:00 twice"):
+        parse_schedule("daily 07:00, 07:00")
+
+
+def test_twice_daily_switch_hour_rejected() -> None:
+    with pytest.raises(ValueError, match="02:30 does not exist"):
+        check_in_zone(parse_schedule("daily 07:00, 02:30"), BERLIN, 2026)

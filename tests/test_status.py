@@ -173,7 +173,7 @@ def test_a_digest_never_sent_goes_out_after_the_next_poll_not_at_its_time(
     out right after its feeds' next poll."""
     from monitor.store import DigestRun
 
-    store.claim(None, [], NOW, [DigestRun("Grok", "a@example.org", NOW)])  # Grok went out
+    store.claim_digest(None, [], NOW, [DigestRun("Grok", "a@example.org", NOW)])  # Grok went out
     snapshot = take_snapshot(store, config, NOW)
     assert {d.watchlist: d.first for d in snapshot.next_digests} == {"xAI": True, "Grok": False}
     lines = status_lines(snapshot, config, NOW)

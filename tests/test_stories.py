@@ -18,7 +18,8 @@ import yaml
 from datasketch import MinHash
 
 from monitor.models import Hit, Item, Match, OutgoingMessage
-from monitor.store import _STORY_LOCK, Store, open_store
+from monitor.store import Store, open_store
+from monitor.store.stories import STORY_LOCK
 from monitor.stories import (
     Candidate,
     DedupeSettings,
@@ -164,7 +165,7 @@ def ingest(store: Store, items: Sequence[Item], now: datetime = NOW) -> Any:
 def send_everything(store: Store) -> None:
     ids = [i for _, entry in store.pending_entries() for i in entry.delivery_ids]
     message = OutgoingMessage(f"<{len(ids)}.{ids[0]}@test>", "a@example.org", b"x")
-    assert store.claim(message, ids, NOW)
+    assert store.claim_digest(message, ids, NOW)
     store.mark_sent(message.message_id, NOW)
 
 
@@ -375,7 +376,7 @@ def test_a_column_in_two_feeds_does_not_chain_into_one_story(store: Store, feeds
     never a second item of a feed it holds."""
     import sqlalchemy as sa
 
-    from monitor.store import story_members
+    from monitor.store.schema import story_members
 
     words = [f"wort{n}" for n in range(40)]
     stories = []
@@ -441,7 +442,7 @@ def test_a_known_item_matched_in_another_feed_is_queued_under_the_story_lock(
     other = sa.create_engine(postgres_url)
     try:
         with other.begin() as holder:  # another worker clustering
-            holder.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _STORY_LOCK})
+            holder.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": STORY_LOCK})
             worker = threading.Thread(
                 target=store.ingest, args=([copy], match, recipients, NOW + timedelta(hours=1))
             )

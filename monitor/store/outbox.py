@@ -1,0 +1,411 @@
+"""The outbox: pending deliveries, digest periods claimed, messages stored before they are
+sent, sent under a lease, marked sent, retried or dead-lettered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from monitor.models import DeliveryStatus, DigestEntry, MessageKind, MessageStatus, OutgoingMessage
+from monitor.store.dialect import among, aware, chunks, insert
+from monitor.store.engine import StoreBase
+from monitor.store.schema import (
+    deliveries,
+    digest_runs,
+    hits_from,
+    item_from,
+    items,
+    matches,
+    messages,
+    story_members,
+)
+from monitor.store.stories import story_outlets
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRun:
+    """One digest period handled for one recipient of one watchlist."""
+
+    watchlist: str
+    recipient: str
+    slot: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """Counts for status displays."""
+
+    pending: int  # deliveries (a watchlist's match for a recipient) not yet accepted
+    ready: int  # messages stored, waiting to be sent
+    dead: int  # dead letters: messages the server refused for good
+    oldest_pending: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredMessage:
+    """A message whose last attempt failed for a reason that may pass; it waits its turn."""
+
+    recipient: str
+    kind: MessageKind
+    attempts: int
+    next_attempt_at: datetime
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the server refused for good; `monitor retry-dead` sends it again."""
+
+    message_id: str
+    recipient: str
+    kind: MessageKind
+    since: datetime  # when it was refused
+    error: str
+
+
+# What is told about a message without its bytes.
+_ABOUT_MESSAGE = [c for c in messages.c if c.name != "mime"]
+
+
+def _one_entry_per_story(
+    rows: Sequence[Any], outlets: Mapping[int, Sequence[tuple[str, str]]]
+) -> list[tuple[str, DigestEntry]]:
+    """One entry per recipient, watchlist and story, under the story's first item (else its
+    earliest), naming the other outlets that carried it; every delivery id is kept."""
+    groups: dict[tuple[str, str, Any], list[Any]] = {}
+    for row in rows:
+        story = row.story_id if row.story_id is not None else ("item", row.item_pk)
+        groups.setdefault((row.recipient, row.watchlist, story), []).append(row)
+    entries = []
+    for (recipient, watchlist, _), group in groups.items():
+        shown = min(group, key=lambda r: (r.item_pk != r.story_id, r.published_at))
+        also: dict[str, str] = {}  # outlet -> its first link to the story
+        for outlet, url in outlets.get(shown.story_id, ()):
+            if outlet != shown.feed:
+                also.setdefault(outlet, url)
+        entry = DigestEntry(
+            tuple(r.id for r in group),
+            watchlist,
+            item_from(shown),
+            hits_from(shown.hits),
+            also_reported_by=tuple(also.items()),
+            updated=shown.revision_of is not None,
+        )
+        entries.append((recipient, entry))
+    return entries
+
+
+class OutboxStore(StoreBase):
+    # ------------------------------------------------------------------ outbox
+
+    def pending_entries(
+        self, watchlists: Iterable[str] | None = None
+    ) -> list[tuple[str, DigestEntry]]:
+        """Pending deliveries as (recipient, entry), oldest item first."""
+        query = (
+            sa.select(
+                deliveries.c.id,
+                deliveries.c.recipient,
+                deliveries.c.watchlist,
+                matches.c.hits,
+                items,
+                items.c.id.label("item_pk"),
+                story_members.c.story_id,
+                story_members.c.revision_of,
+            )
+            .join(matches, deliveries.c.match_id == matches.c.id)
+            .join(items, matches.c.item_id == items.c.id)
+            .outerjoin(story_members, story_members.c.item_id == items.c.id)
+            .where(deliveries.c.status == DeliveryStatus.PENDING)
+            .order_by(items.c.published_at.desc(), deliveries.c.id)
+        )
+        if watchlists is not None:
+            query = query.where(deliveries.c.watchlist.in_(list(watchlists)))
+        with self._read() as tx:
+            rows = tx.execute(query).all()
+            outlets = story_outlets(tx, {r.story_id for r in rows if r.story_id is not None})
+        return _one_entry_per_story(rows, outlets)
+
+    def claim_digest(
+        self,
+        message: OutgoingMessage | None,
+        delivery_ids: Sequence[int],
+        now: datetime,
+        runs: Sequence[DigestRun] = (),
+    ) -> bool:
+        """Record the digest runs, store the rendered message and bind its deliveries, at once.
+
+        Returns False, storing nothing, when another process already handled one of the runs
+        or claimed one of the deliveries: exactly one worker composes each digest period.
+        """
+        with self._tx() as tx:
+            message_id = message.message_id if message else None
+            if runs:
+                recorded = tx.execute(
+                    insert(tx, digest_runs)
+                    .values(
+                        [
+                            {
+                                "watchlist": r.watchlist,
+                                "recipient": r.recipient,
+                                "slot": r.slot,
+                                "message_id": message_id,
+                                "created_at": now,
+                            }
+                            for r in runs
+                        ]
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(digest_runs.c.watchlist)
+                ).all()
+                if len(recorded) != len(runs):
+                    tx.rollback()
+                    return False
+            if message is None:
+                return True
+            stored = tx.execute(
+                insert(tx, messages)
+                .values(
+                    message_id=message.message_id,
+                    recipient=message.recipient,
+                    mime=message.mime,
+                    kind=message.kind,
+                    status=MessageStatus.READY,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["message_id"])
+            ).rowcount
+            if not stored:  # another worker composed the very same message first
+                tx.rollback()
+                return False
+            if delivery_ids:
+                # One bound array, not a parameter per id: a digest binds hundreds, and
+                # each count would make a statement of its own to compile and plan.
+                claimed = tx.execute(
+                    deliveries.update()
+                    .where(among(tx, deliveries.c.id, sorted(delivery_ids)))
+                    .where(deliveries.c.status == DeliveryStatus.PENDING)
+                    .values(status=DeliveryStatus.CLAIMED, message_id=message.message_id)
+                ).rowcount
+                if claimed != len(delivery_ids):
+                    tx.rollback()
+                    return False
+        return True
+
+    def last_runs(self) -> dict[tuple[str, str], datetime]:
+        """The latest handled slot per (watchlist, recipient)."""
+        query = sa.select(
+            digest_runs.c.watchlist, digest_runs.c.recipient, sa.func.max(digest_runs.c.slot)
+        ).group_by(digest_runs.c.watchlist, digest_runs.c.recipient)
+        with self._read() as tx:
+            return {(w, r): aware(slot) for w, r, slot in tx.execute(query)}
+
+    def pending_since(self) -> dict[tuple[str, str], datetime]:
+        """When the oldest pending delivery of each (watchlist, recipient) was queued."""
+        query = (
+            sa.select(
+                deliveries.c.watchlist, deliveries.c.recipient, sa.func.min(deliveries.c.created_at)
+            )
+            .where(deliveries.c.status == DeliveryStatus.PENDING)
+            .group_by(deliveries.c.watchlist, deliveries.c.recipient)
+        )
+        with self._read() as tx:
+            return {(w, r): aware(created) for w, r, created in tx.execute(query)}
+
+    def ready_messages(self, now: datetime, *, flush: bool = False) -> list[OutgoingMessage]:
+        """Messages stored but not yet accepted by the server, due (flush: waiting for a
+        retry or not, as `postqueue -f`), and not being sent."""
+        query = (
+            sa.select(messages.c.message_id, messages.c.recipient, messages.c.mime, messages.c.kind)
+            .where(messages.c.status == MessageStatus.READY)
+            .where(sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until <= now))
+            .order_by(messages.c.created_at)
+        )
+        if not flush:
+            query = query.where(messages.c.next_attempt_at <= now)
+        with self._read() as tx:
+            return [
+                OutgoingMessage(r.message_id, r.recipient, bytes(r.mime), MessageKind(r.kind))
+                for r in tx.execute(query)
+            ]
+
+    def release_message_leases(self) -> int:
+        """Forget every send lease; only for a process that knows it is the sole sender.
+
+        SQLite deployments hold a file lock, so a lease found at start-up belongs to a process
+        that died mid-send: its message is resent now (the at-most-one repeat), not in 10 min.
+        """
+        with self._tx() as tx:
+            return int(
+                tx.execute(
+                    messages.update()
+                    .where(messages.c.lease_owner.is_not(None))
+                    .values(lease_owner=None, lease_until=None)
+                ).rowcount
+            )
+
+    def lease_message(self, message_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the right to send a message now; False if another worker holds it."""
+        with self._tx() as tx:
+            taken = tx.execute(
+                messages.update()
+                .where(messages.c.message_id == message_id)
+                .where(messages.c.status == MessageStatus.READY)
+                .where(
+                    sa.or_(
+                        messages.c.lease_until.is_(None),
+                        messages.c.lease_until <= now,
+                        messages.c.lease_owner == owner,
+                    )
+                )
+                .values(lease_owner=owner, lease_until=until)
+            ).rowcount
+        return bool(taken)
+
+    def mark_sent(self, message_id: str, now: datetime) -> None:
+        self._finish(message_id, MessageStatus.SENT, now, None)
+
+    def mark_dead(self, message_id: str, error: str, now: datetime) -> None:
+        self._finish(message_id, MessageStatus.DEAD, now, error)
+
+    def _finish(
+        self, message_id: str, status: MessageStatus, now: datetime, error: str | None
+    ) -> None:
+        """A sent message stays sent: a refusal reported late (by a worker whose lease ran
+        out meanwhile) does not turn it, or its deliveries, into dead letters."""
+        with self._tx() as tx:
+            changed = tx.execute(
+                messages.update()
+                .where(messages.c.message_id == message_id)
+                .where(messages.c.status != MessageStatus.SENT)
+                .values(
+                    status=status,
+                    sent_at=now,
+                    last_error=error,
+                    attempts=messages.c.attempts + 1,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            ).rowcount
+            if changed:
+                tx.execute(
+                    deliveries.update()
+                    .where(deliveries.c.message_id == message_id)
+                    .values(status=DeliveryStatus(status.value), sent_at=now)
+                )
+
+    def mark_retry(
+        self, message_id: str, error: str, now: datetime, delay: Callable[[int], timedelta]
+    ) -> None:
+        """Record a transient failure; the next attempt waits delay(failed attempts so far)."""
+        with self._tx() as tx:
+            attempts = (
+                tx.execute(
+                    sa.select(messages.c.attempts).where(messages.c.message_id == message_id)
+                ).scalar_one()
+                + 1
+            )
+            tx.execute(
+                messages.update()
+                .where(messages.c.message_id == message_id)
+                .values(
+                    last_error=error,
+                    attempts=attempts,
+                    next_attempt_at=now + delay(attempts),
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+
+    def outbox(self) -> Outbox:
+        with self._read() as tx:
+            pending = tx.execute(
+                sa.select(sa.func.count(), sa.func.min(deliveries.c.created_at)).where(
+                    deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED))
+                )
+            ).one()
+            ready = tx.execute(
+                sa.select(sa.func.count()).where(messages.c.status == MessageStatus.READY)
+            ).scalar_one()
+            dead = tx.execute(
+                sa.select(sa.func.count()).where(messages.c.status == MessageStatus.DEAD)
+            ).scalar_one()
+        oldest = aware(pending[1]) if pending[1] is not None else None
+        return Outbox(int(pending[0]), int(ready), int(dead), oldest)
+
+    def retry_dead(self, now: datetime, recipient: str | None = None) -> int:
+        """Send dead letters (of one recipient, or all) again, once their cause is fixed (a
+        mailbox restored, a sender allowed): the same bytes and Message-ID, ready now, and
+        their deliveries claimed by them again. Returns how many."""
+        query = sa.select(messages.c.message_id).where(messages.c.status == MessageStatus.DEAD)
+        if recipient is not None:
+            query = query.where(messages.c.recipient == recipient)
+        with self._tx() as tx:
+            found = sorted(tx.execute(query).scalars())
+            for chunk in chunks(found):
+                tx.execute(
+                    messages.update()
+                    .where(among(tx, messages.c.message_id, chunk, sa.Text))
+                    .values(
+                        status=MessageStatus.READY,
+                        attempts=0,
+                        last_error=None,
+                        next_attempt_at=now,
+                        sent_at=None,
+                        lease_owner=None,
+                        lease_until=None,
+                    )
+                )
+                tx.execute(
+                    deliveries.update()
+                    .where(among(tx, deliveries.c.message_id, chunk, sa.Text))
+                    .where(deliveries.c.status == DeliveryStatus.DEAD)
+                    .values(status=DeliveryStatus.CLAIMED, sent_at=None)
+                )
+        return len(found)
+
+    def dead_letters(self, recipient: str | None = None) -> list[DeadLetter]:
+        """Each message the server refused for good (of one recipient), oldest first."""
+        query = (
+            sa.select(*_ABOUT_MESSAGE)
+            .where(messages.c.status == MessageStatus.DEAD)
+            .order_by(messages.c.sent_at, messages.c.recipient)
+        )
+        if recipient is not None:
+            query = query.where(messages.c.recipient == recipient)
+        with self._read() as tx:
+            return [
+                DeadLetter(
+                    row.message_id,
+                    row.recipient,
+                    MessageKind(row.kind),
+                    aware(row.sent_at or row.created_at),
+                    row.last_error or "",
+                )
+                for row in tx.execute(query)
+            ]
+
+    def deferred_messages(self) -> list[DeferredMessage]:
+        """Messages waiting for another attempt after a failure that may pass, soonest first."""
+        query = (
+            sa.select(*_ABOUT_MESSAGE)
+            .where(messages.c.status == MessageStatus.READY)
+            .where(messages.c.attempts > 0)
+            .order_by(messages.c.next_attempt_at, messages.c.recipient)
+        )
+        with self._read() as tx:
+            return [
+                DeferredMessage(
+                    row.recipient,
+                    MessageKind(row.kind),
+                    row.attempts,
+                    aware(row.next_attempt_at),
+                    row.last_error or "",
+                )
+                for row in tx.execute(query)
+            ]
