@@ -26,6 +26,7 @@ from monitor.config import (
     _parse_duration,
     find_config,
     mailbox_address,
+    missing_feeds,
 )
 from monitor.delivery import UNHEALTHY, preview, run_digests, send_test_email
 from monitor.digest import read_back
@@ -182,6 +183,11 @@ _READERS = {"status", "feeds", "prune", "dead-letters", "retry-dead", "migrate-d
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
+    if (no_feeds := missing_feeds(config)) is not None and args.command in ("run", "poll"):
+        print(f"{path}: {no_feeds}", file=sys.stderr)
+        return EXIT_USAGE
+    if no_feeds is not None and args.command in ("check", "test"):
+        print(f"{path}: warning: {no_feeds}", file=sys.stderr)
     if args.command == "check":
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
@@ -471,12 +477,12 @@ def _why_not(store: Store, matcher: Matcher, names: list[str], wanted: str) -> i
     item_id, item = stored
     fields = {"title": item.title, "summary": item.summary}
     matched = {m.watchlist for m in matcher.match(item)}
-    excluded = {e.watchlist for e in matcher.excluded(fields, item.language, item.feed)}
+    excluded = {e.watchlist for e in matcher.excluded(fields, item.language, item.feed, item.url)}
     print(f"#{item_id} [{item.feed}, {item.language}] {item.title}")
     for name in names:
         verdict = "matches" if name in matched else "no match"
         print(f"{name}: {verdict}{': its exclusion removed it' if name in excluded else ''}")
-        for line in matcher.explain(name, fields, item.language, item.feed):
+        for line in matcher.explain(name, fields, item.language, item.feed, item.url):
             print(f"  {line}")
     return EXIT_OK if matched else EXIT_FAILURE
 

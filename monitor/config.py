@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.config_messages import EXAMPLES, did_you_mean, meant_key, plain_message
 from monitor.errors import ConfigError
 from monitor.schedules import (
     QuietHours,
@@ -258,8 +259,9 @@ def _check_query(query: str, info: ValidationInfo) -> str:
     try:
         if is_vacuous(parse_query(query)):
             raise QueryError(
-                "the query also matches items without any of its terms (a bare NOT); "
-                "combine it with a term: Musk AND NOT Muskat",
+                "the query also matches items without any of its terms (a bare NOT or a "
+                "filter such as site:); combine it with a term, as in Musk AND NOT Muskat "
+                "or site:n-tv.de AND Grok",
                 query,
                 0,
             )
@@ -304,17 +306,30 @@ class WatchlistConfig(_Model):
     @field_validator("exclude")
     @classmethod
     def _valid_exclude(cls, exclude: tuple[str, ...] | str) -> tuple[str, ...] | str:
-        if isinstance(exclude, str):
-            from monitor.errors import QueryError
-            from monitor.query import parse_query
+        from monitor.errors import QueryError
+        from monitor.query import minus_terms, parse_query, parse_term
 
+        if isinstance(exclude, str):
             try:  # a bare NOT is fine here: it only ever removes items
-                parse_query(exclude)
+                excluded = minus_terms(parse_query(exclude))
             except QueryError as error:
                 raise ValueError(f"{error.message}\n{error.pointer()}") from None
+            if excluded:  # Google's -perfume here would remove every item WITHOUT perfume
+                raise ValueError(
+                    "exclude lists what to remove, so a '-' there would remove every item "
+                    f"without {excluded[0]}; write exclude: [{', '.join(excluded)}]"
+                )
             return exclude
         for term in exclude:
-            _check_term(term)
+            try:
+                parse_term(term)
+            except QueryError as error:
+                if error.rewrite is None:
+                    raise ValueError(error.message) from None
+                raise ValueError(
+                    f"exclude lists what to remove; write it without the '-': "
+                    f"exclude: [{error.rewrite}]"
+                ) from None
         return exclude
 
     @model_validator(mode="after")
@@ -505,7 +520,7 @@ class Config(_Model):
     # An item dated longer ago than this when monitor could first have read it (a feed's
     # archive on its first poll) is stored, deduplicated and searchable, but never alerted.
     backlog: Duration = 48 * 3600.0
-    feeds: tuple[FeedConfig, ...] = Field(min_length=1)
+    feeds: tuple[FeedConfig, ...] = ()  # none: check and test work, run and poll refuse
     watchlists: tuple[WatchlistConfig, ...] = Field(min_length=1)
     source: str = Field("<memory>", exclude=True)  # the file this came from, for messages
 
@@ -609,7 +624,12 @@ def parse_config(text: str, source: str = "<string>", base: Path | None = None) 
         nested = {tuple(e["loc"][:i]) for e in errors for i in range(1, len(e["loc"]))}
         # A list whose entries failed also reports "too short"; the entries' errors say more.
         errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in nested)]
-        problems += [_describe(source, e, values, keys, data) for e in errors]
+        # "link: unknown key; did you mean url?" says all: not also "url: required key is missing".
+        unknown = [e["loc"] for e in errors if e["type"] == "extra_forbidden"]
+        meant = {(*loc[:-1], meant_key(loc, Config)) for loc in unknown}
+        errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
+        described = [_describe(source, e, values, keys, data) for e in errors]
+        problems += list(dict.fromkeys(described))  # a union's members say it once
     else:
         problems += _cross_checks(config, source, values)
         if not problems:
@@ -722,21 +742,16 @@ def _describe(
 ) -> str:
     loc: _Path = tuple(part for part in error["loc"] if not _is_pydantic_tag(part))
     kind = error["type"]
+    message = plain_message(error, loc, Config)
     if kind == "extra_forbidden":
         mark = keys.get(loc) or _nearest(loc, values)
-        message = "unknown key; check the spelling against config.example.yaml"
     elif kind == "missing":
         mark = _nearest(loc, values)
-        message = "required key is missing"
     else:
         # Name the key the user wrote: "recipients[0]", not the model's inner "...address".
         while loc and loc not in values and loc[:-1] in values:
             loc = loc[:-1]
         mark = values.get(loc) or _nearest(loc, values)
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if kind == "string_type" and isinstance(error.get("input"), dict):
-            # terms: [{xAI}] is a mapping to YAML; the docs' case-sensitive form needs quotes.
-            message += '; YAML reads {...} as a mapping: quote it, e.g. "{xAI}"'
     return f"{source}:{mark.line}:{mark.column}: {_dotted(loc)}: {_naming(message, loc, data)}"
 
 
@@ -793,8 +808,27 @@ def _cross_checks(config: Config, source: str, values: dict[_Path, _Mark]) -> li
                 report(("watchlists", index, "recipients", position, "digest"), str(error))
         for position, feed in enumerate(watchlist.feeds):
             if feed not in feed_names:
-                report(("watchlists", index, "feeds", position), f"no feed is named {feed!r}")
+                report(("watchlists", index, "feeds", position), _no_feed_named(feed, feed_names))
     return problems
+
+
+def _no_feed_named(name: str, feed_names: set[str]) -> str:
+    meant = did_you_mean(name, sorted(feed_names))
+    if meant is not None:
+        return f"no feed is named {name!r}; did you mean {meant!r}?"
+    if not feed_names:
+        return f"no feed is named {name!r}: there are no feeds; add {EXAMPLES['feeds']}"
+    return f"no feed is named {name!r}; the feeds are {', '.join(sorted(feed_names))}"
+
+
+def missing_feeds(config: Config) -> str | None:
+    """Why `run` and `poll` cannot work with this config (it has no feeds), or None. The
+    other commands can: a watchlist is tried with `test` before any feed is chosen."""
+    if config.feeds:
+        return None
+    return (
+        f"feeds: no feeds are configured; run and poll need at least one: add {EXAMPLES['feeds']}"
+    )
 
 
 def _duplicates(names: list[str]) -> Iterator[tuple[int, str]]:

@@ -31,12 +31,17 @@ class ConfigError(MonitorError):
 
 
 class QueryError(MonitorError):
-    """A watchlist query is not valid; `position` is the 0-based offset of the problem."""
+    """A watchlist query is not valid; `position` is the 0-based offset of the problem.
 
-    def __init__(self, message: str, query: str, position: int) -> None:
+    `rewrite`, when the message suggests one, is the whole query (or list term) as the user
+    meant it: it parses, and the message ends with it.
+    """
+
+    def __init__(self, message: str, query: str, position: int, rewrite: str | None = None) -> None:
         self.message = message
         self.query = query
         self.position = position
+        self.rewrite = rewrite
         super().__init__(f"{message} at position {position + 1}")
 
     def pointer(self) -> str:

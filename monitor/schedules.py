@@ -15,9 +15,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 _WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
-_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-# German short forms too (Mo, Di, Mi, Do, Fr, Sa, So): the users are German press offices.
-_GERMAN = ("mo", "di", "mi", "do", "fr", "sa", "so")
+_DAY_NAMES = (
+    ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
+    # German too (Montag, Mo, Di, ...): many users are German press offices.
+    ("montag", "dienstag", "mittwoch", "donnerstag", "freitag", "samstag", "sonntag"),
+)
 _TIMES = r"\d{1,2}:\d{2}(?:\s*,\s*\d{1,2}:\d{2})*"
 _PATTERN = re.compile(
     rf"^\s*(?:(?P<daily>daily)\s+(?P<dtime>{_TIMES})"
@@ -101,14 +103,13 @@ def parse_schedule(text: str) -> Schedule:
 
 
 def _weekday(text: str) -> int:
-    """'monday', 'Mon', 'MON', 'Mo' -> 0."""
+    """'monday', 'Mon', 'MON', 'Montag', 'Mo' -> 0: a day's name, or the start of one
+    that fits no other day."""
     name = text.lower()
-    for names in (_DAY_NAMES, _GERMAN):
-        if name in names:
-            return names.index(name)
-    if len(name) >= 3 and (full := [d for d in _DAY_NAMES if d.startswith(name)]):
-        return _DAY_NAMES.index(full[0])
-    raise ValueError(f"{text!r} is not a weekday; write monday, tuesday, ... sunday (or MON)")
+    days = {day for names in _DAY_NAMES for day, full in enumerate(names) if full.startswith(name)}
+    if len(name) < 2 or len(days) != 1:
+        raise ValueError(f"{text!r} is not a weekday; write monday, tuesday, ... sunday (or MON)")
+    return days.pop()
 
 
 def _times(text: str) -> tuple[time, ...]:

@@ -17,12 +17,26 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import ahocorasick
 
 from monitor.config import WatchlistConfig
 from monitor.models import Hit, Item, Match
-from monitor.query import And, Near, Node, Not, Or, Scope, Term, parse_query, parse_term, terms_of
+from monitor.query import (
+    WILDCARD,
+    And,
+    Filter,
+    Near,
+    Node,
+    Not,
+    Or,
+    Scope,
+    Term,
+    parse_query,
+    parse_term,
+    terms_of,
+)
 from monitor.text import CharTable, FoldedText, fold_text, lower_keep_length
 
 FIELDS = ("title", "summary")
@@ -53,6 +67,9 @@ class _Leaf:
     lower: str  # lowercased phrase, hyphens as spaces ("Tesla-Chef" = "Tesla Chef")
     cased: str | None  # the folded phrase with its case, for {case-sensitive} terms
     prefix: bool
+    # For a term with ? wildcards: the whole term as a pattern (over the lowercased text, or
+    # the folded one for a cased term); the key is then only the part before the first ?.
+    pattern: re.Pattern[str] | None = None
 
 
 class _Field:
@@ -90,8 +107,7 @@ class _TermIndex:
         if identity not in self._by_identity:
             self._by_identity[identity] = len(self.leaves)
             cased = term.phrase.replace("-", " ") if term.case_sensitive else None
-            key = (" " + lower).translate(_SPACES)
-            self.leaves.append(_Leaf(key, lower.replace("-", " "), cased, term.prefix))
+            self.leaves.append(_leaf(term, lower, cased))
         self.leaf_of[term] = self._by_identity[identity]
         return self.leaf_of[term]
 
@@ -124,15 +140,38 @@ class _TermIndex:
         return found
 
 
+def _leaf(term: Term, lower: str, cased: str | None) -> _Leaf:
+    if not term.wildcard:
+        return _Leaf((" " + lower).translate(_SPACES), lower.replace("-", " "), cased, term.prefix)
+    literal = lower[: WILDCARD.search(lower).start()]  # type: ignore[union-attr]
+    source = term.phrase if term.case_sensitive else lower
+    pattern, position = "", 0
+    for wildcard in WILDCARD.finditer(source):
+        pattern += _literal(source[position : wildcard.start()]) + _LETTER * len(wildcard.group())
+        position = wildcard.end()
+    pattern += _literal(source[position:])
+    key = (" " + literal).translate(_SPACES)
+    return _Leaf(key, lower, cased, term.prefix, re.compile(pattern))
+
+
+_LETTER = r"[^\W\d_]"  # what one ? stands for
+
+
+def _literal(text: str) -> str:
+    """Text as a pattern in which a hyphen and a space are the same (Tesla-Chef)."""
+    return "".join("[- ]" if char in "- " else re.escape(char) for char in text)
+
+
 def _checked_stop(leaf: _Leaf, field: _Field, start: int, end: int) -> int | None:
     """Where the hit ends if the automaton's candidate really is the term, else None."""
-    segment = field.lower[start:end]
-    if segment != leaf.lower and segment.replace("-", " ") != leaf.lower:
-        return None  # "x AI" is a candidate for "x.AI" but not the term
-    if leaf.cased is not None:
-        cased = field.folded.text[start:end]
-        if cased != leaf.cased and cased.replace("-", " ") != leaf.cased:
+    if leaf.pattern is not None:
+        text = field.folded.text if leaf.cased is not None else field.lower
+        found = leaf.pattern.match(text, start)
+        if found is None:
             return None
+        end = found.end()
+    elif not _is_term_at(leaf, field, start, end):
+        return None
     text = field.lower
     if leaf.prefix:
         found = _WORD_REST.match(text, end)
@@ -142,6 +181,17 @@ def _checked_stop(leaf: _Leaf, field: _Field, start: int, end: int) -> int | Non
     if text[end] == "s" and (end + 1 == len(text) or not text[end + 1].isalnum()):
         return end + 1  # the inflection is part of the highlighted word
     return None
+
+
+def _is_term_at(leaf: _Leaf, field: _Field, start: int, end: int) -> bool:
+    segment = field.lower[start:end]
+    if segment != leaf.lower and segment.replace("-", " ") != leaf.lower:
+        return False  # "x AI" is a candidate for "x.AI" but not the term
+    if leaf.cased is not None:
+        cased = field.folded.text[start:end]
+        if cased != leaf.cased and cased.replace("-", " ") != leaf.cased:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,29 +249,38 @@ class Matcher:
 
     def match(self, item: Item) -> list[Match]:
         return self.match_fields(
-            {"title": item.title, "summary": item.summary}, item.language, item.feed
+            {"title": item.title, "summary": item.summary}, item.language, item.feed, item.url
         )
 
     def match_fields(
-        self, fields: Mapping[str, str], language: str | None = None, feed: str | None = None
+        self,
+        fields: Mapping[str, str],
+        language: str | None = None,
+        feed: str | None = None,
+        url: str | None = None,
     ) -> list[Match]:
         prepared = {name: _Field(name, text) for name, text in fields.items() if text}
         found = self._index.scan(list(prepared.values()))
         # Only watchlists with at least one term found can match: a query is never vacuous.
         candidates = sorted({w for leaf in found for w in self._by_leaf.get(leaf, ())})
+        origin = Origin(language, url)
         matches = []
         for position in candidates:
             watchlist = self._watchlists[position]
             if not applies(watchlist.config, language, feed):
                 continue
-            evaluation = _Evaluation(self._index, found, prepared)
+            evaluation = _Evaluation(self._index, found, prepared, origin)
             hits = evaluation.run(watchlist.rule)
             if hits and not (watchlist.exclude and evaluation.run(watchlist.exclude) is not None):
                 matches.append(Match(watchlist.config.name, _hits(hits, prepared)))
         return matches
 
     def excluded(
-        self, fields: Mapping[str, str], language: str | None = None, feed: str | None = None
+        self,
+        fields: Mapping[str, str],
+        language: str | None = None,
+        feed: str | None = None,
+        url: str | None = None,
     ) -> list[Exclusion]:
         """The watchlists that would match these fields but for their exclusion, and what
         the exclusion found there (`monitor test` says so instead of "no match")."""
@@ -231,7 +290,7 @@ class Matcher:
         for watchlist in self._watchlists:
             if watchlist.exclude is None or not applies(watchlist.config, language, feed):
                 continue
-            evaluation = _Evaluation(self._index, found, prepared)
+            evaluation = _Evaluation(self._index, found, prepared, Origin(language, url))
             hits = evaluation.run(watchlist.rule)
             removed = evaluation.run(watchlist.exclude) if hits else None
             if hits and removed is not None:
@@ -251,6 +310,7 @@ class Matcher:
         fields: Mapping[str, str],
         language: str | None = None,
         feed: str | None = None,
+        url: str | None = None,
     ) -> list[str]:
         """Why watchlist `name` does or does not match: its filters and each clause, marked."""
         found = [w for w in self._watchlists if w.config.name == name]
@@ -258,7 +318,8 @@ class Matcher:
             raise KeyError(f"no watchlist named {name!r}")
         watchlist = found[0]
         prepared = {field: _Field(field, text) for field, text in fields.items() if text}
-        evaluation = _Evaluation(self._index, self._index.scan(list(prepared.values())), prepared)
+        found_leaves = self._index.scan(list(prepared.values()))
+        evaluation = _Evaluation(self._index, found_leaves, prepared, Origin(language, url))
         lines = [
             f"filters: {reason}" for reason in filter_failures(watchlist.config, language, feed)
         ]
@@ -268,16 +329,44 @@ class Matcher:
         return lines
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an item is from, for a query's site: and language: filters (None: unknown)."""
+
+    language: str | None = None
+    url: str | None = None
+
+    def has(self, condition: Filter) -> bool:
+        """Whether the item is from one of the filter's sites or in one of its languages;
+        never when that is unknown, so an exclusion by site: never removes every item."""
+        if condition.field == "language":
+            return self.language is not None and _primary(self.language) in condition.values
+        host = _host(self.url)
+        return any(host == site or host.endswith("." + site) for site in condition.values)
+
+
+def _host(url: str | None) -> str:
+    try:
+        return (urlsplit(url).hostname or "") if url else ""
+    except ValueError:  # a link no browser would open is from no site
+        return ""
+
+
 class _Evaluation:
     """The boolean evaluation of clauses over the leaves found in one item."""
 
     def __init__(
-        self, index: _TermIndex, found: dict[int, list[_Span]], fields: dict[str, _Field]
+        self,
+        index: _TermIndex,
+        found: dict[int, list[_Span]],
+        fields: dict[str, _Field],
+        origin: Origin | None = None,
     ) -> None:
         self._index = index
         self._found = found
         self._fields = fields
         self._all = frozenset(fields)
+        self._origin = origin or Origin()
 
     def run(self, node: Node, scope: frozenset[str] | None = None) -> _Found:
         scope = self._all if scope is None else scope
@@ -287,6 +376,8 @@ class _Evaluation:
             return hits or None
         if isinstance(node, Scope):
             return self.run(node.child, scope & {node.field})
+        if isinstance(node, Filter):
+            return [] if self._origin.has(node) else None
         if isinstance(node, Not):
             return [] if self.run(node.child, scope) is None else None
         if isinstance(node, Near):
@@ -304,8 +395,12 @@ class _Evaluation:
         left, right = self.run(node.left, scope), self.run(node.right, scope)
         if not left or not right:
             return None
-        hits = self._partners(node.left, left, self._near_one_of(left, right, node.distance))
-        hits += self._partners(node.right, right, self._near_one_of(right, left, node.distance))
+        # NEAR/nf: a left hit needs a right one after it, a right hit a left one before it.
+        after, before = (True, False) if node.ordered else (True, True)
+        near_left = self._near_one_of(left, right, node.distance, after=after, before=before)
+        near_right = self._near_one_of(right, left, node.distance, after=before, before=after)
+        hits = self._partners(node.left, left, near_left)
+        hits += self._partners(node.right, right, near_right)
         return hits or None
 
     def _partners(
@@ -328,7 +423,13 @@ class _Evaluation:
         return kept
 
     def _near_one_of(
-        self, hits: list[tuple[Term, _Span]], others: list[tuple[Term, _Span]], distance: int
+        self,
+        hits: list[tuple[Term, _Span]],
+        others: list[tuple[Term, _Span]],
+        distance: int,
+        *,
+        after: bool = True,
+        before: bool = True,
     ) -> list[tuple[Term, _Span]]:
         """The hits with at most `distance` words between them and one of `others`.
 
@@ -349,15 +450,15 @@ class _Evaluation:
             if name not in starts:
                 continue
             field = self._fields[name]
-            after = bisect_left(starts[name], stop)  # the first other starting after the hit
-            if after < len(starts[name]):
-                between = field.word_at(starts[name][after]) - field.word_at(stop - 1) - 1
+            following = bisect_left(starts[name], stop)  # the first other starting after it
+            if after and following < len(starts[name]):
+                between = field.word_at(starts[name][following]) - field.word_at(stop - 1) - 1
                 if between <= distance:
                     near.append(hit)
                     continue
-            before = bisect_right(stops[name], start) - 1  # the last other ending before it
-            if before >= 0:
-                between = field.word_at(start) - field.word_at(stops[name][before] - 1) - 1
+            preceding = bisect_right(stops[name], start) - 1  # the last other ending before it
+            if before and preceding >= 0:
+                between = field.word_at(start) - field.word_at(stops[name][preceding] - 1) - 1
                 if between <= distance:
                     near.append(hit)
         return near

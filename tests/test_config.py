@@ -107,8 +107,9 @@ def test_yaml_syntax_error_has_line_and_column() -> None:
 
 def test_missing_sections_and_duplicate_names() -> None:
     found = problems("recipients: [a@example.org]\nfeeds: []\n")
-    assert any("feeds:" in p and "at least 1" in p for p in found)
-    assert any("watchlists: required key is missing" in p for p in found)
+    assert found == [
+        "c.yaml:1:1: watchlists: required key is missing; add watchlists: [{name: xAI, terms: [xAI]}]"
+    ]
     dup = MINIMAL + "  - name: xAI\n    terms: [x.AI]\n"
     assert any("watchlists[1].name: name 'xAI' is used twice" in p for p in problems(dup))
 
@@ -318,3 +319,502 @@ def test_a_reader_gone_from_the_pipe_ends_the_command_quietly(tmp_path: Path) ->
     finally:
         os.close(write)
     assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr == ""
+
+
+# ------------------------------------------------------------------ errors in plain words
+# Broken configs as analysts write them, each with the exact messages: what is wrong in the
+# words of the YAML, and what to write instead. A row: why, an edit of MINIMAL (old, new) or
+# None, text appended to it, and the problems.
+BROKEN: list[tuple[str, tuple[str, str] | None, str, list[str]]] = [
+    (
+        "terms: xAI",
+        ("terms: [xAI]", "terms: xAI"),
+        "",
+        [
+            "c.yaml:7:12: watchlists[0].terms: expected a list; write terms: [xAI] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "terms: nothing",
+        ("terms: [xAI]", "terms:"),
+        "",
+        [
+            "c.yaml:7:11: watchlists[0].terms: is empty; list at least one entry (terms: [xAI, Grok]), or remove the key (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "terms: a mapping",
+        ("terms: [xAI]", "terms: {xAI: Grok}"),
+        "",
+        [
+            "c.yaml:7:12: watchlists[0].terms: expected a list, not a mapping; write terms: [xAI, Grok] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "terms: a list in a list",
+        ("terms: [xAI]", "terms: [[xAI]]"),
+        "",
+        [
+            "c.yaml:7:13: watchlists[0].terms[0]: expected text, not a list in a list; write it without brackets: xAI (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "terms: a number",
+        ("terms: [xAI]", "terms: [xAI, 3.5]"),
+        "",
+        [
+            "c.yaml:7:18: watchlists[0].terms[1]: expected text, not the number 3.5; if you mean it, quote it: \"3.5\" (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "terms: {xAI} unquoted",
+        ("terms: [xAI]", "terms: [{xAI}]"),
+        "",
+        [
+            "c.yaml:7:13: watchlists[0].terms[0]: YAML reads {...} as a mapping: quote it, e.g. \"{xAI}\" (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "terms: Google's minus",
+        ("terms: [xAI]", "terms: [Musk, -perfume]"),
+        "",
+        [
+            "c.yaml:7:19: watchlists[0].terms[1]: a leading '-' excludes in Google's syntax, but a list holds terms to find; list it under exclude instead: exclude: [perfume] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "keywords for terms",
+        ("terms: [xAI]", "keywords: [xAI]"),
+        "",
+        [
+            "c.yaml:7:5: watchlists[0].keywords: unknown key; did you mean terms? (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "Terms capitalised",
+        ("terms: [xAI]", "Terms: [xAI]"),
+        "",
+        ["c.yaml:7:5: watchlists[0].Terms: unknown key; did you mean terms? (in watchlist 'xAI')"],
+    ),
+    (
+        "schedule for digest",
+        None,
+        "    schedule: daily 07:00\n",
+        [
+            "c.yaml:8:5: watchlists[0].schedule: unknown key; did you mean digest? (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "email for recipients",
+        None,
+        "    email: [a@example.org]\n",
+        [
+            "c.yaml:8:5: watchlists[0].email: unknown key; did you mean recipients? (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "exclusions for exclude",
+        None,
+        "    exclusions: [Nikola Tesla]\n",
+        [
+            "c.yaml:8:5: watchlists[0].exclusions: unknown key; did you mean exclude? (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "language for languages",
+        None,
+        "    language: [de]\n",
+        [
+            "c.yaml:8:5: watchlists[0].language: unknown key; did you mean languages? (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "entities: one name",
+        None,
+        "    entities: Elon Musk\n",
+        [
+            "c.yaml:8:15: watchlists[0].entities: expected a list; write entities: [{name: Elon Musk}] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "entities: names, not mappings",
+        None,
+        "    entities: [Elon Musk]\n",
+        [
+            "c.yaml:8:16: watchlists[0].entities[0]: an entity is a mapping with a name and optional aliases; write - {name: Elon Musk}, or list Elon Musk under terms (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "entity without a name",
+        None,
+        "    entities: [{aliases: [Musk]}]\n",
+        [
+            "c.yaml:8:16: watchlists[0].entities[0].name: required key is missing; add name: Elon Musk (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "aliases: one text",
+        None,
+        "    entities: [{name: Elon Musk, aliases: Musk}]\n",
+        [
+            "c.yaml:8:43: watchlists[0].entities[0].aliases: expected a list; write aliases: [Musk] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "exclude: a number",
+        None,
+        "    exclude: 5\n",
+        [
+            "c.yaml:8:14: watchlists[0].exclude: expected a list of terms or one query; write exclude: [Nikola Tesla] or exclude: 'Apfel OR Rezept' (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "query: a list",
+        None,
+        "    query: [xAI, Grok]\n",
+        [
+            "c.yaml:8:12: watchlists[0].query: a query is one text, not a list; join the terms with OR: query: 'xAI OR Grok' (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "priority: unknown",
+        None,
+        "    priority: urgent\n",
+        [
+            "c.yaml:8:15: watchlists[0].priority: must be normal or immediate, not 'urgent' (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "languages: one code",
+        None,
+        "    languages: de\n",
+        [
+            "c.yaml:8:16: watchlists[0].languages: expected a list; write languages: [de] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "feeds: wrong case",
+        None,
+        "    feeds: [Heise]\n",
+        ["c.yaml:8:13: watchlists[0].feeds[0]: no feed is named 'Heise'; did you mean 'heise'?"],
+    ),
+    (
+        "feeds: unknown name",
+        None,
+        "    feeds: [spiegel]\n",
+        ["c.yaml:8:13: watchlists[0].feeds[0]: no feed is named 'spiegel'; the feeds are heise"],
+    ),
+    (
+        "watchlist name: a number",
+        ("name: xAI", "name: 42"),
+        "",
+        [
+            'c.yaml:6:11: watchlists[0].name: expected text, not the number 42; if you mean it, quote it: "42"'
+        ],
+    ),
+    (
+        "watchlist name: empty",
+        ("name: xAI", "name: ''"),
+        "",
+        ["c.yaml:6:11: watchlists[0].name: is empty; write name: xAI"],
+    ),
+    (
+        "watchlist: one text",
+        ("  - name: xAI\n    terms: [xAI]\n", "  - xAI\n"),
+        "",
+        [
+            "c.yaml:6:5: watchlists[0]: a watchlist is a mapping with a name and terms (or entities, a query); write - {name: xAI, terms: [xAI]}"
+        ],
+    ),
+    (
+        "watchlists: empty",
+        ("  - name: xAI\n    terms: [xAI]\n", "  []\n"),
+        "",
+        [
+            "c.yaml:6:3: watchlists: is empty; add at least one, e.g. watchlists: [{name: xAI, terms: [xAI]}]"
+        ],
+    ),
+    (
+        "feeds as name: url",
+        (
+            "  - name: heise\n    url: https://www.heise.de/rss/heise-atom.xml\n",
+            "  heise: https://www.heise.de/rss/heise-atom.xml\n",
+        ),
+        "",
+        [
+            "c.yaml:3:3: feeds: expected a list of feeds, each with a name and a url; write feeds: [{name: heise, url: 'https://www.heise.de/rss/heise-atom.xml'}]"
+        ],
+    ),
+    (
+        "feed: a bare URL",
+        (
+            "  - name: heise\n    url: https://www.heise.de/rss/heise-atom.xml\n",
+            "  - https://www.heise.de/rss/heise-atom.xml\n",
+        ),
+        "",
+        [
+            "c.yaml:3:5: feeds[0]: a feed is a mapping with a name and a url; write - {name: heise, url: 'https://www.heise.de/rss/heise-atom.xml'}"
+        ],
+    ),
+    (
+        "feed without url",
+        ("    url: https://www.heise.de/rss/heise-atom.xml\n", ""),
+        "",
+        [
+            "c.yaml:3:5: feeds[0].url: required key is missing; add url: https://www.heise.de/rss/heise-atom.xml (in feed 'heise')"
+        ],
+    ),
+    (
+        "feed link for url",
+        ("    url: https", "    link: https"),
+        "",
+        ["c.yaml:4:5: feeds[0].link: unknown key; did you mean url? (in feed 'heise')"],
+    ),
+    (
+        "feed enabled: maybe",
+        (
+            "    url: https://www.heise.de/rss/heise-atom.xml\n",
+            "    url: https://www.heise.de/rss/heise-atom.xml\n    enabled: maybe\n",
+        ),
+        "",
+        ["c.yaml:5:14: feeds[0].enabled: expected true or false, not 'maybe' (in feed 'heise')"],
+    ),
+    (
+        "recipients: one address",
+        ("recipients: [press@example.org]", "recipients: press@example.org"),
+        "",
+        ["c.yaml:1:13: recipients: expected a list; write recipients: [press@example.org]"],
+    ),
+    (
+        "recipient: a number",
+        ("recipients: [press@example.org]", "recipients: [5]"),
+        "",
+        [
+            "c.yaml:1:14: recipients[0]: a recipient is an address, or a mapping with address: and its settings, not 5"
+        ],
+    ),
+    (
+        "recipient email for address",
+        None,
+        "    recipients: [{email: a@example.org}]\n",
+        [
+            "c.yaml:8:19: watchlists[0].recipients[0].email: unknown key; did you mean address? (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "polling: one value",
+        None,
+        "polling: 15m\n",
+        [
+            "c.yaml:8:10: polling: is a section of keys, not '15m'; write e.g. polling: {interval: 15m}"
+        ],
+    ),
+    (
+        "polling concurrency 0",
+        None,
+        "polling: {concurrency: 0}\n",
+        ["c.yaml:8:24: polling.concurrency: must be at least 1, not 0"],
+    ),
+    (
+        "polling concurrency text",
+        None,
+        "polling: {concurrency: many}\n",
+        ["c.yaml:8:24: polling.concurrency: expected a whole number, not 'many'"],
+    ),
+    (
+        "interval at the top",
+        None,
+        "interval: 15m\n",
+        [
+            "c.yaml:8:1: interval: unknown key here; interval is a key of polling and of each entry of feeds"
+        ],
+    ),
+    (
+        "watchlist for watchlists",
+        None,
+        "watchlist: []\n",
+        ["c.yaml:8:1: watchlist: unknown key; did you mean watchlists?"],
+    ),
+    (
+        "schedule at the top",
+        None,
+        "schedule: daily 07:00\n",
+        [
+            "c.yaml:8:1: schedule: unknown key; did you mean digest, a key of each watchlist (digest: daily 07:00)?"
+        ],
+    ),
+    (
+        "smtp: a number",
+        None,
+        "smtp: 5\n",
+        [
+            "c.yaml:8:7: smtp: is a section of keys, not 5; write e.g. smtp: {host: smtp.example.org, from: monitor@example.org}"
+        ],
+    ),
+    (
+        "smtp server for host",
+        None,
+        "smtp: {server: mail.example.org, from: m@example.org}\n",
+        ["c.yaml:8:8: smtp.server: unknown key; did you mean host?"],
+    ),
+    (
+        "smtp port too high",
+        None,
+        "smtp: {host: h.example.org, from: m@example.org, port: 99999}\n",
+        ["c.yaml:8:56: smtp.port: must be at most 65535, not 99999"],
+    ),
+    (
+        "smtp tls: text",
+        None,
+        "smtp: {host: h.example.org, from: m@example.org, tls: yes please}\n",
+        ["c.yaml:8:55: smtp.tls: expected true or false, not 'yes please'"],
+    ),
+    (
+        "dedupe similarity too high",
+        None,
+        "dedupe: {similarity: 2}\n",
+        ["c.yaml:8:22: dedupe.similarity: must be at most 1.0, not 2"],
+    ),
+    (
+        "digests max: text",
+        None,
+        "digests: {max_per_watchlist: none}\n",
+        ["c.yaml:8:30: digests.max_per_watchlist: expected a whole number, not 'none'"],
+    ),
+    (
+        "timezone: a number",
+        None,
+        "timezone: 1\n",
+        ['c.yaml:8:11: timezone: expected text, not the number 1; if you mean it, quote it: "1"'],
+    ),
+    (
+        "exclude: Google's minus as a query",
+        None,
+        "    exclude: '-perfume -\"white musk\"'\n",
+        [
+            "c.yaml:8:14: watchlists[0].exclude: exclude lists what to remove, so a '-' there would remove every item without perfume; write exclude: [perfume, white musk] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "exclude: a term with a minus",
+        None,
+        "    exclude: [-perfume]\n",
+        [
+            "c.yaml:8:14: watchlists[0].exclude: exclude lists what to remove; write it without the '-': exclude: [perfume] (in watchlist 'xAI')"
+        ],
+    ),
+    (
+        "query: three words ~5",
+        None,
+        "    query: '\"Elon Musk xAI\"~5'\n",
+        [
+            "c.yaml:8:12: watchlists[0].query: watchlist 'xAI': '~5' after a phrase of 3 words is written with NEAR/n here, between the two parts you mean; for a name and a word: \"Elon Musk\" NEAR/5 xAI\n    \"Elon Musk xAI\"~5\n                   ^"
+        ],
+    ),
+    (
+        "query: a filter alone",
+        None,
+        "    query: 'site:n-tv.de'\n",
+        [
+            "c.yaml:8:12: watchlists[0].query: watchlist 'xAI': the query also matches items without any of its terms (a bare NOT or a filter such as site:); combine it with a term, as in Musk AND NOT Muskat or site:n-tv.de AND Grok\n    site:n-tv.de\n    ^"
+        ],
+    ),
+]
+# pydantic's words, which no message may use.
+PYDANTIC = ("Input should", "instance of", "Tuple should", "after validation", "valid tuple")
+
+
+@pytest.mark.parametrize(("why", "edit", "append", "expected"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_a_broken_config_says_what_to_write_instead(
+    why: str, edit: tuple[str, str] | None, append: str, expected: list[str]
+) -> None:
+    text = MINIMAL.replace(*edit, 1) if edit else MINIMAL
+    assert text + append != MINIMAL, why  # the edit applies
+    assert problems(text + append) == expected
+
+
+def test_the_table_is_large_and_speaks_no_pydantic() -> None:
+    assert len(BROKEN) >= 30
+    for why, _, _, expected in BROKEN:
+        assert expected, why
+        for problem in expected:
+            assert re.match(r"c\.yaml:\d+:\d+: \S+: ", problem), problem
+            assert not any(words in problem for words in PYDANTIC), problem
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"), [("keywords", "terms"), ("schedule", "digest"), ("email", "recipients")]
+)
+def test_did_you_mean_for_the_keys_of_other_tools(written: str, meant: str) -> None:
+    (found,) = problems(MINIMAL + f"    {written}: x\n")
+    assert f"watchlists[0].{written}: unknown key; did you mean {meant}?" in found
+
+
+def test_a_config_without_feeds_serves_check_and_test_but_not_run_or_poll(
+    write_config: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Watchlists are tried with `test` before any feed is chosen; only polling needs one."""
+    from monitor.cli import main
+
+    data = yaml.safe_load(MINIMAL)
+    del data["feeds"]
+    assert parse_config(yaml.safe_dump(data)).feeds == ()
+    path = write_config(data)
+    no_feeds = (
+        "feeds: no feeds are configured; run and poll need at least one: add "
+        "feeds: [{name: heise, url: 'https://www.heise.de/rss/heise-atom.xml'}]"
+    )
+    assert main(["--config", str(path), "check"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{path}: warning: {no_feeds}" in err and "OK: 0 feeds, 1 watchlists" in out
+    assert main(["--config", str(path), "test", "xAI stellt Grok vor"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{path}: warning: {no_feeds}" in err and "xAI" in out
+    for command in (["run"], ["poll"]):
+        assert main(["--config", str(path), *command]) == 2
+        assert capsys.readouterr().err == f"{path}: {no_feeds}\n"
+    assert not (path.parent / "monitor.db").exists()  # refused before anything was opened
+
+
+def test_the_exclude_a_minus_error_suggests_loads_and_excludes() -> None:
+    """The rewrite in the message is fed back: it loads, and it removes what the '-' meant."""
+    from monitor.watchlists import Matcher
+
+    (found,) = problems(MINIMAL + "    exclude: '-perfume -\"white musk\"'\n")
+    suggested = re.search(r"write (exclude: \[.*?\])", found)
+    assert suggested is not None
+    config = parse_config(MINIMAL + f"    {suggested.group(1)}\n")
+    matcher = Matcher(config.watchlists)
+    assert matcher.match_fields({"title": "xAI and the white musk perfume"}) == []
+    assert matcher.match_fields({"title": "xAI raises money"})
+
+
+_HINT = re.compile(
+    r"^c\.yaml:(\d+):\d+: \S+: .*?; write (?:e\.g\. )?(\w+): (.+?)(?: \(in \w+ '.*'\))?$"
+)
+
+
+HINTED = [row for row in BROKEN if any(_HINT.match(problem) for problem in row[3])]
+
+
+@pytest.mark.parametrize(("why", "edit", "append", "expected"), HINTED, ids=[h[0] for h in HINTED])
+def test_each_write_this_hint_loads_when_written(
+    why: str, edit: tuple[str, str] | None, append: str, expected: list[str]
+) -> None:
+    """Where a message says "write KEY: VALUE" for what it points at, doing so loads."""
+    assert len(HINTED) >= 10
+    hints = [found for problem in expected if (found := _HINT.match(problem))]
+    lines = ((MINIMAL.replace(*edit, 1) if edit else MINIMAL) + append).splitlines()
+    for hint in hints:
+        number, key, value = int(hint.group(1)) - 1, hint.group(2), hint.group(3)
+        value = value.split(" or ")[0]  # the first of two ways
+        if f"{key}:" not in lines[number]:  # a block: the key is on the line above
+            number -= 1
+            indent = len(lines[number]) - len(lines[number].lstrip())
+            while len(lines[number + 1]) - len(lines[number + 1].lstrip()) > indent:
+                del lines[number + 1]
+        # The key's old value ends at the end of the line, or of the flow mapping it is in.
+        block = lines[number].lstrip(" -").startswith(f"{key}:")
+        old = re.compile(rf"{key}:.*$" if block else rf"{key}: [^,}}]*")
+        lines[number] = old.sub(f"{key}: {value}".replace("\\", "\\\\"), lines[number])
+    parse_config("\n".join(lines) + "\n", "c.yaml")

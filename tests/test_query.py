@@ -3,7 +3,19 @@ from __future__ import annotations
 import pytest
 
 from monitor.errors import QueryError
-from monitor.query import And, Near, Node, Not, Or, Scope, Term, is_vacuous, parse_query, parse_term
+from monitor.query import (
+    And,
+    Filter,
+    Near,
+    Node,
+    Not,
+    Or,
+    Scope,
+    Term,
+    is_vacuous,
+    parse_query,
+    parse_term,
+)
 
 
 def shape(node: Node) -> object:
@@ -15,7 +27,10 @@ def shape(node: Node) -> object:
     if isinstance(node, Not):
         return ("Not", shape(node.child))
     if isinstance(node, Near):
-        return ("Near", node.distance, shape(node.left), shape(node.right))
+        name = "NearF" if node.ordered else "Near"
+        return (name, node.distance, shape(node.left), shape(node.right))
+    if isinstance(node, Filter):
+        return ("Filter", node.field, *node.values)
     return ("Scope", node.field, shape(node.child))
 
 
@@ -113,11 +128,11 @@ def test_clause_text_is_kept_for_explanations() -> None:
         ("xAI NEAR/2 NOT Grok", "NEAR needs terms on both sides", 11),
         ("a NEAR/2 b NEAR/3 c", "NEAR cannot be chained", 11),
         # An AND group is no one place: it held with one member near, the others anywhere.
-        ("(Musk AND Grok) NEAR/5 xAI", "not AND: write (A NEAR/5 C) AND (B NEAR/5 C)", 0),
+        ("(Musk AND Grok) NEAR/5 xAI", "not AND: write (Musk NEAR/5 xAI) AND (Grok NEAR/5 xAI)", 0),
         ('xAI NEAR/3 (Grok AND "Elon Musk")', "on each side, not AND", 11),
         ("(Musk AND NOT Grok) NEAR/3 xAI", "on each side, not AND", 0),
         ("((a AND b) OR c) NEAR/3 d", "on each side, not AND", 0),
-        ("site:heise.de", "unknown field 'site:'", 0),
+        ("author:heise", "unknown field 'author:'; use title:, summary:, site: or language:", 0),
         ("title:", "expected a term after title", 6),
         ("title:NOT Grok", "put it in parentheses", 6),
         ("B*", "at least two letters", 0),
@@ -169,3 +184,142 @@ def test_vacuous_queries_are_recognised(query: str, vacuous: bool) -> None:
 def test_scope_node_keeps_field() -> None:
     node = parse_query("summary:Grok")
     assert node == Scope("summary", Term("Grok", "Grok"), "summary:Grok")
+
+
+# ------------------------------------------------------------------ analysts' habits
+@pytest.mark.parametrize(
+    ("query", "meant"),
+    [
+        # Brandwatch, Meltwater, Talkwalker: binary NOT is AND NOT, with its precedence.
+        ("Musk NOT perfume", "Musk AND NOT perfume"),
+        ("Keele NOT University", "Keele AND NOT University"),
+        ("apple NOT juice NOT pie", "apple AND NOT juice AND NOT pie"),
+        ("apple NOT (juice OR pie)", "apple AND NOT (juice OR pie)"),
+        ("Siemens OR Bosch NOT Stellenabbau", "Siemens OR (Bosch AND NOT Stellenabbau)"),
+        ("(Siemens OR Bosch) NOT Stellenabbau", "(Siemens OR Bosch) AND NOT Stellenabbau"),
+        # Google: a leading minus excludes, and the term beside it is ANDed.
+        ("xAI -perfume", "xAI AND NOT perfume"),
+        ("-perfume xAI", "NOT perfume AND xAI"),
+        ('xAI -"white musk"', 'xAI AND NOT "white musk"'),
+        ("xAI -{MUSK}", "xAI AND NOT {MUSK}"),
+        ("xAI -(perfume OR Parfum)", "xAI AND NOT (perfume OR Parfum)"),
+        ("Tesla-Chef", "Tesla-Chef"),  # a hyphen inside a word is no minus
+        # Brandwatch's ordered NEAR, Lucene's and Talkwalker's proximity.
+        ('"Elon Musk" NEAR/5f xAI', '"Elon Musk" NEAR/5f xAI'),
+        ('"Scholz Macron"~3', "Scholz NEAR/3 Macron"),
+        # Brandwatch's site: and language:, Talkwalker's lang:.
+        ("site:n-tv.de AND Grok", "site:n-tv.de AND Grok"),
+        ("site:www.n-tv.de AND Grok", "site:n-tv.de AND Grok"),
+        ("language:de AND Grok", "lang:DE-AT AND Grok"),
+        ("site:(n-tv.de OR spiegel.de) AND Grok", "site:(spiegel.de OR n-tv.de) AND Grok"),
+    ],
+)
+def test_analysts_habits_mean_what_they_mean_elsewhere(query: str, meant: str) -> None:
+    def canonical(node: object) -> object:
+        if isinstance(node, tuple) and node[:2] == ("Filter", "site"):
+            return (*node[:2], *sorted(node[2:]))  # type: ignore[arg-type]
+        if isinstance(node, tuple):
+            return tuple(canonical(part) for part in node)
+        return node
+
+    assert canonical(shape(parse_query(query))) == canonical(shape(parse_query(meant)))
+
+
+def test_the_shapes_of_new_nodes() -> None:
+    assert shape(parse_query('"Elon Musk" NEAR/5f xAI')) == ("NearF", 5, "Elon Musk", "xAI")
+    assert shape(parse_query("site:(n-tv.de OR SPIEGEL.de)")) == (
+        "Filter",
+        "site",
+        "n-tv.de",
+        "spiegel.de",
+    )
+    assert shape(parse_query("language:de-AT")) == ("Filter", "language", "de")
+    wildcard = parse_query("Babu?hkin")
+    assert isinstance(wildcard, Term) and wildcard.wildcard and wildcard.label == "Babu?hkin"
+    assert not parse_term("Wer ist Musk?").wildcard  # a ? after a word is punctuation
+
+
+@pytest.mark.parametrize(
+    ("query", "vacuous"),
+    [("site:n-tv.de", True), ("site:n-tv.de AND Grok", False), ("Grok OR language:de", True)],
+)
+def test_a_filter_alone_is_no_query(query: str, vacuous: bool) -> None:
+    assert is_vacuous(parse_query(query)) is vacuous
+
+
+# Each error that suggests a rewrite: the query as written, and as the user meant it. The
+# suggested rewrite must parse to the same tree as the second, and the message must show it.
+REWRITES = [
+    ("Elon Musk", '"Elon Musk"'),
+    ("Elon Reeve Musk AND xAI", '"Elon Reeve Musk" AND xAI'),  # the whole run of words
+    ("{Elon} Musk", "{Elon Musk}"),
+    ("xAI and Grok", "xAI AND Grok"),
+    ("xAI or Grok", "xAI OR Grok"),
+    ("Musk not perfume", "Musk AND NOT perfume"),
+    ("Elon Musk -perfume", '"Elon Musk" AND NOT perfume'),
+    ("xAI NEAR Grok", "xAI NEAR/5 Grok"),
+    ("(Musk AND Grok) NEAR/5 xAI", "(Musk NEAR/5 xAI) AND (Grok NEAR/5 xAI)"),
+    ("xAI NEAR/3f (Grok AND Musk)", "(xAI NEAR/3f Grok) AND (xAI NEAR/3f Musk)"),
+    ("(Musk AND NOT Grok) NEAR/3 xAI", "(Musk NEAR/3 xAI) AND NOT Grok"),
+    ("x OR (Musk AND Grok) NEAR/5 xAI", "x OR ((Musk NEAR/5 xAI) AND (Grok NEAR/5 xAI))"),
+    ("a NEAR/2 b NEAR/3 c", "(a NEAR/2 b) AND (b NEAR/3 c)"),
+    ("NOT a NEAR/2 b NEAR/3 c", "NOT ((a NEAR/2 b) AND (b NEAR/3 c))"),
+    ("title:NOT Grok", "title:(NOT Grok)"),
+    ("title:-Grok", "title:(NOT Grok)"),
+    ('"Elon Musk xAI"~5', '"Elon Musk" NEAR/5 xAI'),
+]
+
+
+@pytest.mark.parametrize(("query", "meant"), REWRITES)
+def test_every_suggested_rewrite_parses_and_means_what_was_meant(query: str, meant: str) -> None:
+    with pytest.raises(QueryError) as caught:
+        parse_query(query)
+    rewrite = caught.value.rewrite
+    assert rewrite is not None, caught.value.message
+    assert shape(parse_query(rewrite)) == shape(parse_query(meant))
+    shown = caught.value.message.rpartition(": ")[2].removeprefix("write ")
+    assert shown in rewrite, (caught.value.message, rewrite)
+
+
+@pytest.mark.parametrize(
+    ("term", "meant"),
+    [("-perfume", "perfume"), ('-"white musk"', "white musk"), ("-„Duft“", "Duft")],
+)
+def test_a_minus_term_in_a_list_is_refused_with_the_exclude_to_write(term: str, meant: str) -> None:
+    with pytest.raises(QueryError) as caught:
+        parse_term(term)
+    assert caught.value.rewrite == meant
+    assert caught.value.message.endswith(f"list it under exclude instead: exclude: [{meant}]")
+    assert parse_term(meant).phrase == meant
+
+
+def test_a_rewrite_that_would_not_parse_is_not_offered() -> None:
+    with pytest.raises(QueryError) as caught:
+        parse_query("Elon Musk AND (Grok")  # quoting the name leaves the ( open
+    assert caught.value.rewrite is None
+
+
+@pytest.mark.parametrize(
+    ("query", "says", "example"),
+    [
+        ("Musk~", "fuzzy search", "Babuschkin OR Babushkin"),
+        ('"Musk"~2', "fuzzy search", "Babuschkin OR Babushkin"),
+        ("Musk ~2", "proximity", '"Scholz Macron"~2'),
+        ("Musk ~2", "proximity", "Scholz NEAR/2 Macron"),
+        ("site:heise AND Grok", "site: takes a domain", "n-tv.de"),
+        ("site: AND Grok", "expected a domain after site:", "site:n-tv.de"),
+        ("site:(heise.de AND x.ai)", "takes values joined by OR", "site:(n-tv.de OR spiegel.de)"),
+        ("language:german AND Grok", "language: takes a code", "de"),
+        ("B?bu", "needs at least two letters before it", "Babu?hkin"),
+        ("Ba*sch", "only allowed at the end of a word", "Babu?hkin"),
+        ("{xAI OR Grok", "'{' is never closed", "{xAI}"),
+        ("xAI NEAR/2 site:x.ai", "NEAR needs terms on both sides, not a filter", None),
+    ],
+)
+def test_examples_in_messages_parse(query: str, says: str, example: str | None) -> None:
+    with pytest.raises(QueryError) as caught:
+        parse_query(query)
+    assert says in caught.value.message
+    if example is not None:
+        assert example in caught.value.message
+        parse_query(example)

@@ -82,10 +82,25 @@ def test_twice_daily_slots() -> None:
     assert parse_schedule("daily 16:00,07:00") == twice  # order and spacing do not matter
 
 
-@pytest.mark.parametrize("day", ["monday", "Monday", "MON", "mon", "Mo"])
+@pytest.mark.parametrize("day", ["monday", "Monday", "MON", "mon", "Mo", "Montag"])
 def test_weekly_takes_day_names(day: str) -> None:
     weekly = parse_schedule(f"weekly {day} 07:00")
     assert weekly.weekday == 0 and str(weekly) == "weekly MON 07:00"
+
+
+@pytest.mark.parametrize(
+    ("day", "weekday"),
+    [("Di", 1), ("tue", 1), ("Mittwoch", 2), ("Do", 3), ("thu", 3), ("Fr", 4), ("Sa", 5),
+     ("Sonntag", 6), ("sun", 6)],
+)  # fmt: skip
+def test_weekly_takes_each_day_in_english_and_german(day: str, weekday: int) -> None:
+    assert parse_schedule(f"weekly {day} 07:00").weekday == weekday
+
+
+@pytest.mark.parametrize("day", ["s", "t", "mondays", "xyz"])
+def test_a_day_that_fits_none_or_two_is_refused(day: str) -> None:
+    with pytest.raises(ValueError, match="is not a weekday"):
+        parse_schedule(f"weekly {day} 07:00")
 
 
 def test_weekly_on_several_times_and_bad_forms() -> None:

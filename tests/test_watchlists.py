@@ -36,9 +36,15 @@ def matcher() -> Matcher:
     return Matcher(parse_config(config_text(TABLE["watchlists"])).watchlists)
 
 
-def item(title: str, summary: str = "", language: str = "en", feed: str = "heise") -> Item:
+def item(
+    title: str,
+    summary: str = "",
+    language: str = "en",
+    feed: str = "heise",
+    url: str = "https://x.org/",
+) -> Item:
     published = datetime(2026, 1, 1, tzinfo=UTC)
-    return Item("k", feed, "g", "https://x.org/", title, summary, published, language)
+    return Item("k", feed, "g", url, title, summary, published, language)
 
 
 def test_the_table_is_large_and_bilingual() -> None:
@@ -50,7 +56,14 @@ def test_the_table_is_large_and_bilingual() -> None:
 
 @pytest.mark.parametrize("case", TABLE["cases"], ids=[c["why"] for c in TABLE["cases"]])
 def test_case_table(matcher: Matcher, case: dict[str, Any]) -> None:
-    found = matcher.match(item(case["title"], case.get("summary", ""), case.get("language", "en")))
+    found = matcher.match(
+        item(
+            case["title"],
+            case.get("summary", ""),
+            case.get("language", "en"),
+            url=case.get("url", "https://x.org/"),
+        )
+    )
     got = {match.watchlist: sorted(match.terms) for match in found}
     expected = {name: sorted(terms) for name, terms in case["expect"].items()}
     assert got == expected
@@ -464,3 +477,73 @@ def test_cli_why_not_names_the_failing_clause(
     assert "      no   NOT Werbung\n        yes  Werbung  (title: OpenAI: *Werbung* statt" in out
     assert run_cli(cli_config, "--why-not", "k0") == 1  # by key as well
     assert run_cli(cli_config, "--why-not", "999") == 2
+
+
+def test_site_and_language_filters_in_a_query_need_to_know_where_an_item_is_from() -> None:
+    """site: is the domain of the item's link (subdomains included); a filter on what is
+    unknown does not hold, so an exclusion by site never removes every item."""
+    config = parse_config(
+        config_text(
+            [
+                {"name": "n-tv Grok", "query": "site:n-tv.de AND Grok"},
+                {"name": "Grok not Bild", "terms": ["Grok"], "exclude": "site:bild.de"},
+                {"name": "German Grok", "query": "language:de AND Grok"},
+            ]
+        )
+    )
+    matcher = Matcher(config.watchlists)
+    fields = {"title": "Grok irrt sich"}
+
+    def names(language: str | None, url: str | None) -> set[str]:
+        return {m.watchlist for m in matcher.match_fields(fields, language, "heise", url)}
+
+    assert names("de", "https://www.n-tv.de/a.html") == {
+        "n-tv Grok",
+        "Grok not Bild",
+        "German Grok",
+    }
+    assert names("de-AT", "https://m.bild.de/a") == {"German Grok"}
+    assert names("en", "https://n-tv.de.evil.example/a") == {"Grok not Bild"}
+    assert names(None, None) == {"Grok not Bild"}
+    assert names("en", "http://[broken") == {"Grok not Bild"}
+    lines = matcher.explain("n-tv Grok", fields, "de", "heise", "https://spiegel.de/x")
+    assert "    no   site:n-tv.de" in lines
+
+
+def test_a_wildcard_hit_covers_the_word_as_written() -> None:
+    matcher = Matcher(
+        parse_config(
+            config_text(
+                [
+                    {"name": "B", "terms": ["Babu?hkin", "{Mü?ler}"]},
+                    {"name": "C", "query": '"Igor Babu?hkin" AND NOT Babu??hkin'},
+                ]
+            )
+        ).watchlists
+    )
+    title = "Igor Babushkin trifft Thomas Müller und Thomas MÜLLER"
+    (found, near) = matcher.match_fields({"title": title})
+    assert [title[h.start : h.end] for h in found.hits] == ["Babushkin", "Müller"]
+    assert near.watchlist == "C"
+    assert matcher.match_fields({"title": "Igor Babushkin und Babuschkin"})[0].watchlist == "B"
+
+
+@pytest.mark.parametrize(
+    ("title", "matches"),
+    [
+        ("WHITE MUSK: THE BODY SHOP CLASSIC TURNS 40", False),
+        ("The Best White Musk Perfumes of 2026", False),
+        ("MUSK PERFUME SALES SOAR BEFORE CHRISTMAS", False),
+        ("The best musk perfume for winter", False),
+        ("ELON MUSK LAUNCHES A PERFUME", True),
+        ("MUSK: TESLA TO BUILD ROBOTAXI IN TEXAS", True),
+        ("Musk says Grok 5 is coming", True),
+    ],
+)
+def test_the_example_configs_musk_pattern_holds_on_shouting_headlines(
+    title: str, matches: bool
+) -> None:
+    """{MUSK} in the example caught "WHITE MUSK: ..." though the docs said it did not."""
+    config = load_config(Path(__file__).parents[1] / "config.example.yaml")
+    musk = [w for w in config.watchlists if w.name == "Elon Musk"]
+    assert bool(Matcher(musk).match(item(title))) is matches
