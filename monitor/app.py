@@ -52,6 +52,9 @@ class App:
     # When each (watchlist, recipient) pair appeared in this process's configuration (at
     # start, or a reload): its first digest waits for the feeds' polls since (delivery.py).
     configured_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    # Feeds listing more items than max_items, already logged (with the numbers) at a poll
+    # that read them: not again at every poll.
+    long_feeds: set[str] = field(default_factory=set)
 
     def apply_config(self, config: Config) -> None:
         """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""

@@ -36,7 +36,8 @@ from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.poller import poll_due
-from monitor.store import DeferredMessage, Store, open_store
+from monitor.startup import release_sighup
+from monitor.store import DeferredMessage, Store, database_trouble, open_store
 from monitor.text import clean_text
 from monitor.urls import canonical_url
 from monitor.watchlists import Exclusion, Matcher, in_context
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # only the daemon reloads; any other command ends on SIGHUP
+        release_sighup()
     setup_logging(args.verbose, args.log_format)
     path = find_config(args.config)
     try:
@@ -172,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except MonitorError as error:
         print(f"monitor: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:  # the database failing under a command: one line, no traceback
+        if (trouble := database_trouble(error)) is None:
+            raise
+        print(f"monitor: {trouble}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
@@ -219,7 +227,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
 
         asyncio.run(run_daemon(config, path))
         return EXIT_OK
-    with database_lock(config.database, f"monitor {args.command}"):
+    writes = args.command != "migrate-db"  # which only reads this database
+    with database_lock(config.database, f"monitor {args.command}", writes):
         if args.command == "migrate-db":
             return _migrate_db(config, args.to)
         if args.command == "prune":

@@ -668,7 +668,7 @@ def _read_yaml(
     text: str, source: str
 ) -> tuple[Any, dict[_Path, _Mark], dict[_Path, _Mark], list[str]]:
     try:
-        loader = yaml.SafeLoader(text)  # checks every character first
+        loader = _BoundedLoader(text)  # checks every character first
     except yaml.reader.ReaderError as error:
         line = text.count("\n", 0, error.position) + 1
         column = error.position - text.rfind("\n", 0, error.position)
@@ -687,6 +687,8 @@ def _read_yaml(
         if node is not None:
             _index(node, (), values, keys, problems, source)
         data = loader.construct_document(node) if node is not None else None
+    except _AliasBomb as error:
+        raise ConfigError([f"{source}:{error.line}:{error.column}: {error}"]) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -696,6 +698,81 @@ def _read_yaml(
     finally:
         loader.dispose()
     return data, values, keys, problems
+
+
+# How many values aliases may add to a config when expanded. Real configs reuse a recipient
+# list or a few terms (hundreds of values); a "billion laughs" of nested aliases, 482 bytes
+# of YAML, expands to billions and kept `check` busy for minutes at 4 GB.
+MAX_ALIAS_VALUES = 100_000
+
+
+class _AliasBomb(Exception):
+    def __init__(self, message: str, mark: Any) -> None:  # a yaml.Mark (the stubs disagree)
+        super().__init__(message)
+        self.line, self.column = mark.line + 1, mark.column + 1
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting what aliases expand to as it composes the document:
+    the count stops at MAX_ALIAS_VALUES, at the alias that passes it, before any walk of
+    the tree (each alias is one shared node there, each walk expands it)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.alias_values = 0
+        self._sizes: dict[int, int] = {}
+        self._open: list[str | None] = []  # anchors of the collections being composed
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self._count(event)
+            return super().compose_node(parent, index)
+        self._open.append(event.anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.pop()
+
+    def _count(self, alias: yaml.AliasEvent) -> None:
+        """Add what `alias` expands to; refuse a loop, or too many values in all."""
+        if alias.anchor in self._open:
+            raise _AliasBomb(
+                f"alias *{alias.anchor} is inside the value it refers to (a loop); "
+                "remove the alias",
+                alias.start_mark,
+            )
+        target = self.anchors.get(alias.anchor)
+        if target is None:  # PyYAML reports the undefined alias
+            return
+        self.alias_values += self._expanded(target)
+        if self.alias_values > MAX_ALIAS_VALUES:
+            raise _AliasBomb(
+                f"alias *{alias.anchor} makes the config expand to more than "
+                f'{MAX_ALIAS_VALUES:,} values (nested aliases, a "billion laughs"?); '
+                "write the values out, or use fewer levels of aliases",
+                alias.start_mark,
+            )
+
+    def _expanded(self, node: yaml.Node) -> int:
+        """How many values `node` stands for, its aliases expanded (memoised per node)."""
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        if not isinstance(node, yaml.CollectionNode):
+            return 1
+        children = (
+            [part for pair in node.value for part in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+        )
+        size = 1
+        for child in children:
+            size += self._expanded(child)
+            if size > MAX_ALIAS_VALUES:
+                break
+        self._sizes[id(node)] = size
+        return size
 
 
 def _index(

@@ -65,11 +65,7 @@ def changed(
     if parsed.warning:
         log.debug("lenient parse", extra={"feed": feed.name, "detail": parsed.warning})
     if parsed.left_out:
-        log.info(
-            "feed lists more items than polling.max_items; the %d oldest were not read",
-            parsed.left_out,
-            extra={"feed": feed.name},
-        )
+        _log_left_out(app, feed, parsed, result)
     etag, modified = result.headers.get("etag"), result.headers.get("last-modified")
     if not state.ignore_validators and rules.lying_validators(
         state.etag, state.last_modified, etag, modified, changed=state.body_hash is not None
@@ -81,6 +77,24 @@ def changed(
         )
         update = replace(update, ignore_validators=True)
     return update
+
+
+def _log_left_out(app: App, feed: FeedConfig, parsed: ParsedFeed, result: FetchResult) -> None:
+    """Once per feed (then at debug level): a feed of 100,000 items is read in part at
+    every poll, and a line each time says nothing new."""
+    first = feed.name not in app.long_feeds
+    app.long_feeds.add(feed.name)
+    log.log(
+        logging.INFO if first else logging.DEBUG,
+        "feed lists %d items in %.1f MB, more than polling.max_items (%d): the newest %d "
+        "were read, the %d older ones left out (logged once)",
+        len(parsed.items) + parsed.left_out,
+        len(result.body or b"") / 1e6,
+        app.config.polling.max_items,
+        len(parsed.items),
+        parsed.left_out,
+        extra={"feed": feed.name},
+    )
 
 
 def _success(

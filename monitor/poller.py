@@ -29,7 +29,7 @@ from monitor.fetch import FetchResult, HostBlocked
 from monitor.models import FeedState, FeedUpdate, Item, Match
 from monitor.outcomes import PollReport, changed, deferred, failed, unchanged
 from monitor.parse import ParsedFeed, parse_feed
-from monitor.store import Claim, IngestResult
+from monitor.store import Claim, IngestResult, database_trouble
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -623,6 +623,8 @@ async def poll_feed(
     except (FetchError, ParseError) as error:
         update, report = failed(app, feed, state, error)
     except Exception as error:  # a bug must not stop the other feeds
+        if database_trouble(error):  # not the feed's: the cycle fails, and says so once
+            raise
         log.exception("unexpected error while polling", extra={"feed": feed.name, "url": state.url})
         update, report = failed(app, feed, state, FetchError(f"internal error: {error!r}"))
     await writer.finish(feed.name, update)

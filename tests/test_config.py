@@ -321,6 +321,53 @@ def test_a_reader_gone_from_the_pipe_ends_the_command_quietly(tmp_path: Path) ->
     assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr == ""
 
 
+# A "billion laughs": nine levels of nine aliases, 10^9 values once expanded.
+ALIAS_BOMB = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_an_alias_bomb_is_refused_at_the_alias_before_any_walk(tmp_path: Path) -> None:
+    """482 bytes of nested aliases kept `monitor check` busy past 60 s and up to 4 GB."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap_memory() -> None:  # on the old code: a MemoryError soon, not a swapping host
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, resource.RLIM_INFINITY))
+
+    path = tmp_path / "config.yaml"
+    path.write_text(ALIAS_BOMB + MINIMAL, "utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "--config", str(path), "check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=cap_memory,
+    )
+    assert done.returncode == 2, done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith(f"{path}:6:8: alias *e makes the config expand to more than")
+    assert "Traceback" not in done.stderr
+
+
+def test_aliases_that_reuse_values_load_and_a_loop_is_refused() -> None:
+    reused = MINIMAL.replace("terms: [xAI]", "terms: &terms [xAI, Grok]")
+    twice = reused + "  - {name: again, terms: *terms}\n"
+    assert [w.terms for w in parse_config(twice).watchlists] == [("xAI", "Grok")] * 2
+    assert problems("top: &x [1, *x]\n" + MINIMAL) == [
+        "c.yaml:1:13: alias *x is inside the value it refers to (a loop); remove the alias"
+    ]
+
+
 # ------------------------------------------------------------------ errors in plain words
 # Broken configs as analysts write them, each with the exact messages: what is wrong in the
 # words of the YAML, and what to write instead. A row: why, an edit of MINIMAL (old, new) or

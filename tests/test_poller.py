@@ -1239,3 +1239,48 @@ async def test_feeds_command_shows_health_errors_and_rhythm(
     assert "switched off in the config" in lines["off"]
     assert lines["gone"].split()[1] == "gone" and "HTTP 410" in lines["gone"]
     assert "never (HTTP 410 Gone)" in lines["gone"]
+
+
+def archive(count: int, newest: int) -> bytes:
+    """An RSS archive of `count` items, newest first, about 200 bytes each."""
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    items = "".join(
+        f"<item><title>Archive item {n}</title><guid>urn:item:{n}</guid>"
+        f"<link>https://example.org/{n}</link>"
+        f"<pubDate>{(start + timedelta(seconds=n)).strftime('%a, %d %b %Y %H:%M:%S')} GMT"
+        f"</pubDate><description>What item {n} says.</description></item>\n"
+        for n in range(newest, newest - count, -1)
+    )
+    head = '<?xml version="1.0"?><rss version="2.0"><channel><title>Archive</title>\n'
+    return (head + items + "</channel></rss>\n").encode()
+
+
+async def test_a_feed_of_100000_items_is_read_in_part_within_the_deadline_and_said_once(
+    httpserver: HTTPServer,
+    start_app: Callable[..., Any],
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """20 MB, 100,000 items: the parse ran past its deadline at every poll, nothing stored."""
+    caplog.set_level(logging.INFO, logger="monitor.poller")
+    documents = iter([archive(100_000, 100_000), archive(100_001, 100_001)])
+    httpserver.expect_request("/archive").respond_with_handler(
+        lambda _request: Response(next(documents), content_type="application/rss+xml")
+    )
+    feeds = {"archive": httpserver.url_for("/archive")}
+    async with start_app(feeds, max_body="64 MiB", timeout=60, parse_timeout=20) as app:
+        state = await poll(app, "archive")
+        assert state.status == FeedStatus.OK, state.last_error
+        assert state.items_total == 500  # polling.max_items
+        state = await poll(app, "archive")  # one more item on top
+        assert state.status == FeedStatus.OK, state.last_error
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as connection:
+        titles = {row[0] for row in connection.execute(sa.text("SELECT title FROM items"))}
+    engine.dispose()
+    assert {"Archive item 100001", "Archive item 100000", "Archive item 99501"} <= titles
+    assert "Archive item 99500" not in titles
+    said = [r.getMessage() for r in caplog.records if "polling.max_items" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("feed lists 100000 items in 2")  # 2x.x MB
+    assert "the newest 500 were read, the 99500 older ones left out" in said[0]
