@@ -24,13 +24,20 @@ from monitor.config import (
     Config,
     FeedConfig,
     _parse_duration,
+    config_warnings,
     find_config,
     mailbox_address,
     missing_feeds,
 )
-from monitor.delivery import UNHEALTHY, preview, run_digests, send_test_email
+from monitor.delivery import (
+    UNHEALTHY,
+    preview,
+    run_digests,
+    send_test_chat,
+    send_test_email,
+)
 from monitor.digest import read_back
-from monitor.errors import ConfigError, LockedError, MonitorError
+from monitor.errors import ConfigError, DeliveryError, LockedError, MonitorError
 from monitor.labels import plain_problem
 from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
@@ -128,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate = command("migrate-db", help="copy all state into another database")
     migrate.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql+psycopg://...")
-    test_email = command("test-email", help="send a test message via the mailer")
-    test_email.add_argument("address", help="where to send it")
+    test_send = command(
+        "test-send", help="send a test message to an address or a channel (by its name)"
+    )
+    test_send.add_argument("recipient", help="an email address, or a channel recipient's name")
+    test_email = command("test-email", help="the same as test-send (its former name)")
+    test_email.add_argument("recipient", help="an email address, or a channel recipient's name")
     feeds = command("feeds", help="one line per feed: status, last success, error, next poll")
     feeds.add_argument("--wide", action="store_true", help="never wrap: one line per feed")
     feeds.add_argument("--failing", action="store_true", help="only the feeds that fail")
@@ -197,6 +208,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
     if no_feeds is not None and args.command in ("check", "test"):
         print(f"{path}: warning: {no_feeds}", file=sys.stderr)
     if args.command == "check":
+        for warning in config_warnings(config):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
     testing = args.command == "test" and bool(args.why_not or args.stored)
@@ -216,8 +229,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return _feeds(config, args)
     if args.command == "digest" and args.preview:  # reads only: beside a running daemon too
         return asyncio.run(_preview(config, args))
-    if args.command == "test-email":
-        return asyncio.run(_test_email(config, args.address))
+    if args.command in ("test-send", "test-email"):
+        return asyncio.run(_test_send(config, args.recipient))
     if args.command == "dead-letters":
         return _dead_letters(config, args.recipient)
     if args.command == "retry-dead":  # a running daemon sends them: no lock needed
@@ -392,6 +405,12 @@ def _migrate_db(config: Config, target: str) -> int:
 
 
 def _retry_dead(config: Config, recipient: str | None) -> int:
+    if recipient is not None:
+        try:
+            recipient = mailbox_address(recipient)  # as stored: the domain in lower case
+        except ValueError as refused:
+            print(f"monitor: {refused}", file=sys.stderr)
+            return EXIT_USAGE
     store = open_store(config.database)
     try:
         count = store.retry_dead(datetime.now(UTC), recipient)
@@ -402,6 +421,21 @@ def _retry_dead(config: Config, recipient: str | None) -> int:
         f"{count} dead letter(s){whose} queued again; the running daemon sends them at its "
         "next digest tick (or run `monitor digest --send`)"
     )
+    return EXIT_OK
+
+
+async def _test_send(config: Config, recipient: str) -> int:
+    """A sample message to an address, or to a channel named in the config."""
+    if "@" in recipient:
+        return await _test_email(config, recipient)
+    channel = resolve_names([recipient], list(config.channels()), "channel")
+    async with running_app(config, takes_part=False) as app:
+        try:
+            answer = await send_test_chat(app, channel[0])
+        except DeliveryError as error:
+            print(f"monitor: test message to {error}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"test message to {answer}")
     return EXIT_OK
 
 

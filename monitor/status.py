@@ -12,7 +12,7 @@ import os
 import socket
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -131,6 +131,15 @@ class Snapshot:
     workers: tuple[WorkerInfo, ...] = ()
     # When a feed was last polled, by any process: the daemon's heartbeat knows only its own.
     last_poll_at: datetime | None = None
+    # Stored messages per (channel: email, slack, webhook, ...; state: ready, sent, dead).
+    messages: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def channels_line(self) -> str:
+        """`email 12 sent, 1 ready; slack 3 sent, 1 dead`: per channel, its messages."""
+        by_channel: dict[str, list[str]] = {}
+        for (channel, state), count in sorted(self.messages.items()):
+            by_channel.setdefault(channel, []).append(f"{count} {state}")
+        return "; ".join(f"{c} {', '.join(states)}" for c, states in by_channel.items()) or "none"
 
     def running(self, now: datetime) -> bool:
         """Whether a daemon (any worker) runs on this database."""
@@ -186,7 +195,15 @@ def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
         feeds_gone=gone,
         workers=tuple(w for w in store.live_workers(now - ALIVE_WITHIN) if _may_run(w.host, w.pid)),
         last_poll_at=store.last_poll_at(),
+        messages=_messages_by_channel(store, config),
     )
+
+
+def _messages_by_channel(store: Store, config: Config) -> dict[tuple[str, str], int]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for (recipient, state), count in store.message_counts().items():
+        counts[(config.service_of(recipient), state.value)] += count
+    return dict(counts)
 
 
 def next_digests(
@@ -264,6 +281,7 @@ def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]
         f"feeds:      {feeds}",
         f"outbox:     {outbox.pending} pending{oldest}, {outbox.ready} ready to send, "
         f"{outbox.dead} dead letters{listed}",
+        f"messages:   {snapshot.channels_line()}",
         "next digests:",
     ]
     width = max((len(d.watchlist) for d in snapshot.next_digests), default=0)

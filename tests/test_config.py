@@ -865,3 +865,75 @@ def test_each_write_this_hint_loads_when_written(
         old = re.compile(rf"{key}:.*$" if block else rf"{key}: [^,}}]*")
         lines[number] = old.sub(f"{key}: {value}".replace("\\", "\\\\"), lines[number])
     parse_config("\n".join(lines) + "\n", "c.yaml")
+
+
+def test_a_domain_in_another_case_is_the_same_recipient() -> None:
+    """RFC 5321: the domain of an address is case-insensitive; one mailbox, one copy."""
+    text = MINIMAL.replace(
+        "    terms: [xAI]\n",
+        "    terms: [xAI]\n    recipients: [a@example.org, a@EXAMPLE.org, {address: b@Example.ORG}]\n",
+    )
+    config = parse_config(text, "c.yaml")
+    assert config.recipients_of(config.watchlists[0]) == ("a@example.org", "b@example.org")
+    plans = config.deliveries_of(config.watchlists[0])
+    assert [plan.recipient for plan in plans] == ["a@example.org", "b@example.org"]
+
+
+def test_check_warns_about_addresses_that_differ_only_in_case_before_the_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    path = tmp_path / "config.yaml"
+    text = MINIMAL.replace(
+        "    terms: [xAI]\n", "    terms: [xAI]\n    recipients: [press@EXAMPLE.org]\n"
+    )
+    path.write_text(text.replace("[press@example.org]", "[Press@example.org]"), encoding="utf-8")
+    assert main(["--config", str(path), "check"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"{path}: warning: recipients: Press@example.org and press@example.org differ only in "
+        "upper/lower case before the @" in err
+    )
+
+
+SMTP_LOGIN = (
+    "smtp: {host: HOST, from: m@example.org, username: u, password_env: SMTP_SECRET,"
+    " starttls: false}\n"
+)
+
+
+def test_a_login_in_clear_text_to_a_remote_server_is_refused_unless_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    monkeypatch.setenv("SMTP_SECRET", "hunter2-secret")
+    text = MINIMAL + SMTP_LOGIN.replace("HOST", "mail.example.org")
+    (found,) = problems(text)
+    assert "smtp: " in found and "clear text" in found and "allow_plaintext_login: true" in found
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace("starttls: false", "starttls: false, tls: true"))
+    assert main(["--config", str(path), "check"]) == 0
+    assert "clear text" not in capsys.readouterr().err
+    path.write_text(text.replace("starttls: false", "starttls: false, allow_plaintext_login: true"))
+    assert main(["--config", str(path), "check"]) == 0
+    assert (
+        "warning: smtp: the password goes to mail.example.org in clear text "
+        "(allow_plaintext_login: true)" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_a_login_in_clear_text_to_this_machine_is_allowed_and_said(
+    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    monkeypatch.setenv("SMTP_SECRET", "hunter2-secret")
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL + SMTP_LOGIN.replace("HOST", f"'{host}'"))
+    assert main(["--config", str(path), "check"]) == 0
+    assert (
+        f"the password goes to {host} in clear text (a loopback server" in capsys.readouterr().err
+    )

@@ -137,6 +137,9 @@ messages = sa.Table(
     sa.Column("kind", sa.Text, nullable=False, server_default="digest"),  # digest | alert
     sa.Column("lease_owner", sa.Text),  # the worker sending it right now, if any
     sa.Column("lease_until", UTCDateTime),
+    # When a server first left the end of this message unanswered: it may have it. One more
+    # copy is allowed, never a third (delivery.send_ready).
+    sa.Column("unconfirmed_at", UTCDateTime),
     sa.Index("ix_messages_status_next", "status", "next_attempt_at"),
 )
 
