@@ -30,7 +30,6 @@ from monitor.config import (
     missing_feeds,
 )
 from monitor.delivery import (
-    FIRST_POLL_DONE,
     UNHEALTHY,
     preview,
     run_digests,
@@ -294,7 +293,6 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     feeds = resolve_names(feeds, [f.name for f in config.feeds], "feed") or None
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
-        app.store.set_meta(FIRST_POLL_DONE, "1")
         # As the daemon after each cycle: a cron job of poll + digest --send gets them too.
         alerts = await asyncio.to_thread(check_spikes, app)
     for poll in report.polls:
@@ -632,17 +630,24 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
     width = None if args.wide or not sys.stdout.isatty() else shutil.get_terminal_size().columns
     names = [_feed_name(feed) for feed, _ in rows]
     name_width = max([4, *map(len, names)])
-    if width is not None and name_width + _FEED_COLUMNS > width:
-        name_width = max(4, min(name_width, width - _FEED_COLUMNS, _NAME_COLUMN))
+    why_width = max([3, *(len(_why(feed, state)) for feed, state in rows)])
+    if width is not None and min(name_width, _NAME_COLUMN) + _FEED_COLUMNS + why_width >= width:
+        why_width = 0  # a narrow terminal: the rest of the row matters more; --wide shows it
+    columns = _FEED_COLUMNS + (why_width + 1 if why_width else 0)
+    if width is not None and name_width + columns > width:
+        name_width = max(4, min(name_width, width - columns, _NAME_COLUMN))
+    why = f" {'WHY':{why_width}}" if why_width else ""
     print(
-        f"{'FEED':{name_width}} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16} {'FAILS':>5} "
-        f"{'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
+        f"{'FEED':{name_width}} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16}{why} "
+        f"{'FAILS':>5} {'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
     )
     for name, (feed, state) in zip(names, rows, strict=True):
         if len(name) > name_width:  # the whole name on a line of its own, the row below
             print(name)
             name = ""
-        print(_feed_row(name.ljust(name_width), feed, state, config, width))
+        print(_feed_row(name.ljust(name_width), feed, state, config, width, why_width))
+    if not why_width:
+        print("(why each next poll is when it is: monitor feeds --wide)")
     return EXIT_OK
 
 
@@ -669,15 +674,17 @@ def _feed_state(feed: FeedConfig, state: FeedState) -> str:
 
 
 def _feed_row(
-    name: str, feed: FeedConfig, state: FeedState, config: Config, width: int | None
+    name: str, feed: FeedConfig, state: FeedState, config: Config, width: int | None, why: int
 ) -> str:
-    """One feed of `monitor feeds`: health, timing and the last error with its age. The
-    whole name always; on a terminal narrower than the line, the error wraps below it."""
+    """One feed of `monitor feeds`: health, timing (and why, in a column `why` wide, if
+    any) and the last error with its age. The whole name always; on a terminal narrower
+    than the line, the error wraps below it."""
     per_day = f"{state.items_per_day:.1f}" if state.items_per_day else "-"
     next_poll = _when(state.next_poll_at, config) if feed.enabled else "never"
+    reason = f" {_why(feed, state):{why}}" if why else ""
     line = (
         f"{name} {_feed_state(feed, state):9} {_when(state.last_success_at, config):16} "
-        f"{next_poll:16} {state.consecutive_failures:>5} {per_day:>9}  "
+        f"{next_poll:16}{reason} {state.consecutive_failures:>5} {per_day:>9}  "
         f"{_when(state.error_since, config):16}"
     )
     error = " ".join((state.last_error or "").split())
@@ -703,12 +710,22 @@ def _feed_record(feed: FeedConfig, state: FeedState) -> dict[str, object]:
         "state": _feed_state(feed, state),
         "last_success": iso(state.last_success_at),
         "next_poll": iso(state.next_poll_at) if feed.enabled else None,
+        "next_poll_why": _why(feed, state),
         "consecutive_failures": state.consecutive_failures,
         "items_per_day": state.items_per_day,
         "failing_since": iso(state.error_since),
         "last_error": state.last_error,
         "problem": plain_problem(state.last_error) if state.last_error else None,
     }
+
+
+def _why(feed: FeedConfig, state: FeedState) -> str:
+    """Why the next poll is when it is: the poller's reason, written with each outcome."""
+    if not feed.enabled:
+        return "switched off in the config"
+    if state.status is FeedStatus.NEW or not state.poll_reason:
+        return "first poll"
+    return state.poll_reason
 
 
 def _when(moment: datetime | None, config: Config) -> str:

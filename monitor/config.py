@@ -685,6 +685,9 @@ class Config(_Model):
     metrics: MetricsConfig | None = None  # the HTTP endpoint is off unless configured
     dedupe: DedupeConfig = DedupeConfig()
     retention: RetentionConfig = RetentionConfig()
+    # An item dated longer ago than this when monitor could first have read it (a feed's
+    # archive on its first poll) is stored, deduplicated and searchable, but never alerted.
+    backlog: Duration = 48 * 3600.0
     feeds: tuple[FeedConfig, ...] = ()  # none: check and test work, run and poll refuse
     watchlists: tuple[WatchlistConfig, ...] = Field(min_length=1)
     source: str = Field("<memory>", exclude=True)  # the file this came from, for messages

@@ -36,7 +36,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.app import App, load_checked, running_app
 from monitor.config import Config
-from monitor.delivery import FIRST_POLL_DONE, run_digests
+from monitor.delivery import run_digests
 from monitor.errors import ConfigError
 from monitor.lock import database_lock
 from monitor.logs import RepeatedError
@@ -144,8 +144,6 @@ class Daemon:
         started = time.monotonic()
         report = await poll_due(self.app)
         self.last_poll_at = self.app.clock()
-        if self.app.store.get_meta(FIRST_POLL_DONE) is None:
-            self.app.store.set_meta(FIRST_POLL_DONE, "1")
         self.metrics.record_polls(_outcomes(report), time.monotonic() - started)
         self.metrics.record_ingest(report.new_items, report.matches)
         self.metrics.record_poll_tick(self.last_poll_at)

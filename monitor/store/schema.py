@@ -70,6 +70,9 @@ feeds = sa.Table(
     # that last claimed each, so a claim reads only due feeds (ix_feeds_due) and no list.
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("poll_cycle", sa.Text),
+    # Migration 0008_i23_poll_reason: why the next poll is when it is; the feed's own ttl.
+    sa.Column("poll_reason", sa.Text),
+    sa.Column("ttl", sa.Float),
     # Only the polled feeds: one removed from the configuration keeps its old next poll,
     # and would otherwise stay at the front of the index for every claim to step over.
     sa.Index(
