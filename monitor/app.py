@@ -51,6 +51,9 @@ class App:
     # Feeds another worker's config polls and this one's does not, already logged: a claim
     # takes them again and again while the configs differ (a warning per claim, before).
     foreign_feeds: set[str] = field(default_factory=set)
+    # When each (watchlist, recipient) pair appeared in this process's configuration (at
+    # start, or a reload): its first digest waits for the feeds' polls since (delivery.py).
+    configured_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
     # Message-ID -> when the server accepted it, while its "sent" mark is not yet written
     # (delivery.record_sent): such a message is never handed to the server again.
     accepted: dict[str, datetime] = field(default_factory=dict)
@@ -60,6 +63,11 @@ class App:
 
     def apply_config(self, config: Config) -> None:
         """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""
+        now = self.clock()
+        pairs = {
+            (w.name, address) for w in config.watchlists for address in config.recipients_of(w)
+        }
+        self.configured_at = {pair: self.configured_at.get(pair, now) for pair in pairs}
         self.config = config
         self.matcher = Matcher(config.watchlists)
         self.renderer = build_renderer(config)

@@ -30,7 +30,6 @@ from monitor.config import (
     missing_feeds,
 )
 from monitor.delivery import (
-    FIRST_POLL_DONE,
     UNHEALTHY,
     preview,
     run_digests,
@@ -45,6 +44,7 @@ from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.poller import poll_due
 from monitor.query import Filter
+from monitor.spike_alerts import check_spikes
 from monitor.startup import release_sighup
 from monitor.store import DeferredMessage, Store, database_trouble, open_store
 from monitor.text import clean_text
@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         "retry-dead", help="send dead letters again (same Message-ID) once their cause is fixed"
     )
     retry.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
+    trends = commands.add_parser(
+        "trends", help="daily stories per watchlist, the usual level, the days that would fire"
+    )
+    trends.add_argument("--watchlist", action="append", metavar="NAME")
+    trends.add_argument("--days", type=int, default=30, help="how many days back (30)")
     return parser
 
 
@@ -201,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that read what the daemon (or `monitor poll`) stored: on a database file that is
 # not there they would create an empty one, and report from it.
-_READERS = {"status", "feeds", "prune", "dead-letters", "retry-dead", "migrate-db"}
+_READERS = {"status", "feeds", "prune", "dead-letters", "retry-dead", "migrate-db", "trends"}
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -234,6 +239,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return asyncio.run(_preview(config, args))
     if args.command in ("test-send", "test-email"):
         return asyncio.run(_test_send(config, args.recipient))
+    if args.command == "trends":
+        return _trends(config, args.watchlist, args.days)
     if args.command == "dead-letters":
         return _dead_letters(config, args.recipient)
     if args.command == "retry-dead":  # a running daemon sends them: no lock needed
@@ -288,13 +295,15 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     feeds = resolve_names(feeds, [f.name for f in config.feeds], "feed") or None
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
-        app.store.set_meta(FIRST_POLL_DONE, "1")
+        # As the daemon after each cycle: a cron job of poll + digest --send gets them too.
+        alerts = await asyncio.to_thread(check_spikes, app)
     for poll in report.polls:
         if poll.error:
             print(f"  {poll.feed}: FAILED: {poll.error}")
     print(
         f"polled {len(report.polls)} feeds: {report.new_items} new items, "
         f"{report.matches} matches, {report.failed} failed"
+        + (f"; {alerts} spike/silence alert(s) queued" if alerts else "")
     )
     return EXIT_OK
 
@@ -591,6 +600,23 @@ def _explain(hits: Sequence[Hit], fields: dict[str, str]) -> list[str]:
     ]
 
 
+def _trends(config: Config, names: list[str] | None, days: int) -> int:
+    from monitor.app import utc_now
+    from monitor.trends import trend_lines
+
+    known = [w.name for w in config.watchlists]
+    wanted = resolve_names(names, known, "watchlist") or known
+    if not 1 <= days <= 366:
+        raise UsageError(f"--days {days}: give 1 to 366 days")
+    store = open_store(config.database)
+    try:
+        lines = trend_lines(store, config, wanted, days, utc_now())
+    finally:
+        store.close()
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def _status(config: Config) -> int:
     """Exit 0 while a daemon runs on this database, 1 when none does (for scripts)."""
     from monitor.app import utc_now
@@ -624,17 +650,24 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
     width = None if args.wide or not sys.stdout.isatty() else shutil.get_terminal_size().columns
     names = [_feed_name(feed) for feed, _ in rows]
     name_width = max([4, *map(len, names)])
-    if width is not None and name_width + _FEED_COLUMNS > width:
-        name_width = max(4, min(name_width, width - _FEED_COLUMNS, _NAME_COLUMN))
+    why_width = max([3, *(len(_why(feed, state)) for feed, state in rows)])
+    if width is not None and min(name_width, _NAME_COLUMN) + _FEED_COLUMNS + why_width >= width:
+        why_width = 0  # a narrow terminal: the rest of the row matters more; --wide shows it
+    columns = _FEED_COLUMNS + (why_width + 1 if why_width else 0)
+    if width is not None and name_width + columns > width:
+        name_width = max(4, min(name_width, width - columns, _NAME_COLUMN))
+    why = f" {'WHY':{why_width}}" if why_width else ""
     print(
-        f"{'FEED':{name_width}} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16} {'FAILS':>5} "
-        f"{'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
+        f"{'FEED':{name_width}} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16}{why} "
+        f"{'FAILS':>5} {'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
     )
     for name, (feed, state) in zip(names, rows, strict=True):
         if len(name) > name_width:  # the whole name on a line of its own, the row below
             print(name)
             name = ""
-        print(_feed_row(name.ljust(name_width), feed, state, config, width))
+        print(_feed_row(name.ljust(name_width), feed, state, config, width, why_width))
+    if not why_width:
+        print("(why each next poll is when it is: monitor feeds --wide)")
     return EXIT_OK
 
 
@@ -661,15 +694,17 @@ def _feed_state(feed: FeedConfig, state: FeedState) -> str:
 
 
 def _feed_row(
-    name: str, feed: FeedConfig, state: FeedState, config: Config, width: int | None
+    name: str, feed: FeedConfig, state: FeedState, config: Config, width: int | None, why: int
 ) -> str:
-    """One feed of `monitor feeds`: health, timing and the last error with its age. The
-    whole name always; on a terminal narrower than the line, the error wraps below it."""
+    """One feed of `monitor feeds`: health, timing (and why, in a column `why` wide, if
+    any) and the last error with its age. The whole name always; on a terminal narrower
+    than the line, the error wraps below it."""
     per_day = f"{state.items_per_day:.1f}" if state.items_per_day else "-"
     next_poll = _when(state.next_poll_at, config) if feed.enabled else "never"
+    reason = f" {_why(feed, state):{why}}" if why else ""
     line = (
         f"{name} {_feed_state(feed, state):9} {_when(state.last_success_at, config):16} "
-        f"{next_poll:16} {state.consecutive_failures:>5} {per_day:>9}  "
+        f"{next_poll:16}{reason} {state.consecutive_failures:>5} {per_day:>9}  "
         f"{_when(state.error_since, config):16}"
     )
     error = " ".join((state.last_error or "").split())
@@ -695,12 +730,22 @@ def _feed_record(feed: FeedConfig, state: FeedState) -> dict[str, object]:
         "state": _feed_state(feed, state),
         "last_success": iso(state.last_success_at),
         "next_poll": iso(state.next_poll_at) if feed.enabled else None,
+        "next_poll_why": _why(feed, state),
         "consecutive_failures": state.consecutive_failures,
         "items_per_day": state.items_per_day,
         "failing_since": iso(state.error_since),
         "last_error": state.last_error,
         "problem": plain_problem(state.last_error) if state.last_error else None,
     }
+
+
+def _why(feed: FeedConfig, state: FeedState) -> str:
+    """Why the next poll is when it is: the poller's reason, written with each outcome."""
+    if not feed.enabled:
+        return "switched off in the config"
+    if state.status is FeedStatus.NEW or not state.poll_reason:
+        return "first poll"
+    return state.poll_reason
 
 
 def _when(moment: datetime | None, config: Config) -> str:

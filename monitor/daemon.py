@@ -36,7 +36,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.app import App, load_checked, running_app
 from monitor.config import Config
-from monitor.delivery import FIRST_POLL_DONE, run_digests
+from monitor.delivery import run_digests
 from monitor.errors import ConfigError
 from monitor.lock import database_lock
 from monitor.logs import RepeatedError
@@ -44,6 +44,7 @@ from monitor.metrics import Metrics, PollOutcome, start_endpoint
 from monitor.notify import Notifier
 from monitor.poller import CycleReport, poll_due
 from monitor.retention import prune
+from monitor.spike_alerts import check_spikes
 from monitor.startup import hold_sighup, take_held_sighup
 from monitor.status import Health, Heartbeat, take_snapshot, write_heartbeat
 from monitor.store import database_trouble
@@ -143,11 +144,11 @@ class Daemon:
         started = time.monotonic()
         report = await poll_due(self.app)
         self.last_poll_at = self.app.clock()
-        if self.app.store.get_meta(FIRST_POLL_DONE) is None:
-            self.app.store.set_meta(FIRST_POLL_DONE, "1")
         self.metrics.record_polls(_outcomes(report), time.monotonic() - started)
         self.metrics.record_ingest(report.new_items, report.matches)
         self.metrics.record_poll_tick(self.last_poll_at)
+        if report.polls:  # a cycle that polled nothing changed no count
+            await self.spike_check()
         if report.polls:
             level = logging.INFO if (report.new_items or report.failed) else logging.DEBUG
             log.log(
@@ -158,6 +159,14 @@ class Daemon:
                 report.matches,
                 report.failed,
             )
+
+    async def spike_check(self) -> None:
+        """Spike and silence alerts, judged after every poll cycle (the digest tick sends
+        them). A failure is logged and polling goes on."""
+        try:
+            await asyncio.to_thread(check_spikes, self.app)
+        except Exception:
+            log.exception("spike check failed; the next poll cycle tries again")
 
     async def digest_tick(self) -> None:
         report = await run_digests(self.app)

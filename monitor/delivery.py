@@ -24,12 +24,20 @@ from monitor.config import DeliveryPlan
 from monitor.contents import Contents, plan, ranking
 from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError, UnconfirmedDeliveryError
-from monitor.models import DigestEntry, FeedStatus, Hit, Item, MessageKind, OutgoingMessage
+from monitor.models import (
+    DigestEntry,
+    FeedState,
+    FeedStatus,
+    Hit,
+    Item,
+    MessageKind,
+    OutgoingMessage,
+)
 from monitor.schedules import Every
 from monitor.store import DigestRun
+from monitor.trends import recent_counts
 
 log = logging.getLogger(__name__)
-FIRST_POLL_DONE = "first_poll_done"
 UNSETTLED_WINDOW = timedelta(days=1)  # how far back each digest tick looks for unqueued matches
 SEND_LEASE = timedelta(minutes=10)  # at least; longer than one message takes (send_lease)
 MARK_RETRY = (0.5, 30.0)  # seconds: the first wait before writing a "sent" mark again, the most
@@ -96,13 +104,15 @@ def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> lis
     """The (watchlist, recipient) pairs whose latest schedule slot has not been handled.
 
     A slot missed while monitor was down (or inside quiet hours) is still due afterwards:
-    catch-up, once. A new pair is due after the first poll, so its first digest shows what
-    matched. An immediate pair is due once its oldest pending match has waited `hold`.
+    catch-up, once. A new pair (never handled) is due once the feeds it reads have been
+    polled since it appeared in the configuration (`first_polls_done`), so its first digest
+    shows what they matched, whatever the database saw before. An immediate pair is due
+    once its oldest pending match has waited `hold`.
     """
     zone = app.config.zone
     handled = app.store.last_runs()
     waiting = app.store.pending_since()
-    first_poll_done = app.store.get_meta(FIRST_POLL_DONE) is not None
+    states: dict[str, FeedState] | None = None  # read once, only while a pair is new
     hold = timedelta(seconds=app.config.digests.hold)
     due = []
     for due_pair in all_plans(app, only, now):
@@ -124,9 +134,39 @@ def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> lis
                 due.append(Due(plan, since))
             continue
         slot = plan.schedule.latest_slot(now, zone)
-        if (last is None and first_poll_done) or (last is not None and slot > last):
+        if last is None:
+            if states is None:
+                states = {state.name: state for state in app.store.feed_states()}
+            if first_polls_done(app, plan.watchlist, app.configured_at.get(key, now), states):
+                due.append(Due(plan, slot))
+        elif slot > last:
             due.append(Due(plan, slot))
     return due
+
+
+def first_polls_done(
+    app: App, watchlist: str, since: datetime, states: Mapping[str, FeedState]
+) -> bool:
+    """Whether each feed the watchlist reads has been polled since `since`, when its pair
+    appeared in the configuration: items are matched as they are stored, so only those
+    polls bring its matches. Not waited for: a feed failing or gone, and one not due within
+    `polling.interval` of `since` (its own, longer interval)."""
+    config = app.config
+    reads = next((w.feeds for w in config.watchlists if w.name == watchlist), ())
+    horizon = since + timedelta(seconds=config.polling.interval)
+    return all(
+        _polled_since(states.get(feed.name), since, horizon)
+        for feed in config.feeds
+        if feed.enabled and (not reads or feed.name in reads)
+    )
+
+
+def _polled_since(state: FeedState | None, since: datetime, horizon: datetime) -> bool:
+    if state is None or (state.last_polled_at is not None and state.last_polled_at >= since):
+        return True
+    if state.consecutive_failures or state.status is FeedStatus.DISABLED:
+        return True
+    return state.next_poll_at is None or state.next_poll_at > horizon
 
 
 def compose(
@@ -137,6 +177,7 @@ def compose(
     by_recipient = _by_recipient(due)
     planned = plan_messages(app, by_recipient)
     health = feed_health(app) if by_recipient else []
+    trends = recent_counts(app.store, {p.plan.watchlist for p in due}, now) if by_recipient else {}
     composed = held = 0
     for recipient, pairs in by_recipient.items():
         contents = planned[recipient]
@@ -148,7 +189,7 @@ def compose(
                 app.store.claim_digest(None, [], now, runs, covered=contents.covered)
             continue
         try:
-            message = _render(app, recipient, contents, now, _kind(pairs), health)
+            message = _render(app, recipient, contents, now, _kind(pairs), health, trends)
         except Exception:  # one recipient's items (a user template's branch) only
             log.exception(
                 "could not render the %s for %s (watchlists %s); its matches stay pending, "
@@ -212,6 +253,7 @@ def _render(
     now: datetime,
     kind: MessageKind,
     health: Sequence[FeedHealth],
+    trends: Mapping[str, Sequence[int]],
 ) -> OutgoingMessage:
     """A mail for an address; a short chat message for a channel (chat.py)."""
     channel = app.config.channels().get(recipient)
@@ -229,6 +271,7 @@ def _render(
         health=health,
         already=contents.already,
         growth=contents.growth,
+        trends=trends,
     )
 
 
@@ -268,8 +311,11 @@ def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage
     now = app.clock()
     pairs = _by_recipient(all_plans(app, only, now))
     health = feed_health(app)
+    # Read only: the days the daemon has counted (a preview writes nothing).
+    names = {due.plan.watchlist for dues in pairs.values() for due in dues}
+    trends = recent_counts(app.store, names, now, count=False)
     return [
-        _render(app, recipient, contents, now, _kind(pairs[recipient]), health)
+        _render(app, recipient, contents, now, _kind(pairs[recipient]), health, trends)
         for recipient, contents in plan_messages(app, pairs).items()
         if contents.is_news
     ]

@@ -29,7 +29,7 @@ from monitor.app import App, load_checked, running_app
 from monitor.chat import fit, render_chat, story_line
 from monitor.cli import main
 from monitor.config import load_config
-from monitor.delivery import FIRST_POLL_DONE, run_digests
+from monitor.delivery import run_digests
 from monitor.errors import ConfigError
 from monitor.models import DigestEntry, Hit, Item, MessageKind
 from monitor.store.schema import messages
@@ -94,7 +94,8 @@ def open_app(write_config: Callable[..., Path]) -> Callable[..., Any]:
     async def make(data: dict[str, Any], clock: Clock) -> AsyncIterator[App]:
         config = load_checked(write_config(data))
         async with running_app(config, clock=clock) as app:
-            app.store.set_meta(FIRST_POLL_DONE, "1")
+            for feed in config.feeds:  # polled since: a first digest is due at once
+                app.store.update_feed(feed.name, last_polled_at=clock())
             yield app
 
     return make

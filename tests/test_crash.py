@@ -15,7 +15,7 @@ from werkzeug import Request, Response
 
 from monitor.cli import main
 from tests.conftest import SmtpRecorder
-from tests.feeds import GERMAN
+from tests.feeds import GERMAN_NOW
 
 
 def test_killed_between_send_and_mark_resends_once_with_the_same_message_id(
@@ -24,7 +24,7 @@ def test_killed_between_send_and_mark_resends_once_with_the_same_message_id(
     write_config: Callable[..., Path],
 ) -> None:
     recorder, port = smtp_server
-    httpserver.expect_request("/de.xml").respond_with_data(GERMAN)
+    httpserver.expect_request("/de.xml").respond_with_data(GERMAN_NOW)
     path = str(
         write_config(
             {
@@ -69,7 +69,7 @@ def test_killed_between_a_webhooks_200_and_the_mark_resends_once_with_the_same_k
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MONITOR_TEST_HOOK_SECRET", "s3cret")
-    httpserver.expect_request("/de.xml").respond_with_data(GERMAN)
+    httpserver.expect_request("/de.xml").respond_with_data(GERMAN_NOW)
     received: list[Request] = []
     kill: list[int] = []
 

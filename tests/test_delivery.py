@@ -13,7 +13,7 @@ import pytest
 
 from monitor.app import App, running_app
 from monitor.config import load_config
-from monitor.delivery import FIRST_POLL_DONE, run_digests
+from monitor.delivery import run_digests
 from monitor.models import Item
 from tests.conftest import SmtpRecorder, free_port
 
@@ -70,14 +70,15 @@ def settings(port: int, **watchlist: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def open_app(write_config: Callable[..., Path]) -> Callable[..., Any]:
-    """An App on a SQLite file with the given config and clock; first poll already done."""
+    """An App on a SQLite file with the given config and clock; its feeds polled since."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def make(data: dict[str, Any], clock: Clock) -> AsyncIterator[App]:
         config = load_config(write_config(data))
         async with running_app(config, clock=clock) as app:
-            app.store.set_meta(FIRST_POLL_DONE, "1")
+            for feed in config.feeds:
+                app.store.update_feed(feed.name, last_polled_at=clock())
             yield app
 
     return make
@@ -560,6 +561,36 @@ async def test_preview_renders_an_immediate_watchlist_as_its_alert(
     (sent,) = recorder.parsed()
     subject = str(message_from_bytes(shown.mime, policy=policy.default)["Subject"])
     assert subject == sent["Subject"] and subject.startswith("monitor alert:")
+
+
+async def test_a_pair_added_on_a_used_database_waits_for_its_feeds_polls_not_a_day(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int], write_config: Callable[..., Path]
+) -> None:
+    """Issue 23: a new (watchlist, recipient) pair's first digest is due once the feeds it
+    reads have been polled since it appeared (here by a reload), never before: a digest tick
+    between the reload and the poll used to mark today's period handled, empty. A feed with
+    a long interval of its own is not waited for."""
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    data = settings(port, recipients=["a@example.org"])
+    data["feeds"].append({"name": "Wochenblatt", "url": "https://weekly.example/feed"})
+    async with open_app(data, clock) as app:
+        await run_digests(app)  # a's first digest period: handled (nothing matched)
+        assert app.store.last_runs().keys() == {("xAI", "a@example.org")}
+        app.store.update_feed("Wochenblatt", next_poll_at=clock() + timedelta(days=7))
+
+        clock.advance(minutes=5)
+        data["watchlists"][0]["recipients"] = ["a@example.org", "c@example.org"]
+        app.apply_config(load_config(write_config(data)))
+        clock.advance(minutes=1)
+        assert (await run_digests(app)).composed == 0  # heise not polled since: wait
+        assert ("xAI", "c@example.org") not in app.store.last_runs()
+
+        add_matches(app, 1)  # the poll's matches, queued to c (and a) as they are stored
+        app.store.update_feed("heise", last_polled_at=clock())
+        report = await run_digests(app)
+        assert (report.composed, report.sent) == (1, 1)  # c's first digest; a's waits for 07:00
+    assert [r for _, r, _ in recorder.messages] == [["c@example.org"]]
 
 
 def slow_server_settings(port: int, **smtp: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import gc
 import gzip
 import logging
 import multiprocessing
+import re
 import socket
 import struct
 import threading
@@ -811,21 +812,32 @@ async def test_a_quiet_feed_turns_stale_once(
     assert sum("stale" in r.getMessage() for r in caplog.records) == 1
 
 
-async def test_ttl_and_cache_lifetime_stretch_the_interval(
+async def test_a_server_asking_for_less_is_honoured_also_after_a_304(
     httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
 ) -> None:
-    with_ttl = GERMAN.replace(b"<language>de</language>", b"<ttl>120</ttl>")
-    httpserver.expect_request("/ttl").respond_with_data(with_ttl)
+    """A feed's <ttl> is kept: a poll answered 304 (nothing parsed) still follows it. A
+    cache lifetime longer than the configured interval does not stretch it."""
+    with_ttl = GERMAN.replace(b"<language>de</language>", b"<ttl>10</ttl>")
+    httpserver.expect_request("/ttl").respond_with_handler(
+        lambda request: (
+            Response(status=304)
+            if request.headers.get("If-None-Match") == '"v1"'
+            else Response(with_ttl, headers={"ETag": '"v1"'})
+        )
+    )
     httpserver.expect_request("/cached").respond_with_data(
         GERMAN, headers={"Cache-Control": "public, max-age=10800"}
     )
     feeds = {"ttl": httpserver.url_for("/ttl"), "cached": httpserver.url_for("/cached")}
     async with start_app(feeds) as app:
         await poll_due(app)
-        ttl, cached = app.store.feed_state("ttl"), app.store.feed_state("cached")
-    assert ttl is not None and ttl.interval == 7200
-    assert cached is not None and cached.interval == 10800
-    assert between(ttl.next_poll_at, 1.8 * HOUR, 2.2 * HOUR, clock.now)
+        clock.advance(HOUR)
+        ttl = await poll(app, "ttl")
+        cached = app.store.feed_state("cached")
+    assert ttl.unchanged_streak == 1 and ttl.interval == 600
+    assert ttl.poll_reason == "every 10m (server asks 10m: ttl)"
+    assert between(ttl.next_poll_at, 0.85 * timedelta(minutes=10), timedelta(minutes=10), clock.now)
+    assert cached is not None and cached.interval == 900
 
 
 # ----------------------------------------------------------------------------- leases
@@ -1074,19 +1086,19 @@ async def test_the_writer_gathers_feeds_parsed_close_together_into_one_round(
         parsing = [asyncio.create_task(app.parse_pool.run(_nap)) for _ in range(4)]
         await asyncio.sleep(0)  # the parses have been handed over
         assert app.parse_pool.backlogged
-        first = asyncio.create_task(writer.ingest(batches[0]))
+        first = asyncio.create_task(writer.ingest(batches[0], START))
         await asyncio.sleep(0.2)
         assert writer.holding == 1 and writer.handed.is_set()  # out of the cycle's window
-        second = asyncio.create_task(writer.ingest(batches[1]))
+        second = asyncio.create_task(writer.ingest(batches[1], START))
         results = await asyncio.gather(first, second)
         assert rounds == [2]
         assert [len(r.new_items) for r in results] == [len(batches[0]), len(batches[1])]
         assert writer.holding == 0
         await asyncio.gather(*parsing)
         assert app.parse_pool.running == 0
-        third = asyncio.create_task(writer.ingest(batches[2]))
+        third = asyncio.create_task(writer.ingest(batches[2], START))
         await asyncio.sleep(0.2)
-        fourth = asyncio.create_task(writer.ingest(batches[0]))  # seen before: no new item
+        fourth = asyncio.create_task(writer.ingest(batches[0], START))  # seen before: no new item
         results = await asyncio.gather(third, fourth)
         assert rounds == [2, 1, 1]
         assert [len(r.new_items) for r in results] == [1, 0]
@@ -1149,7 +1161,7 @@ async def test_on_postgresql_a_claim_does_not_wait_for_the_round_storing_items(
 
         app.store.ingest_many = held
         writer = _Writer(app)
-        ingest = asyncio.create_task(writer.ingest(items))
+        ingest = asyncio.create_task(writer.ingest(items, START))
         assert await asyncio.to_thread(storing.wait, 10)
         claim = asyncio.create_task(writer.call(lambda: 42))
         done, _ = await asyncio.wait({claim}, timeout=1.0)
@@ -1221,10 +1233,12 @@ async def test_feeds_command_shows_health_errors_and_rhythm(
     assert main(["--config", str(path), "feeds"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert "degraded" in lines["down"] and "HTTP 500" in lines["down"]
-    assert lines["down"].split()[5] == "1"  # consecutive failures (after "-" and a date)
+    assert re.search(r"backing off after 1 failure +1 ", lines["down"])  # why; failures
     assert "ok" in lines["news/de"] and "1440.0" in lines["news/de"]  # items a minute apart
     assert "disabled" in lines["off"] and "never" in lines["off"]
+    assert "switched off in the config" in lines["off"]
     assert lines["gone"].split()[1] == "gone" and "HTTP 410" in lines["gone"]
+    assert "never (HTTP 410 Gone)" in lines["gone"]
 
 
 def archive(count: int, newest: int) -> bytes:

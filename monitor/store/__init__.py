@@ -19,6 +19,7 @@ One module per entity, one mixin of `Store` each:
     told      ToldStore: what each recipient was sent, story growth still to tell
     workers   WorkerStore: running processes and their heartbeats
     prune     PruneStore: retention
+    spikes    SpikeStore: stories per day and window, spike and silence alerts claimed once
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from monitor.store.items import IngestResult, ItemStore
 from monitor.store.leases import Claim, LeaseStore
 from monitor.store.outbox import DeadLetter, DeferredMessage, DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
+from monitor.store.spikes import SpikeStore, SpikeStory
 from monitor.store.told import ToldStore
 from monitor.store.workers import WorkerInfo, WorkerStore
 from monitor.stories import DedupeSettings
@@ -44,6 +46,7 @@ __all__ = [
     "IngestResult",
     "Outbox",
     "Pruned",
+    "SpikeStory",
     "Store",
     "WorkerInfo",
     "create_engine",
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 
-class Store(ItemStore, LeaseStore, OutboxStore, ToldStore, WorkerStore, PruneStore):
+class Store(ItemStore, LeaseStore, OutboxStore, ToldStore, WorkerStore, PruneStore, SpikeStore):
     """The database, behind methods named for what the pipeline needs."""
 
 

@@ -70,6 +70,9 @@ feeds = sa.Table(
     # that last claimed each, so a claim reads only due feeds (ix_feeds_due) and no list.
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("poll_cycle", sa.Text),
+    # Migration 0008_i23_poll_reason: why the next poll is when it is; the feed's own ttl.
+    sa.Column("poll_reason", sa.Text),
+    sa.Column("ttl", sa.Float),
     # Only the polled feeds: one removed from the configuration keeps its old next poll,
     # and would otherwise stay at the front of the index for every claim to step over.
     sa.Index(
@@ -117,6 +120,10 @@ matches = sa.Table(
     sa.Column("hits", sa.Text, nullable=False),  # JSON list of [term, field, start, end]
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("item_id", "watchlist", name="uq_matches_item_watchlist"),
+    # Spikes (migration 0008_i26_spikes): the window's stories of every watchlist, read
+    # from the index alone, and a watchlist's last match (silence).
+    sa.Index("ix_matches_created", "created_at", "watchlist", "item_id"),
+    sa.Index("ix_matches_watchlist_created", "watchlist", "created_at"),
 )
 
 messages = sa.Table(
@@ -331,3 +338,25 @@ class Recorded:
     item_id: int
     watchlist: str
     item: Item
+
+
+# Spikes (migration 0008_i26_spikes): each watchlist's distinct stories per complete UTC day,
+# counted once from matches (they outlive retention: `monitor trends` reads them), and each
+# watchlist's spike/silence state. Keyed by day first: a cycle reads the recent days of all.
+story_days = sa.Table(
+    "story_days",
+    metadata,
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("watchlist", sa.Text, nullable=False),
+    sa.Column("stories", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("day", "watchlist", name="pk_story_days"),
+)
+
+spike_watchlists = sa.Table(
+    "spike_watchlists",
+    metadata,
+    sa.Column("watchlist", sa.Text, primary_key=True),
+    sa.Column("first_match_at", UTCDateTime),  # the start of its history (warm-up)
+    sa.Column("spike_at", UTCDateTime),  # the last spike alert (cool-down)
+    sa.Column("silence_at", UTCDateTime),  # the last silence alert (once per silence)
+)
