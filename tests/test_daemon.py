@@ -443,7 +443,7 @@ def test_ctrl_c_in_a_terminal_stops_without_a_traceback(
     processes too: `make run`, Ctrl-C used to end in two KeyboardInterrupt tracebacks from
     them, as if monitor had crashed."""
     httpserver.expect_request("/de.xml").respond_with_data(
-        GERMAN, content_type="application/rss+xml"
+        GERMAN_NOW, content_type="application/rss+xml"
     )
     data = base_config(httpserver, 1)
     del data["smtp"]
