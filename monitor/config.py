@@ -805,7 +805,24 @@ def config_warnings(config: Config) -> list[str]:
         warnings.append(f"smtp: the password goes to {config.smtp.host} in clear text ({why})")
     addresses = [r.address for r in config.recipients]
     addresses += [r.address for w in config.watchlists for r in w.recipients]
-    return warnings + list(_case_twins(addresses))
+    return warnings + list(_short_spans(config)) + list(_case_twins(addresses))
+
+
+def _short_spans(config: Config) -> Iterator[str]:
+    """Spans meant in days that are under an hour: `items: 30` counts seconds, and deletes
+    every item half a minute after it came; surely a missing `d`."""
+    spans = {
+        "retention.items": config.retention.items,
+        "retention.keys": config.retention.keys,
+        "dedupe.window": config.dedupe.window,
+        "backlog": config.backlog,
+    }
+    for key, seconds in spans.items():
+        if seconds < 3600:
+            yield (
+                f"{key}: {seconds:g} seconds; a number without a unit counts seconds: "
+                f"write {seconds:g}d for days, {seconds:g}h for hours"
+            )
 
 
 def _case_twins(addresses: list[str]) -> Iterator[str]:

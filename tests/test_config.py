@@ -973,6 +973,24 @@ def test_check_warns_about_addresses_that_differ_only_in_case_before_the_at(
     )
 
 
+def test_check_warns_when_a_span_in_days_lacks_its_unit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`items: 30` loads as 30 seconds: every item deleted half a minute after it came."""
+    from monitor.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL + "retention: {items: 30, keys: 365d}\ndedupe: {window: 72}\n")
+    assert main(["--config", str(path), "check"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"{path}: warning: retention.items: 30 seconds; a number without a unit counts "
+        "seconds: write 30d for days, 30h for hours" in err
+    )
+    assert "dedupe.window: 72 seconds" in err
+    assert "retention.keys" not in err and "backlog" not in err
+
+
 SMTP_LOGIN = (
     "smtp: {host: HOST, from: m@example.org, username: u, password_env: SMTP_SECRET,"
     " starttls: false}\n"
