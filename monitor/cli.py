@@ -300,8 +300,10 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     for poll in report.polls:
         if poll.error:
             print(f"  {poll.feed}: FAILED: {poll.error}")
+    # The first poll of a feed finds its archive: say why hundreds of items alerted no one.
+    old = f" ({report.backlog} older than `backlog`: stored, not alerted)" if report.backlog else ""
     print(
-        f"polled {len(report.polls)} feeds: {report.new_items} new items, "
+        f"polled {len(report.polls)} feeds: {report.new_items} new items{old}, "
         f"{report.matches} matches, {report.failed} failed"
         + (f"; {alerts} spike/silence alert(s) queued" if alerts else "")
     )
