@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from monitor.models import DeliveryStatus, DigestEntry, MessageKind, MessageStatus, OutgoingMessage
 from monitor.store.dialect import among, aware, chunks, insert
@@ -101,6 +102,28 @@ def _one_entry_per_story(
     return entries
 
 
+def store_message(
+    tx: Connection, message: OutgoingMessage, now: datetime, send_at: datetime | None = None
+) -> bool:
+    """Store a rendered message, ready to be sent at `send_at` (now by default), in the
+    caller's transaction: the bytes are kept before anything is sent, so a resend uses
+    them. False if a message with its Message-ID is stored already."""
+    stored = tx.execute(
+        insert(tx, messages)
+        .values(
+            message_id=message.message_id,
+            recipient=message.recipient,
+            mime=message.mime,
+            kind=message.kind,
+            status=MessageStatus.READY,
+            next_attempt_at=send_at or now,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["message_id"])
+    ).rowcount
+    return bool(stored)
+
+
 class OutboxStore(StoreBase):
     # ------------------------------------------------------------------ outbox
 
@@ -178,20 +201,7 @@ class OutboxStore(StoreBase):
                     return False
             if message is None:
                 return True
-            stored = tx.execute(
-                insert(tx, messages)
-                .values(
-                    message_id=message.message_id,
-                    recipient=message.recipient,
-                    mime=message.mime,
-                    kind=message.kind,
-                    status=MessageStatus.READY,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["message_id"])
-            ).rowcount
-            if not stored:  # another worker composed the very same message first
+            if not store_message(tx, message, now):  # another worker composed it first
                 tx.rollback()
                 return False
             if delivery_ids:

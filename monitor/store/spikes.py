@@ -17,15 +17,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from monitor.models import MessageStatus, OutgoingMessage
+from monitor.models import OutgoingMessage
 from monitor.spikes import DAY, History
 from monitor.store.dialect import aware, chunks, insert
 from monitor.store.engine import StoreBase
+from monitor.store.outbox import store_message
 from monitor.store.schema import (
     item_sources,
     items,
     matches,
-    messages,
     meta,
     spike_watchlists,
     story_days,
@@ -247,19 +247,7 @@ class SpikeStore(StoreBase):
                 tx.rollback()
                 return False
             for message, send_at in outgoing:
-                tx.execute(
-                    insert(tx, messages)
-                    .values(
-                        message_id=message.message_id,
-                        recipient=message.recipient,
-                        mime=message.mime,
-                        kind=message.kind,
-                        status=MessageStatus.READY,
-                        next_attempt_at=send_at,
-                        created_at=now,
-                    )
-                    .on_conflict_do_nothing(index_elements=["message_id"])
-                )
+                store_message(tx, message, now, send_at)
         return True
 
 
