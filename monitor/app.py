@@ -18,6 +18,7 @@ from monitor.digest import DigestSettings, Renderer
 from monitor.errors import ConfigError
 from monitor.fetch import Fetcher
 from monitor.mailer import MaildirMailer, Mailer, SmtpMailer
+from monitor.pages import Pages
 from monitor.parse_pool import ParsePool
 from monitor.store import Store, open_store
 from monitor.stories import DedupeSettings
@@ -49,6 +50,7 @@ class App:
     # Feeds another worker's config polls and this one's does not, already logged: a claim
     # takes them again and again while the configs differ (a warning per claim, before).
     foreign_feeds: set[str] = field(default_factory=set)
+    pages: Pages | None = None  # full-text feeds' article pages (fulltext.py)
 
     def apply_config(self, config: Config) -> None:
         """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""
@@ -58,6 +60,8 @@ class App:
         self.mailer = build_mailer(config)
         self.recipients = {w.name: config.recipients_of(w) for w in config.watchlists}
         self.store.dedupe = build_dedupe(config)
+        if self.pages is not None:
+            self.pages.settings = config.fulltext
 
 
 def build_dedupe(config: Config) -> DedupeSettings:
@@ -145,6 +149,7 @@ async def running_app(
                 mailer=build_mailer(config),
                 parse_pool=pool,
                 clock=clock,
+                pages=Pages(fetcher, config.fulltext, clock),
             )
             app.apply_config(config)
             if takes_part:

@@ -31,6 +31,7 @@ from monitor.config import (
 from monitor.delivery import FIRST_POLL_DONE, UNHEALTHY, preview, run_digests, send_test_email
 from monitor.digest import read_back
 from monitor.errors import ConfigError, LockedError, MonitorError
+from monitor.fulltext import fetch_pages
 from monitor.labels import plain_problem
 from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
@@ -264,6 +265,7 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
         app.store.set_meta(FIRST_POLL_DONE, "1")
+        pages = await fetch_pages(app, drain=True)  # a one-shot run shows the whole result
     for poll in report.polls:
         if poll.error:
             print(f"  {poll.feed}: FAILED: {poll.error}")
@@ -271,6 +273,12 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
         f"polled {len(report.polls)} feeds: {report.new_items} new items, "
         f"{report.matches} matches, {report.failed} failed"
     )
+    if pages.fetched or pages.deferred:
+        print(
+            f"pages: {pages.fetched} fetched, {pages.extracted} with text, "
+            f"{pages.matches} more matches"
+            + (f", {pages.deferred} deferred (their sites asked to wait)" if pages.deferred else "")
+        )
     return EXIT_OK
 
 

@@ -41,7 +41,7 @@ class Hit:
     """Where one term of a watchlist was found."""
 
     term: str  # the term as the user wrote it
-    field: str  # "title" or "summary"
+    field: str  # "title", "summary" or "body" (a full-text feed's article text)
     start: int  # character offsets into that field
     end: int
 

@@ -18,6 +18,7 @@ One module per entity, one mixin of `Store` each:
     outbox    OutboxStore: pending deliveries, digest claims, messages and their sending
     workers   WorkerStore: running processes and their heartbeats
     prune     PruneStore: retention
+    texts     TextStore: full-text feeds' article pages, claimed, stored and matched
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from monitor.store.items import IngestResult, ItemStore
 from monitor.store.leases import Claim, LeaseStore
 from monitor.store.outbox import DeadLetter, DeferredMessage, DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
+from monitor.store.texts import PageOutcome, PageStats, PageStatus, PageTask, TextStore
 from monitor.store.workers import WorkerInfo, WorkerStore
 from monitor.stories import DedupeSettings
 
@@ -41,6 +43,10 @@ __all__ = [
     "DigestRun",
     "IngestResult",
     "Outbox",
+    "PageOutcome",
+    "PageStats",
+    "PageStatus",
+    "PageTask",
     "Pruned",
     "Store",
     "WorkerInfo",
@@ -51,7 +57,7 @@ __all__ = [
 ]
 
 
-class Store(ItemStore, LeaseStore, OutboxStore, WorkerStore, PruneStore):
+class Store(ItemStore, TextStore, LeaseStore, OutboxStore, WorkerStore, PruneStore):
     """The database, behind methods named for what the pipeline needs."""
 
 
