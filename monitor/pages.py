@@ -74,8 +74,10 @@ class Pages:
             try:
                 return await self._get(url, origin, self.settings.max_size)
             except FetchError as error:
-                if error.status in BACK_OFF_STATUSES:
-                    self._block(host, error)
+                if error.status not in BACK_OFF_STATUSES:
+                    raise
+                self._block(host, error)
+                self._refuse_if_blocked(key, host)  # this page waits with the others
                 raise
 
     def _refuse_if_blocked(self, key: str, host: _Host) -> None:
