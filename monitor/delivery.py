@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.app import App
 from monitor.config import DeliveryPlan
+from monitor.contents import Contents, plan, ranking
 from monitor.digest import FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError
 from monitor.models import DigestEntry, FeedStatus, Item, MessageKind, OutgoingMessage
@@ -131,35 +132,93 @@ def compose(
     """Render one message per recipient from its due pairs, and claim it. Returns how many,
     and how many recipients' messages could not be rendered (their matches stay pending)."""
     by_recipient = _by_recipient(due)
-    pending = _pending(app, {pair.plan.watchlist for pair in due})
+    planned = plan_messages(app, by_recipient)
     health = feed_health(app) if by_recipient else []
     composed = held = 0
     for recipient, pairs in by_recipient.items():
-        names = {pair.plan.watchlist for pair in pairs}
-        entries = [e for e in pending.get(recipient, []) if e.watchlist in names]
+        contents = planned[recipient]
         runs = (
             [DigestRun(p.plan.watchlist, recipient, p.slot) for p in pairs] if record_runs else []
         )
-        if not entries and not (app.config.digests.send_empty and record_runs):
-            if runs:
-                app.store.claim_digest(None, [], now, runs)  # the period is handled: nothing to say
+        if not contents.is_news and not (app.config.digests.send_empty and record_runs):
+            if runs or contents.covered:  # the period is handled: nothing new to say
+                app.store.claim_digest(None, [], now, runs, covered=contents.covered)
             continue
         try:
-            message = app.renderer.render(recipient, entries, now, kind=_kind(pairs), health=health)
+            message = _render(app, recipient, contents, now, _kind(pairs), health)
         except Exception:  # one recipient's items (a user template's branch) only
             log.exception(
                 "could not render the %s for %s (watchlists %s); its matches stay pending, "
                 "the other recipients' messages go out",
                 _kind(pairs),
                 recipient,
-                ", ".join(sorted(names)),
+                ", ".join(sorted({pair.plan.watchlist for pair in pairs})),
             )
             held += 1
             continue
-        ids = [i for entry in entries for i in entry.delivery_ids]
-        if app.store.claim_digest(message, ids, now, runs):
+        if app.store.claim_digest(
+            message,
+            contents.delivery_ids,
+            now,
+            runs,
+            covered=contents.covered,
+            notes=contents.notes,
+        ):
             composed += 1
     return composed, held
+
+
+def plan_messages(app: App, by_recipient: Mapping[str, Sequence[Due]]) -> dict[str, Contents]:
+    """What each recipient's message holds: each story once, ranked and tagged, none sent
+    before, and the growth of stories sent before (monitor/contents.py)."""
+    if not by_recipient:
+        return {}
+    growth = app.store.pending_growth(by_recipient)  # before the entries: see pending_growth
+    lists = {
+        w.name
+        for w in app.config.watchlists
+        if set(app.config.recipients_of(w)) & set(by_recipient)
+    }
+    pending = _pending(app, lists)
+    stories = {
+        r: {e.story for e in pending.get(r, [])} | {g.story for g in growth.get(r, [])}
+        for r in by_recipient
+    }
+    earlier = app.store.first_messages(stories)
+    rank = ranking([w.name for w in app.config.watchlists])
+    planned = {}
+    for recipient, pairs in by_recipient.items():
+        names = {pair.plan.watchlist for pair in pairs}
+        mine = pending.get(recipient, [])
+        told = {story: m for (r, story), m in earlier.items() if r == recipient}
+        planned[recipient] = plan(
+            [e for e in mine if e.watchlist in names],
+            [e for e in mine if e.watchlist not in names],
+            told,
+            growth.get(recipient, []),
+            rank,
+            _kind(pairs),
+        )
+    return planned
+
+
+def _render(
+    app: App,
+    recipient: str,
+    contents: Contents,
+    now: datetime,
+    kind: MessageKind,
+    health: Sequence[FeedHealth],
+) -> OutgoingMessage:
+    return app.renderer.render(
+        recipient,
+        contents.entries,
+        now,
+        kind=kind,
+        health=health,
+        already=contents.already,
+        growth=contents.growth,
+    )
 
 
 def _by_recipient(due: Sequence[Due]) -> dict[str, list[Due]]:
@@ -196,15 +255,12 @@ def feed_health(app: App) -> list[FeedHealth]:
 def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage]:
     """Exactly what `digest --send` would send now, without claiming or marking anything."""
     now = app.clock()
-    due = all_plans(app, only, now)
-    pending = _pending(app, {pair.plan.watchlist for pair in due})
+    pairs = _by_recipient(all_plans(app, only, now))
     health = feed_health(app)
-    pairs = _by_recipient(due)
     return [
-        app.renderer.render(
-            recipient, entries, now, kind=_kind(pairs.get(recipient, [])), health=health
-        )
-        for recipient, entries in pending.items()
+        _render(app, recipient, contents, now, _kind(pairs[recipient]), health)
+        for recipient, contents in plan_messages(app, pairs).items()
+        if contents.is_news
     ]
 
 

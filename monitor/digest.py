@@ -12,7 +12,7 @@ import contextlib
 import email.policy
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email import message_from_bytes, quoprimime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
@@ -27,7 +27,15 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from monitor.labels import labels, plain_problem, plain_status
-from monitor.models import DigestEntry, Hit, Item, MessageKind, OutgoingMessage
+from monitor.models import (
+    DigestEntry,
+    EarlierMessage,
+    Hit,
+    Item,
+    MessageKind,
+    OutgoingMessage,
+    StoryGrowth,
+)
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -176,14 +184,27 @@ class Renderer:
         *,
         kind: MessageKind = MessageKind.DIGEST,
         health: Sequence[FeedHealth] = (),
+        already: Sequence[tuple[DigestEntry, EarlierMessage]] = (),
+        growth: Sequence[StoryGrowth] = (),
     ) -> OutgoingMessage:
-        """Render one multipart message: a digest, or an alert (immediate watchlists)."""
+        """Render one multipart message: a digest, or an alert (immediate watchlists).
+
+        entries: one per story, in the order of their sections; already: stories an earlier
+        message carried, one line each; growth: sent stories that gained outlets."""
         context = self._context(recipient, entries, now, kind, health)
+        context.update(
+            subject=self._subject(kind, recipient, entries, growth),
+            already=[self._earlier(entry, sent) for entry, sent in already],
+            already_heading=self._already_heading(already),
+            growth=[self._growth(line) for line in growth],
+            total=len(entries) + len(growth),
+        )
         text = self._env.get_template(f"{kind}.txt.j2").render(context)
         # Inlined CSS: Gmail and Outlook drop <style> blocks but keep style attributes.
         html = css_inline.inline(self._env.get_template(f"{kind}.html.j2").render(context))
         message = EmailMessage(policy=_POLICY)
-        message_id = self.message_id(recipient, entries, now)
+        notes = [i for line in growth for i in line.note_ids]
+        message_id = self.message_id(recipient, entries, now, notes)
         message["From"] = self.settings.sender
         message["To"] = self._to(recipient)
         message["Subject"] = single_line(str(context["subject"]))
@@ -221,12 +242,27 @@ class Renderer:
             "u:example.org/sample", "sample", "g", "https://example.org/sample", "Sample xAI",
             "A sample summary about xAI.", now, "en",
         )  # fmt: skip
-        entry = DigestEntry((1,), "sample", item, (Hit("xAI", "title", 7, 10),))
+        entry = DigestEntry(
+            (1,), "sample", item, (Hit("xAI", "title", 7, 10),), watchlists=("sample", "other")
+        )
         health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
+        # Every section a digest can have: an earlier alert's line, a story that grew.
+        already = [
+            (replace(entry, delivery_ids=(2,)), EarlierMessage("<m@x>", MessageKind.ALERT, now))
+        ]
+        growth = [StoryGrowth((3,), 1, item, 2, (("other", "https://example.org/o"),), ("x",))]
         found = []
         for kind in MessageKind:
             try:
-                self.render("sample@example.org", [entry], now, kind=kind, health=health)
+                self.render(
+                    "sample@example.org",
+                    [entry],
+                    now,
+                    kind=kind,
+                    health=health,
+                    already=already,
+                    growth=growth,
+                )
             except jinja2.TemplateSyntaxError as error:
                 found.append(f"{error.filename or error.name}:{error.lineno}: {error.message}")
             except Exception as error:  # undefined names, bad filters, a header refused
@@ -235,22 +271,27 @@ class Renderer:
         return found
 
     def message_id(
-        self, recipient: str, entries: Sequence[DigestEntry], now: datetime | None = None
+        self,
+        recipient: str,
+        entries: Sequence[DigestEntry],
+        now: datetime | None = None,
+        notes: Sequence[int] = (),
     ) -> str:
-        """Deterministic: the same recipient and deliveries always give the same Message-ID,
-        whichever worker composes them. The items' keys count too: SQLite gives the ids of
-        deliveries pruned from the end of the table to new ones, which must not reuse an old
-        message's ID (a mail client would hide the new message as a duplicate).
+        """Deterministic: the same recipient and deliveries (and story growth notes) always
+        give the same Message-ID, whichever worker composes them. The items' keys count
+        too: SQLite gives the ids of deliveries pruned from the end of the table to new
+        ones, which must not reuse an old message's ID (a mail client would hide the new
+        message as a duplicate).
 
         An empty digest (send_empty) is identified by its time instead.
         """
         ids = sorted(i for entry in entries for i in entry.delivery_ids)
         keys = sorted({entry.item.key for entry in entries})
-        seed_ids = (
-            ",".join(map(str, ids)) + "|" + ",".join(keys)
-            if ids
-            else f"empty:{now.isoformat() if now else ''}"
-        )
+        seed_ids = ",".join(map(str, ids)) + "|" + ",".join(keys) if ids else ""
+        if notes:  # stories that grew, alone or beside entries
+            seed_ids += "|growth:" + ",".join(map(str, sorted(notes)))
+        if not seed_ids:
+            seed_ids = f"empty:{now.isoformat() if now else ''}"
         seed = f"{recipient}|{seed_ids}".encode()
         return f"<digest.{hashlib.sha256(seed).hexdigest()[:32]}@{_domain(self.settings.sender)}>"
 
@@ -275,23 +316,12 @@ class Renderer:
                 "more": [self._brief(entry) for entry in group[cap:]],
                 "count": len(group),
             }
-            for name, group in sorted(groups.items())
+            for name, group in groups.items()  # the order given: the config's (contents.py)
         ]
-        words = self._labels
-        if kind is MessageKind.ALERT:
-            template = self.settings.alert_subject or words["alert_subject"]
-        else:
-            template = self.settings.subject or words["subject"]
-        subject = template.format(
-            count=len(entries),
-            watchlists=", ".join(groups) or words["your_watchlists"],
-            recipient=recipient,
-        )
         language = self.settings.language
         return {
-            "subject": subject,
             "language": language,
-            "t": words,
+            "t": self._labels,
             "health": [
                 {
                     "name": h.name,
@@ -302,10 +332,59 @@ class Renderer:
                 for h in health
             ],
             "recipient": recipient,
+            "kind": kind,
             "watchlists": watchlists,
-            "total": len(entries),
             "generated_at": self._local(now),
             "source": self.settings.source,
+        }
+
+    def _subject(
+        self,
+        kind: MessageKind,
+        recipient: str,
+        entries: Sequence[DigestEntry],
+        growth: Sequence[StoryGrowth],
+    ) -> str:
+        """Counts stories and articles (one entry each, and each story that grew), never
+        matches; names the sections, then the lists of the stories that grew."""
+        words = self._labels
+        if kind is MessageKind.ALERT:
+            template = self.settings.alert_subject or words["alert_subject"]
+        else:
+            template = self.settings.subject or words["subject"]
+        names = [entry.watchlist for entry in entries]
+        names += [name for line in growth for name in line.watchlists[:1]]
+        return template.format(
+            count=len(entries) + len(growth),
+            watchlists=", ".join(dict.fromkeys(names)) or words["your_watchlists"],
+            recipient=recipient,
+        )
+
+    def _already_heading(self, already: Sequence[tuple[DigestEntry, EarlierMessage]]) -> str:
+        alerts = all(sent.kind == MessageKind.ALERT for _, sent in already)
+        return self._labels["already_alerted" if alerts else "already_sent"]
+
+    def _earlier(self, entry: DigestEntry, sent: EarlierMessage) -> dict[str, object]:
+        how = "alerted" if sent.kind == MessageKind.ALERT else "in_digest_of"
+        return {
+            **self._brief(entry),
+            "when": f"{self._labels[how]} {self._local(sent.at)}",
+            "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
+        }
+
+    def _growth(self, line: StoryGrowth) -> dict[str, object]:
+        item = line.item
+        spread = self._labels["now_in"].format(
+            outlets=line.outlets,
+            count=len(line.new),
+            names=", ".join(outlet for outlet, _ in line.new),
+        )
+        return {
+            "title": item.title or item.url,
+            "outlet": item.feed,
+            "spread": spread,
+            "new": [{"outlet": outlet, "url": _link(url)} for outlet, url in line.new],
+            "tags": " · ".join(line.watchlists),
         }
 
     def _entry(self, entry: DigestEntry) -> dict[str, object]:
@@ -321,6 +400,8 @@ class Renderer:
             "snippet": snippet(item.summary, summary_spans),
             "terms": list(dict.fromkeys(h.term for h in entry.hits)),
             "updated": entry.updated,
+            "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
+            "shared": len(entry.watchlists) > 1,  # tags worth a line: more than its section
             "also": [
                 {"outlet": outlet, "url": url if url.startswith(("https://", "http://")) else ""}
                 for outlet, url in entry.also_reported_by
@@ -374,6 +455,11 @@ def highlight(text: str, spans: Sequence[tuple[int, int]], start: int, end: int)
     if position < end:
         parts.append((text[position:end], False))
     return parts
+
+
+def _link(url: str) -> str:
+    """Feed links only where a mail client opens them safely: http(s)."""
+    return url if url.startswith(("https://", "http://")) else ""
 
 
 def _domain(address: str) -> str:

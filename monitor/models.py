@@ -158,6 +158,29 @@ class DigestEntry:
     hits: tuple[Hit, ...] = field(default_factory=tuple)
     also_reported_by: tuple[tuple[str, str], ...] = ()  # (outlet, url) of the same story
     updated: bool = False  # a re-alert: the item's title or summary changed since it was sent
+    story: int = 0  # the item's story (its first item's id), or the item's own id if in none
+    watchlists: tuple[str, ...] = ()  # every list it matched for the recipient, first ranked
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierMessage:
+    """The message that first carried a story to a recipient."""
+
+    message_id: str
+    kind: MessageKind
+    at: datetime  # when it was sent (or stored, while it waits to be)
+
+
+@dataclass(frozen=True, slots=True)
+class StoryGrowth:
+    """Outlets that joined a story after it reached a recipient: one line in a digest."""
+
+    note_ids: tuple[int, ...]
+    story: int
+    item: Item  # the story's first item, as it was sent
+    outlets: int  # how many outlets carry the story now
+    new: tuple[tuple[str, str], ...]  # (outlet, url) of the members not yet shown
+    watchlists: tuple[str, ...]
 
 
 class DeliveryStatus(enum.StrEnum):

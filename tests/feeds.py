@@ -8,10 +8,14 @@ from xml.sax.saxutils import escape
 
 
 def rss(
-    title: str, entries: list[tuple[str, str, str]], base: str = "https://news.example.org"
+    title: str,
+    entries: list[tuple[str, str, str]],
+    base: str = "https://news.example.org",
+    start: datetime | None = None,
 ) -> bytes:
-    """An RSS 2.0 document; entries are (slug, title, description)."""
-    start = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+    """An RSS 2.0 document; entries are (slug, title, description), dated a minute apart
+    from `start` (default: a fixed day in 2026)."""
+    start = start or datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
     items = "".join(
         f"<item><title>{escape(headline)}</title><link>{base}/{slug}?utm_source=rss</link>"
         f"<guid>{base}/{slug}</guid><description>{escape(text)}</description>"

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -584,6 +585,69 @@ def test_new_feed_data_is_polled_again_after_restart(
     wait_for(lambda: len(list(outbox.glob("*.eml"))) == 4, "one alert per recipient")
     newest = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)[-1].read_text()
     assert "Grok 6" in newest and "Babuschkin" not in newest
+
+
+def test_an_alerted_article_is_not_repeated_in_the_digest(
+    httpserver: HTTPServer,
+    smtp_server: tuple[SmtpRecorder, int],
+    write_config: Callable[..., Path],
+    start: Callable[..., Daemon],
+) -> None:
+    """Issue 23's overlap case: one immediate and three digest watchlists match one article
+    for one recipient: one alert, and the digest lists it in one line, not again in full."""
+    recorder, port = smtp_server
+    recent = datetime.now(UTC) - timedelta(hours=1)  # news, not backlog
+    documents = [rss("n-tv", [("wetter", "Wetter: Schnee", "Es wird kälter.")], start=recent)]
+    httpserver.expect_request("/de.xml").respond_with_handler(
+        lambda _: Response(documents[-1], content_type="application/rss+xml")
+    )
+    data = base_config(httpserver, port)
+    daily = {"recipients": ["a@example.org"], "digest": "daily 07:00"}
+    data["watchlists"] = [
+        {"name": "Babuschkin", "terms": ["Babuschkin"], "recipients": ["a@example.org"]},
+        {"name": "xAI", "terms": ["xAI"], **daily},
+        {"name": "Elon Musk", "terms": ["Elon Musk"], **daily},
+        {"name": "Risikokapital", "terms": ["Risikokapitalfonds"], **daily},
+    ]
+    data["watchlists"][0]["priority"] = "immediate"
+    data["digests"] = {"hold": "1s"}
+    config = write_config(data)
+    daemon = start(config)
+    daemon.wait_logged("polled")  # the first poll: the digests' first periods, empty
+
+    babuschkin = (
+        "babuschkin",
+        "Igor Babuschkin verlässt xAI",
+        "Der Mitgründer von xAI verlässt die Firma von Elon Musk und plant einen "
+        "Risikokapitalfonds.",
+    )
+    grok = ("grok", "xAI zeigt Grok 5", "Schneller und größer.")
+    documents.append(rss("n-tv", [babuschkin, grok], start=recent))
+    wait_for(lambda: recorder.messages, "the alert")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+    result = run_cli(config, "digest", "--send")
+    assert result.returncode == 0, result.stderr
+
+    alert, digest = recorder.parsed()
+    alert_text = alert.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert alert["Subject"] == "monitor alert: 1 new for Babuschkin"
+    assert alert_text.count("Igor Babuschkin verlässt xAI") == 1
+    assert "Babuschkin · xAI · Elon Musk · Risikokapital" in alert_text  # every list it matched
+    text = digest.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert digest["Subject"] == "monitor digest: 1 new for xAI"
+    assert "xAI zeigt Grok 5" in text
+    assert text.count("Igor Babuschkin verlässt xAI") == 1, text  # one line, not the entry
+    assert "plant einen" not in text and "/babuschkin" not in text
+    line = next(line for line in text.splitlines() if "Igor Babuschkin verlässt xAI" in line)
+    assert text.index("Already alerted") < text.index(line)
+    assert "alerted" in line and "(Nachrichten)" in line
+    store = open_store(load_config(config).database)
+    try:
+        outbox = store.outbox()
+        assert (outbox.pending, outbox.ready, outbox.dead) == (0, 0, 0)  # all accounted for
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("name", ["monitor.service", "monitor@.service"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -8,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from monitor.digest import DigestSettings, Renderer, _text_part, snippet
-from monitor.models import DigestEntry, Hit, Item
+from monitor.models import DigestEntry, EarlierMessage, Hit, Item, MessageKind, StoryGrowth
 
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 
@@ -190,3 +191,32 @@ def test_templates_are_read_once_so_an_unchecked_edit_waits_for_a_reload(
     (tmp_path / "digest.txt.j2").write_text("{% if %}broken\n", encoding="utf-8")
     assert loaded.problems() == []  # the templates as checked, until a reload
     assert Renderer(settings, tmp_path).problems() != []  # what a reload would check
+
+
+@pytest.mark.parametrize(
+    ("language", "spread", "heading", "line"),
+    [
+        ("en", "now in 3 outlets (+1: SPIEGEL)", "Already alerted (1)", "alerted 2026-11-29"),
+        ("de", "jetzt in 3 Medien (+1: SPIEGEL)", "Bereits gemeldet (1)", "gemeldet 2026-11-29"),
+    ],
+)
+def test_a_story_that_grew_and_one_already_alerted_read_in_the_digests_language(
+    language: str, spread: str, heading: str, line: str
+) -> None:
+    alerted = replace(entry(2, "Babuschkin verlässt xAI"), watchlists=("xAI", "Grok"))
+    grew = StoryGrowth(
+        (7,), 3, entry(3, "Keele verlässt xAI").item, 3,
+        (("SPIEGEL", "https://spiegel.example/k"),), ("xAI",),
+    )  # fmt: skip
+    message = renderer(language=language).render(
+        "a@example.org",
+        [],
+        NOW,
+        already=[(alerted, EarlierMessage("<a@x>", MessageKind.ALERT, NOW))],
+        growth=[grew],
+    )
+    text = parse(message.mime).get_body(("plain",)).get_content()
+    assert spread in text and "SPIEGEL <https://spiegel.example/k>" in text
+    assert heading in text and line in text and text.count("Babuschkin verlässt xAI") == 1
+    assert "https://example.org/2" not in text  # an alerted story in one line, no link again
+    assert parse(message.mime)["Subject"].startswith(("monitor digest: 1 ", "monitor: 1 "))

@@ -235,6 +235,40 @@ def test_a_story_already_sent_is_not_repeated_when_it_gains_outlets(store: Store
     assert store.pending_entries() == []
 
 
+def test_a_sent_story_gaining_an_outlet_is_noted_once_per_recipient(
+    store: Store, database_url: str
+) -> None:
+    ingest(store, [make_item("1", feed="n-tv", **BABUSCHKIN["a"])])
+    send_everything(store)
+    copy = make_item("2", feed="stern", **BABUSCHKIN["b"])
+    ingest(store, [copy], NOW + timedelta(hours=2))
+    ingest(store, [replace(copy, feed="zeit", guid="z")], NOW + timedelta(hours=3))  # same item
+    restarted = open_store(database_url)  # the notes are state, not memory
+    try:
+        growth = restarted.pending_growth(["a@example.org", "b@example.org"])
+        assert sorted(growth) == ["a@example.org", "b@example.org"]
+        (line,) = growth["a@example.org"]
+        assert line.item.feed == "n-tv" and line.outlets == 3  # n-tv, stern, zeit
+        assert line.new == (("stern", copy.url),) and line.watchlists == ("xAI",)
+        # Two workers composing at once: exactly one message shows it.
+        first = OutgoingMessage("<growth.1@test>", "a@example.org", b"x")
+        second = OutgoingMessage("<growth.2@test>", "a@example.org", b"y")
+        assert restarted.claim_digest(first, [], NOW, notes=line.note_ids)
+        assert not restarted.claim_digest(second, [], NOW, notes=line.note_ids)
+        assert "a@example.org" not in restarted.pending_growth(["a@example.org"])
+        assert [m.message_id for m in restarted.ready_messages(NOW)] == [first.message_id]
+    finally:
+        restarted.close()
+
+
+def test_a_pending_story_gaining_an_outlet_is_noted_for_its_entry_to_show(store: Store) -> None:
+    ingest(store, [make_item("1", feed="n-tv", **BABUSCHKIN["a"])])
+    ingest(store, [make_item("2", feed="stern", **BABUSCHKIN["b"])])
+    assert len(store.pending_growth(["a@example.org"])["a@example.org"]) == 1
+    entry = next(e for r, e in store.pending_entries() if r == "a@example.org")
+    assert entry.also_reported_by == (("stern", "https://stern.example/2"),)
+
+
 def test_another_watchlist_is_still_queued_for_a_joined_story(store: Store) -> None:
     def by_feed(item: Item) -> list[Match]:
         return [Match(f"from-{item.feed}", (Hit("xAI", "title", 0, 3),))]

@@ -16,6 +16,7 @@ One module per entity, one mixin of `Store` each:
     stories   StoryStore: clustering into stories, queueing deliveries once per story
     items     ItemStore: new items stored once with their keys and outlets, matched
     outbox    OutboxStore: pending deliveries, digest claims, messages and their sending
+    told      ToldStore: what each recipient was sent, story growth still to tell
     workers   WorkerStore: running processes and their heartbeats
     prune     PruneStore: retention
     texts     TextStore: full-text feeds' article pages, claimed, stored and matched
@@ -33,6 +34,7 @@ from monitor.store.leases import Claim, LeaseStore
 from monitor.store.outbox import DeadLetter, DeferredMessage, DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
 from monitor.store.texts import PageOutcome, PageStats, PageStatus, PageTask, TextStore
+from monitor.store.told import ToldStore
 from monitor.store.workers import WorkerInfo, WorkerStore
 from monitor.stories import DedupeSettings
 
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 
-class Store(ItemStore, TextStore, LeaseStore, OutboxStore, WorkerStore, PruneStore):
+class Store(ItemStore, TextStore, LeaseStore, OutboxStore, ToldStore, WorkerStore, PruneStore):
     """The database, behind methods named for what the pipeline needs."""
 
 

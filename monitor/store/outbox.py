@@ -24,6 +24,7 @@ from monitor.store.schema import (
     story_members,
 )
 from monitor.store.stories import story_outlets
+from monitor.store.told import bind_covered, claim_notes
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ def _one_entry_per_story(
             hits_from(shown.hits),
             also_reported_by=tuple(also.items()),
             updated=shown.revision_of is not None,
+            story=shown.story_id if shown.story_id is not None else shown.item_pk,
         )
         entries.append((recipient, entry))
     return entries
@@ -136,13 +138,22 @@ class OutboxStore(StoreBase):
         delivery_ids: Sequence[int],
         now: datetime,
         runs: Sequence[DigestRun] = (),
+        *,
+        covered: Mapping[int, str] | None = None,
+        notes: Sequence[int] = (),
     ) -> bool:
         """Record the digest runs, store the rendered message and bind its deliveries, at once.
 
-        Returns False, storing nothing, when another process already handled one of the runs
-        or claimed one of the deliveries: exactly one worker composes each digest period.
+        `covered`: delivery id -> the earlier message that already carried its story to the
+        recipient, which accounts for it (store/told.py). `notes`: the story growth notes
+        the message shows. Returns False, storing nothing, when another process already
+        handled one of the runs or claimed one of the deliveries or notes: exactly one
+        worker composes each digest period.
         """
         with self._tx() as tx:
+            if covered and not bind_covered(tx, covered):
+                tx.rollback()
+                return False
             message_id = message.message_id if message else None
             if runs:
                 recorded = tx.execute(
@@ -195,6 +206,9 @@ class OutboxStore(StoreBase):
                 if claimed != len(delivery_ids):
                     tx.rollback()
                     return False
+            if notes and not claim_notes(tx, notes, message.message_id):
+                tx.rollback()
+                return False
         return True
 
     def last_runs(self) -> dict[tuple[str, str], datetime]:

@@ -243,6 +243,28 @@ story_bands = sa.Table(
     sqlite_with_rowid=False,
 )
 
+# Story growth (migration 0008_i23_story_growth): a member that joined a story already
+# queued for a recipient, until a message to that recipient shows it (message_id).
+story_growth = sa.Table(
+    "story_growth",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "story_id",
+        sa.Integer,
+        sa.ForeignKey("stories.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False),
+    sa.Column("watchlist", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("message_id", sa.Text),  # NULL: not shown to the recipient yet
+    sa.UniqueConstraint("item_id", "recipient", name="uq_story_growth_item_recipient"),
+    sa.Index("ix_story_growth_recipient_message", "recipient", "message_id"),
+)
+
 
 # Full text (migration 0008_i22_item_texts): one row per item whose page was claimed,
 # fetched or given up; deleted with its item at retention.

@@ -34,6 +34,7 @@ from monitor.store.schema import (
     stories,
     story_members,
 )
+from monitor.store.told import GrowthNotes
 from monitor.stories import (
     Candidate,
     DedupeSettings,
@@ -322,6 +323,7 @@ class StoryStore(StoreBase):
         every story may have reached recipients already, even one the item began)."""
         created = stamp(tx, now)
         told: dict[tuple[int, str], set[str]] = {}  # (story, watchlist) -> queued in this call
+        growth = GrowthNotes()
         rows = []
         for found in recorded:
             story = (in_story or {}).get(found.item_id, found.item_id)
@@ -330,14 +332,18 @@ class StoryStore(StoreBase):
                 queued = told[story, found.watchlist] = set()
                 if told_before or story != found.item_id:  # who was told already?
                     queued.update(_already_queued(tx, story, found.watchlist))
+            if story != found.item_id and not told_before:  # a new member joined a story
+                growth.joined(tx, story, found, recipients.get(found.watchlist, ()))
             wanted = [r for r in recipients.get(found.watchlist, ()) if r not in queued]
             queued.update(wanted)
+            growth.reached(story, wanted)
             pending = DeliveryStatus.PENDING.value  # straight to the driver
             rows += [(found.match_id, found.watchlist, r, pending, created) for r in wanted]
         columns = ("match_id", "watchlist", "recipient", "status", "created_at")
         # New rows: a match is queued once, with its item's story (_settle, under the story
         # lock, skips items already in one) or as a revision just stored.
         bulk_insert(tx, deliveries, columns, rows, new=True)
+        growth.insert(tx, now)
 
     def settle(
         self,
