@@ -4,6 +4,8 @@ article pages on the same local server, polled, fetched, extracted, stored and m
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import itertools
 import json
 import os
@@ -499,3 +501,28 @@ async def test_corpus_recall_and_boilerplate_through_the_chain_match_trafilatura
     assert len(stored) == CORPUS_PAGES
     assert recall >= 0.98 * recall_alone, (recall, recall_alone)
     assert leak <= leak_alone, (leak, leak_alone)
+
+
+async def test_the_digest_quotes_about_25_words_around_the_body_hit_never_the_article(
+    httpserver: HTTPServer, sqlite_url: str
+) -> None:
+    url = serve_feed(httpserver, "/feed.xml", [("keele", "Departure", "At the top.")])
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    long_page = article("Departure", *([FILLER] * 6), "Robert Keele has left.", FILLER)
+    serve_page(httpserver, "/keele", long_page)
+    config = settings(sqlite_url, {"Tech": url})
+
+    async with app_for(config) as app:
+        await poll_due(app)
+        await fetch_pages(app, drain=True)
+        entries = [e for r, e in app.store.pending_entries() if r == "a@example.org"]
+        message = app.renderer.render("a@example.org", entries, datetime.now(UTC))
+
+    parsed = email.message_from_bytes(message.mime, policy=email.policy.default)
+    text = parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = parsed.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "*Robert Keele* has left." in text
+    assert "<mark>Robert Keele</mark>" in html or ">Robert Keele</mark>" in html
+    body_words = len(text.split("*Robert Keele*")[0].rsplit("\n", 1)[-1].split())
+    assert body_words < 25  # the words before the hit: a snippet, not the article
+    assert text.count("Verhandlungen") <= 2  # the filler repeats 8 times in the article
