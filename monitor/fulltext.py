@@ -23,6 +23,7 @@ from monitor.errors import FetchError, ParseError
 from monitor.extract import Extracted, extract_page
 from monitor.fetch import internal_target
 from monitor.pages import PageRefused, Pages
+from monitor.parse_pool import ParsePool
 from monitor.store import PageOutcome, PageStatus, PageTask
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ async def fetch_pages(app: App, *, drain: bool = False) -> PagesReport:
             break
         limit = asyncio.Semaphore(app.config.polling.concurrency)
         done = await asyncio.gather(*(_bounded(limit, app, pages, task) for task in tasks))
-        for part in done:
-            report += part
-        if not drain or report.deferred == len(tasks):
+        round_ = sum(done, PagesReport())
+        report += round_
+        if not drain or not round_.fetched:  # only pages whose sites asked to wait are left
             break
     return report
 
@@ -84,14 +85,17 @@ async def _bounded(limit: asyncio.Semaphore, app: App, pages: Pages, task: PageT
 
 async def fetch_page(app: App, pages: Pages, task: PageTask) -> PagesReport:
     """One claimed page: fetched, extracted, stored, matched."""
+    origin = _feed_url(app, task.item.feed)
     try:
-        outcome = await read_page(app, pages, task.item.url, _feed_url(app, task.item.feed))
+        outcome = await read_page(pages, app.parse_pool, task.item.url, origin)
     except PageRefused as refused:
         if refused.until is None:
             outcome = PageOutcome(PageStatus.REFUSED, error=str(refused))
         else:  # its host asked to wait: the page waits too, in the queue
             await asyncio.to_thread(app.store.release_page, task.item_id)
             return PagesReport(deferred=1)
+    if outcome.status is not PageStatus.TEXT:  # a wall's words are not the article's
+        outcome = dataclasses.replace(outcome, body=None)
     save = functools.partial(
         app.store.save_page,
         task.item_id,
@@ -106,9 +110,10 @@ async def fetch_page(app: App, pages: Pages, task: PageTask) -> PagesReport:
     return PagesReport(1, int(outcome.status is PageStatus.TEXT), len(found))
 
 
-async def read_page(app: App, pages: Pages, url: str, origin: str) -> PageOutcome:
-    """Fetch and extract one page as the daemon does (also `monitor test --url`). Raises
-    PageRefused when it may not be fetched now; every other failure is in the outcome."""
+async def read_page(pages: Pages, pool: ParsePool, url: str, origin: str) -> PageOutcome:
+    """Fetch and extract one page as the daemon does (also `monitor test --url`); the text
+    of a SHORT page too. Raises PageRefused when it may not be fetched now; every other
+    failure is in the outcome."""
     if internal := await internal_target(url, origin):
         return PageOutcome(PageStatus.FAILED, error=f"refused: {internal} is an internal address")
     try:
@@ -117,14 +122,14 @@ async def read_page(app: App, pages: Pages, url: str, origin: str) -> PageOutcom
         job = functools.partial(
             extract_page, answer.body, answer.headers.get("content-type", ""), answer.url
         )
-        extracted: Extracted = await app.parse_pool.run(job)
+        extracted: Extracted = await pool.run(job)
     except PageRefused:
         raise
     except (FetchError, ParseError) as error:
         return PageOutcome(PageStatus.FAILED, error=str(error))
-    if extracted.words < app.config.fulltext.min_words:
+    if extracted.words < pages.settings.min_words:
         why = f"only {extracted.words} words of text (a consent or bot wall, or a paywall?)"
-        return PageOutcome(PageStatus.SHORT, extracted.words, error=why)
+        return PageOutcome(PageStatus.SHORT, extracted.words, extracted.text, why)
     return PageOutcome(PageStatus.TEXT, extracted.words, extracted.text)
 
 

@@ -25,6 +25,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from monitor.app import App, running_app, utc_now
+from monitor.cli import main
 from monitor.config import Config, load_config
 from monitor.fulltext import fetch_pages
 from monitor.poller import poll_due
@@ -230,10 +231,16 @@ async def test_429_with_retry_after_backs_off_the_hosts_pages_not_its_feed(
     entries = [("a0", "Departure", "At the top."), ("a1", "Arrival", "At the top.")]
     url = serve_feed(httpserver, "/feed.xml", entries)
     serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
-    httpserver.expect_request("/a0").respond_with_data(
-        "slow down", status=429, headers={"Retry-After": "3600"}
-    )
-    serve_page(httpserver, "/a1", KEELE)
+    asked: list[str] = []
+
+    def page(request: Request) -> Response:  # whichever page comes first is refused
+        asked.append(request.path)
+        if len(asked) == 1:
+            return Response("slow down", status=429, headers={"Retry-After": "3600"})
+        return Response(KEELE, content_type="text/html")
+
+    for path in ("/a0", "/a1"):
+        httpserver.expect_request(path).respond_with_handler(page)
     config = settings(sqlite_url, {"Tech": url})
 
     async with app_for(config) as app:
@@ -243,7 +250,7 @@ async def test_429_with_retry_after_backs_off_the_hosts_pages_not_its_feed(
         stored = texts(app)
 
     assert (report.fetched, report.deferred) == (0, 2)  # both wait in the queue
-    assert requests_to(httpserver, "/a0") == 1 and requests_to(httpserver, "/a1") == 0
+    assert len(asked) == 1  # no page request after the 429
     assert stored == {}  # given back: fetched once the hour is over
     assert polled.failed == 0 and requests_to(httpserver, "/feed.xml") == 2
 
@@ -526,3 +533,67 @@ async def test_the_digest_quotes_about_25_words_around_the_body_hit_never_the_ar
     body_words = len(text.split("*Robert Keele*")[0].rsplit("\n", 1)[-1].split())
     assert body_words < 25  # the words before the hit: a snippet, not the article
     assert text.count("Verhandlungen") <= 2  # the filler repeats 8 times in the article
+
+
+def config_file(config: Config, write_config: Callable[..., Path]) -> str:
+    return str(write_config(config.model_dump(mode="json", exclude={"source"}, exclude_none=True)))
+
+
+def test_test_url_shows_the_extracted_text_and_where_the_watchlists_match(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+    path = config_file(
+        settings(sqlite_url, {"Tech": httpserver.url_for("/feed.xml")}), write_config
+    )
+
+    assert main(["--config", path, "test", "--url", httpserver.url_for("/keele")]) == 0
+
+    out = capsys.readouterr().out
+    assert ": text, " in out and " words, " in out
+    assert "  | Departure\n  | Die Verhandlungen dauerten" in out  # its first lines
+    assert "Keele: Robert Keele" in out
+    assert "'Robert Keele' in body: … " in out and "*Robert Keele*, the general counsel" in out
+    assert "Impressum" not in out
+
+
+def test_test_url_says_when_robots_txt_forbids_the_page(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    httpserver.expect_request("/robots.txt").respond_with_data("User-agent: *\nDisallow: /\n")
+    serve_page(httpserver, "/keele", KEELE)
+    path = config_file(
+        settings(sqlite_url, {"Tech": httpserver.url_for("/feed.xml")}), write_config
+    )
+
+    assert main(["--config", path, "test", "--url", httpserver.url_for("/keele")]) == 1
+
+    assert "robots.txt of http://localhost" in capsys.readouterr().err
+    assert requests_to(httpserver, "/keele") == 0
+
+
+def test_poll_returns_with_the_pages_matched_and_test_stored_sees_the_body(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    url = serve_feed(httpserver, "/feed.xml", [("keele", "Departure", "At the top.")])
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+    path = config_file(settings(sqlite_url, {"Tech": url}), write_config)
+
+    assert main(["--config", path, "poll"]) == 0
+    out = capsys.readouterr().out
+    assert "1 new items, 0 matches" in out
+    assert "pages: 1 fetched, 1 with text, 2 more matches" in out
+
+    assert main(["--config", path, "test", "--stored"]) == 0
+    out = capsys.readouterr().out
+    assert "'Robert Keele' in body: … " in out and "*Robert Keele*, the general" in out
+
+    assert main(["--config", path, "test", "--why-not", "Departure", "--watchlist", "Keele"]) == 0
+    out = capsys.readouterr().out
+    assert "Keele: matches" in out and "(body: *Robert Keele*" in out
+
+    assert main(["--config", path, "feeds"]) == 0
+    out = capsys.readouterr().out
+    assert "  full text: 1 pages fetched, 100 % with text, median 8" in out

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
-from monitor.store.dialect import insert
+from monitor.store.dialect import chunks, insert
 from monitor.store.items import _record_matches
 from monitor.store.schema import Recorded, item_from, item_texts, items, matches
 from monitor.store.stories import StoryStore, lock_stories, stories_of
@@ -128,7 +128,7 @@ class TextStore(StoryStore):
                     error=outcome.error,
                 )
             )
-            if not outcome.body:
+            if outcome.status is not PageStatus.TEXT or not outcome.body:
                 return []
             item = item_from(row)
             query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
@@ -159,11 +159,16 @@ class TextStore(StoryStore):
         self._queue(tx, late, recipients, now, storied, told_before=True)
         return []
 
-    def page_text(self, item_id: int) -> str | None:
-        """The stored main text of an item's page, if any (`monitor test`)."""
+    def page_texts(self, item_ids: Collection[int]) -> dict[int, str]:
+        """item id -> the stored main text of its page, for those that have one (`test`)."""
+        texts = item_texts
+        query = sa.select(texts.c.item_id, texts.c.body).where(texts.c.body.is_not(None))
+        found: dict[int, str] = {}
         with self._read() as tx:
-            query = sa.select(item_texts.c.body).where(item_texts.c.item_id == item_id)
-            return tx.execute(query).scalar()
+            for chunk in chunks(sorted(item_ids)):
+                for item_id, body in tx.execute(query.where(texts.c.item_id.in_(chunk))):
+                    found[item_id] = body
+        return found
 
     def page_stats(self) -> dict[str, PageStats]:
         """Per feed with pages: how many were fetched, how many gave text, and so on."""
