@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from monitor.channels import ChatSender, Dispatcher
+from monitor.channels import problems as channel_problems
 from monitor.config import Config, load_config
 from monitor.digest import DigestSettings, Renderer
 from monitor.errors import ConfigError
@@ -51,9 +53,23 @@ class App:
     # takes them again and again while the configs differ (a warning per claim, before).
     foreign_feeds: set[str] = field(default_factory=set)
     pages: Pages | None = None  # full-text feeds' article pages (fulltext.py)
+    # When each (watchlist, recipient) pair appeared in this process's configuration (at
+    # start, or a reload): its first digest waits for the feeds' polls since (delivery.py).
+    configured_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    # Message-ID -> when the server accepted it, while its "sent" mark is not yet written
+    # (delivery.record_sent): such a message is never handed to the server again.
+    accepted: dict[str, datetime] = field(default_factory=dict)
+    # Feeds listing more items than max_items, already logged (with the numbers) at a poll
+    # that read them: not again at every poll.
+    long_feeds: set[str] = field(default_factory=set)
 
     def apply_config(self, config: Config) -> None:
         """Swap in a new validated config (SIGHUP); feeds are synced by the caller."""
+        now = self.clock()
+        pairs = {
+            (w.name, address) for w in config.watchlists for address in config.recipients_of(w)
+        }
+        self.configured_at = {pair: self.configured_at.get(pair, now) for pair in pairs}
         self.config = config
         self.matcher = Matcher(config.watchlists)
         self.renderer = build_renderer(config)
@@ -84,6 +100,8 @@ def load_checked(path: Path) -> Config:
     config = load_config(path)
     if problems := build_renderer(config).problems():
         raise ConfigError([f"{path}: digests: {problem}" for problem in problems])
+    if problems := channel_problems(config.channels()):
+        raise ConfigError([f"{path}: recipients: {problem}" for problem in problems])
     return config
 
 
@@ -104,10 +122,10 @@ def build_renderer(config: Config) -> Renderer:
     return Renderer(settings, templates)
 
 
-def build_mailer(config: Config) -> Mailer:
-    if config.smtp is not None:
-        return SmtpMailer(config.smtp)
-    return MaildirMailer(Path(config.outbox))
+def build_mailer(config: Config) -> Dispatcher:
+    """Mail through SMTP (or into the Maildir outbox), chat messages to their channels."""
+    mail: Mailer = SmtpMailer(config.smtp) if config.smtp else MaildirMailer(Path(config.outbox))
+    return Dispatcher(mail, ChatSender(config.channels()))
 
 
 def build_parse_pool(config: Config) -> ParsePool:

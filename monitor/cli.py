@@ -24,13 +24,20 @@ from monitor.config import (
     Config,
     FeedConfig,
     _parse_duration,
+    config_warnings,
     find_config,
     mailbox_address,
     missing_feeds,
 )
-from monitor.delivery import FIRST_POLL_DONE, UNHEALTHY, preview, run_digests, send_test_email
+from monitor.delivery import (
+    UNHEALTHY,
+    preview,
+    run_digests,
+    send_test_chat,
+    send_test_email,
+)
 from monitor.digest import read_back
-from monitor.errors import ConfigError, LockedError, MonitorError
+from monitor.errors import ConfigError, DeliveryError, LockedError, MonitorError
 from monitor.fetch import Fetcher
 from monitor.fulltext import fetch_pages, read_page
 from monitor.labels import plain_problem
@@ -39,7 +46,8 @@ from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.pages import Pages
 from monitor.poller import poll_due
-from monitor.store import DeferredMessage, PageStats, Store, open_store
+from monitor.startup import release_sighup
+from monitor.store import DeferredMessage, PageStats, Store, database_trouble, open_store
 from monitor.text import clean_text
 from monitor.urls import canonical_url
 from monitor.watchlists import Exclusion, Matcher, in_context
@@ -135,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate = command("migrate-db", help="copy all state into another database")
     migrate.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql+psycopg://...")
-    test_email = command("test-email", help="send a test message via the mailer")
-    test_email.add_argument("address", help="where to send it")
+    test_send = command(
+        "test-send", help="send a test message to an address or a channel (by its name)"
+    )
+    test_send.add_argument("recipient", help="an email address, or a channel recipient's name")
+    test_email = command("test-email", help="the same as test-send (its former name)")
+    test_email.add_argument("recipient", help="an email address, or a channel recipient's name")
     feeds = command("feeds", help="one line per feed: status, last success, error, next poll")
     feeds.add_argument("--wide", action="store_true", help="never wrap: one line per feed")
     feeds.add_argument("--failing", action="store_true", help="only the feeds that fail")
@@ -156,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # only the daemon reloads; any other command ends on SIGHUP
+        release_sighup()
     setup_logging(args.verbose, args.log_format)
     path = find_config(args.config)
     try:
@@ -181,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MonitorError as error:
         print(f"monitor: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as error:  # the database failing under a command: one line, no traceback
+        if (trouble := database_trouble(error)) is None:
+            raise
+        print(f"monitor: {trouble}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 
@@ -197,6 +216,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
     if no_feeds is not None and args.command in ("check", "test"):
         print(f"{path}: warning: {no_feeds}", file=sys.stderr)
     if args.command == "check":
+        for warning in config_warnings(config):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         print(f"{path}: OK: {len(config.feeds)} feeds, {len(config.watchlists)} watchlists")
         return EXIT_OK
     testing = args.command == "test" and bool(args.why_not or args.stored)
@@ -216,8 +237,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return _feeds(config, args)
     if args.command == "digest" and args.preview:  # reads only: beside a running daemon too
         return asyncio.run(_preview(config, args))
-    if args.command == "test-email":
-        return asyncio.run(_test_email(config, args.address))
+    if args.command in ("test-send", "test-email"):
+        return asyncio.run(_test_send(config, args.recipient))
     if args.command == "dead-letters":
         return _dead_letters(config, args.recipient)
     if args.command == "retry-dead":  # a running daemon sends them: no lock needed
@@ -227,7 +248,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
 
         asyncio.run(run_daemon(config, path))
         return EXIT_OK
-    with database_lock(config.database, f"monitor {args.command}"):
+    writes = args.command != "migrate-db"  # which only reads this database
+    with database_lock(config.database, f"monitor {args.command}", writes):
         if args.command == "migrate-db":
             return _migrate_db(config, args.to)
         if args.command == "prune":
@@ -271,7 +293,6 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     feeds = resolve_names(feeds, [f.name for f in config.feeds], "feed") or None
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
-        app.store.set_meta(FIRST_POLL_DONE, "1")
         pages = await fetch_pages(app, drain=True)  # a one-shot run shows the whole result
     for poll in report.polls:
         if poll.error:
@@ -399,6 +420,12 @@ def _migrate_db(config: Config, target: str) -> int:
 
 
 def _retry_dead(config: Config, recipient: str | None) -> int:
+    if recipient is not None:
+        try:
+            recipient = mailbox_address(recipient)  # as stored: the domain in lower case
+        except ValueError as refused:
+            print(f"monitor: {refused}", file=sys.stderr)
+            return EXIT_USAGE
     store = open_store(config.database)
     try:
         count = store.retry_dead(datetime.now(UTC), recipient)
@@ -409,6 +436,21 @@ def _retry_dead(config: Config, recipient: str | None) -> int:
         f"{count} dead letter(s){whose} queued again; the running daemon sends them at its "
         "next digest tick (or run `monitor digest --send`)"
     )
+    return EXIT_OK
+
+
+async def _test_send(config: Config, recipient: str) -> int:
+    """A sample message to an address, or to a channel named in the config."""
+    if "@" in recipient:
+        return await _test_email(config, recipient)
+    channel = resolve_names([recipient], list(config.channels()), "channel")
+    async with running_app(config, takes_part=False) as app:
+        try:
+            answer = await send_test_chat(app, channel[0])
+        except DeliveryError as error:
+            print(f"monitor: test message to {error}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"test message to {answer}")
     return EXIT_OK
 
 
@@ -623,19 +665,26 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
     width = None if args.wide or not sys.stdout.isatty() else shutil.get_terminal_size().columns
     names = [_feed_name(feed) for feed, _ in rows]
     name_width = max([4, *map(len, names)])
-    if width is not None and name_width + _FEED_COLUMNS > width:
-        name_width = max(4, min(name_width, width - _FEED_COLUMNS, _NAME_COLUMN))
+    why_width = max([3, *(len(_why(feed, state)) for feed, state in rows)])
+    if width is not None and min(name_width, _NAME_COLUMN) + _FEED_COLUMNS + why_width >= width:
+        why_width = 0  # a narrow terminal: the rest of the row matters more; --wide shows it
+    columns = _FEED_COLUMNS + (why_width + 1 if why_width else 0)
+    if width is not None and name_width + columns > width:
+        name_width = max(4, min(name_width, width - columns, _NAME_COLUMN))
+    why = f" {'WHY':{why_width}}" if why_width else ""
     print(
-        f"{'FEED':{name_width}} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16} {'FAILS':>5} "
-        f"{'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
+        f"{'FEED':{name_width}} {'STATE':9} {'LAST SUCCESS':16} {'NEXT POLL':16}{why} "
+        f"{'FAILS':>5} {'ITEMS/DAY':>9}  {'FAILING SINCE':16} LAST ERROR"
     )
     for name, (feed, state) in zip(names, rows, strict=True):
         if len(name) > name_width:  # the whole name on a line of its own, the row below
             print(name)
             name = ""
-        print(_feed_row(name.ljust(name_width), feed, state, config, width))
+        print(_feed_row(name.ljust(name_width), feed, state, config, width, why_width))
         if feed.name in fulltext:
             print(f"  {_pages_line(pages.get(feed.name))}")
+    if not why_width:
+        print("(why each next poll is when it is: monitor feeds --wide)")
     return EXIT_OK
 
 
@@ -689,15 +738,17 @@ def _feed_state(feed: FeedConfig, state: FeedState) -> str:
 
 
 def _feed_row(
-    name: str, feed: FeedConfig, state: FeedState, config: Config, width: int | None
+    name: str, feed: FeedConfig, state: FeedState, config: Config, width: int | None, why: int
 ) -> str:
-    """One feed of `monitor feeds`: health, timing and the last error with its age. The
-    whole name always; on a terminal narrower than the line, the error wraps below it."""
+    """One feed of `monitor feeds`: health, timing (and why, in a column `why` wide, if
+    any) and the last error with its age. The whole name always; on a terminal narrower
+    than the line, the error wraps below it."""
     per_day = f"{state.items_per_day:.1f}" if state.items_per_day else "-"
     next_poll = _when(state.next_poll_at, config) if feed.enabled else "never"
+    reason = f" {_why(feed, state):{why}}" if why else ""
     line = (
         f"{name} {_feed_state(feed, state):9} {_when(state.last_success_at, config):16} "
-        f"{next_poll:16} {state.consecutive_failures:>5} {per_day:>9}  "
+        f"{next_poll:16}{reason} {state.consecutive_failures:>5} {per_day:>9}  "
         f"{_when(state.error_since, config):16}"
     )
     error = " ".join((state.last_error or "").split())
@@ -723,12 +774,22 @@ def _feed_record(feed: FeedConfig, state: FeedState) -> dict[str, object]:
         "state": _feed_state(feed, state),
         "last_success": iso(state.last_success_at),
         "next_poll": iso(state.next_poll_at) if feed.enabled else None,
+        "next_poll_why": _why(feed, state),
         "consecutive_failures": state.consecutive_failures,
         "items_per_day": state.items_per_day,
         "failing_since": iso(state.error_since),
         "last_error": state.last_error,
         "problem": plain_problem(state.last_error) if state.last_error else None,
     }
+
+
+def _why(feed: FeedConfig, state: FeedState) -> str:
+    """Why the next poll is when it is: the poller's reason, written with each outcome."""
+    if not feed.enabled:
+        return "switched off in the config"
+    if state.status is FeedStatus.NEW or not state.poll_reason:
+        return "first poll"
+    return state.poll_reason
 
 
 def _when(moment: datetime | None, config: Config) -> str:

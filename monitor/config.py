@@ -34,6 +34,7 @@ from pydantic import (
 from monitor.config_messages import EXAMPLES, did_you_mean, meant_key, plain_message
 from monitor.errors import ConfigError
 from monitor.schedules import (
+    Every,
     QuietHours,
     Schedule,
     check_in_zone,
@@ -83,6 +84,7 @@ def mailbox_address(text: str) -> str:
     if not _ADDRESS.match(text) or not text.isprintable():
         raise ValueError(f"{text!r} is not an email address like name@example.org")
     local, _, domain = text.rpartition("@")
+    domain = domain.lower()  # RFC 5321 2.4: one mailbox, however its domain is written
     if not local.isascii():
         raise ValueError(
             f"{text!r}: letters beyond ASCII before the @ need SMTPUTF8, which monitor does "
@@ -229,12 +231,110 @@ def _recipient(value: Any) -> Any:
     return {"address": address, "name": name} if name else {"address": address}
 
 
+class Kind(enum.StrEnum):
+    """What a recipient may be sent (`kinds:`): an immediate watchlist's alerts, digests."""
+
+    ALERTS = "alerts"
+    DIGESTS = "digests"
+
+
+_CHAT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
+
+
+def _chat_url(value: str) -> str:
+    if not _SCHEME.match(value):
+        raise ValueError(
+            f"{value!r} is not a URL like slack://... or https://...; see docs/delivery.md"
+        )
+    return value
+
+
 class RecipientConfig(_Model):
-    address: Address
-    # The display name in the To header ("Jane Doe"), encoded there by the mail library.
+    """A mailbox, or a chat channel (an Apprise URL or a signed JSON webhook) under a name.
+
+    A channel's URL usually holds its token: it comes from the environment (url_env) or a
+    file (url_file), read when a message is sent; `url` is for URLs that hold no secret."""
+
+    url: Annotated[str, AfterValidator(_chat_url)] | None = None
+    url_env: str | None = None  # an environment variable holding the channel's URL
+    url_file: str | None = None  # a file holding the channel's URL
+    secret_env: str | None = None  # a webhook's signing secret, from the environment
+    secret_file: str | None = None  # ... or from a file
+    # A mailbox address; a channel's is its name (set below), as status and logs show it.
+    address: str = ""
+    # The display name in the To header ("Jane Doe"); a channel's name, which names it in
+    # status, logs, dead letters and `monitor test-send NAME`.
     name: Annotated[str, AfterValidator(_header_text)] | None = None
     digest: ScheduleText | None = None  # this recipient's own schedule, over the watchlist's
     quiet_hours: QuietHoursText | None = None  # e.g. "22:00-07:00": deferred, never dropped
+    kinds: tuple[Kind, ...] | None = None  # what this recipient gets; default: everything
+
+    @property
+    def is_channel(self) -> bool:
+        return bool(self.url or self.url_env or self.url_file)
+
+    @model_validator(mode="after")
+    def _one_kind_of_recipient(self) -> RecipientConfig:
+        if not self.is_channel:
+            if self.secret_env or self.secret_file:
+                raise ValueError("secret_env/secret_file belong to a webhook recipient (url)")
+            if not self.address:
+                raise ValueError(
+                    "give an address (a mailbox) or url_env, url_file or url (a chat channel)"
+                )
+            object.__setattr__(self, "address", mailbox_address(self.address))
+            return self
+        problems = []
+        if sum(bool(v) for v in (self.url, self.url_env, self.url_file)) > 1:
+            problems.append("give one of url, url_env, url_file")
+        if not self.name or not _CHAT_NAME.match(self.name):
+            problems.append(
+                "a channel needs a name (letters, digits, . _ -), e.g. name: press-slack; "
+                "it names the channel in status, logs and dead letters"
+            )
+        if self.url_env and self.url_env not in os.environ:
+            problems.append(f"url_env names {self.url_env!r}, which is not set in the environment")
+        if self.url_file and not Path(self.url_file).is_file():
+            problems.append(f"url_file {self.url_file!r} does not exist")
+        if self.secret_env and self.secret_env not in os.environ:
+            problems.append(
+                f"secret_env names {self.secret_env!r}, which is not set in the environment"
+            )
+        if self.secret_file and not Path(self.secret_file).is_file():
+            problems.append(f"secret_file {self.secret_file!r} does not exist")
+        if problems:
+            raise ValueError("; ".join(problems))
+        object.__setattr__(self, "address", self.name)
+        return self
+
+    def channel_url(self) -> str:
+        """The channel's URL, its secret parts included, read when it is needed: never stored
+        in the config, never logged (channels.masked shows it)."""
+        if self.url_env:
+            return os.environ.get(self.url_env, "").strip()
+        if self.url_file:
+            return Path(self.url_file).read_text(encoding="utf-8").strip()
+        return self.url or ""
+
+    def service(self) -> str:
+        """What carries this recipient's messages, as status and metrics name it: email,
+        webhook, or the Apprise URL's scheme (slack, ntfy, tgram, ...)."""
+        if not self.is_channel:
+            return "email"
+        try:
+            scheme = self.channel_url().partition("://")[0].lower()
+        except OSError:
+            return "unknown"
+        return "webhook" if scheme in ("http", "https") else scheme or "unknown"
+
+    def secret(self) -> str | None:
+        """A webhook's signing secret, read when it is needed."""
+        if self.secret_env:
+            return os.environ.get(self.secret_env)
+        if self.secret_file:
+            return Path(self.secret_file).read_text(encoding="utf-8").strip()
+        return None
 
 
 Recipient = Annotated[RecipientConfig, BeforeValidator(_recipient)]
@@ -357,12 +457,22 @@ class SmtpConfig(_Model):
     verify_certificates: bool = True
     ca_file: str | None = None  # a CA bundle for a server whose certificate a private CA signed
     timeout: Duration = 30.0
+    # The wait for the reply to the end of a message: RFC 5321 4.5.3.2.6 gives 10 minutes.
+    # A client that gives up sooner sends a copy the server may already have accepted.
+    data_timeout: Duration = 600.0
+    allow_plaintext_login: bool = False  # log in to a remote server without TLS: explicit only
 
     @model_validator(mode="after")
     def _consistent(self) -> SmtpConfig:
         problems = []  # all of them, not the first only
         if self.tls and self.starttls:
             problems.append("set either tls (implicit, port 465) or starttls, not both")
+        if self.is_plaintext_login and not (self.allow_plaintext_login or self.is_loopback):
+            problems.append(
+                f"username is set but starttls and tls are off: the password would cross the "
+                f"network to {self.host} in clear text; set starttls: true (or tls: true), "
+                "or allow_plaintext_login: true if that network is trusted"
+            )
         if self.ca_file and not Path(self.ca_file).is_file():
             problems.append(f"ca_file {self.ca_file!r} does not exist")
         if self.username and not (self.password_env or self.password_file):
@@ -380,6 +490,21 @@ class SmtpConfig(_Model):
     @property
     def use_starttls(self) -> bool:
         return self.starttls if self.starttls is not None else not self.tls
+
+    @property
+    def is_plaintext_login(self) -> bool:
+        """A login is configured and nothing encrypts the connection it goes over."""
+        return bool(self.username) and not (self.tls or self.use_starttls)
+
+    @property
+    def is_loopback(self) -> bool:
+        """The server is on this machine: what goes to it never crosses a network."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:  # a name: it may resolve anywhere
+            return False
 
     @property
     def effective_port(self) -> int:
@@ -532,6 +657,9 @@ class Config(_Model):
     dedupe: DedupeConfig = DedupeConfig()
     retention: RetentionConfig = RetentionConfig()
     fulltext: FulltextConfig = FulltextConfig()
+    # An item dated longer ago than this when monitor could first have read it (a feed's
+    # archive on its first poll) is stored, deduplicated and searchable, but never alerted.
+    backlog: Duration = 48 * 3600.0
     feeds: tuple[FeedConfig, ...] = ()  # none: check and test work, run and poll refuse
     watchlists: tuple[WatchlistConfig, ...] = Field(min_length=1)
     source: str = Field("<memory>", exclude=True)  # the file this came from, for messages
@@ -546,19 +674,33 @@ class Config(_Model):
         everyone = [*self.recipients, *(r for w in self.watchlists for r in w.recipients)]
         names: dict[str, str] = {}
         for recipient in everyone:
-            if recipient.name:
+            if recipient.name and not recipient.is_channel:
                 names.setdefault(recipient.address, recipient.name)
         return names
 
     def recipients_of(self, watchlist: WatchlistConfig) -> tuple[str, ...]:
-        """The addresses that receive this watchlist."""
-        return tuple(r.address for r in watchlist.recipients or self.recipients)
+        """The addresses (a channel's: its name) that receive this watchlist, each once."""
+        return tuple(plan.recipient for plan in self.deliveries_of(watchlist))
+
+    def service_of(self, recipient: str) -> str:
+        """email, webhook, slack, ...: a recipient no longer configured is email when it is
+        an address (a channel's name holds no @), else "removed"."""
+        channel = self.channels().get(recipient)
+        if channel is not None:
+            return channel.service()
+        return "email" if "@" in recipient else "removed"
+
+    def channels(self) -> dict[str, RecipientConfig]:
+        """Every chat channel recipient, by name (its address in the outbox)."""
+        everyone = [*self.recipients, *(r for w in self.watchlists for r in w.recipients)]
+        return {r.address: r for r in everyone if r.is_channel}
 
     def deliveries_of(self, watchlist: WatchlistConfig) -> tuple[DeliveryPlan, ...]:
-        """Per recipient: when this watchlist is sent, and when not (quiet hours)."""
-        defaults = {r.address: r for r in self.recipients}
+        """Per recipient: when this watchlist is sent, and when not (quiet hours). A
+        recipient whose `kinds` leave out what this watchlist sends it has no plan."""
+        defaults = {r.address: r for r in _each_once(self.recipients)}
         plans = []
-        for recipient in watchlist.recipients or self.recipients:
+        for recipient in _each_once(watchlist.recipients or self.recipients):
             fallback = defaults.get(recipient.address)
             own = "immediate" if watchlist.priority is Priority.IMMEDIATE else watchlist.digest
             digest = recipient.digest or (fallback and fallback.digest) or own
@@ -568,11 +710,16 @@ class Config(_Model):
                 or watchlist.quiet_hours
                 or self.digests.quiet_hours
             )
+            schedule = parse_schedule(digest)
+            kinds = recipient.kinds or (fallback and fallback.kinds) or tuple(Kind)
+            kind = Kind.ALERTS if schedule.every is Every.IMMEDIATE else Kind.DIGESTS
+            if kind not in kinds:
+                continue
             plans.append(
                 DeliveryPlan(
                     watchlist.name,
                     recipient.address,
-                    parse_schedule(digest),
+                    schedule,
                     parse_quiet_hours(quiet) if quiet else None,
                 )
             )
@@ -597,6 +744,44 @@ class Config(_Model):
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+
+def _each_once(recipients: tuple[RecipientConfig, ...]) -> list[RecipientConfig]:
+    """An address listed twice (a@example.org, a@EXAMPLE.org) is one mailbox: its first
+    entry, with that entry's settings, gets one copy."""
+    seen: dict[str, RecipientConfig] = {}
+    for recipient in recipients:
+        seen.setdefault(recipient.address, recipient)
+    return list(seen.values())
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What `check` points out without refusing: the config works, maybe not as meant."""
+    warnings = []
+    if config.smtp is not None and config.smtp.is_plaintext_login:
+        why = (
+            "a loopback server: it never leaves this machine"
+            if config.smtp.is_loopback
+            else "allow_plaintext_login: true"
+        )
+        warnings.append(f"smtp: the password goes to {config.smtp.host} in clear text ({why})")
+    addresses = [r.address for r in config.recipients]
+    addresses += [r.address for w in config.watchlists for r in w.recipients]
+    return warnings + list(_case_twins(addresses))
+
+
+def _case_twins(addresses: list[str]) -> Iterator[str]:
+    """Addresses that differ only in the case of the part before the @: RFC 5321 lets a
+    server tell them apart, almost none does, and then one person gets two messages."""
+    first: dict[str, str] = {}
+    for address in dict.fromkeys(addresses):  # exact repeats are one recipient already
+        twin = first.setdefault(address.lower(), address)
+        if twin != address:
+            yield (
+                f"recipients: {twin} and {address} differ only in upper/lower case before the "
+                "@ and each gets its own messages; most servers deliver both to one mailbox: "
+                "write it one way"
+            )
 
 
 # --------------------------------------------------------------------------- loading
@@ -685,7 +870,7 @@ def _read_yaml(
     text: str, source: str
 ) -> tuple[Any, dict[_Path, _Mark], dict[_Path, _Mark], list[str]]:
     try:
-        loader = yaml.SafeLoader(text)  # checks every character first
+        loader = _BoundedLoader(text)  # checks every character first
     except yaml.reader.ReaderError as error:
         line = text.count("\n", 0, error.position) + 1
         column = error.position - text.rfind("\n", 0, error.position)
@@ -704,6 +889,8 @@ def _read_yaml(
         if node is not None:
             _index(node, (), values, keys, problems, source)
         data = loader.construct_document(node) if node is not None else None
+    except _AliasBomb as error:
+        raise ConfigError([f"{source}:{error.line}:{error.column}: {error}"]) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -713,6 +900,81 @@ def _read_yaml(
     finally:
         loader.dispose()
     return data, values, keys, problems
+
+
+# How many values aliases may add to a config when expanded. Real configs reuse a recipient
+# list or a few terms (hundreds of values); a "billion laughs" of nested aliases, 482 bytes
+# of YAML, expands to billions and kept `check` busy for minutes at 4 GB.
+MAX_ALIAS_VALUES = 100_000
+
+
+class _AliasBomb(Exception):
+    def __init__(self, message: str, mark: Any) -> None:  # a yaml.Mark (the stubs disagree)
+        super().__init__(message)
+        self.line, self.column = mark.line + 1, mark.column + 1
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting what aliases expand to as it composes the document:
+    the count stops at MAX_ALIAS_VALUES, at the alias that passes it, before any walk of
+    the tree (each alias is one shared node there, each walk expands it)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.alias_values = 0
+        self._sizes: dict[int, int] = {}
+        self._open: list[str | None] = []  # anchors of the collections being composed
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self._count(event)
+            return super().compose_node(parent, index)
+        self._open.append(event.anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.pop()
+
+    def _count(self, alias: yaml.AliasEvent) -> None:
+        """Add what `alias` expands to; refuse a loop, or too many values in all."""
+        if alias.anchor in self._open:
+            raise _AliasBomb(
+                f"alias *{alias.anchor} is inside the value it refers to (a loop); "
+                "remove the alias",
+                alias.start_mark,
+            )
+        target = self.anchors.get(alias.anchor)
+        if target is None:  # PyYAML reports the undefined alias
+            return
+        self.alias_values += self._expanded(target)
+        if self.alias_values > MAX_ALIAS_VALUES:
+            raise _AliasBomb(
+                f"alias *{alias.anchor} makes the config expand to more than "
+                f'{MAX_ALIAS_VALUES:,} values (nested aliases, a "billion laughs"?); '
+                "write the values out, or use fewer levels of aliases",
+                alias.start_mark,
+            )
+
+    def _expanded(self, node: yaml.Node) -> int:
+        """How many values `node` stands for, its aliases expanded (memoised per node)."""
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        if not isinstance(node, yaml.CollectionNode):
+            return 1
+        children = (
+            [part for pair in node.value for part in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+        )
+        size = 1
+        for child in children:
+            size += self._expanded(child)
+            if size > MAX_ALIAS_VALUES:
+                break
+        self._sizes[id(node)] = size
+        return size
 
 
 def _index(

@@ -9,7 +9,9 @@ being dropped; together with the slots in the database, no digest is ever skippe
 Signals: SIGTERM/SIGINT stop taking new work, let in-flight polls and sends finish within
 `Ticks.grace`, then close; a second one exits at once (each database write is one
 transaction, so nothing is half-written). SIGHUP re-reads the config: an invalid file is
-rejected with every problem as FILE:LINE:COL and the running config kept.
+rejected with every problem as FILE:LINE:COL and the running config kept. The file is read
+in a thread with a deadline (`Ticks.reload`), so the loop keeps polling, sending and pinging
+the watchdog meanwhile; SIGHUPs are merged: one reload runs, at most one more waits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import resource
 import signal
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
@@ -33,15 +36,18 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.app import App, load_checked, running_app
 from monitor.config import Config
-from monitor.delivery import FIRST_POLL_DONE, run_digests
+from monitor.delivery import run_digests
 from monitor.errors import ConfigError
 from monitor.fulltext import fetch_pages
 from monitor.lock import database_lock
+from monitor.logs import RepeatedError
 from monitor.metrics import Metrics, PollOutcome, start_endpoint
 from monitor.notify import Notifier
 from monitor.poller import CycleReport, poll_due
 from monitor.retention import prune
+from monitor.startup import hold_sighup, take_held_sighup
 from monitor.status import Health, Heartbeat, take_snapshot, write_heartbeat
+from monitor.store import database_trouble
 from monitor.workers import Registry
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,8 @@ class Ticks:
     housekeeping: float = 86400.0  # daily: prune old rows
     grace: float = 20.0  # how long in-flight work may take after SIGTERM
     stall: float = 10.0  # event-loop lag (or overdue tick) that counts as unhealthy
+    reload: float = 30.0  # how long reading the config on SIGHUP may take before it is refused
+    error_summary: float = 3600.0  # how often a tick that keeps failing the same way is logged
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Ticks:
@@ -126,6 +134,9 @@ class Daemon:
         self.last_poll_at: datetime | None = None
         self.healthy = True
         self.registry = Registry(app.store, app.worker_id, app.config)
+        self.failures: dict[str, RepeatedError] = {}
+        self.reloading: asyncio.Task[None] | None = None
+        self.reload_pending = False
 
     # ------------------------------------------------------------------ ticks
 
@@ -133,8 +144,6 @@ class Daemon:
         started = time.monotonic()
         report = await poll_due(self.app)
         self.last_poll_at = self.app.clock()
-        if self.app.store.get_meta(FIRST_POLL_DONE) is None:
-            self.app.store.set_meta(FIRST_POLL_DONE, "1")
         self.metrics.record_polls(_outcomes(report), time.monotonic() - started)
         self.metrics.record_ingest(report.new_items, report.matches)
         self.metrics.record_poll_tick(self.last_poll_at)
@@ -244,24 +253,58 @@ class Daemon:
 
     # ------------------------------------------------------------------ signals
 
-    def reload(self) -> None:
-        """SIGHUP: apply a valid new config; keep the old one (and say why) otherwise."""
+    def request_reload(self) -> None:
+        """SIGHUP: reload, or note that one more reload is wanted once the running one ends.
+        A burst of SIGHUPs is one or two reloads (each was a full reload on the loop, and
+        1,000 in a row withheld the watchdog ping for 40 s)."""
+        if self.reloading is not None and not self.reloading.done():
+            self.reload_pending = True
+            return
+        self.reloading = asyncio.create_task(self._reload_while_asked())
+
+    async def _reload_while_asked(self) -> None:
+        while not self.stopping.is_set():
+            self.reload_pending = False
+            try:
+                await self.reload()
+            except Exception:  # never let a reload end the daemon; the next SIGHUP tries again
+                log.exception("reload failed")
+            if not self.reload_pending:
+                return
+
+    async def reload(self) -> None:
+        """Apply a valid new config; keep the old one (and say why) otherwise."""
         self.notifier.reloading()
         try:
-            config = load_checked(self.config_path)
+            config = await _in_thread(load_checked, self.config_path, self.ticks.reload)
         except ConfigError as error:
-            for problem in error.problems:
-                log.error("reload rejected, keeping the running config: %s", problem)
-            self.notifier.send(READY="1", STATUS="reload rejected; running on the old config")
+            self._reject(error.problems)
+            return
+        except TimeoutError:
+            self._reject(
+                [
+                    f"{self.config_path}: reading the file took longer than "
+                    f"{self.ticks.reload:g} s and was given up; check the file (and the "
+                    "disk it is on), then send SIGHUP again"
+                ]
+            )
             return
         config = self._keep_restart_only_settings(config)
         before = self.app.config
         try:
             self.app.apply_config(config)
             self.registry.reconfigure(config)
-            self.app.store.sync_feeds(config.feed_urls(), self.app.clock(), config.polled_feeds())
-        except Exception:  # e.g. the database away: say so, and leave systemd's "reloading"
-            log.exception("reload failed part way; send SIGHUP again once the cause is fixed")
+            await asyncio.to_thread(
+                self.app.store.sync_feeds,
+                config.feed_urls(),
+                self.app.clock(),
+                config.polled_feeds(),
+            )
+        except Exception as error:  # e.g. the database away: say so, leave "reloading"
+            log.error(
+                "reload failed part way (%s); send SIGHUP again once the cause is fixed",
+                _first_line(error),
+            )
             self.notifier.send(READY="1", STATUS="reload failed; see the log")
             return
         log.info(
@@ -271,6 +314,11 @@ class Daemon:
             _changes(before, config),
         )
         self.notifier.send(READY="1", STATUS="configuration reloaded")
+
+    def _reject(self, problems: list[str]) -> None:
+        for problem in problems:
+            log.error("reload rejected, keeping the running config: %s", problem)
+        self.notifier.send(READY="1", STATUS="reload rejected; running on the old config")
 
     def _keep_restart_only_settings(self, config: Config) -> Config:
         """The database and the metrics address are bound at start, and so are the HTTP
@@ -307,12 +355,16 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(number, self.request_stop, signal.Signals(number).name)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     # ------------------------------------------------------------------ running
 
     def _job(self, name: str, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        """A tick: skipped once stopping, tracked while running, never raising."""
+        """A tick: skipped once stopping, tracked while running, never raising; its errors
+        logged once per change (RepeatedError), not at every tick."""
+        failures = self.failures.setdefault(
+            name, RepeatedError(log, f"{name} tick", self.ticks.error_summary)
+        )
 
         async def run() -> None:
             if self.stopping.is_set():
@@ -322,10 +374,13 @@ class Daemon:
             self.in_flight.add(task)
             try:
                 await body()
+                failures.succeeded(time.monotonic())
             except asyncio.CancelledError:  # past the shutdown bound; the task ends here
                 log.warning("stopping: %s tick cancelled after %gs", name, self.ticks.grace)
-            except Exception:  # a failing tick is logged; the next tick tries again
-                log.exception("%s tick failed", name)
+            except Exception as error:  # logged; the next tick tries again
+                trouble = database_trouble(error)
+                text = trouble or f"{type(error).__name__}: {_first_line(error)}"
+                failures.failed(text, time.monotonic(), with_traceback=trouble is None)
             finally:
                 self.in_flight.discard(task)
 
@@ -368,7 +423,7 @@ class Daemon:
             _destination(self.app.config),
         )
         if reload_at_once():  # a SIGHUP came while starting
-            self.reload()
+            self.request_reload()
         try:
             await self.stopping.wait()
         finally:
@@ -376,6 +431,8 @@ class Daemon:
             await self._finish_in_flight()
             self.scheduler.shutdown(wait=False)
             lag.cancel()
+            if self.reloading is not None:
+                self.reloading.cancel()
             if endpoint is not None:
                 await endpoint.cleanup()
             write_heartbeat(self.app.store, self.heartbeat(running=False))
@@ -423,6 +480,36 @@ def _changes(before: Config, after: Config) -> str:
     return "; " + "; ".join(parts) if parts else "; nothing changed"
 
 
+async def _in_thread(function: Callable[[Path], Config], path: Path, seconds: float) -> Config:
+    """function(path) in a thread of its own, given up after `seconds` (TimeoutError).
+
+    Not the loop's default executor: a thread cannot be stopped, and one still reading (a
+    config on a hung network mount) must neither hold a worker of that pool nor keep the
+    process from exiting, which a daemon thread does not."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Config] = loop.create_future()
+
+    def settle(result: Config | None, error: BaseException | None) -> None:
+        if done.done():  # given up already
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            assert result is not None
+            done.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = function(path), None
+        except BaseException as raised:  # handed to the awaiting task, which decides
+            result, error = None, raised
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="reload", daemon=True).start()
+    return await asyncio.wait_for(done, seconds)
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -454,9 +541,9 @@ async def run_daemon(config: Config, config_path: Path) -> None:
     _raise_open_files_limit()
     # A SIGHUP while starting (migrations may take a while) used to end the process (the
     # default action), silently: it is remembered, and the config re-read once running.
-    early: list[int] = []
-    signal.signal(signal.SIGHUP, lambda number, _frame: early.append(number))
+    # `monitor` holds it from its first line (startup.py); this covers a caller of main().
+    hold_sighup()
     with database_lock(config.database, "monitor run"):
         async with running_app(config) as app:
             daemon = Daemon(app, config_path, ticks, Notifier(), Metrics())
-            await daemon.run(reload_at_once=lambda: bool(early))
+            await daemon.run(reload_at_once=take_held_sighup)

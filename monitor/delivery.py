@@ -13,23 +13,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.app import App
+from monitor.channels import ChatSender, limit, limit_of
+from monitor.chat import render_chat
 from monitor.config import DeliveryPlan
 from monitor.contents import Contents, plan, ranking
 from monitor.digest import FeedHealth
-from monitor.errors import DeliveryError, PermanentDeliveryError
-from monitor.models import DigestEntry, FeedStatus, Item, MessageKind, OutgoingMessage
+from monitor.errors import DeliveryError, PermanentDeliveryError, UnconfirmedDeliveryError
+from monitor.models import (
+    DigestEntry,
+    FeedState,
+    FeedStatus,
+    Hit,
+    Item,
+    MessageKind,
+    OutgoingMessage,
+)
 from monitor.schedules import Every
 from monitor.store import DigestRun
 
 log = logging.getLogger(__name__)
-FIRST_POLL_DONE = "first_poll_done"
 UNSETTLED_WINDOW = timedelta(days=1)  # how far back each digest tick looks for unqueued matches
-SEND_LEASE = timedelta(minutes=10)  # longer than one message takes; a dead sender's expires
+SEND_LEASE = timedelta(minutes=10)  # at least; longer than one message takes (send_lease)
+MARK_RETRY = (0.5, 30.0)  # seconds: the first wait before writing a "sent" mark again, the most
 UNHEALTHY = (FeedStatus.DEGRADED, FeedStatus.STALE, FeedStatus.BROKEN, FeedStatus.DISABLED)
 
 
@@ -93,13 +103,15 @@ def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> lis
     """The (watchlist, recipient) pairs whose latest schedule slot has not been handled.
 
     A slot missed while monitor was down (or inside quiet hours) is still due afterwards:
-    catch-up, once. A new pair is due after the first poll, so its first digest shows what
-    matched. An immediate pair is due once its oldest pending match has waited `hold`.
+    catch-up, once. A new pair (never handled) is due once the feeds it reads have been
+    polled since it appeared in the configuration (`first_polls_done`), so its first digest
+    shows what they matched, whatever the database saw before. An immediate pair is due
+    once its oldest pending match has waited `hold`.
     """
     zone = app.config.zone
     handled = app.store.last_runs()
     waiting = app.store.pending_since()
-    first_poll_done = app.store.get_meta(FIRST_POLL_DONE) is not None
+    states: dict[str, FeedState] | None = None  # read once, only while a pair is new
     hold = timedelta(seconds=app.config.digests.hold)
     due = []
     for due_pair in all_plans(app, only, now):
@@ -121,9 +133,39 @@ def due_plans(app: App, now: datetime, only: Iterable[str] | None = None) -> lis
                 due.append(Due(plan, since))
             continue
         slot = plan.schedule.latest_slot(now, zone)
-        if (last is None and first_poll_done) or (last is not None and slot > last):
+        if last is None:
+            if states is None:
+                states = {state.name: state for state in app.store.feed_states()}
+            if first_polls_done(app, plan.watchlist, app.configured_at.get(key, now), states):
+                due.append(Due(plan, slot))
+        elif slot > last:
             due.append(Due(plan, slot))
     return due
+
+
+def first_polls_done(
+    app: App, watchlist: str, since: datetime, states: Mapping[str, FeedState]
+) -> bool:
+    """Whether each feed the watchlist reads has been polled since `since`, when its pair
+    appeared in the configuration: items are matched as they are stored, so only those
+    polls bring its matches. Not waited for: a feed failing or gone, and one not due within
+    `polling.interval` of `since` (its own, longer interval)."""
+    config = app.config
+    reads = next((w.feeds for w in config.watchlists if w.name == watchlist), ())
+    horizon = since + timedelta(seconds=config.polling.interval)
+    return all(
+        _polled_since(states.get(feed.name), since, horizon)
+        for feed in config.feeds
+        if feed.enabled and (not reads or feed.name in reads)
+    )
+
+
+def _polled_since(state: FeedState | None, since: datetime, horizon: datetime) -> bool:
+    if state is None or (state.last_polled_at is not None and state.last_polled_at >= since):
+        return True
+    if state.consecutive_failures or state.status is FeedStatus.DISABLED:
+        return True
+    return state.next_poll_at is None or state.next_poll_at > horizon
 
 
 def compose(
@@ -210,6 +252,14 @@ def _render(
     kind: MessageKind,
     health: Sequence[FeedHealth],
 ) -> OutgoingMessage:
+    """A mail for an address; a short chat message for a channel (chat.py)."""
+    channel = app.config.channels().get(recipient)
+    if channel is not None:
+        message_id = app.renderer.message_id(recipient, contents.entries, now, contents.notes)
+        size = limit_of(channel)
+        return render_chat(
+            message_id, recipient, contents.entries, now, kind, size, contents.growth
+        )
     return app.renderer.render(
         recipient,
         contents.entries,
@@ -271,45 +321,145 @@ async def send_ready(app: App, *, flush: bool = False) -> tuple[int, int, int]:
     the server, as `postqueue -f`: it must not wait for a backoff of up to an hour.
     """
     counts = {"sent": 0, "retrying": 0, "dead": 0}
+    lease = send_lease(app)
 
     async def report(message: OutgoingMessage, error: DeliveryError | None) -> None:
         now = app.clock()
         if error is None:
-            await asyncio.to_thread(app.store.mark_sent, message.message_id, now)
+            await record_sent(app, message, now)
             counts["sent"] += 1
         elif isinstance(error, PermanentDeliveryError):
             await asyncio.to_thread(app.store.mark_dead, message.message_id, str(error), now)
             log.error("recipient refused; dead-lettered: %s", error, extra=_fields(message))
             counts["dead"] += 1
+        elif isinstance(error, UnconfirmedDeliveryError) and not await _first_doubt(app, message):
+            reason = f"{error}, again after the one resend: {MAYBE_TWICE}"
+            await asyncio.to_thread(app.store.mark_dead, message.message_id, reason, now)
+            log.error("not sent a third time; dead-lettered: %s", reason, extra=_fields(message))
+            counts["dead"] += 1
         else:
             mark_retry = app.store.mark_retry
-            await asyncio.to_thread(mark_retry, message.message_id, str(error), now, retry_delay)
+            delay = _respecting(error.retry_after)
+            await asyncio.to_thread(mark_retry, message.message_id, str(error), now, delay)
             log.warning("delivery failed, will retry: %s", error, extra=_fields(message))
             counts["retrying"] += 1
 
     async def take(message: OutgoingMessage) -> bool:
         """Lease the message right before it is handed over, not the batch up front: a
         batch can outlast any lease (a slow server, a backlog after an outage), and another
-        worker would then send the rest too."""
+        worker would then send the rest too. A message the server accepted whose mark is
+        not written yet is never handed over again."""
+        if message.message_id in app.accepted:
+            return False
         now = app.clock()
-        lease = app.store.lease_message
         return await asyncio.to_thread(
-            lease, message.message_id, app.worker_id, now, now + SEND_LEASE
+            app.store.lease_message, message.message_id, app.worker_id, now, now + lease
         )
 
+    for message_id, accepted_at in list(app.accepted.items()):  # a mark left from before
+        await _write_sent_mark(app, message_id, accepted_at)
     batch = await asyncio.to_thread(app.store.ready_messages, app.clock(), flush=flush)
     await app.mailer.deliver(batch, report, take)
     return counts["sent"], counts["retrying"], counts["dead"]
+
+
+MAYBE_TWICE = (
+    "it may have arrived twice already, so it is not sent a third time; ask the recipient, "
+    "and if it did not arrive, `monitor retry-dead` sends it once more"
+)
+
+
+async def _first_doubt(app: App, message: OutgoingMessage) -> bool:
+    """Whether this is the first time a server left the end of this message unanswered."""
+    return await asyncio.to_thread(app.store.note_unconfirmed, message.message_id, app.clock())
+
+
+async def record_sent(app: App, message: OutgoingMessage, accepted_at: datetime) -> None:
+    """Mark a message the server accepted as sent; the mark, not the send, is what is
+    retried when the database refuses it (locked by another process, say). Until it is
+    written the fact lives in app.accepted, and `take` never hands the message over again."""
+    app.accepted[message.message_id] = accepted_at
+    await _write_sent_mark(app, message.message_id, accepted_at)
+
+
+async def _write_sent_mark(app: App, message_id: str, accepted_at: datetime) -> None:
+    wait, longest = MARK_RETRY
+    failures = 0
+    while True:
+        try:
+            await asyncio.to_thread(app.store.mark_sent, message_id, accepted_at)
+        except Exception as error:  # the database: locked, gone, full; never a reason to resend
+            failures += 1
+            if failures == 1:  # once, not at every try: the outcome is logged below
+                log.warning(
+                    "accepted by the server, but the sent mark could not be written: %s; "
+                    "writing it again until it is (the message is not sent again)",
+                    str(error).splitlines()[0],
+                    extra={"message_id": message_id},
+                )
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, longest)
+        else:
+            del app.accepted[message_id]
+            if failures:
+                log.info(
+                    "sent mark written after %d failed tries",
+                    failures,
+                    extra={"message_id": message_id},
+                )
+            return
+
+
+def send_lease(app: App) -> timedelta:
+    """How long this worker holds a message it hands over: longer than the longest the
+    server may take (MAIL, RCPT and DATA each a command timeout, then the wait for the
+    reply to the end of the message), so no other worker sends it meanwhile."""
+    smtp = app.config.smtp
+    if smtp is None:
+        return SEND_LEASE
+    longest = timedelta(seconds=3 * smtp.timeout + smtp.data_timeout) + timedelta(minutes=1)
+    return max(SEND_LEASE, longest)
 
 
 def _fields(message: OutgoingMessage) -> dict[str, str]:
     return {"recipient": message.recipient, "message_id": message.message_id}
 
 
+def _respecting(retry_after: float | None) -> Callable[[int], timedelta]:
+    """The backoff, but never sooner than the service asked (Retry-After of a 429, 503)."""
+    if retry_after is None:
+        return retry_delay
+    return lambda attempts: max(retry_delay(attempts), timedelta(seconds=retry_after))
+
+
 def retry_delay(attempts: int) -> timedelta:
     """1 min, 2, 4, ... capped at 1 h, with jitter, so a recovering server is not stampeded."""
     ceiling = min(3600.0, 60.0 * 2 ** min(attempts - 1, 12))
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+async def send_test_chat(app: App, name: str) -> str:
+    """Send one sample chat message to the channel `name`, bypassing the outbox; the
+    service's answer, or DeliveryError saying it."""
+    now = app.clock()
+    entry = DigestEntry((0,), "test", _sample(now), (Hit("monitor", "title", 0, 7),))
+    message_id = app.renderer.message_id(name, [entry], now)
+    url = app.config.channels()[name].channel_url()
+    message = render_chat(message_id, name, [entry], now, MessageKind.ALERT, limit(url))
+    return await ChatSender(app.config.channels()).send(message)
+
+
+def _sample(now: datetime) -> Item:
+    return Item(
+        key=f"test:{now.isoformat()}",  # a Message-ID of its own: clients hide repeats
+        feed="monitor",
+        guid="test",
+        url="https://example.org/monitor-test",
+        title="monitor test: Grüße von monitor",
+        summary="If you can read this, with umlauts intact (äöü ß), delivery works.",
+        published=now,
+        language="de",
+    )
 
 
 async def send_test_email(app: App, address: str) -> DeliveryError | None:

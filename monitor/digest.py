@@ -26,6 +26,7 @@ import css_inline
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from monitor.chat import chat_text
 from monitor.labels import labels, plain_problem, plain_status
 from monitor.models import (
     DigestEntry,
@@ -97,7 +98,13 @@ class ReadableMessage:
 
 
 def read_back(message: OutgoingMessage) -> ReadableMessage:
-    """The decoded parts of a rendered message: what a mail program shows."""
+    """The decoded parts of a rendered message: what a mail program shows (a channel's
+    message, chat.py's JSON: its title and Markdown text)."""
+    if "@" not in message.recipient:
+        chat = chat_text(message.mime)
+        return ReadableMessage(
+            message.recipient, message.recipient, chat.title, chat.text, "", message.mime
+        )
     parsed = message_from_bytes(message.mime, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)  # the default policy's class
 

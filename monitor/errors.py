@@ -6,7 +6,8 @@
     ├── FetchError                one feed could not be fetched (HTTP status, network, limits)
     ├── ParseError                one feed's body is not a feed (HTML page, empty, broken)
     ├── DeliveryError             one message could not be handed to SMTP / the outbox
-    │   └── PermanentDeliveryError  the server refused a recipient for good (5xx)
+    │   ├── PermanentDeliveryError  the server refused a recipient for good (5xx)
+    │   └── UnconfirmedDeliveryError  no reply to the end of DATA: maybe delivered
     ├── LockedError               another monitor process holds the database lock
     └── UnavailableError          the database, or the metrics address, cannot be opened
 
@@ -68,9 +69,18 @@ class ParseError(MonitorError):
 class DeliveryError(MonitorError):
     """A message could not be delivered right now; it stays pending and is retried."""
 
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after  # seconds the service asked us to wait (429, 503)
+        super().__init__(message)
+
 
 class PermanentDeliveryError(DeliveryError):
     """The server refused the recipient for good; the delivery is dead-lettered."""
+
+
+class UnconfirmedDeliveryError(DeliveryError):
+    """The whole message was handed over, but the server's reply to its end never came: it
+    may have been delivered (RFC 1047). Sent at most once more, then dead-lettered."""
 
 
 class LockedError(MonitorError):

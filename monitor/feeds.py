@@ -24,7 +24,7 @@ REDIRECT_SIGHTINGS = 3  # a permanent redirect is adopted when seen this many po
 RETRY_AFTER_CAP = 24 * 3600.0
 VERIFY_EVERY = 8  # every 8th poll of an unchanged feed goes without validators, to catch liars
 BACKOFF_FLOOR = 60.0  # a failing feed is never retried sooner than this
-JITTER = 0.1  # ±10 %, so feeds added together drift apart instead of firing in the same second
+JITTER = 0.1  # up to 10 % sooner, so feeds added together drift apart, not fire in one second
 ERROR_TEXT_MAX = 300  # characters of an error kept as last_error (digests, status, logs)
 
 
@@ -32,28 +32,76 @@ ERROR_TEXT_MAX = 300  # characters of an error kept as last_error (digests, stat
 class Bounds:
     """A feed's poll interval settings, seconds."""
 
-    default: float
-    minimum: float
-    maximum: float
+    default: float  # the configured interval: the longest wait for a healthy feed
+    minimum: float  # a busy feed, or a server asking for less, is polled no sooner than this
     fixed: bool = False  # the user set this feed's interval: no adapting
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """The wait until a healthy feed's next poll, and why, as `monitor feeds` shows it."""
+
+    seconds: float
+    reason: str  # "every 15m (configured)", "every 4m (busy feed)", ...
 
 
 def poll_interval(
     bounds: Bounds, item_gap: float | None, ttl: float | None, freshness: float | None
-) -> float:
-    """Poll about twice per usual item gap; not sooner than the feed's ttl or the HTTP cache
-    lifetime allow; always within [minimum, maximum]."""
+) -> Interval:
+    """Never longer than the configured interval: that is the user's promise of how late an
+    alert may be. Sooner for a server that asks for less (its RSS <ttl>/sy:updatePeriod or
+    HTTP cache lifetime), else for a busy feed (twice per usual gap between its items), but
+    not below the minimum. A server asking for *more* is shown, not obeyed: a conditional
+    request to an unchanged feed costs it a 304, and a server that must be spared says so
+    with 429/503 Retry-After, which is always honoured. A feed's own interval is kept."""
     if bounds.fixed:
-        return bounds.default
-    wanted = item_gap / 2 if item_gap else bounds.default
-    for hint in (ttl, freshness):
-        if hint:
-            wanted = max(wanted, hint)
-    return min(max(wanted, bounds.minimum), bounds.maximum)
+        return _every(bounds.default, "this feed's interval")
+    ask = _server_ask(ttl, freshness)
+    if ask is not None and ask[0] < bounds.default:
+        seconds = min(max(ask[0], bounds.minimum), bounds.default)
+        return _every(seconds, f"server asks {span(ask[0])}: {ask[1]}")
+    busy = item_gap / 2 if item_gap else None
+    if ask is None and busy is not None and busy < bounds.default:
+        return _every(min(max(busy, bounds.minimum), bounds.default), "busy feed")
+    asked = f"; server asks {span(ask[0])}: {ask[1]}" if ask is not None else ""
+    return _every(bounds.default, f"configured{asked}")
+
+
+def _server_ask(ttl: float | None, freshness: float | None) -> tuple[float, str] | None:
+    """The longer of the feed's ttl and the HTTP cache lifetime, with its name."""
+    asks = [(seconds, name) for seconds, name in ((ttl, "ttl"), (freshness, "max-age")) if seconds]
+    return max(asks) if asks else None
+
+
+def _every(seconds: float, reason: str) -> Interval:
+    return Interval(seconds, f"every {span(seconds)} ({reason})")
+
+
+def span(seconds: float) -> str:
+    """A duration as a person writes it: 45s, 15m, 1h30m, 2d."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, rest = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{rest}m" if rest else f"{hours}h"
+    return f"{round(hours / 24)}d"
+
+
+def backlog_cutoff(now: datetime, last_success_at: datetime | None, backlog: float) -> datetime:
+    """Items dated before this are a feed's backlog, not news: they were older than `backlog`
+    when monitor could first have read them. That is now on the feed's first poll, and its
+    last successful poll after an outage, so what appeared meanwhile still alerts."""
+    seen_from = min(now, last_success_at) if last_success_at else now
+    return seen_from - timedelta(seconds=backlog)
 
 
 def jittered(seconds: float, rng: random.Random | None = None) -> float:
-    return seconds * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+    """Up to JITTER sooner, never later: the interval is a longest wait."""
+    return seconds * (rng or random).uniform(1 - JITTER, 1)
 
 
 def backoff(interval: float, failures: int, cap: float, rng: random.Random | None = None) -> float:
@@ -85,6 +133,13 @@ def failure_delay(
     if failures <= 1:
         return asked
     return max(asked, backoff(interval, failures, cap, rng))
+
+
+def failure_reason(failures: int, waited: float | None) -> str:
+    """Why a failed feed's next poll is when it is (see failure_delay)."""
+    if waited is not None and failures <= 1:
+        return f"server asked to wait (Retry-After {span(retry_after(waited))})"
+    return f"backing off after {failures} failure{'s' if failures != 1 else ''}"
 
 
 def error_text(message: str) -> str:

@@ -71,6 +71,7 @@ def _claim(app: App, feeds: set[str]) -> list[PageTask]:
         now=now,
         until=now + timedelta(seconds=hold),
         limit=settings.per_cycle,
+        backlog=timedelta(seconds=app.config.backlog),
     )
 
 

@@ -62,3 +62,61 @@ def setup_logging(verbosity: int = 0, log_format: str = "text") -> None:
     # With max_instances=1, APScheduler warns each time a slow poll makes it skip a tick: by
     # design, so only shown with -v. Its errors (a job that raised) still come through.
     logging.getLogger("apscheduler").setLevel(logging.WARNING if verbosity > 0 else logging.ERROR)
+
+
+class RepeatedError:
+    """Logs a job's failures as feed errors are logged: once when the job starts failing
+    and whenever the error changes, a summary every `summary_every` seconds while it lasts,
+    and a line when the job works again. A full disk used to write a 60-120 line traceback
+    at every tick, about 130 MB of log a day."""
+
+    def __init__(self, logger: logging.Logger, job: str, summary_every: float) -> None:
+        self.log = logger
+        self.job = job
+        self.summary_every = summary_every
+        self.text: str | None = None
+        self.total = 0  # failures since the job last worked
+        self.since = 0.0  # when this run of failures began
+        self.summarised = 0.0
+
+    def failed(self, text: str, now: float, with_traceback: bool = False) -> None:
+        """`text`: one line; `with_traceback`: a bug, whose traceback is logged once."""
+        self.total += 1
+        if text != self.text:
+            if self.text is None:
+                self.since = now
+            self.text, self.summarised = text, now
+            self.log.error(
+                "%s failed: %s (logged again when this changes)",
+                self.job,
+                text,
+                exc_info=with_traceback,
+            )
+            return
+        if now - self.summarised >= self.summary_every:
+            self.summarised = now
+            self.log.warning(
+                "%s still failing: %s (%d times in %s)",
+                self.job,
+                text,
+                self.total,
+                _span(now - self.since),
+            )
+
+    def succeeded(self, now: float) -> None:
+        if self.text is not None:
+            self.log.info(
+                "%s works again, after %d failures in %s",
+                self.job,
+                self.total,
+                _span(now - self.since),
+            )
+        self.text, self.total = None, 0
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -8,9 +8,12 @@ so the caller can mark it sent right after the server's 250 (not at the end of a
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import email.utils
 import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +24,7 @@ from typing import Protocol
 import aiosmtplib
 
 from monitor.config import SmtpConfig
-from monitor.errors import DeliveryError, PermanentDeliveryError
+from monitor.errors import DeliveryError, PermanentDeliveryError, UnconfirmedDeliveryError
 from monitor.files import adopt, describe, make_dirs
 from monitor.models import OutgoingMessage
 
@@ -86,14 +89,17 @@ class SmtpMailer:
     async def _open(self, client: aiosmtplib.SMTP) -> DeliveryError | None:
         """Connect, secure and log in; a failure here is transient for the whole batch."""
         where = f"SMTP {self._settings.host}:{self._settings.effective_port}"
+        username, password = self._settings.username, ""
         try:
             await client.connect()
-            if self._settings.username:
-                await client.login(self._settings.username, self._settings.password() or "")
+            if username:
+                password = self._settings.password() or ""
+                await client.login(username, password)
         except ssl.SSLError as error:  # e.g. certificate verification: a setup problem
             return DeliveryError(f"{where}: TLS failed: {error}")
         except aiosmtplib.SMTPException as error:
-            return DeliveryError(str(_classify(error, where)))
+            text = str(_classify(error, where))
+            return DeliveryError(_redact(text, username, password) if username else text)
         except Exception as error:  # e.g. the password file gone: reported, retried
             return DeliveryError(f"{where}: {type(error).__name__}: {error}")
         return None
@@ -109,7 +115,12 @@ class SmtpMailer:
             if not await take(message):
                 continue
             try:
-                await client.sendmail(self._settings.sender, [message.recipient], message.mime)
+                await self._transaction(client, message)
+            except UnconfirmedDeliveryError as error:  # the connection is closed
+                await report(message, error)
+                failure = DeliveryError("not tried: the server left the message before unanswered")
+                await _fail(batch[position + 1 :], failure, report, take)
+                return
             except aiosmtplib.SMTPServerDisconnected as error:
                 failure = DeliveryError(f"server disconnected: {error}")
                 await report(message, failure)
@@ -138,6 +149,99 @@ class SmtpMailer:
                     return
             else:
                 await report(message, None)
+
+    async def _transaction(self, client: aiosmtplib.SMTP, message: OutgoingMessage) -> None:
+        """MAIL, RCPT, DATA for one message. A refusal resets the envelope for the next."""
+        text = _crlf(message.mime)
+        size = [f"SIZE={len(text)}"] if client.supports_extension("size") else []  # RFC 1870
+        try:
+            await client.mail(self._settings.sender, options=size)
+            await client.rcpt(message.recipient)
+            wire = _LEADING_DOT.sub(b"..", text) + b".\r\n"
+            await _data(client, wire, self._settings.data_timeout, message.recipient)
+        except aiosmtplib.SMTPResponseException:
+            # A connection lost here: the next message finds it gone and says so.
+            with contextlib.suppress(aiosmtplib.SMTPException):
+                await client.rset()
+            raise
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _crlf(mime: bytes) -> bytes:
+    """The message with the line ends SMTP carries, ending in one."""
+    text = _LINE_ENDS.sub(b"\r\n", mime)
+    return text if text.endswith(b"\r\n") else text + b"\r\n"
+
+
+async def _data(client: aiosmtplib.SMTP, wire: bytes, timeout: float, recipient: str) -> None:
+    """DATA, then the message and the wait for the server's verdict on it.
+
+    Not aiosmtplib's data(): its one timeout covers both the 354 and the final reply, and
+    only a timeout on the final reply means "maybe delivered". That wait is RFC 5321's
+    10 minutes (4.5.3.2.6): the server may be scanning the message, and a client that
+    gives up sooner sends it again though the server kept it (RFC 1047).
+    """
+    start = await client.execute_command(b"DATA")  # the command timeout
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
+    protocol.write(wire)
+    try:
+        reply = await protocol.read_response(timeout=timeout)
+    except aiosmtplib.SMTPTimeoutError:
+        client.close()  # a reply that comes later must not answer the next command
+        raise UnconfirmedDeliveryError(
+            f"{recipient}: no reply to the end of the message within {timeout:g} s; "
+            "the server may have accepted it"
+        ) from None
+    except aiosmtplib.SMTPServerDisconnected:
+        client.close()
+        raise
+    if reply.code != 250:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+
+
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
+_LONG_TOKEN = 16  # no word of a refusal is this long without a space or a hyphen
+
+
+def _redact(text: str, username: str, password: str) -> str:
+    """A server's refusal of a login without what the client sent: some quote the AUTH
+    data, whose base64 is the password in all but name. Long base64-like tokens go, and
+    shorter ones that decode to the password or user name, and the password itself."""
+    # Shorter secrets would be found by chance in what any token decodes to.
+    secrets = [s.encode() for s in (password, username) if len(s) >= 3]
+
+    def hide(found: re.Match[str]) -> str:
+        token = found.group()
+        if len(token) >= _LONG_TOKEN or _decodes_to(token, secrets):
+            return "[redacted]"
+        return token
+
+    text = _BASE64_TOKEN.sub(hide, text)
+    sent = [f"\0{username}\0{password}", username, password]  # PLAIN, LOGIN: as encoded
+    for secret in [base64.b64encode(s.encode()).decode() for s in sent] + [password]:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _decodes_to(token: str, secrets: list[bytes]) -> bool:
+    """Whether the base64 token, or what is left of it when quoted cut short, holds one."""
+    token = token.rstrip("=")
+    for end in range(len(token), max(len(token) - 4, 0), -1):
+        try:
+            decoded = base64.b64decode(token[:end] + "=" * (-end % 4))
+        except ValueError:  # a length no base64 has
+            continue
+        if any(secret in decoded for secret in secrets):
+            return True
+    return False
 
 
 async def _fail(

@@ -70,6 +70,12 @@ class Metrics:
         self.dead = Gauge(  # the name predates counting dead letters as messages everywhere
             "monitor_deliveries_dead", "Dead letters: messages refused for good.", registry=r
         )
+        self.messages = Gauge(
+            "monitor_messages",
+            "Stored messages by channel (email, webhook, slack, ...) and state (ready/sent/dead).",
+            ["channel", "state"],
+            registry=r,
+        )
         self.oldest_pending = Gauge(
             "monitor_oldest_pending_delivery_age_seconds",
             "Age of the oldest delivery still pending (0 when none).",
@@ -108,6 +114,9 @@ class Metrics:
     def record_snapshot(self, snapshot: Snapshot, now: datetime) -> None:
         self.pending.set(snapshot.outbox.pending)
         self.dead.set(snapshot.outbox.dead)
+        self.messages.clear()  # a channel removed from the config leaves no stale series
+        for (channel, state), count in snapshot.messages.items():
+            self.messages.labels(channel, state).set(count)
         oldest = snapshot.outbox.oldest_pending
         self.oldest_pending.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
         for state in FeedStatus:

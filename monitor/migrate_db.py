@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from monitor.errors import MonitorError
+from monitor.errors import MonitorError, UnavailableError
 from monitor.store import create_engine, migrate
 
 SKIPPED = {"alembic_version", "workers"}  # the schema version is the target's own; workers are live
@@ -22,10 +22,10 @@ CHUNK = 2000
 
 def copy_database(source_url: str, target_url: str) -> dict[str, int]:
     """Copy every table's rows from source to target; return rows copied per table."""
-    source, target = create_engine(source_url), create_engine(target_url)
+    source, target = create_engine(source_url), _target_engine(target_url)
     try:
         migrate(source)
-        migrate(target)
+        _migrate_target(target)
         tables = _tables(source)
         copied: dict[str, int] = {}
         with source.connect() as reader, target.begin() as writer:
@@ -40,6 +40,36 @@ def copy_database(source_url: str, target_url: str) -> dict[str, int]:
     finally:
         source.dispose()
         target.dispose()
+
+
+def _target_engine(url: str) -> sa.Engine:
+    try:
+        return create_engine(url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as error:
+        raise MonitorError(
+            f"--to {_shown(url)}: not a database URL monitor can use ({error}); "
+            "write e.g. postgresql+psycopg://monitor@db.example.org/monitor"
+        ) from None
+
+
+def _migrate_target(target: sa.Engine) -> None:
+    """The target's schema; a server that is down or refuses is one line, not a traceback."""
+    try:
+        migrate(target)
+    except sa.exc.OperationalError as error:
+        reason = (str(error.orig or error).strip().splitlines() or ["no answer"])[0]
+        raise UnavailableError(
+            f"the target database {_shown(str(target.url))} cannot be reached: {reason}; "
+            "check that the server runs and that host, port, user and password are right. "
+            "Nothing was copied"
+        ) from None
+
+
+def _shown(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url.split("@")[-1]  # whatever it is, never the part a password is in
 
 
 def _tables(engine: sa.Engine) -> list[sa.Table]:

@@ -94,6 +94,8 @@ class FeedState:
     unchanged_streak: int = 0  # polls in a row answered 304 / same body
     item_gap: float | None = None  # seconds between items, as the feed's dates show
     interval: float | None = None  # the adapted poll interval, seconds
+    poll_reason: str | None = None  # why the next poll is when it is, for `monitor feeds`
+    ttl: float | None = None  # seconds the feed's last parsed document asked (RSS <ttl>)
 
     @property
     def items_per_day(self) -> float | None:
@@ -137,6 +139,8 @@ class FeedUpdate:
     unchanged_streak: int | Keep = KEEP
     item_gap: float | Keep | None = KEEP
     interval: float | Keep = KEEP
+    poll_reason: str | Keep = KEEP  # why next_poll_at is when it is, for `monitor feeds`
+    ttl: float | Keep | None = KEEP  # the parsed document's <ttl>, for the polls answered 304
 
     def columns(self) -> dict[str, Any]:
         """The changed columns and their values, as stored."""

@@ -42,7 +42,7 @@ def unchanged(
     app: App, feed: FeedConfig, state: FeedState, result: FetchResult
 ) -> tuple[FeedUpdate, PollReport]:
     """304, or the same bytes as last time."""
-    update = _success(app, feed, state, result, state.item_gap, None, new_items=0)
+    update = _success(app, feed, state, result, state.item_gap, state.ttl, new_items=0)
     update = replace(update, unchanged_streak=state.unchanged_streak + 1)
     status = update.status if update.status is not KEEP else state.status
     return update, PollReport(feed.name, unchanged=True, status=status)
@@ -59,17 +59,13 @@ def changed(
     """A new document, parsed; `new_items` of its items were new."""
     gap = parsed.item_gap or state.item_gap
     update = _success(app, feed, state, result, gap, parsed.ttl, new_items)
-    update = replace(update, item_gap=gap, unchanged_streak=0)
+    update = replace(update, item_gap=gap, unchanged_streak=0, ttl=parsed.ttl)
     if parsed.title:
         update = replace(update, title=parsed.title)
     if parsed.warning:
         log.debug("lenient parse", extra={"feed": feed.name, "detail": parsed.warning})
     if parsed.left_out:
-        log.info(
-            "feed lists more items than polling.max_items; the %d oldest were not read",
-            parsed.left_out,
-            extra={"feed": feed.name},
-        )
+        _log_left_out(app, feed, parsed, result)
     etag, modified = result.headers.get("etag"), result.headers.get("last-modified")
     if not state.ignore_validators and rules.lying_validators(
         state.etag, state.last_modified, etag, modified, changed=state.body_hash is not None
@@ -83,6 +79,24 @@ def changed(
     return update
 
 
+def _log_left_out(app: App, feed: FeedConfig, parsed: ParsedFeed, result: FetchResult) -> None:
+    """Once per feed (then at debug level): a feed of 100,000 items is read in part at
+    every poll, and a line each time says nothing new."""
+    first = feed.name not in app.long_feeds
+    app.long_feeds.add(feed.name)
+    log.log(
+        logging.INFO if first else logging.DEBUG,
+        "feed lists %d items in %.1f MB, more than polling.max_items (%d): the newest %d "
+        "were read, the %d older ones left out (logged once)",
+        len(parsed.items) + parsed.left_out,
+        len(result.body or b"") / 1e6,
+        app.config.polling.max_items,
+        len(parsed.items),
+        parsed.left_out,
+        extra={"feed": feed.name},
+    )
+
+
 def _success(
     app: App,
     feed: FeedConfig,
@@ -93,7 +107,7 @@ def _success(
     new_items: int,
 ) -> FeedUpdate:
     now = app.clock()
-    interval = rules.poll_interval(_bounds(app, feed), item_gap, ttl, result.freshness(now))
+    wait = rules.poll_interval(_bounds(app, feed), item_gap, ttl, result.freshness(now))
     last_new = now if new_items else state.last_new_item_at
     status = rules.health_after_success(last_new, item_gap, now)
     _log_change(feed, state, status, "")
@@ -104,8 +118,9 @@ def _success(
         last_error=None,
         error_since=None,
         consecutive_failures=0,
-        interval=interval,
-        next_poll_at=now + timedelta(seconds=rules.jittered(interval)),
+        interval=wait.seconds,
+        next_poll_at=now + timedelta(seconds=rules.jittered(wait.seconds)),
+        poll_reason=wait.reason,
         etag=result.headers.get("etag") or state.etag,
         last_modified=result.headers.get("last-modified") or state.last_modified,
     )
@@ -119,7 +134,6 @@ def _bounds(app: App, feed: FeedConfig) -> rules.Bounds:
     return rules.Bounds(
         default=app.config.feed_interval(feed),
         minimum=polling.min_interval,
-        maximum=polling.max_interval,
         fixed=feed.interval is not None,
     )
 
@@ -149,7 +163,7 @@ def deferred(feed: FeedConfig, state: FeedState, until: datetime) -> tuple[FeedU
     report = PollReport(
         feed.name, unchanged=True, status=state.status, host_blocked_until=until, deferred=True
     )
-    return FeedUpdate(next_poll_at=until), report
+    return FeedUpdate(next_poll_at=until, poll_reason="its host asked to wait"), report
 
 
 def failed(
@@ -165,10 +179,12 @@ def failed(
         status = FeedStatus.DISABLED
         message = "HTTP 410 Gone: the feed was removed; change its URL to re-enable"
         next_poll: datetime | None = None
+        why = "never (HTTP 410 Gone)"
     else:
         status = rules.health_after_failure(since, now)
         delay = _failure_delay(app, feed, state, failures, error)
         next_poll = now + timedelta(seconds=delay)
+        why = rules.failure_reason(failures, getattr(error, "retry_after", None))
     update = FeedUpdate(
         status=status,
         last_polled_at=now,
@@ -177,6 +193,7 @@ def failed(
         error_since=since,
         consecutive_failures=failures,
         next_poll_at=next_poll,
+        poll_reason=why,
     )
     _log_change(feed, state, status, message)
     block = getattr(error, "host_blocked_until", None)  # the fetcher held off the host

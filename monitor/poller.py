@@ -26,10 +26,10 @@ from monitor.app import App
 from monitor.config import FeedConfig
 from monitor.errors import FetchError, ParseError
 from monitor.fetch import FetchResult, HostBlocked
-from monitor.models import FeedState, FeedUpdate, Item
+from monitor.models import FeedState, FeedUpdate, Item, Match
 from monitor.outcomes import PollReport, changed, deferred, failed, unchanged
 from monitor.parse import ParsedFeed, parse_feed
-from monitor.store import Claim, IngestResult
+from monitor.store import Claim, IngestResult, database_trouble
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -395,8 +395,9 @@ class _Writer:
         """Polls waiting for the writer: done with the network and their parse."""
         return sum(job.kind in ("ingest", "finish") for job in (*self.round, *self.jobs))
 
-    async def ingest(self, items: Sequence[Item]) -> IngestResult:
-        result: IngestResult = await self._queue("ingest", items)
+    async def ingest(self, items: Sequence[Item], backlog_before: datetime) -> IngestResult:
+        """Store one feed's items; those dated before `backlog_before` alert no one."""
+        result: IngestResult = await self._queue("ingest", (items, backlog_before))
         return result
 
     async def finish(self, name: str, update: FeedUpdate) -> None:
@@ -480,8 +481,11 @@ class _Writer:
         results: list[Any] = [None] * len(jobs)
         ingests = [n for n, job in enumerate(jobs) if job.kind == "ingest"]
         if ingests:
-            batches = [jobs[n].payload for n in ingests]
-            match, recipients, now = self.app.matcher.match, self.app.recipients, self.app.clock()
+            payloads = [jobs[n].payload for n in ingests]
+            cutoffs = {items[0].feed: cutoff for items, cutoff in payloads if items}
+            batches = [items for items, _ in payloads]
+            match = news_only(self.app.matcher.match, cutoffs)
+            recipients, now = self.app.recipients, self.app.clock()
             try:
                 stored: list[Any] = store.ingest_many(batches, match, recipients, now)
             except Exception:  # one feed's failure must not fail the others: each on its own
@@ -508,11 +512,26 @@ class _Writer:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    # ingest: items | finish: (name, FeedUpdate) | release: (host, owner, last request,
-    # blocked until) | call: a function of no arguments
+    # ingest: (items, backlog cutoff) | finish: (name, FeedUpdate) | release: (host,
+    # owner, last request, blocked until) | call: a function of no arguments
     kind: str
     payload: Any
     future: asyncio.Future[Any]
+
+
+def news_only(
+    match: Callable[[Item], Sequence[Match]], cutoffs: Mapping[str, datetime]
+) -> Callable[[Item], Sequence[Match]]:
+    """`match` for news only: an item dated before its feed's backlog cutoff matches no
+    watchlist, so it is stored (deduplicated, searchable with `test --stored`) and alerts no
+    one, not even later as another outlet's copy (the store matches those with the stored
+    item's date) or as an updated text."""
+
+    def matched(item: Item) -> Sequence[Match]:
+        cutoff = cutoffs.get(item.feed)
+        return () if cutoff is not None and item.published < cutoff else match(item)
+
+    return matched
 
 
 def _one_round(jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
@@ -554,6 +573,9 @@ async def poll_feed(
         conditional = _conditional(state)
         result = await _fetch(app, feed, state, conditional)
         fetched = time.monotonic() - started
+        backlog_before = rules.backlog_cutoff(
+            app.clock(), state.last_success_at, app.config.backlog
+        )
         try:
             body_hash = _hash(result.body)
             parsed = await _parse_if_changed(app, feed, state, result, body_hash)
@@ -581,10 +603,11 @@ async def poll_feed(
                 # keys are seen again. They are refreshed only when seen in a parsed document,
                 # and must not expire while the feed still lists its (maybe pruned) items, or
                 # those alert again once it changes.
-                await writer.ingest((await _parse(app, feed, result)).items)
+                await writer.ingest((await _parse(app, feed, result)).items, backlog_before)
             update, report = unchanged(app, feed, state, result)
         else:
-            found = await writer.ingest(parsed.items)
+            found = await writer.ingest(parsed.items, backlog_before)
+            _log_backlog(feed, found, backlog_before)
             update = changed(app, feed, state, result, parsed, len(found.new_items))
             update = dataclasses.replace(update, body_hash=body_hash)
             report = PollReport(feed.name, len(found.new_items), len(found.matches))
@@ -600,10 +623,23 @@ async def poll_feed(
     except (FetchError, ParseError) as error:
         update, report = failed(app, feed, state, error)
     except Exception as error:  # a bug must not stop the other feeds
+        if database_trouble(error):  # not the feed's: the cycle fails, and says so once
+            raise
         log.exception("unexpected error while polling", extra={"feed": feed.name, "url": state.url})
         update, report = failed(app, feed, state, FetchError(f"internal error: {error!r}"))
     await writer.finish(feed.name, update)
     return dataclasses.replace(report, fetch_seconds=fetched)
+
+
+def _log_backlog(feed: FeedConfig, found: IngestResult, backlog_before: datetime) -> None:
+    old = sum(1 for item in found.new_items if item.published < backlog_before)
+    if old:
+        log.info(
+            "%d new items dated before %s (older than `backlog`) stored without alerts",
+            old,
+            f"{backlog_before:%Y-%m-%d %H:%M} UTC",
+            extra={"feed": feed.name},
+        )
 
 
 def _verifying(state: FeedState) -> bool:

@@ -11,7 +11,8 @@ import json
 import os
 import socket
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -110,6 +111,7 @@ class NextDigest:
     schedule: str  # "daily 07:00", "immediate", ...
     at: datetime | None  # the next slot (UTC); None for immediate: as matches arrive
     recipients: tuple[str, ...]  # empty: all of the watchlist's recipients
+    first: bool = False  # never sent to one of them: goes out after its feeds' next poll
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,15 @@ class Snapshot:
     workers: tuple[WorkerInfo, ...] = ()
     # When a feed was last polled, by any process: the daemon's heartbeat knows only its own.
     last_poll_at: datetime | None = None
+    # Stored messages per (channel: email, slack, webhook, ...; state: ready, sent, dead).
+    messages: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def channels_line(self) -> str:
+        """`email 12 sent, 1 ready; slack 3 sent, 1 dead`: per channel, its messages."""
+        by_channel: dict[str, list[str]] = {}
+        for (channel, state), count in sorted(self.messages.items()):
+            by_channel.setdefault(channel, []).append(f"{count} {state}")
+        return "; ".join(f"{c} {', '.join(states)}" for c, states in by_channel.items()) or "none"
 
     def running(self, now: datetime) -> bool:
         """Whether a daemon (any worker) runs on this database."""
@@ -179,18 +190,28 @@ def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
     return Snapshot(
         feeds_by_state=dict(sorted(states.items())),
         outbox=store.outbox(),
-        next_digests=next_digests(config, now),
+        next_digests=next_digests(config, now, set(store.last_runs())),
         heartbeat=read_heartbeat(store),
         feeds_gone=gone,
         workers=tuple(w for w in store.live_workers(now - ALIVE_WITHIN) if _may_run(w.host, w.pid)),
         last_poll_at=store.last_poll_at(),
+        messages=_messages_by_channel(store, config),
     )
 
 
-def next_digests(config: Config, now: datetime) -> tuple[NextDigest, ...]:
+def _messages_by_channel(store: Store, config: Config) -> dict[tuple[str, str], int]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for (recipient, state), count in store.message_counts().items():
+        counts[(config.service_of(recipient), state.value)] += count
+    return dict(counts)
+
+
+def next_digests(
+    config: Config, now: datetime, handled: Collection[tuple[str, str]] | None = None
+) -> tuple[NextDigest, ...]:
     """When each watchlist next goes out, per schedule among its recipients (priority:
     immediate, a recipient's own digest:), as delivery plans it. A missed slot goes out on
-    the next tick."""
+    the next tick; a first digest (no period `handled` yet) after the feeds' next poll."""
     found = []
     for watchlist in config.watchlists:
         plans = config.deliveries_of(watchlist)
@@ -200,8 +221,16 @@ def next_digests(config: Config, now: datetime) -> tuple[NextDigest, ...]:
         for schedule, recipients in groups.items():
             at = None if schedule.every is Every.IMMEDIATE else schedule.next_slot(now, config.zone)
             named = () if len(groups) == 1 else tuple(recipients)
-            found.append(NextDigest(watchlist.name, str(schedule), at, named))
+            first = _is_first(watchlist.name, recipients, handled) and at is not None
+            found.append(NextDigest(watchlist.name, str(schedule), at, named, first))
     return tuple(found)
+
+
+def _is_first(
+    watchlist: str, recipients: list[str], handled: Collection[tuple[str, str]] | None
+) -> bool:
+    """Whether one of these recipients has never had a period of this watchlist handled."""
+    return handled is not None and any((watchlist, r) not in handled for r in recipients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,11 +281,14 @@ def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]
         f"feeds:      {feeds}",
         f"outbox:     {outbox.pending} pending{oldest}, {outbox.ready} ready to send, "
         f"{outbox.dead} dead letters{listed}",
+        f"messages:   {snapshot.channels_line()}",
         "next digests:",
     ]
     width = max((len(d.watchlist) for d in snapshot.next_digests), default=0)
     for digest in snapshot.next_digests:
         when = _local(digest.at, zone) if digest.at else "immediate (as matches arrive)"
+        if digest.first:
+            when = f"first after its feeds' next poll, then {when}"
         to = f"  to {', '.join(digest.recipients)}" if digest.recipients else ""
         lines.append(f"  {digest.watchlist:{width}}  {when}{to}")
     return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -154,6 +155,9 @@ class SmtpRecorder:
     drop_data: int = 0  # this many DATA commands get the connection closed instead of a reply
     on_data: Callable[[bytes], None] | None = None  # runs before a message is accepted
     mail_reply: str | None = None  # the reply to every MAIL FROM, instead of 250
+    # Seconds between a message's end and the reply: a server that scans before it answers.
+    # The message counts as received when it arrives, as a real server keeps it.
+    data_delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_MAIL(
@@ -184,6 +188,8 @@ class SmtpRecorder:
             if self.on_data is not None:
                 self.on_data(envelope.content)
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         return "250 Message accepted"
 
     def parsed(self) -> list[EmailMessage]:

@@ -18,7 +18,7 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.lock import database_lock
 from tests.conftest import SmtpRecorder, free_port
-from tests.feeds import ENGLISH, GERMAN
+from tests.feeds import ENGLISH_NOW, GERMAN_NOW
 
 Write = Callable[..., Path]
 LONG_NAME = "Süddeutsche Zeitung – Wirtschaft und Finanzen"
@@ -26,10 +26,10 @@ LONG_NAME = "Süddeutsche Zeitung – Wirtschaft und Finanzen"
 
 def serve(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/de.xml").respond_with_data(
-        GERMAN, content_type="application/rss+xml"
+        GERMAN_NOW, content_type="application/rss+xml"
     )
     httpserver.expect_request("/en.xml").respond_with_data(
-        ENGLISH, content_type="application/rss+xml"
+        ENGLISH_NOW, content_type="application/rss+xml"
     )
     page = "<!DOCTYPE html><html><head><title>Startseite</title></head><body>Hallo</body></html>"
     httpserver.expect_request("/page").respond_with_data(page, content_type="text/html")
@@ -455,3 +455,4 @@ def test_feeds_wraps_a_long_error_on_a_narrow_terminal(
     assert lines[name + 1].startswith(" " * 24 + " ok ")
     page = next(n for n, line in enumerate(lines) if line.startswith("Startseite"))
     assert lines[page + 1].startswith("    the server sent an HTML page")  # the error, below
+    assert lines[-1] == "(why each next poll is when it is: monitor feeds --wide)"

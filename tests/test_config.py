@@ -321,6 +321,53 @@ def test_a_reader_gone_from_the_pipe_ends_the_command_quietly(tmp_path: Path) ->
     assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr == ""
 
 
+# A "billion laughs": nine levels of nine aliases, 10^9 values once expanded.
+ALIAS_BOMB = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_an_alias_bomb_is_refused_at_the_alias_before_any_walk(tmp_path: Path) -> None:
+    """482 bytes of nested aliases kept `monitor check` busy past 60 s and up to 4 GB."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap_memory() -> None:  # on the old code: a MemoryError soon, not a swapping host
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, resource.RLIM_INFINITY))
+
+    path = tmp_path / "config.yaml"
+    path.write_text(ALIAS_BOMB + MINIMAL, "utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "--config", str(path), "check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=cap_memory,
+    )
+    assert done.returncode == 2, done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith(f"{path}:6:8: alias *e makes the config expand to more than")
+    assert "Traceback" not in done.stderr
+
+
+def test_aliases_that_reuse_values_load_and_a_loop_is_refused() -> None:
+    reused = MINIMAL.replace("terms: [xAI]", "terms: &terms [xAI, Grok]")
+    twice = reused + "  - {name: again, terms: *terms}\n"
+    assert [w.terms for w in parse_config(twice).watchlists] == [("xAI", "Grok")] * 2
+    assert problems("top: &x [1, *x]\n" + MINIMAL) == [
+        "c.yaml:1:13: alias *x is inside the value it refers to (a loop); remove the alias"
+    ]
+
+
 # ------------------------------------------------------------------ errors in plain words
 # Broken configs as analysts write them, each with the exact messages: what is wrong in the
 # words of the YAML, and what to write instead. A row: why, an edit of MINIMAL (old, new) or
@@ -818,3 +865,75 @@ def test_each_write_this_hint_loads_when_written(
         old = re.compile(rf"{key}:.*$" if block else rf"{key}: [^,}}]*")
         lines[number] = old.sub(f"{key}: {value}".replace("\\", "\\\\"), lines[number])
     parse_config("\n".join(lines) + "\n", "c.yaml")
+
+
+def test_a_domain_in_another_case_is_the_same_recipient() -> None:
+    """RFC 5321: the domain of an address is case-insensitive; one mailbox, one copy."""
+    text = MINIMAL.replace(
+        "    terms: [xAI]\n",
+        "    terms: [xAI]\n    recipients: [a@example.org, a@EXAMPLE.org, {address: b@Example.ORG}]\n",
+    )
+    config = parse_config(text, "c.yaml")
+    assert config.recipients_of(config.watchlists[0]) == ("a@example.org", "b@example.org")
+    plans = config.deliveries_of(config.watchlists[0])
+    assert [plan.recipient for plan in plans] == ["a@example.org", "b@example.org"]
+
+
+def test_check_warns_about_addresses_that_differ_only_in_case_before_the_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    path = tmp_path / "config.yaml"
+    text = MINIMAL.replace(
+        "    terms: [xAI]\n", "    terms: [xAI]\n    recipients: [press@EXAMPLE.org]\n"
+    )
+    path.write_text(text.replace("[press@example.org]", "[Press@example.org]"), encoding="utf-8")
+    assert main(["--config", str(path), "check"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"{path}: warning: recipients: Press@example.org and press@example.org differ only in "
+        "upper/lower case before the @" in err
+    )
+
+
+SMTP_LOGIN = (
+    "smtp: {host: HOST, from: m@example.org, username: u, password_env: SMTP_SECRET,"
+    " starttls: false}\n"
+)
+
+
+def test_a_login_in_clear_text_to_a_remote_server_is_refused_unless_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    monkeypatch.setenv("SMTP_SECRET", "hunter2-secret")
+    text = MINIMAL + SMTP_LOGIN.replace("HOST", "mail.example.org")
+    (found,) = problems(text)
+    assert "smtp: " in found and "clear text" in found and "allow_plaintext_login: true" in found
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace("starttls: false", "starttls: false, tls: true"))
+    assert main(["--config", str(path), "check"]) == 0
+    assert "clear text" not in capsys.readouterr().err
+    path.write_text(text.replace("starttls: false", "starttls: false, allow_plaintext_login: true"))
+    assert main(["--config", str(path), "check"]) == 0
+    assert (
+        "warning: smtp: the password goes to mail.example.org in clear text "
+        "(allow_plaintext_login: true)" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_a_login_in_clear_text_to_this_machine_is_allowed_and_said(
+    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    monkeypatch.setenv("SMTP_SECRET", "hunter2-secret")
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL + SMTP_LOGIN.replace("HOST", f"'{host}'"))
+    assert main(["--config", str(path), "check"]) == 0
+    assert (
+        f"the password goes to {host} in clear text (a loopback server" in capsys.readouterr().err
+    )

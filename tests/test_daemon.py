@@ -40,7 +40,7 @@ from monitor.metrics import Metrics
 from monitor.notify import Notifier
 from monitor.store import open_store
 from tests.conftest import SmtpRecorder, free_port
-from tests.feeds import ENGLISH, GERMAN, rss
+from tests.feeds import ENGLISH_NOW, GERMAN_NOW, RECENT, rss
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_starts_notifies_polls_sends_and_stops_cleanly(
 ) -> None:
     recorder, port = smtp_server
     httpserver.expect_request("/de.xml").respond_with_data(
-        GERMAN, content_type="application/rss+xml"
+        GERMAN_NOW, content_type="application/rss+xml"
     )
     metrics = f"127.0.0.1:{free_port()}"
     config = write_config({**base_config(httpserver, port), "metrics": {"listen": metrics}})
@@ -276,7 +276,7 @@ def test_sighup_with_a_broken_file_keeps_the_running_config(
 ) -> None:
     recorder, port = smtp_server
     httpserver.expect_request("/de.xml").respond_with_data(
-        GERMAN, content_type="application/rss+xml"
+        GERMAN_NOW, content_type="application/rss+xml"
     )
     config = write_config(base_config(httpserver, port))
     daemon = start(config)
@@ -310,7 +310,7 @@ def test_a_sighup_while_starting_is_kept_for_when_it_runs(
 ) -> None:
     """SIGHUP's default action ended the process, silently, until the daemon installed its
     handler: a `systemctl reload` during a long migration stopped the service."""
-    httpserver.expect_request("/de.xml").respond_with_data(GERMAN)
+    httpserver.expect_request("/de.xml").respond_with_data(GERMAN_NOW)
     data = base_config(httpserver, 1)
     del data["smtp"]
     config = write_config(data)
@@ -334,10 +334,10 @@ def test_sighup_applies_an_added_feed_and_a_new_watchlist(
 ) -> None:
     recorder, port = smtp_server
     httpserver.expect_request("/de.xml").respond_with_data(
-        GERMAN, content_type="application/rss+xml"
+        GERMAN_NOW, content_type="application/rss+xml"
     )
     httpserver.expect_request("/en.xml").respond_with_data(
-        ENGLISH, content_type="application/rss+xml"
+        ENGLISH_NOW, content_type="application/rss+xml"
     )
     data = base_config(httpserver, port)
     config = write_config(data)
@@ -384,7 +384,7 @@ def hold_fetches(
         if not only_first or len(requests) == 1:
             fetching.set()
             release.wait(60)
-        return Response(GERMAN, content_type="application/rss+xml")
+        return Response(GERMAN_NOW, content_type="application/rss+xml")
 
     httpserver.expect_request("/de.xml").respond_with_handler(held)
     return fetching, release
@@ -507,7 +507,7 @@ def test_kill_9_mid_send_resends_at_most_once_with_the_same_message_id(
     """The documented window: the server has the message, the daemon has not marked it."""
     recorder, port = smtp_server
     httpserver.expect_request("/de.xml").respond_with_data(
-        GERMAN, content_type="application/rss+xml"
+        GERMAN_NOW, content_type="application/rss+xml"
     )
     config = write_config(base_config(httpserver, port))
     hold = HeldSmtp(recorder)
@@ -564,7 +564,7 @@ def test_new_feed_data_is_polled_again_after_restart(
 ) -> None:
     """A restarted daemon continues from the database: known items are not mailed again."""
     httpserver.expect_request("/de.xml").respond_with_data(
-        GERMAN, content_type="application/rss+xml"
+        GERMAN_NOW, content_type="application/rss+xml"
     )
     data = base_config(httpserver, 1)
     del data["smtp"]
@@ -576,7 +576,7 @@ def test_new_feed_data_is_polled_again_after_restart(
     assert daemon.wait(timeout=GRACE + 15) == 0
 
     httpserver.clear()
-    more = rss("Nachrichten", [("xai-new", "xAI stellt Grok 6 vor", "Neu.")])
+    more = rss("Nachrichten", [("xai-new", "xAI stellt Grok 6 vor", "Neu.")], start=RECENT)
     httpserver.expect_request("/de.xml").respond_with_data(more, content_type="application/rss+xml")
     data["watchlists"][0]["digest"] = "immediate"
     data["digests"] = {"hold": "1s"}
@@ -727,3 +727,52 @@ def samples_of(metrics: Metrics) -> dict[str, float]:
         for s in family.samples
         if not s.labels
     }
+
+
+def test_a_new_config_on_a_used_database_gets_its_first_digests_after_its_first_poll(
+    httpserver: HTTPServer,
+    smtp_server: tuple[SmtpRecorder, int],
+    write_config: Callable[..., Path],
+    start: Callable[..., Daemon],
+) -> None:
+    """Issue 23: a config with other watchlists and recipients, started on a database that
+    has seen polls and digests before, got today's period of each new (watchlist, recipient)
+    marked handled, empty, at start, before its first poll: its matches waited a day."""
+    recorder, port = smtp_server
+    recent = datetime.now(UTC) - timedelta(hours=1)
+    httpserver.expect_request("/de.xml").respond_with_data(
+        rss("Nachrichten", [("xai-1", "xAI baut Rechenzentrum", "Grok wächst.")], start=recent)
+    )
+    data = base_config(httpserver, port)
+    config = write_config(data)
+    daemon = start(config)
+    wait_for(lambda: len(recorder.messages) == 2, "the first config's digests")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+
+    httpserver.clear()
+    news = [("xai-2", "xAI stellt Grok 6 vor", "Neu."), ("sturm", "Sturm über Berlin", "Orkan.")]
+    httpserver.expect_request("/de.xml").respond_with_data(rss("Nachrichten", news, start=recent))
+    storms = [("storm", "Storm warning for the coast", "Heavy rain.")]
+    httpserver.expect_request("/en.xml").respond_with_data(
+        rss("Tech News", storms, base="https://tech.example.com", start=recent)
+    )
+    data["feeds"].append({"name": "Tech News", "url": httpserver.url_for("/en.xml")})
+    data["watchlists"] = [
+        {"name": "xAI", "terms": ["xAI"], "recipients": ["c@example.org"], "digest": "daily 07:00"},
+        {
+            "name": "Storms",
+            "terms": ["storm", "Sturm"],
+            "recipients": ["c@example.org", "d@example.org"],
+            "digest": "daily 07:00",
+        },
+    ]
+    config = write_config(data)
+    daemon = start(config)
+    wait_for(lambda: len(recorder.messages) == 4, "a first digest for c and for d")
+    digests = {str(m["To"]): m.get_body(("plain",)).get_content() for m in recorder.parsed()[2:]}  # type: ignore[union-attr]
+    assert sorted(digests) == ["c@example.org", "d@example.org"]
+    assert "Grok 6" in digests["c@example.org"] and "Storm warning" in digests["c@example.org"]
+    assert "Sturm über Berlin" in digests["d@example.org"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()

@@ -13,7 +13,7 @@ import pytest
 
 from monitor.app import App, running_app
 from monitor.config import load_config
-from monitor.delivery import FIRST_POLL_DONE, run_digests
+from monitor.delivery import run_digests
 from monitor.models import Item
 from tests.conftest import SmtpRecorder, free_port
 
@@ -70,14 +70,15 @@ def settings(port: int, **watchlist: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def open_app(write_config: Callable[..., Path]) -> Callable[..., Any]:
-    """An App on a SQLite file with the given config and clock; first poll already done."""
+    """An App on a SQLite file with the given config and clock; its feeds polled since."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def make(data: dict[str, Any], clock: Clock) -> AsyncIterator[App]:
         config = load_config(write_config(data))
         async with running_app(config, clock=clock) as app:
-            app.store.set_meta(FIRST_POLL_DONE, "1")
+            for feed in config.feeds:
+                app.store.update_feed(feed.name, last_polled_at=clock())
             yield app
 
     return make
@@ -149,8 +150,10 @@ async def test_dead_letters_go_out_again_once_their_cause_is_fixed(
         path = write_config(data)  # the same file and database the app uses
         assert main(["--config", str(path), "retry-dead", "--recipient", "c@example.org"]) == 0
         assert "0 dead letter(s) to c@example.org" in capsys.readouterr().out
+        assert main(["--config", str(path), "retry-dead", "--recipient", "b@EXAMPLE.org"]) == 0
+        assert "1 dead letter(s) to b@example.org queued again" in capsys.readouterr().out
         assert main(["--config", str(path), "retry-dead"]) == 0
-        assert "1 dead letter(s) queued again" in capsys.readouterr().out
+        assert "0 dead letter(s) queued again" in capsys.readouterr().out
         clock.now = datetime.now(UTC) + timedelta(minutes=1)  # the command's clock is real
         assert (await run_digests(app)).sent == 1
         assert app.store.outbox().dead == 0 and app.store.dead_letters() == []
@@ -558,3 +561,164 @@ async def test_preview_renders_an_immediate_watchlist_as_its_alert(
     (sent,) = recorder.parsed()
     subject = str(message_from_bytes(shown.mime, policy=policy.default)["Subject"])
     assert subject == sent["Subject"] and subject.startswith("monitor alert:")
+
+
+async def test_a_pair_added_on_a_used_database_waits_for_its_feeds_polls_not_a_day(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int], write_config: Callable[..., Path]
+) -> None:
+    """Issue 23: a new (watchlist, recipient) pair's first digest is due once the feeds it
+    reads have been polled since it appeared (here by a reload), never before: a digest tick
+    between the reload and the poll used to mark today's period handled, empty. A feed with
+    a long interval of its own is not waited for."""
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 12, 0))
+    data = settings(port, recipients=["a@example.org"])
+    data["feeds"].append({"name": "Wochenblatt", "url": "https://weekly.example/feed"})
+    async with open_app(data, clock) as app:
+        await run_digests(app)  # a's first digest period: handled (nothing matched)
+        assert app.store.last_runs().keys() == {("xAI", "a@example.org")}
+        app.store.update_feed("Wochenblatt", next_poll_at=clock() + timedelta(days=7))
+
+        clock.advance(minutes=5)
+        data["watchlists"][0]["recipients"] = ["a@example.org", "c@example.org"]
+        app.apply_config(load_config(write_config(data)))
+        clock.advance(minutes=1)
+        assert (await run_digests(app)).composed == 0  # heise not polled since: wait
+        assert ("xAI", "c@example.org") not in app.store.last_runs()
+
+        add_matches(app, 1)  # the poll's matches, queued to c (and a) as they are stored
+        app.store.update_feed("heise", last_polled_at=clock())
+        report = await run_digests(app)
+        assert (report.composed, report.sent) == (1, 1)  # c's first digest; a's waits for 07:00
+    assert [r for _, r, _ in recorder.messages] == [["c@example.org"]]
+
+
+def slow_server_settings(port: int, **smtp: Any) -> dict[str, Any]:
+    data = settings(port, recipients=["a@example.org"])
+    data["smtp"].update(smtp)
+    return data
+
+
+async def test_a_server_slow_to_answer_the_end_of_a_message_gets_one_copy(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    """A server that answers 250 after the command timeout (scanning, say) kept the message,
+    and every retry sent it another copy: the wait for that reply is RFC 5321's own."""
+    recorder, port = smtp_server
+    recorder.data_delay = 3.5
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    async with open_app(slow_server_settings(port, timeout=2), clock) as app:
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).sent == 1
+        clock.advance(hours=2)
+        assert (await run_digests(app, force=True)).sent == 0
+    assert len(recorder.messages) == 1
+
+
+async def test_no_reply_to_the_end_of_a_message_allows_one_resend_then_a_dead_letter(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """No reply within data_timeout: the server may have the message (RFC 1047). It is sent
+    once more, never a third time; then it is a dead letter that says why."""
+    recorder, port = smtp_server
+    recorder.data_delay = 2.0
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    async with open_app(slow_server_settings(port, data_timeout="0.5s"), clock) as app:
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).retrying == 1
+        assert app.store.outbox().ready == 1
+        for _ in range(3):
+            clock.advance(hours=2)
+            await run_digests(app)
+        assert app.store.outbox().ready == 0
+        (dead,) = app.store.dead_letters()
+        recipient, error = dead.recipient, dead.error
+    assert len(recorder.messages) == 2  # the first and the one resend, each kept by the server
+    assert recipient == "a@example.org"
+    assert "no reply to the end of the message within 0.5 s" in error
+    assert "not sent a third time" in error and "monitor retry-dead" in error
+    assert "dead-lettered" in caplog.text
+
+
+async def test_a_sent_mark_the_database_refuses_is_retried_never_the_send(
+    open_app: Any,
+    smtp_server: tuple[SmtpRecorder, int],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another process holds SQLite's write lock (longer than the busy timeout) while the
+    server accepts a message: the "sent" mark failed, and the message went out again."""
+    import sqlite3
+    import threading
+    import time
+
+    import sqlalchemy as sa
+
+    from monitor.store.schema import messages
+
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    async with open_app(settings(port, recipients=["a@example.org"]), clock) as app:
+        add_matches(app, 1)
+
+        def short_busy_timeout(connection: Any, _: Any) -> None:
+            connection.execute("PRAGMA busy_timeout=200")  # ms, after the store's own
+
+        sa.event.listen(app.store.engine, "connect", short_busy_timeout)
+        app.store.engine.dispose()
+        refused, released = threading.Event(), threading.Event()
+
+        class Refusals(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "sent mark could not be written" in record.getMessage():
+                    refused.set()
+
+        watcher = Refusals()
+        logging.getLogger("monitor.delivery").addHandler(watcher)
+
+        def hold_the_write_lock(_: bytes) -> None:  # while the message is in transmission
+            other = sqlite3.connect(
+                tmp_path / "monitor.db", isolation_level=None, check_same_thread=False
+            )
+            other.execute("BEGIN IMMEDIATE")
+
+            def release() -> None:  # once a mark was refused, and a retry or two later
+                refused.wait(timeout=60)
+                time.sleep(1.0)
+                other.rollback()
+                other.close()
+                released.set()
+
+            threading.Thread(target=release, daemon=True).start()
+
+        recorder.on_data = hold_the_write_lock
+        try:
+            report = await run_digests(app, force=True)
+        finally:
+            logging.getLogger("monitor.delivery").removeHandler(watcher)
+        assert released.is_set() and report.sent == 1
+        assert (
+            "the sent mark could not be written: (sqlite3.OperationalError) database is locked"
+            in caplog.text
+        )
+        recorder.on_data = None
+        for _ in range(3):
+            clock.advance(minutes=11)  # past any lease
+            await run_digests(app)
+        with app.store.engine.connect() as tx:
+            status = tx.execute(sa.select(messages.c.status)).scalars().all()
+        assert app.accepted == {}
+    assert status == ["sent"]
+    assert len(recorder.messages) == 1
+
+
+async def test_one_mailbox_written_two_ways_gets_one_copy(
+    open_app: Any, smtp_server: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, port = smtp_server
+    clock = Clock(utc(2026, 11, 30, 6, 30))
+    data = settings(port, recipients=["a@example.org", "a@EXAMPLE.org", "b@Example.Org"])
+    async with open_app(data, clock) as app:
+        add_matches(app, 1)
+        assert (await run_digests(app, force=True)).sent == 2
+    assert sorted(r for _, (r,), _ in recorder.messages) == ["a@example.org", "b@example.org"]

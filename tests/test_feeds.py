@@ -9,40 +9,79 @@ from monitor.feeds import (
     BACKOFF_FLOOR,
     ERROR_TEXT_MAX,
     Bounds,
+    Interval,
     adopt_redirect,
     backoff,
     error_text,
     failure_delay,
+    failure_reason,
     health_after_failure,
     is_stale,
+    jittered,
     lying_validators,
     poll_interval,
     retry_after,
+    span,
 )
 from monitor.fetch import freshness_seconds
 from monitor.models import FeedStatus
 from monitor.parse import item_gap
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-BOUNDS = Bounds(default=900, minimum=300, maximum=21600)
+BOUNDS = Bounds(default=900, minimum=300)
 
 
-def test_interval_follows_the_item_rhythm_within_bounds() -> None:
-    assert poll_interval(BOUNDS, None, None, None) == 900
-    assert poll_interval(BOUNDS, 3600, None, None) == 1800  # twice per item gap
-    assert poll_interval(BOUNDS, 60, None, None) == 300  # never below the minimum
-    assert poll_interval(BOUNDS, 7 * 86400, None, None) == 21600  # nor above the maximum
+def wait(bounds: Bounds, gap: float | None, ttl: float | None, fresh: float | None) -> float:
+    return poll_interval(bounds, gap, ttl, fresh).seconds
 
 
-def test_ttl_and_cache_lifetime_are_lower_bounds() -> None:
-    assert poll_interval(BOUNDS, 600, 3600, None) == 3600
-    assert poll_interval(BOUNDS, 600, None, 7200) == 7200
-    assert poll_interval(BOUNDS, 600, None, 10**9) == 21600
+def test_the_configured_interval_is_the_longest_wait_busy_feeds_go_faster() -> None:
+    assert poll_interval(BOUNDS, None, None, None) == Interval(900, "every 15m (configured)")
+    assert poll_interval(BOUNDS, 1200, None, None) == Interval(600, "every 10m (busy feed)")
+    assert wait(BOUNDS, 60, None, None) == 300  # never below the minimum
+    assert wait(BOUNDS, 7 * 86400, None, None) == 900  # a quiet feed: not stretched
 
 
-def test_a_fixed_interval_is_kept() -> None:
-    fixed = Bounds(default=120, minimum=300, maximum=21600, fixed=True)
-    assert poll_interval(fixed, 60, 3600, 7200) == 120
+def test_a_server_asking_for_less_is_honoured_one_asking_for_more_is_shown() -> None:
+    assert poll_interval(BOUNDS, None, 600, None) == Interval(
+        600, "every 10m (server asks 10m: ttl)"
+    )
+    assert wait(BOUNDS, 120, 600, None) == 600  # a busy feed: not sooner than its server asks
+    assert wait(BOUNDS, None, None, 60) == 300  # not below the minimum either
+    assert poll_interval(BOUNDS, 600, None, 7200) == Interval(
+        900, "every 15m (configured; server asks 2h: max-age)"
+    )
+    assert wait(BOUNDS, 600, 3600, 10**9) == 900
+    assert wait(BOUNDS, None, None, 0) == 900  # no-cache asks nothing
+
+
+def test_an_interval_below_the_minimum_is_kept_and_a_fixed_one_too() -> None:
+    assert wait(Bounds(default=120, minimum=300), 60, None, None) == 120
+    fixed = Bounds(default=7200, minimum=300, fixed=True)
+    assert poll_interval(fixed, 60, 600, None) == Interval(7200, "every 2h (this feed's interval)")
+
+
+def test_jitter_only_ever_polls_sooner() -> None:
+    rng = random.Random(5)
+    spread = [jittered(900, rng) for _ in range(500)]
+    assert 810 <= min(spread) < 830 and 880 < max(spread) <= 900
+
+
+def test_spans_read_as_written() -> None:
+    assert [span(s) for s in (45, 600, 3600, 5400, 7 * 3600, 3 * 86400)] == [
+        "45s",
+        "10m",
+        "1h",
+        "1h30m",
+        "7h",
+        "3d",
+    ]
+
+
+def test_failures_say_why_they_wait() -> None:
+    assert failure_reason(1, None) == "backing off after 1 failure"
+    assert failure_reason(3, 120) == "backing off after 3 failures"
+    assert failure_reason(1, 600) == "server asked to wait (Retry-After 10m)"
 
 
 def test_backoff_is_full_jitter_capped_and_never_below_the_floor() -> None:

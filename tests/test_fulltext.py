@@ -16,8 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import pytest
 import sqlalchemy as sa
@@ -30,7 +32,6 @@ from monitor.config import Config, load_config
 from monitor.fulltext import fetch_pages
 from monitor.poller import poll_due
 from tests.conftest import CORPUS
-from tests.feeds import rss
 
 ARTICLE = (
     "<html><head><title>{title}</title></head><body><nav>Home | Politik | Sport</nav>"
@@ -104,11 +105,7 @@ async def test_a_name_only_in_the_article_matches_through_the_body(
     httpserver: HTTPServer, sqlite_url: str
 ) -> None:
     home = base(httpserver)
-    feed = rss(
-        "Tech",
-        [("keele", "Legal chief leaves AI start-up", "A departure at the top.")],
-        base=home,
-    )
+    feed = news([("keele", "Legal chief leaves AI start-up", "A departure at the top.")], home)
     httpserver.expect_request("/feed.xml").respond_with_data(
         feed, content_type="application/rss+xml"
     )
@@ -136,8 +133,26 @@ async def test_a_name_only_in_the_article_matches_through_the_body(
     assert requests_to(httpserver, "/keele") == 1
 
 
-def serve_feed(httpserver: HTTPServer, path: str, entries: list[tuple[str, str, str]]) -> str:
-    feed = rss("Tech", entries, base=base(httpserver))
+def news(entries: list[tuple[str, str, str]], home: str, age: timedelta = timedelta()) -> bytes:
+    """An RSS document of `entries` (slug, title, description) dated now (less `age`):
+    news, not backlog (config `backlog`)."""
+    items = "".join(
+        f"<item><title>{escape(title)}</title><link>{home}/{slug}</link><guid>{home}/{slug}</guid>"
+        f"<description>{escape(text)}</description><pubDate>"
+        f"{format_datetime(datetime.now(UTC) - age - timedelta(minutes=n))}</pubDate></item>"
+        for n, (slug, title, text) in enumerate(entries)
+    )
+    channel = f"<title>Tech</title><link>{home}</link><language>en</language>{items}"
+    return f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>{channel}</channel></rss>'.encode()
+
+
+def serve_feed(
+    httpserver: HTTPServer,
+    path: str,
+    entries: list[tuple[str, str, str]],
+    age: timedelta = timedelta(),
+) -> str:
+    feed = news(entries, base(httpserver), age)
     httpserver.expect_request(path).respond_with_data(feed, content_type="application/rss+xml")
     return httpserver.url_for(path)
 
@@ -597,3 +612,18 @@ def test_poll_returns_with_the_pages_matched_and_test_stored_sees_the_body(
     assert main(["--config", path, "feeds"]) == 0
     out = capsys.readouterr().out
     assert "  full text: 1 pages fetched, 100 % with text, median 8" in out
+
+
+async def test_a_backlog_items_page_is_never_fetched(
+    httpserver: HTTPServer, sqlite_url: str
+) -> None:
+    url = serve_feed(
+        httpserver, "/feed.xml", [("keele", "Old news", "At the top.")], timedelta(days=5)
+    )
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+
+    report, stored, queued = await poll_and_fetch(settings(sqlite_url, {"Tech": url}))
+
+    assert report.fetched == 0 and [s[0] for s in stored.values()] == ["old"]
+    assert requests_to(httpserver, "/keele") == 0 and queued == []

@@ -53,3 +53,25 @@ def test_a_healthy_daemon_is_quiet_by_default(capsys: pytest.CaptureFixture[str]
     logging.getLogger("monitor.daemon").debug("polled 40 feeds: 0 new items")
     logging.getLogger("apscheduler.scheduler").warning("skipped")
     assert len(capsys.readouterr().err.splitlines()) == 2
+
+
+def test_a_repeating_error_is_logged_when_it_starts_changes_lasts_and_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from monitor.logs import RepeatedError
+
+    caplog.set_level(logging.INFO, logger="monitor.test")
+    errors = RepeatedError(logging.getLogger("monitor.test"), "poll tick", summary_every=60)
+    for second in range(0, 50, 5):
+        errors.failed("the database: disk is full", now=second)
+    errors.failed("the database: disk is full", now=61)
+    errors.failed("the database: disk I/O error", now=62)
+    errors.failed("the database: disk I/O error", now=63)
+    errors.succeeded(now=200)
+    errors.succeeded(now=201)
+    assert [r.getMessage() for r in caplog.records] == [
+        "poll tick failed: the database: disk is full (logged again when this changes)",
+        "poll tick still failing: the database: disk is full (11 times in 61 s)",
+        "poll tick failed: the database: disk I/O error (logged again when this changes)",
+        "poll tick works again, after 13 failures in 3 min",
+    ]

@@ -13,7 +13,7 @@ from pytest_httpserver import HTTPServer
 from monitor.cli import main
 from monitor.store import open_store
 from tests.conftest import SmtpRecorder
-from tests.feeds import ENGLISH, GERMAN
+from tests.feeds import ENGLISH_NOW, GERMAN_NOW
 
 
 def test_sqlite_state_moves_to_postgresql_and_digests_continue(
@@ -24,8 +24,8 @@ def test_sqlite_state_moves_to_postgresql_and_digests_continue(
     capsys: Any,
 ) -> None:
     recorder, port = smtp_server
-    httpserver.expect_request("/de.xml").respond_with_data(GERMAN)
-    httpserver.expect_request("/en.xml").respond_with_data(ENGLISH)
+    httpserver.expect_request("/de.xml").respond_with_data(GERMAN_NOW)
+    httpserver.expect_request("/en.xml").respond_with_data(ENGLISH_NOW)
     data = {
         "feeds": [
             {"name": "de", "url": httpserver.url_for("/de.xml")},

@@ -186,6 +186,24 @@ def test_max_items_caps_a_huge_feed() -> None:
     assert parsed.left_out == 40  # type: ignore[attr-defined]
 
 
+def test_a_feed_far_longer_than_max_items_is_cut_before_parsing_at_both_ends() -> None:
+    """An archive adding at the bottom: the newest 10 of 3,000 are read, from its end."""
+    entries = "".join(
+        f"<atom:entry><atom:title>n{i}</atom:title><atom:id>urn:{i}</atom:id>"
+        f"<atom:updated>2026-11-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"
+        "</atom:updated></atom:entry>\n"
+        for i in range(3000)
+    )
+    body = (
+        '<atom:feed xmlns:atom="http://www.w3.org/2005/Atom"><atom:title>t</atom:title>\n'
+        f"{entries}</atom:feed>"
+    ).encode()
+    parsed = parse(body, max_items=10)
+    assert [i.title for i in parsed.items] == [f"n{i}" for i in range(2990, 3000)]  # type: ignore[attr-defined]
+    assert parsed.left_out == 2990  # type: ignore[attr-defined]
+    assert parsed.warning is None  # type: ignore[attr-defined]  # the cut left it well-formed
+
+
 def test_max_items_keeps_the_newest_of_a_feed_listing_oldest_first() -> None:
     """A podcast or archive feed adds its new items at the end: they must be the ones read."""
     entries = "".join(

@@ -12,6 +12,7 @@ import gc
 import gzip
 import logging
 import multiprocessing
+import re
 import socket
 import struct
 import threading
@@ -811,21 +812,32 @@ async def test_a_quiet_feed_turns_stale_once(
     assert sum("stale" in r.getMessage() for r in caplog.records) == 1
 
 
-async def test_ttl_and_cache_lifetime_stretch_the_interval(
+async def test_a_server_asking_for_less_is_honoured_also_after_a_304(
     httpserver: HTTPServer, start_app: Callable[..., Any], clock: Clock
 ) -> None:
-    with_ttl = GERMAN.replace(b"<language>de</language>", b"<ttl>120</ttl>")
-    httpserver.expect_request("/ttl").respond_with_data(with_ttl)
+    """A feed's <ttl> is kept: a poll answered 304 (nothing parsed) still follows it. A
+    cache lifetime longer than the configured interval does not stretch it."""
+    with_ttl = GERMAN.replace(b"<language>de</language>", b"<ttl>10</ttl>")
+    httpserver.expect_request("/ttl").respond_with_handler(
+        lambda request: (
+            Response(status=304)
+            if request.headers.get("If-None-Match") == '"v1"'
+            else Response(with_ttl, headers={"ETag": '"v1"'})
+        )
+    )
     httpserver.expect_request("/cached").respond_with_data(
         GERMAN, headers={"Cache-Control": "public, max-age=10800"}
     )
     feeds = {"ttl": httpserver.url_for("/ttl"), "cached": httpserver.url_for("/cached")}
     async with start_app(feeds) as app:
         await poll_due(app)
-        ttl, cached = app.store.feed_state("ttl"), app.store.feed_state("cached")
-    assert ttl is not None and ttl.interval == 7200
-    assert cached is not None and cached.interval == 10800
-    assert between(ttl.next_poll_at, 1.8 * HOUR, 2.2 * HOUR, clock.now)
+        clock.advance(HOUR)
+        ttl = await poll(app, "ttl")
+        cached = app.store.feed_state("cached")
+    assert ttl.unchanged_streak == 1 and ttl.interval == 600
+    assert ttl.poll_reason == "every 10m (server asks 10m: ttl)"
+    assert between(ttl.next_poll_at, 0.85 * timedelta(minutes=10), timedelta(minutes=10), clock.now)
+    assert cached is not None and cached.interval == 900
 
 
 # ----------------------------------------------------------------------------- leases
@@ -1074,19 +1086,19 @@ async def test_the_writer_gathers_feeds_parsed_close_together_into_one_round(
         parsing = [asyncio.create_task(app.parse_pool.run(_nap)) for _ in range(4)]
         await asyncio.sleep(0)  # the parses have been handed over
         assert app.parse_pool.backlogged
-        first = asyncio.create_task(writer.ingest(batches[0]))
+        first = asyncio.create_task(writer.ingest(batches[0], START))
         await asyncio.sleep(0.2)
         assert writer.holding == 1 and writer.handed.is_set()  # out of the cycle's window
-        second = asyncio.create_task(writer.ingest(batches[1]))
+        second = asyncio.create_task(writer.ingest(batches[1], START))
         results = await asyncio.gather(first, second)
         assert rounds == [2]
         assert [len(r.new_items) for r in results] == [len(batches[0]), len(batches[1])]
         assert writer.holding == 0
         await asyncio.gather(*parsing)
         assert app.parse_pool.running == 0
-        third = asyncio.create_task(writer.ingest(batches[2]))
+        third = asyncio.create_task(writer.ingest(batches[2], START))
         await asyncio.sleep(0.2)
-        fourth = asyncio.create_task(writer.ingest(batches[0]))  # seen before: no new item
+        fourth = asyncio.create_task(writer.ingest(batches[0], START))  # seen before: no new item
         results = await asyncio.gather(third, fourth)
         assert rounds == [2, 1, 1]
         assert [len(r.new_items) for r in results] == [1, 0]
@@ -1149,7 +1161,7 @@ async def test_on_postgresql_a_claim_does_not_wait_for_the_round_storing_items(
 
         app.store.ingest_many = held
         writer = _Writer(app)
-        ingest = asyncio.create_task(writer.ingest(items))
+        ingest = asyncio.create_task(writer.ingest(items, START))
         assert await asyncio.to_thread(storing.wait, 10)
         claim = asyncio.create_task(writer.call(lambda: 42))
         done, _ = await asyncio.wait({claim}, timeout=1.0)
@@ -1221,7 +1233,54 @@ async def test_feeds_command_shows_health_errors_and_rhythm(
     assert main(["--config", str(path), "feeds"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert "degraded" in lines["down"] and "HTTP 500" in lines["down"]
-    assert lines["down"].split()[5] == "1"  # consecutive failures (after "-" and a date)
+    assert re.search(r"backing off after 1 failure +1 ", lines["down"])  # why; failures
     assert "ok" in lines["news/de"] and "1440.0" in lines["news/de"]  # items a minute apart
     assert "disabled" in lines["off"] and "never" in lines["off"]
+    assert "switched off in the config" in lines["off"]
     assert lines["gone"].split()[1] == "gone" and "HTTP 410" in lines["gone"]
+    assert "never (HTTP 410 Gone)" in lines["gone"]
+
+
+def archive(count: int, newest: int) -> bytes:
+    """An RSS archive of `count` items, newest first, about 200 bytes each."""
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    items = "".join(
+        f"<item><title>Archive item {n}</title><guid>urn:item:{n}</guid>"
+        f"<link>https://example.org/{n}</link>"
+        f"<pubDate>{(start + timedelta(seconds=n)).strftime('%a, %d %b %Y %H:%M:%S')} GMT"
+        f"</pubDate><description>What item {n} says.</description></item>\n"
+        for n in range(newest, newest - count, -1)
+    )
+    head = '<?xml version="1.0"?><rss version="2.0"><channel><title>Archive</title>\n'
+    return (head + items + "</channel></rss>\n").encode()
+
+
+async def test_a_feed_of_100000_items_is_read_in_part_within_the_deadline_and_said_once(
+    httpserver: HTTPServer,
+    start_app: Callable[..., Any],
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """20 MB, 100,000 items: the parse ran past its deadline at every poll, nothing stored."""
+    caplog.set_level(logging.INFO, logger="monitor.poller")
+    documents = iter([archive(100_000, 100_000), archive(100_001, 100_001)])
+    httpserver.expect_request("/archive").respond_with_handler(
+        lambda _request: Response(next(documents), content_type="application/rss+xml")
+    )
+    feeds = {"archive": httpserver.url_for("/archive")}
+    async with start_app(feeds, max_body="64 MiB", timeout=60, parse_timeout=20) as app:
+        state = await poll(app, "archive")
+        assert state.status == FeedStatus.OK, state.last_error
+        assert state.items_total == 500  # polling.max_items
+        state = await poll(app, "archive")  # one more item on top
+        assert state.status == FeedStatus.OK, state.last_error
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as connection:
+        titles = {row[0] for row in connection.execute(sa.text("SELECT title FROM items"))}
+    engine.dispose()
+    assert {"Archive item 100001", "Archive item 100000", "Archive item 99501"} <= titles
+    assert "Archive item 99500" not in titles
+    said = [r.getMessage() for r in caplog.records if "polling.max_items" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("feed lists 100000 items in 2")  # 2x.x MB
+    assert "the newest 500 were read, the 99500 older ones left out" in said[0]

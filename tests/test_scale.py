@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SmtpRecorder
+from tests.feeds import RECENT
 
 pytestmark = pytest.mark.slow
 FEEDS, HOSTS, LATENCY = 300, 10, 0.15
@@ -87,7 +88,8 @@ def feed_document(number: int) -> bytes:
     """Two items: one for a watchlist (its word in the title), one for nobody."""
     words = random.Random(number).sample(VOCABULARY, 24)
     term = WATCHLISTS[number % len(WATCHLISTS)]
-    stamp = format_datetime(datetime(2026, 11, 29, 8, number % 60, tzinfo=UTC))
+    # Dated in the hour before the run: news, not a backlog older than `backlog` (48 h).
+    stamp = format_datetime((RECENT - timedelta(hours=1)).replace(minute=number % 60, second=0))
     items = "".join(
         f"<item><title>{title}</title><link>https://feeds.example/{number}/{slot}</link>"
         f"<description>{' '.join(words[slot * 12 : slot * 12 + 12])} {number}</description>"

@@ -148,3 +148,53 @@ async def test_implicit_tls(implicit_tls_server: tuple[SmtpRecorder, int], ca_fi
     recorder, port = implicit_tls_server
     assert await deliver({"port": port, "tls": True, "ca_file": ca_file}) is None
     assert len(recorder.messages) == 1
+
+
+class QuotingServer(SmtpRecorder):
+    """Refuses every login and quotes, as some servers do, the data the client sent."""
+
+    async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:
+        quoted = " ".join(args)
+        return AuthResult(success=False, handled=False, message=f"535 5.7.8 rejected: {quoted}")
+
+    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
+        import base64
+
+        user = args[1]  # AUTH LOGIN dXNlcg==: the user name comes with the command
+        password = base64.b64encode(await server.challenge_auth("Password:")).decode()
+        message = f"535 5.7.8 rejected {user} {password} (try again)"
+        return AuthResult(success=False, handled=False, message=message)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+async def test_a_refusal_quoting_the_auth_data_is_logged_without_it(
+    mechanism: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    other = {"PLAIN": "LOGIN", "LOGIN": "PLAIN"}[mechanism]
+    controller = Controller(
+        QuotingServer(),
+        hostname="127.0.0.1",
+        port=free_port(),
+        auth_require_tls=False,
+        auth_exclude_mechanism=[other],
+    )
+    controller.start()
+    monkeypatch.setenv("SMTP_TEST_PASSWORD", "s3cret-Pass")
+    try:
+        error = await deliver(
+            {
+                "port": controller.port,
+                "starttls": False,  # a server on this machine: allowed, see docs/delivery.md
+                "username": "monitor",
+                "password_env": "SMTP_TEST_PASSWORD",
+            }
+        )
+    finally:
+        controller.stop()
+    assert error is not None and "535 5.7.8 rejected" in str(error)
+    sent = [b"\0monitor\0s3cret-Pass", b"monitor", b"s3cret-Pass"]
+    for secret in [base64.b64encode(x).decode() for x in sent] + ["s3cret-Pass"]:
+        assert secret not in str(error)
+    assert "[redacted]" in str(error)

@@ -123,7 +123,7 @@ def test_status_lines(store: Store, config: Config) -> None:
     assert "last poll:  2026-11-29 07:29:58 CET" in text
     assert "feeds:      1 degraded, 2 new" in text
     assert "outbox:     0 pending, 0 ready to send, 0 dead letters" in text
-    assert "  xAI   2026-11-30 07:00:00 CET" in text
+    assert "  xAI   first after its feeds' next poll, then 2026-11-30 07:00:00 CET" in text
 
 
 def test_status_after_a_crash_says_so(store: Store, config: Config) -> None:
@@ -164,3 +164,18 @@ def test_status_counts_every_live_worker_not_the_last_heartbeat(
     daemon = status_lines(snapshot, config, NOW)[0]
     assert daemon.startswith("daemon:     running: 2 worker(s) (")
     assert "pid 4242 on elsewhere" in daemon and f"pid {os.getpid()} on" in daemon
+
+
+def test_a_digest_never_sent_goes_out_after_the_next_poll_not_at_its_time(
+    store: Store, config: Config
+) -> None:
+    """Issue 23: status said "tomorrow 08:00" for a new watchlist whose first digest goes
+    out right after its feeds' next poll."""
+    from monitor.store import DigestRun
+
+    store.claim_digest(None, [], NOW, [DigestRun("Grok", "a@example.org", NOW)])  # Grok went out
+    snapshot = take_snapshot(store, config, NOW)
+    assert {d.watchlist: d.first for d in snapshot.next_digests} == {"xAI": True, "Grok": False}
+    lines = status_lines(snapshot, config, NOW)
+    assert "  xAI   first after its feeds' next poll, then 2026-11-30 07:00:00 CET" in lines
+    assert "  Grok  2026-11-29 08:00:00 CET" in lines

@@ -27,7 +27,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from monitor.errors import UnavailableError
-from monitor.store.engine import create_engine, hint, migrate
+from monitor.store.engine import create_engine, database_trouble, hint, migrate
 from monitor.store.feeds import host_of
 from monitor.store.items import IngestResult, ItemStore
 from monitor.store.leases import Claim, LeaseStore
@@ -53,6 +53,7 @@ __all__ = [
     "Store",
     "WorkerInfo",
     "create_engine",
+    "database_trouble",
     "host_of",
     "migrate",
     "open_store",

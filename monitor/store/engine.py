@@ -161,3 +161,24 @@ class StoreBase:
             tx.execute(
                 statement.on_conflict_do_update(index_elements=["key"], set_={"value": value})
             )
+
+
+# SQLite's and the PostgreSQL driver's words for a database that cannot do its work, and
+# what to do about each; the first that a message contains applies.
+_TROUBLE_HINTS = (
+    ("readonly database", "the file (or its directory) is read-only for this user; let it write"),
+    ("disk is full", "is its disk full? monitor goes on once there is space"),
+    ("disk i/o error", "is its disk full or failing? monitor goes on once it can write"),
+    ("database is locked", "another process held the write lock too long; monitor retries"),
+    ("unable to open", "check that the file and its directory exist and are writable"),
+)
+
+
+def database_trouble(error: BaseException) -> str | None:
+    """One line for an error of the database itself (disk full, read-only, server down),
+    saying what to do; None for any other error (a bug, whose traceback is wanted)."""
+    if not isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return None
+    reason = (str(error.orig or error).strip().splitlines() or [type(error).__name__])[0]
+    hint = next((h for words, h in _TROUBLE_HINTS if words in reason.lower()), None)
+    return f"the database: {reason}" + (f"; {hint}" if hint else "")

@@ -43,6 +43,8 @@ def feed_from(row: Any) -> FeedState:
         unchanged_streak=row.unchanged_streak,
         item_gap=row.item_gap,
         interval=row.interval,
+        poll_reason=row.poll_reason,
+        ttl=row.ttl,
     )
 
 

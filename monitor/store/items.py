@@ -153,12 +153,23 @@ def _matched_elsewhere(
     the first, for watchlists that did not match the stored item: one limited to that feed
     or its language matches only now. The stored text is matched (the digest shows it), as
     the copy's feed and language."""
+    pairs = [(_stored(known, hashes), copy) for copy, hashes in seen]
+    pairs = [
+        (row, copy) for row, copy in pairs if row.item_id and row.key and row.feed != copy.feed
+    ]
+    if not pairs:
+        return []
+    dates = _published_of(tx, {row.item_id for row, _ in pairs if row.item_id})
     candidates: list[tuple[tuple[int, Item, Match], Item]] = []
-    for copy, hashes in seen:
-        row = _stored(known, hashes)
-        if row.key is None or row.item_id is None or row.feed == copy.feed:
-            continue
-        stored = replace(copy, key=row.key, title=row.title or "", summary=row.summary or "")
+    for row, copy in pairs:
+        assert row.item_id is not None and row.key is not None
+        stored = replace(
+            copy,
+            key=row.key,
+            title=row.title or "",
+            summary=row.summary or "",
+            published=dates.get(row.item_id, copy.published),  # backlog is judged by it
+        )
         candidates += [((row.item_id, stored, m), copy) for m in match(stored)]
     if not candidates:
         return []
@@ -170,6 +181,12 @@ def _matched_elsewhere(
             taken.add((item_id, m.watchlist))
             fresh.append(((item_id, stored, m), copy))
     return fresh
+
+
+def _published_of(tx: Connection, item_ids: Iterable[int]) -> dict[int, datetime]:
+    """item id -> its stored date, for the few known items another feed carries."""
+    query = sa.select(items.c.id, items.c.published_at).where(items.c.id.in_(sorted(item_ids)))
+    return {item_id: published for item_id, published in tx.execute(query)}
 
 
 def _record_repeats(

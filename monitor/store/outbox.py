@@ -351,6 +351,18 @@ class OutboxStore(StoreBase):
                     .values(status=DeliveryStatus(status.value), sent_at=now)
                 )
 
+    def note_unconfirmed(self, message_id: str, now: datetime) -> bool:
+        """Record that the server may have this message (no reply to its end); True the
+        first time for this message, False ever after."""
+        with self._tx() as tx:
+            noted = tx.execute(
+                messages.update()
+                .where(messages.c.message_id == message_id)
+                .where(messages.c.unconfirmed_at.is_(None))
+                .values(unconfirmed_at=now)
+            ).rowcount
+        return bool(noted)
+
     def mark_retry(
         self, message_id: str, error: str, now: datetime, delay: Callable[[int], timedelta]
     ) -> None:
@@ -389,6 +401,14 @@ class OutboxStore(StoreBase):
             ).scalar_one()
         oldest = aware(pending[1]) if pending[1] is not None else None
         return Outbox(int(pending[0]), int(ready), int(dead), oldest)
+
+    def message_counts(self) -> dict[tuple[str, MessageStatus], int]:
+        """How many messages each recipient has in each state (ready, sent, dead)."""
+        query = sa.select(messages.c.recipient, messages.c.status, sa.func.count()).group_by(
+            messages.c.recipient, messages.c.status
+        )
+        with self._read() as tx:
+            return {(r, MessageStatus(status)): int(n) for r, status, n in tx.execute(query)}
 
     def retry_dead(self, now: datetime, recipient: str | None = None) -> int:
         """Send dead letters (of one recipient, or all) again, once their cause is fixed (a

@@ -70,6 +70,9 @@ feeds = sa.Table(
     # that last claimed each, so a claim reads only due feeds (ix_feeds_due) and no list.
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("poll_cycle", sa.Text),
+    # Migration 0008_i23_poll_reason: why the next poll is when it is; the feed's own ttl.
+    sa.Column("poll_reason", sa.Text),
+    sa.Column("ttl", sa.Float),
     # Only the polled feeds: one removed from the configuration keeps its old next poll,
     # and would otherwise stay at the front of the index for every claim to step over.
     sa.Index(
@@ -134,6 +137,9 @@ messages = sa.Table(
     sa.Column("kind", sa.Text, nullable=False, server_default="digest"),  # digest | alert
     sa.Column("lease_owner", sa.Text),  # the worker sending it right now, if any
     sa.Column("lease_until", UTCDateTime),
+    # When a server first left the end of this message unanswered: it may have it. One more
+    # copy is allowed, never a third (delivery.send_ready).
+    sa.Column("unconfirmed_at", UTCDateTime),
     sa.Index("ix_messages_status_next", "status", "next_attempt_at"),
 )
 

@@ -13,7 +13,7 @@ import enum
 import statistics
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -31,6 +31,7 @@ class PageStatus(enum.StrEnum):
     SHORT = "short"  # too little text: a consent or bot wall, a paywall, a video page
     FAILED = "failed"  # HTTP error, too large, not HTML, too slow, extraction failed
     REFUSED = "refused"  # robots.txt disallows it
+    OLD = "old"  # the item is backlog (older than `backlog` when first seen): not fetched
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +66,18 @@ class TextStore(StoryStore):
     """Claims article pages, stores their texts, and queues the matches a text adds."""
 
     def claim_pages(
-        self, feeds: Collection[str], since: datetime, now: datetime, until: datetime, limit: int
+        self,
+        feeds: Collection[str],
+        since: datetime,
+        now: datetime,
+        until: datetime,
+        limit: int,
+        backlog: timedelta,
     ) -> list[PageTask]:
         """Claim up to `limit` pages of items of `feeds` first seen since `since`, oldest
         first, that no worker has fetched or is fetching (a claim past its deadline was a
-        dead worker's), till `until`."""
+        dead worker's), till `until`. An item dated `backlog` before it was first seen
+        alerts no one (poller.news_only): its page is marked OLD, never fetched."""
         if not feeds:
             return []
         texts = item_texts
@@ -89,7 +97,9 @@ class TextStore(StoryStore):
         claimed = []
         with self._tx() as tx:
             for row in tx.execute(query).all():
-                if _claim(tx, row.id, row.feed, row.status is None, now, until):
+                if row.published_at < row.first_seen_at - backlog:
+                    _mark_old(tx, row.id, row.feed, row.status is None)
+                elif _claim(tx, row.id, row.feed, row.status is None, now, until):
                     claimed.append(PageTask(row.id, item_from(row)))
         return claimed
 
@@ -175,7 +185,7 @@ class TextStore(StoryStore):
         texts = item_texts
         query = (
             sa.select(texts.c.feed, texts.c.status, texts.c.words, texts.c.error)
-            .where(item_texts.c.status != PageStatus.CLAIMED)
+            .where(item_texts.c.status.not_in([PageStatus.CLAIMED, PageStatus.OLD]))
             .order_by(item_texts.c.fetched_at)
         )
         rows: dict[str, list[tuple[str, int, str | None]]] = {}
@@ -201,6 +211,15 @@ def _claim(
         .values(claimed_until=until)
     )
     return bool(taken.rowcount)
+
+
+def _mark_old(tx: Connection, item_id: int, feed: str, new: bool) -> None:
+    texts = item_texts
+    if new:
+        row = {"item_id": item_id, "feed": feed, "status": PageStatus.OLD.value}
+        tx.execute(insert(tx, texts).values(**row).on_conflict_do_nothing())
+    else:
+        tx.execute(texts.update().where(texts.c.item_id == item_id).values(status=PageStatus.OLD))
 
 
 def _stats(pages: list[tuple[str, int, str | None]]) -> PageStats:

@@ -74,3 +74,31 @@ def test_a_schema_a_newer_monitor_migrated_is_refused_in_one_line(database_url: 
     engine.dispose()
     with pytest.raises(UnavailableError, match="schema is newer than this monitor knows"):
         open_store(database_url)
+
+
+def test_recipients_stored_with_an_upper_case_domain_are_the_configured_mailbox(
+    database_url: str,
+) -> None:
+    """The config writes domains in lower case now (RFC 5321: one mailbox); what an older
+    version stored under another spelling must not be left behind, never sent, and the one
+    person who got two copies gets one."""
+    from monitor.store import DigestRun
+    from monitor.store.engine import migrate
+    from tests.store.common import make_item, match_all
+
+    store = open_store(database_url)
+    try:
+        twice = {"xAI": ("a@example.org", "a@EXAMPLE.org", "b@Example.ORG")}
+        store.ingest([make_item(1)], match_all, twice, NOW)
+        store.claim_digest(None, [], NOW, [DigestRun("xAI", "b@Example.ORG", NOW)])
+        with store.engine.begin() as connection:  # as before migration 0008_i28
+            connection.execute(
+                sa.text("DELETE FROM alembic_version WHERE version_num = :r"),
+                {"r": "0008_i28_recipient_domains"},
+            )
+        migrate(store.engine)
+        pending = sorted(recipient for recipient, _ in store.pending_entries())
+        assert pending == ["a@example.org", "b@example.org"]
+        assert ("xAI", "b@example.org") in store.last_runs()
+    finally:
+        store.close()
