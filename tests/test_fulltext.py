@@ -102,7 +102,7 @@ def requests_to(httpserver: HTTPServer, path: str) -> int:
 
 
 async def test_a_name_only_in_the_article_matches_through_the_body(
-    httpserver: HTTPServer, sqlite_url: str
+    httpserver: HTTPServer, database_url: str
 ) -> None:
     home = base(httpserver)
     feed = news([("keele", "Legal chief leaves AI start-up", "A departure at the top.")], home)
@@ -113,7 +113,7 @@ async def test_a_name_only_in_the_article_matches_through_the_body(
     httpserver.expect_request("/keele").respond_with_data(page, content_type="text/html")
     httpserver.expect_request("/robots.txt").respond_with_data("", status=404)
 
-    async with app_for(settings(sqlite_url, {"Tech": httpserver.url_for("/feed.xml")})) as app:
+    async with app_for(settings(database_url, {"Tech": httpserver.url_for("/feed.xml")})) as app:
         polled = await poll_due(app)
         assert (polled.new_items, polled.matches) == (1, 0)  # the teaser names no one
         report = await fetch_pages(app, drain=True)
@@ -374,7 +374,7 @@ async def test_iso_8859_1_with_only_a_meta_charset_is_decoded(
 
 
 async def test_the_same_link_in_two_feeds_is_fetched_once(
-    httpserver: HTTPServer, sqlite_url: str
+    httpserver: HTTPServer, database_url: str
 ) -> None:
     entry = [("keele", "Departure", "At the top.")]
     feeds = {
@@ -384,7 +384,7 @@ async def test_the_same_link_in_two_feeds_is_fetched_once(
     serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
     serve_page(httpserver, "/keele", KEELE)
 
-    report, stored, queued = await poll_and_fetch(settings(sqlite_url, feeds))
+    report, stored, queued = await poll_and_fetch(settings(database_url, feeds))
 
     assert requests_to(httpserver, "/keele") == 1
     assert report.fetched == 1 and len(stored) == 1
@@ -392,14 +392,14 @@ async def test_the_same_link_in_two_feeds_is_fetched_once(
 
 
 async def test_a_body_match_after_the_teaser_match_is_delivered_once_per_recipient(
-    httpserver: HTTPServer, sqlite_url: str
+    httpserver: HTTPServer, database_url: str
 ) -> None:
     url = serve_feed(httpserver, "/feed.xml", [("keele", "xAI loses its lawyer", "At the top.")])
     serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
     serve_page(httpserver, "/keele", KEELE)  # names xAI again, and Robert Keele
     home = base(httpserver)
 
-    async with app_for(settings(sqlite_url, {"Tech": url})) as app:
+    async with app_for(settings(database_url, {"Tech": url})) as app:
         polled = await poll_due(app)
         before = deliveries(app)
         report = await fetch_pages(app, drain=True)
@@ -627,3 +627,22 @@ async def test_a_backlog_items_page_is_never_fetched(
 
     assert report.fetched == 0 and [s[0] for s in stored.values()] == ["old"]
     assert requests_to(httpserver, "/keele") == 0 and queued == []
+
+
+async def test_the_text_goes_with_its_item_at_retention(
+    httpserver: HTTPServer, database_url: str
+) -> None:
+    url = serve_feed(httpserver, "/feed.xml", [("keele", "Departure", "At the top.")])
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", article("Departure", "Nothing anyone watches."))
+
+    async with app_for(settings(database_url, {"Tech": url})) as app:
+        await poll_due(app)
+        await fetch_pages(app, drain=True)
+        assert len(texts(app)) == 1
+        later = datetime.now(UTC) + timedelta(days=60)
+        app.store.prune(later, later - timedelta(days=400), later)
+        with app.store.engine.connect() as connection:
+            left = connection.execute(sa.text("SELECT count(*) FROM item_texts")).scalar()
+
+    assert left == 0
