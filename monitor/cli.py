@@ -46,6 +46,7 @@ from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.pages import Pages
 from monitor.poller import poll_due
+from monitor.spike_alerts import check_spikes
 from monitor.startup import release_sighup
 from monitor.store import DeferredMessage, PageStats, Store, database_trouble, open_store
 from monitor.text import clean_text
@@ -163,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
         "retry-dead", help="send dead letters again (same Message-ID) once their cause is fixed"
     )
     retry.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
+    trends = commands.add_parser(
+        "trends", help="daily stories per watchlist, the usual level, the days that would fire"
+    )
+    trends.add_argument("--watchlist", action="append", metavar="NAME")
+    trends.add_argument("--days", type=int, default=30, help="how many days back (30)")
     return parser
 
 
@@ -206,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that read what the daemon (or `monitor poll`) stored: on a database file that is
 # not there they would create an empty one, and report from it.
-_READERS = {"status", "feeds", "prune", "dead-letters", "retry-dead", "migrate-db"}
+_READERS = {"status", "feeds", "prune", "dead-letters", "retry-dead", "migrate-db", "trends"}
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -239,6 +245,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path) -> int:
         return asyncio.run(_preview(config, args))
     if args.command in ("test-send", "test-email"):
         return asyncio.run(_test_send(config, args.recipient))
+    if args.command == "trends":
+        return _trends(config, args.watchlist, args.days)
     if args.command == "dead-letters":
         return _dead_letters(config, args.recipient)
     if args.command == "retry-dead":  # a running daemon sends them: no lock needed
@@ -294,12 +302,15 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
         pages = await fetch_pages(app, drain=True)  # a one-shot run shows the whole result
+        # As the daemon after each cycle: a cron job of poll + digest --send gets them too.
+        alerts = await asyncio.to_thread(check_spikes, app)
     for poll in report.polls:
         if poll.error:
             print(f"  {poll.feed}: FAILED: {poll.error}")
     print(
         f"polled {len(report.polls)} feeds: {report.new_items} new items, "
         f"{report.matches} matches, {report.failed} failed"
+        + (f"; {alerts} spike/silence alert(s) queued" if alerts else "")
     )
     if pages.fetched or pages.deferred:
         print(
@@ -625,6 +636,23 @@ def _explain(hits: Sequence[Hit], fields: dict[str, str]) -> list[str]:
         f"{hit.term!r} in {hit.field}: {in_context(fields[hit.field], hit.start, hit.end)}"
         for hit in hits
     ]
+
+
+def _trends(config: Config, names: list[str] | None, days: int) -> int:
+    from monitor.app import utc_now
+    from monitor.trends import trend_lines
+
+    known = [w.name for w in config.watchlists]
+    wanted = resolve_names(names, known, "watchlist") or known
+    if not 1 <= days <= 366:
+        raise UsageError(f"--days {days}: give 1 to 366 days")
+    store = open_store(config.database)
+    try:
+        lines = trend_lines(store, config, wanted, days, utc_now())
+    finally:
+        store.close()
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _status(config: Config) -> int:

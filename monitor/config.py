@@ -13,7 +13,7 @@ import re
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,6 +41,7 @@ from monitor.schedules import (
     parse_quiet_hours,
     parse_schedule,
 )
+from monitor.spikes import PRESETS, Sensitivity, SpikeSettings, settings_for
 
 DEFAULT_CONFIG_NAMES = ("config.yaml",)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -386,6 +387,47 @@ class EntityConfig(_Model):
     aliases: tuple[TermText, ...] = ()
 
 
+def _spikes_switch(value: Any) -> Any:
+    # YAML reads a bare `off` / `on` as a boolean.
+    if value is False:
+        return "off"
+    return "balanced" if value is True else value
+
+
+class SpikesConfig(_Model):
+    """A preset (docs/watchlists.md#spike-and-silence-alerts) with any numbers overridden."""
+
+    preset: Sensitivity = Sensitivity.BALANCED
+    window: Duration | None = Field(None, ge=3600)  # count stories over this span, e.g. 24h
+    baseline_days: int | None = Field(None, ge=3, le=60)  # against this many days before
+    minimum: int | None = Field(None, ge=1)  # at least this many stories in the window
+    ratio: float | None = Field(None, ge=1.0)  # at least this many times the usual
+    score: float | None = Field(None, ge=0.0)  # at least this far above the usual, in MADs
+    warmup_days: int | None = Field(None, ge=1)  # no alert before this much history
+    cooldown: Duration | None = Field(None, ge=0)  # no second spike alert sooner than this
+    silence_median: float | None = Field(None, ge=1.0)  # silence: usual stories a day, min
+    silence_after: Duration | None = Field(None, ge=3600)  # silence: nothing matched so long
+
+    def settings(self) -> SpikeSettings:
+        seconds = {"window": self.window, "cooldown": self.cooldown}
+        spans = {k: timedelta(seconds=v) for k, v in seconds.items() if v is not None}
+        if self.silence_after is not None:
+            spans["silence_after"] = timedelta(seconds=self.silence_after)
+        return settings_for(
+            self.preset,
+            baseline_days=self.baseline_days,
+            minimum=self.minimum,
+            ratio=self.ratio,
+            score=self.score,
+            warmup_days=self.warmup_days,
+            silence_median=self.silence_median,
+            **spans,
+        )
+
+
+Spikes = Annotated[Sensitivity | SpikesConfig, BeforeValidator(_spikes_switch)]
+
+
 class WatchlistConfig(_Model):
     name: Annotated[NonEmpty, AfterValidator(_header_text)]  # subjects name watchlists
     terms: tuple[TermText, ...] = ()  # any of them matches
@@ -398,6 +440,7 @@ class WatchlistConfig(_Model):
     quiet_hours: QuietHoursText | None = None  # e.g. "22:00-07:00"; default: digests.quiet_hours
     languages: tuple[LanguageCode, ...] = ()  # empty: every language
     feeds: tuple[str, ...] = ()  # empty: every feed
+    spikes: Spikes = Sensitivity.BALANCED  # spike and silence alerts: fewer|balanced|more|off
 
     @field_validator("query")
     @classmethod
@@ -668,6 +711,11 @@ class Config(_Model):
     @classmethod
     def _database_url(cls, value: str) -> str:
         return database_url(value)
+
+    def spike_settings(self, watchlist: WatchlistConfig) -> SpikeSettings:
+        """The watchlist's spike and silence thresholds: its preset and overrides."""
+        spikes = watchlist.spikes
+        return PRESETS[spikes] if isinstance(spikes, Sensitivity) else spikes.settings()
 
     def display_names(self) -> dict[str, str]:
         """address -> the display name given with it (anywhere in the config)."""

@@ -45,6 +45,7 @@ from monitor.metrics import Metrics, PollOutcome, start_endpoint
 from monitor.notify import Notifier
 from monitor.poller import CycleReport, poll_due
 from monitor.retention import prune
+from monitor.spike_alerts import check_spikes
 from monitor.startup import hold_sighup, take_held_sighup
 from monitor.status import Health, Heartbeat, take_snapshot, write_heartbeat
 from monitor.store import database_trouble
@@ -147,6 +148,8 @@ class Daemon:
         self.metrics.record_polls(_outcomes(report), time.monotonic() - started)
         self.metrics.record_ingest(report.new_items, report.matches)
         self.metrics.record_poll_tick(self.last_poll_at)
+        if report.polls:  # a cycle that polled nothing changed no count
+            await self.spike_check()
         if report.polls:
             level = logging.INFO if (report.new_items or report.failed) else logging.DEBUG
             log.log(
@@ -168,6 +171,14 @@ class Daemon:
                 report.matches,
                 report.deferred,
             )
+
+    async def spike_check(self) -> None:
+        """Spike and silence alerts, judged after every poll cycle (the digest tick sends
+        them). A failure is logged and polling goes on."""
+        try:
+            await asyncio.to_thread(check_spikes, self.app)
+        except Exception:
+            log.exception("spike check failed; the next poll cycle tries again")
 
     async def digest_tick(self) -> None:
         report = await run_digests(self.app)

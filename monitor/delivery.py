@@ -35,6 +35,7 @@ from monitor.models import (
 )
 from monitor.schedules import Every
 from monitor.store import DigestRun
+from monitor.trends import recent_counts
 
 log = logging.getLogger(__name__)
 UNSETTLED_WINDOW = timedelta(days=1)  # how far back each digest tick looks for unqueued matches
@@ -176,6 +177,7 @@ def compose(
     by_recipient = _by_recipient(due)
     planned = plan_messages(app, by_recipient)
     health = feed_health(app) if by_recipient else []
+    trends = recent_counts(app.store, {p.plan.watchlist for p in due}, now) if by_recipient else {}
     composed = held = 0
     for recipient, pairs in by_recipient.items():
         contents = planned[recipient]
@@ -187,7 +189,7 @@ def compose(
                 app.store.claim_digest(None, [], now, runs, covered=contents.covered)
             continue
         try:
-            message = _render(app, recipient, contents, now, _kind(pairs), health)
+            message = _render(app, recipient, contents, now, _kind(pairs), health, trends)
         except Exception:  # one recipient's items (a user template's branch) only
             log.exception(
                 "could not render the %s for %s (watchlists %s); its matches stay pending, "
@@ -251,6 +253,7 @@ def _render(
     now: datetime,
     kind: MessageKind,
     health: Sequence[FeedHealth],
+    trends: Mapping[str, Sequence[int]],
 ) -> OutgoingMessage:
     """A mail for an address; a short chat message for a channel (chat.py)."""
     channel = app.config.channels().get(recipient)
@@ -268,6 +271,7 @@ def _render(
         health=health,
         already=contents.already,
         growth=contents.growth,
+        trends=trends,
     )
 
 
@@ -307,8 +311,11 @@ def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage
     now = app.clock()
     pairs = _by_recipient(all_plans(app, only, now))
     health = feed_health(app)
+    # Read only: the days the daemon has counted (a preview writes nothing).
+    names = {due.plan.watchlist for dues in pairs.values() for due in dues}
+    trends = recent_counts(app.store, names, now, count=False)
     return [
-        _render(app, recipient, contents, now, _kind(pairs[recipient]), health)
+        _render(app, recipient, contents, now, _kind(pairs[recipient]), health, trends)
         for recipient, contents in plan_messages(app, pairs).items()
         if contents.is_news
     ]

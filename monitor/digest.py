@@ -11,7 +11,7 @@ import binascii
 import contextlib
 import email.policy
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email import message_from_bytes, quoprimime
@@ -37,6 +37,7 @@ from monitor.models import (
     OutgoingMessage,
     StoryGrowth,
 )
+from monitor.spikes import sparkline
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
@@ -194,12 +195,14 @@ class Renderer:
         health: Sequence[FeedHealth] = (),
         already: Sequence[tuple[DigestEntry, EarlierMessage]] = (),
         growth: Sequence[StoryGrowth] = (),
+        trends: Mapping[str, Sequence[int]] | None = None,
     ) -> OutgoingMessage:
         """Render one multipart message: a digest, or an alert (immediate watchlists).
 
         entries: one per story, in the order of their sections; already: stories an earlier
-        message carried, one line each; growth: sent stories that gained outlets."""
-        context = self._context(recipient, entries, now, kind, health)
+        message carried, one line each; growth: sent stories that gained outlets; trends:
+        each watchlist's stories per day, today last, charted in its section."""
+        context = self._context(recipient, entries, now, kind, health, trends or {})
         context.update(
             subject=self._subject(kind, recipient, entries, growth),
             already=[self._earlier(entry, sent) for entry, sent in already],
@@ -225,6 +228,45 @@ class Renderer:
             # client's Unsubscribe button then did nothing. RFC 8058 one-click needs https.
             message["List-Unsubscribe"] = f"<{self.settings.unsubscribe_url}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message["MIME-Version"] = "1.0"
+        message.make_alternative()
+        message.attach(_text_part(text, "plain"))
+        message.attach(_text_part(html, "html"))
+        return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
+
+    def render_notice(
+        self,
+        template: str,
+        recipient: str,
+        subject: str,
+        context: Mapping[str, object],
+        now: datetime,
+        seed: str,
+        kind: MessageKind = MessageKind.ALERT,
+    ) -> OutgoingMessage:
+        """Render `template`.txt.j2 and .html.j2 (a spike or silence alert) into one message;
+        the Message-ID is derived from `seed`, so the same alert keeps its ID."""
+        page = {
+            **context,
+            "subject": subject,
+            "recipient": recipient,
+            "health": [],
+            "language": self.settings.language,
+            "t": self._labels,
+            "generated_at": self._local(now),
+            "source": self.settings.source,
+        }
+        text = self._env.get_template(f"{template}.txt.j2").render(page)
+        html = css_inline.inline(self._env.get_template(f"{template}.html.j2").render(page))
+        digest = hashlib.sha256(f"{recipient}|{seed}".encode()).hexdigest()[:32]
+        message_id = f"<{template}.{digest}@{_domain(self.settings.sender)}>"
+        message = EmailMessage(policy=_POLICY)
+        message["From"] = self.settings.sender
+        message["To"] = self._to(recipient)
+        message["Subject"] = single_line(subject)
+        message["Date"] = format_datetime(now.astimezone(self.settings.zone))
+        message["Message-ID"] = message_id
+        message["Auto-Submitted"] = "auto-generated"
         message["MIME-Version"] = "1.0"
         message.make_alternative()
         message.attach(_text_part(text, "plain"))
@@ -260,6 +302,21 @@ class Renderer:
         ]
         growth = [StoryGrowth((3,), 1, item, 2, (("other", "https://example.org/o"),), ("x",))]
         found = []
+        try:  # spike and silence alerts (monitor/spike_alerts.py)
+            sample = {
+                "lines": ["A sample."],
+                "stories": [
+                    {"title": "Sample", "url": item.url, "outlet": "sample", "also": ["other"]}
+                ],
+                "outlets": [{"name": "sample", "count": 1}],
+                "words": ["sample"],
+                "feeds": ["sample: broken"],
+            }
+            self.render_notice("spike", "sample@example.org", "Sample", sample, now, "sample")
+        except jinja2.TemplateSyntaxError as error:
+            found.append(f"{error.filename or error.name}:{error.lineno}: {error.message}")
+        except Exception as error:
+            found.append(f"{_where(error) or 'rendering a sample spike alert: '}{error!r}")
         for kind in MessageKind:
             try:
                 self.render(
@@ -310,6 +367,7 @@ class Renderer:
         now: datetime,
         kind: MessageKind,
         health: Sequence[FeedHealth],
+        trends: Mapping[str, Sequence[int]] | None = None,
     ) -> dict[str, object]:
         groups: dict[str, list[DigestEntry]] = {}
         for entry in entries:
@@ -323,6 +381,7 @@ class Renderer:
                 # hidden: a delivery marked sent must be readable in the message.
                 "more": [self._brief(entry) for entry in group[cap:]],
                 "count": len(group),
+                "trend": trend_chart((trends or {}).get(name, ())),
             }
             for name, group in groups.items()  # the order given: the config's (contents.py)
         ]
@@ -434,6 +493,24 @@ def _snippet(entry: DigestEntry, summary_spans: Sequence[tuple[int, int]]) -> Se
     if summary_spans or not body_spans or not entry.excerpt:
         return snippet(entry.item.summary, summary_spans)
     return snippet(entry.excerpt, body_spans, BODY_SNIPPET_CHARS)
+
+
+TREND_HEIGHT = 40  # pixels of the busiest day's bar
+
+
+def trend_chart(counts: Sequence[int]) -> dict[str, object] | None:
+    """A watchlist's recent days as bars of table cells (pixel heights; every mail client
+    draws a cell's height and colour, where many block SVG and remote images), and as a
+    sparkline for the text part. None without counts."""
+    if not counts:
+        return None
+    top = max(max(counts), 1)
+    bars = [
+        {"count": count, "height": max(2, round(count / top * TREND_HEIGHT)), "today": False}
+        for count in counts
+    ]
+    bars[-1]["today"] = True
+    return {"bars": bars, "spark": sparkline(counts), "days": len(counts), "today": counts[-1]}
 
 
 def snippet(text: str, spans: Sequence[tuple[int, int]], width: int = SNIPPET_CHARS) -> Segments:

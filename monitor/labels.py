@@ -18,6 +18,19 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "more": "more",
         "more_for": "more for",
         "also_reported_by": "Also reported by",
+        "trend": "stories a day, {days} days; today so far: {today}",
+        "spike_subject": "{watchlist}: {count} stories in {hours} h, {factor}x the usual",
+        "spike_text": "{count} distinct stories matched {watchlist} in {hours} h "
+        "(usually {usual} in {hours} h).",
+        "spike_stories": "The stories behind it",
+        "spike_outlets": "Outlets with most stories",
+        "spike_words": "Words that rose most",
+        "silence_subject": "{watchlist}: no stories for {hours} h (usually {usual} a day)",
+        "silence_text": "{watchlist} usually matches {usual} stories a day, and has matched "
+        "nothing since {since}. A feed or a query has usually broken.",
+        "silence_feeds": "These feeds went stale or broken meanwhile:",
+        "silence_no_feeds": "No feed reports a problem: check the watchlist's query, "
+        "or whether the outlets still cover it.",
         "matched": "matched",
         "updated": "Updated",
         "feed_health": "Feed health",
@@ -62,6 +75,20 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "nothing_new": "Nichts Neues seit der letzten Übersicht.",
         "more": "weitere",
         "more_for": "weitere zu",
+        "trend": "Meldungen pro Tag, {days} Tage; heute bisher: {today}",
+        "spike_subject": "{watchlist}: {count} Meldungen in {hours} h, "
+        "{factor}-mal so viele wie üblich",
+        "spike_text": "{count} verschiedene Meldungen zu {watchlist} in {hours} h "
+        "(üblich sind {usual} in {hours} h).",
+        "spike_stories": "Die Meldungen dahinter",
+        "spike_outlets": "Quellen mit den meisten Meldungen",
+        "spike_words": "Am stärksten gestiegene Wörter",
+        "silence_subject": "{watchlist}: seit {hours} h keine Meldungen (sonst {usual} am Tag)",
+        "silence_text": "{watchlist} hat sonst {usual} Meldungen am Tag und seit {since} "
+        "keine mehr. Meist ist ein Feed oder eine Abfrage kaputt.",
+        "silence_feeds": "Diese Feeds sind seither verstummt oder gestört:",
+        "silence_no_feeds": "Kein Feed meldet ein Problem: prüfen Sie die Abfrage des "
+        "Themas, oder ob die Quellen noch darüber berichten.",
         "also_reported_by": "Auch berichtet von",
         "matched": "Treffer",
         "updated": "Aktualisiert",

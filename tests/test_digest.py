@@ -193,6 +193,32 @@ def test_templates_are_read_once_so_an_unchecked_edit_waits_for_a_reload(
     assert Renderer(settings, tmp_path).problems() != []  # what a reload would check
 
 
+def test_each_watchlist_shows_its_trend_as_bars_of_cells_and_a_sparkline() -> None:
+    import re
+
+    counts = [2, 3, 0, 4, 2, 3, 5, 2, 1, 3, 2, 4, 3, 20]
+    entries = [entry(1, "Grok", watchlist="Grok"), entry(2, "Musk", watchlist="Musk")]
+    message = renderer().render("a@example.org", entries, NOW, trends={"Grok": counts})
+    parsed = parse(message.mime)
+    html = parsed.get_body(("html",)).get_content()
+    bars = re.findall(r'<td width="12" height="(\d+)" bgcolor="(#[0-9a-f]+)"', html)
+    assert [int(h) for h, _ in bars] == [max(2, round(c / 20 * 40)) for c in counts]  # not Musk
+    assert [colour for _, colour in bars] == ["#9bb8dc"] * 13 + ["#e66100"]  # today's marked
+    assert "<svg" not in html and "<img" not in html
+    text = parsed.get_body(("plain",)).get_content()
+    assert "\r\n▂▂▁▂▂▂▃▂▁▂▂▂▂█  stories a day, 14 days; today so far: 20\r\n" in text
+
+
+def test_a_digest_with_ten_charts_stays_small() -> None:
+    names = [f"Watchlist {k}" for k in range(10)]
+    entries = [entry(k, f"Item {k}", watchlist=name) for k, name in enumerate(names)]
+    trends = {name: [k % 7 for k in range(14)] for name in names}
+    with_charts = renderer().render("a@example.org", entries, NOW, trends=trends)
+    without = renderer().render("a@example.org", entries, NOW)
+    assert len(with_charts.mime) < 100_000
+    assert len(with_charts.mime) - len(without.mime) < 10 * 2_500  # each chart under 2.5 KB
+
+
 @pytest.mark.parametrize(
     ("language", "spread", "heading", "line"),
     [

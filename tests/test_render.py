@@ -98,3 +98,56 @@ def test_digest_renders_in_chromium(tmp_path: Path) -> None:
         count for count, colour in image.getcolors(maxcolors=1 << 20) or [] if colour == MARK
     )
     assert highlighted > 200, "the highlighted terms should be visible"
+
+
+TREND = [3, 6, 0, 9, 12, 6, 3, 6, 9, 3, 6, 12, 9, 24]
+BAR, TODAY = (0x9B, 0xB8, 0xDC), (0xE6, 0x61, 0x00)  # templates/_trend.html.j2
+
+
+def trend_html(tmp_path: Path) -> Path:
+    item = Item("k", "heise", "g", "https://example.org/a", "Grok 5", "Neu.", NOW, "de")
+    renderer = Renderer(DigestSettings("m@example.org", ZoneInfo("Europe/Berlin")))
+    raw = renderer.render("a@example.org", [DigestEntry((1,), "Grok", item)], NOW,
+                          trends={"Grok": TREND}).mime  # fmt: skip
+    html = message_from_bytes(raw, policy=policy.default).get_body(("html",)).get_content()  # type: ignore[union-attr]
+    path = tmp_path / "trend.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def bar_heights(image: object) -> list[tuple[int, tuple[int, int, int]]]:
+    """(height in pixels, colour) of each bar, left to right: runs of columns holding a
+    bar colour; a column's height is how many of its pixels have it."""
+    width, height = image.size  # type: ignore[attr-defined]
+    pixels = image.load()  # type: ignore[attr-defined]
+    bars: list[tuple[int, tuple[int, int, int]]] = []
+    inside = False
+    for x in range(width):
+        column = [pixels[x, y] for y in range(height)]
+        found = [(column.count(colour), colour) for colour in (BAR, TODAY)]
+        tallest = max(found)
+        if tallest[0] and not inside:
+            bars.append(tallest)
+        inside = bool(tallest[0])
+    return bars
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium)")
+@pytest.mark.parametrize("window", ["800,900", "390,900"])  # a desktop and a phone
+def test_trend_bars_render_in_proportion(tmp_path: Path, window: str) -> None:
+    from PIL import Image
+
+    page = trend_html(tmp_path)
+    shot = tmp_path / "trend.png"
+    subprocess.run(
+        [str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", f"--window-size={window}", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    bars = bar_heights(Image.open(shot).convert("RGB"))
+    assert len(bars) == len(TREND)
+    assert [colour for _, colour in bars] == [BAR] * 13 + [TODAY]  # today's marked, last
+    tallest = bars[-1][0]
+    assert tallest >= 30  # 40 CSS pixels at scale 1, drawn
+    for (pixels, _), count in zip(bars, TREND, strict=True):
+        assert abs(pixels - max(2, count / 24 * 40) * tallest / 40) <= 2, bars

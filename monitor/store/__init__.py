@@ -20,6 +20,7 @@ One module per entity, one mixin of `Store` each:
     workers   WorkerStore: running processes and their heartbeats
     prune     PruneStore: retention
     texts     TextStore: full-text feeds' article pages, claimed, stored and matched
+    spikes    SpikeStore: stories per day and window, spike and silence alerts claimed once
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from monitor.store.items import IngestResult, ItemStore
 from monitor.store.leases import Claim, LeaseStore
 from monitor.store.outbox import DeadLetter, DeferredMessage, DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
+from monitor.store.spikes import SpikeStore, SpikeStory
 from monitor.store.texts import PageOutcome, PageStats, PageStatus, PageTask, TextStore
 from monitor.store.told import ToldStore
 from monitor.store.workers import WorkerInfo, WorkerStore
@@ -50,6 +52,7 @@ __all__ = [
     "PageStatus",
     "PageTask",
     "Pruned",
+    "SpikeStory",
     "Store",
     "WorkerInfo",
     "create_engine",
@@ -60,7 +63,9 @@ __all__ = [
 ]
 
 
-class Store(ItemStore, TextStore, LeaseStore, OutboxStore, ToldStore, WorkerStore, PruneStore):
+class Store(
+    ItemStore, TextStore, LeaseStore, OutboxStore, ToldStore, WorkerStore, PruneStore, SpikeStore
+):
     """The database, behind methods named for what the pipeline needs."""
 
 

@@ -120,6 +120,10 @@ matches = sa.Table(
     sa.Column("hits", sa.Text, nullable=False),  # JSON list of [term, field, start, end]
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("item_id", "watchlist", name="uq_matches_item_watchlist"),
+    # Spikes (migration 0008_i26_spikes): the window's stories of every watchlist, read
+    # from the index alone, and a watchlist's last match (silence).
+    sa.Index("ix_matches_created", "created_at", "watchlist", "item_id"),
+    sa.Index("ix_matches_watchlist_created", "watchlist", "created_at"),
 )
 
 messages = sa.Table(
@@ -352,3 +356,25 @@ class Recorded:
     item_id: int
     watchlist: str
     item: Item
+
+
+# Spikes (migration 0008_i26_spikes): each watchlist's distinct stories per complete UTC day,
+# counted once from matches (they outlive retention: `monitor trends` reads them), and each
+# watchlist's spike/silence state. Keyed by day first: a cycle reads the recent days of all.
+story_days = sa.Table(
+    "story_days",
+    metadata,
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("watchlist", sa.Text, nullable=False),
+    sa.Column("stories", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("day", "watchlist", name="pk_story_days"),
+)
+
+spike_watchlists = sa.Table(
+    "spike_watchlists",
+    metadata,
+    sa.Column("watchlist", sa.Text, primary_key=True),
+    sa.Column("first_match_at", UTCDateTime),  # the start of its history (warm-up)
+    sa.Column("spike_at", UTCDateTime),  # the last spike alert (cool-down)
+    sa.Column("silence_at", UTCDateTime),  # the last silence alert (once per silence)
+)
