@@ -21,7 +21,7 @@ from protego import Protego
 from monitor import feeds as rules
 from monitor.config import FulltextConfig
 from monitor.errors import FetchError
-from monitor.fetch import Fetcher, FetchResult
+from monitor.fetch import Fetcher, FetchResult, HostBlocked
 
 ROBOTS_AGENT = "monitor"  # the product token of the fetcher's User-Agent
 BACK_OFF_STATUSES = frozenset({403, 429, 503})
@@ -73,6 +73,8 @@ class Pages:
             await self._wait_turn(host)
             try:
                 return await self._get(url, origin, self.settings.max_size)
+            except HostBlocked as blocked:  # the host's feeds were asked to wait: pages too
+                raise PageRefused(str(blocked), blocked.until) from None
             except FetchError as error:
                 if error.status not in BACK_OFF_STATUSES:
                     raise

@@ -646,3 +646,29 @@ async def test_the_text_goes_with_its_item_at_retention(
             left = connection.execute(sa.text("SELECT count(*) FROM item_texts")).scalar()
 
     assert left == 0
+
+
+async def test_a_429_on_the_feed_holds_back_its_sites_pages_too(
+    httpserver: HTTPServer, sqlite_url: str
+) -> None:
+    document = news([("keele", "Departure", "At the top.")], base(httpserver))
+    polls: list[Request] = []
+
+    def feed(request: Request) -> Response:
+        polls.append(request)
+        if len(polls) == 2:
+            return Response("slow down", status=429, headers={"Retry-After": "3600"})
+        return Response(document, content_type="application/rss+xml")
+
+    httpserver.expect_request("/feed.xml").respond_with_handler(feed)
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+
+    async with app_for(settings(sqlite_url, {"Tech": httpserver.url_for("/feed.xml")})) as app:
+        await poll_due(app)
+        await poll_due(app, force=True)  # 429: the host is left alone for an hour
+        report = await fetch_pages(app, drain=True)
+        stored = texts(app)
+
+    assert report.deferred == 1 and stored == {}  # waits in the queue, not failed
+    assert requests_to(httpserver, "/keele") == 0
