@@ -29,6 +29,7 @@ from werkzeug import Request, Response
 from monitor.app import App, running_app, utc_now
 from monitor.cli import main
 from monitor.config import Config, load_config
+from monitor.delivery import FAILING_PAGES, feed_health
 from monitor.fulltext import fetch_pages
 from monitor.poller import poll_due
 from tests.conftest import CORPUS
@@ -672,3 +673,25 @@ async def test_a_429_on_the_feed_holds_back_its_sites_pages_too(
 
     assert report.deferred == 1 and stored == {}  # waits in the queue, not failed
     assert requests_to(httpserver, "/keele") == 0
+
+
+async def test_a_site_whose_pages_keep_failing_is_in_the_digests_health_section(
+    httpserver: HTTPServer, sqlite_url: str
+) -> None:
+    entries = [(f"w{n}", f"xAI news {n}", "At the top.") for n in range(FAILING_PAGES)]
+    url = serve_feed(httpserver, "/feed.xml", entries)
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    wall = b"<html><body><div>Wir brauchen Ihre Zustimmung. Akzeptieren</div></body></html>"
+    for n in range(FAILING_PAGES):
+        serve_page(httpserver, f"/w{n}", wall)
+
+    async with app_for(settings(sqlite_url, {"Tech": url})) as app:
+        await poll_due(app)
+        assert feed_health(app) == []  # no page yet: nothing to say
+        await fetch_pages(app, drain=True)
+        health = feed_health(app)
+        queued = deliveries(app)
+
+    assert [(h.name, h.status) for h in health] == [("Tech", "pages")]
+    assert "words of text" in health[0].error and "teasers still matched" in health[0].error
+    assert len(queued) == 2 * FAILING_PAGES  # every item still matched on its teaser

@@ -169,6 +169,24 @@ class TextStore(StoryStore):
         self._queue(tx, late, recipients, now, storied, told_before=True)
         return []
 
+    def failing_pages(self, feeds: Collection[str], latest: int) -> list[FailingPages]:
+        """The feeds whose `latest` pages (at least that many) all came without text."""
+        texts = item_texts
+        failing = []
+        with self._read() as tx:
+            for feed in sorted(feeds):
+                query = (
+                    sa.select(texts.c.status, texts.c.error, texts.c.fetched_at)
+                    .where(texts.c.feed == feed, texts.c.fetched_at.is_not(None))
+                    .where(texts.c.status.not_in([PageStatus.CLAIMED, PageStatus.OLD]))
+                    .order_by(texts.c.fetched_at.desc())
+                    .limit(latest)
+                )
+                rows = tx.execute(query).all()
+                if len(rows) == latest and all(r.status != PageStatus.TEXT for r in rows):
+                    failing.append(FailingPages(feed, rows[0].error or "", rows[-1].fetched_at))
+        return failing
+
     def page_texts(self, item_ids: Collection[int]) -> dict[int, str]:
         """item id -> the stored main text of its page, for those that have one (`test`)."""
         texts = item_texts
@@ -193,6 +211,16 @@ class TextStore(StoryStore):
             for feed, status, words, error in tx.execute(query):
                 rows.setdefault(feed, []).append((status, words, error))
         return {feed: _stats(pages) for feed, pages in rows.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class FailingPages:
+    """A full-text feed whose latest pages all came without text: a consent or bot wall,
+    a paywall, a site that blocks us. Its items still match on their teasers."""
+
+    feed: str
+    error: str  # the latest page's
+    since: datetime | None  # the first of those pages
 
 
 def _claim(
