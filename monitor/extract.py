@@ -9,8 +9,10 @@ detection on the bytes; undecodable bytes become U+FFFD rather than fail the pag
 from __future__ import annotations
 
 import codecs
+import html as html_lib
 import re
 from dataclasses import dataclass
+from urllib.parse import urljoin
 
 _HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.IGNORECASE)
 # <meta charset="x"> or <meta http-equiv="Content-Type" content="text/html; charset=x">,
@@ -21,10 +23,12 @@ _PRESCAN_BYTES = 4096
 
 @dataclass(frozen=True, slots=True)
 class Extracted:
-    """What a page yielded: its main text (empty if none) and how it was decoded."""
+    """What a page yielded: its main text (empty if none), how it was decoded, and the URL
+    it names as its own (<link rel="canonical">, else og:url), absolute, if any."""
 
     text: str
     encoding: str
+    canonical: str | None = None
 
     @property
     def words(self) -> int:
@@ -35,7 +39,31 @@ def extract_page(body: bytes, content_type: str, url: str) -> Extracted:
     """The main text of an HTML page (a parse-pool job)."""
     encoding = page_encoding(body, content_type)
     html = body.decode(encoding, errors="replace")
-    return Extracted(_main_text(html, url), encoding)
+    return Extracted(_main_text(html, url), encoding, own_url(html[:_HEAD_CHARS], url))
+
+
+_HEAD_CHARS = 256 * 1024  # where a page's <link> and <meta> tags are looked for
+_TAG = re.compile(r"<(link|meta)\b([^>]*)>", re.IGNORECASE)
+_ATTRIBUTE = re.compile(r"""([\w:-]+)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""")
+
+
+def own_url(head: str, url: str) -> str | None:
+    """The page's canonical link, else its og:url, made absolute against url."""
+    found: dict[str, str] = {}
+    for tag in _TAG.finditer(head):
+        attributes = {
+            name.lower(): html_lib.unescape(value.strip("\"'"))
+            for name, value in _ATTRIBUTE.findall(tag.group(2))
+        }
+        if tag.group(1).lower() == "link" and "canonical" in attributes.get("rel", "").lower():
+            found.setdefault("canonical", attributes.get("href", ""))
+        elif attributes.get("property", "").lower() == "og:url":
+            found.setdefault("og", attributes.get("content", ""))
+    own = found.get("canonical") or found.get("og")
+    if not own:
+        return None
+    absolute = urljoin(url, own.strip())
+    return absolute if absolute.startswith(("http://", "https://")) else None
 
 
 def page_encoding(body: bytes, content_type: str) -> str:

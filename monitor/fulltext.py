@@ -128,10 +128,11 @@ async def read_page(pages: Pages, pool: ParsePool, url: str, origin: str) -> Pag
         raise
     except (FetchError, ParseError) as error:
         return PageOutcome(PageStatus.FAILED, error=str(error))
+    own = extracted.canonical
     if extracted.words < pages.settings.min_words:
         why = f"only {extracted.words} words of text (a consent or bot wall, or a paywall?)"
-        return PageOutcome(PageStatus.SHORT, extracted.words, extracted.text, why)
-    return PageOutcome(PageStatus.TEXT, extracted.words, extracted.text)
+        return PageOutcome(PageStatus.SHORT, extracted.words, extracted.text, why, own)
+    return PageOutcome(PageStatus.TEXT, extracted.words, extracted.text, canonical=own)
 
 
 def _feed_url(app: App, name: str) -> str:

@@ -30,6 +30,7 @@ from monitor.app import App, running_app, utc_now
 from monitor.cli import main
 from monitor.config import Config, load_config
 from monitor.delivery import FAILING_PAGES, feed_health
+from monitor.extract import own_url
 from monitor.fulltext import fetch_pages
 from monitor.poller import poll_due
 from tests.conftest import CORPUS
@@ -695,3 +696,39 @@ async def test_a_site_whose_pages_keep_failing_is_in_the_digests_health_section(
     assert [(h.name, h.status) for h in health] == [("Tech", "pages")]
     assert "words of text" in health[0].error and "teasers still matched" in health[0].error
     assert len(queued) == 2 * FAILING_PAGES  # every item still matched on its teaser
+
+
+async def test_the_pages_canonical_link_joins_another_feeds_link_to_the_same_item(
+    httpserver: HTTPServer, database_url: str
+) -> None:
+    home = base(httpserver)
+    mobile = serve_feed(httpserver, "/mobile.xml", [("mobil/keele-123", "Departure", "Top.")])
+    desktop = serve_feed(httpserver, "/desktop.xml", [("news/keele", "Departure", "Top.")])
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    page = KEELE.replace(b"<head>", b'<head><link rel="canonical" href="/news/keele">')
+    serve_page(httpserver, "/mobil/keele-123", page)
+    config = settings(database_url, {"Mobile": mobile, "Desktop": desktop})
+
+    async with app_for(config) as app:
+        first = await poll_due(app, ["Mobile"])
+        await fetch_pages(app, drain=True)
+        second = await poll_due(app, ["Desktop"])
+        count = app.store.item_count()
+        with app.store.engine.connect() as connection:
+            outlets = connection.execute(sa.text("SELECT feed, url FROM item_sources")).all()
+
+    assert (first.new_items, second.new_items, count) == (1, 0, 1)
+    assert sorted(outlets) == [
+        ("Desktop", f"{home}/news/keele"),
+        ("Mobile", f"{home}/mobil/keele-123"),
+    ]
+
+
+def test_own_url_is_the_canonical_link_else_og_url_made_absolute() -> None:
+    page = "https://example.org/a/amp/story"
+    canonical = '<link href="/a/story?x=1&amp;y=2" rel="canonical">'
+    og = '<meta content="https://example.org/og" property="og:url">'
+    assert own_url(f"<head>{og}{canonical}</head>", page) == "https://example.org/a/story?x=1&y=2"
+    assert own_url(f"<head>{og}</head>", page) == "https://example.org/og"
+    assert own_url("<head><link rel=canonical href='javascript:x'></head>", page) is None
+    assert own_url("<head></head>", page) is None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import statistics
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -20,9 +20,11 @@ from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
 from monitor.store.dialect import chunks, insert
-from monitor.store.items import _record_matches
-from monitor.store.schema import Recorded, item_from, item_texts, items, matches
+from monitor.store.items import _grouped_keys, _record_matches
+from monitor.store.schema import Recorded, item_from, item_keys, item_texts, items, matches
 from monitor.store.stories import StoryStore, lock_stories, stories_of
+from monitor.stories import dedupe_keys
+from monitor.urls import url_identity
 
 
 class PageStatus(enum.StrEnum):
@@ -50,6 +52,7 @@ class PageOutcome:
     words: int = 0
     body: str | None = None  # stored only for TEXT
     error: str | None = None
+    canonical: str | None = None  # the URL the page names as its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +141,11 @@ class TextStore(StoryStore):
                     error=outcome.error,
                 )
             )
+            item = item_from(row)
+            if outcome.canonical:
+                _add_own_url(tx, item_id, item, outcome.canonical, now)
             if outcome.status is not PageStatus.TEXT or not outcome.body:
                 return []
-            item = item_from(row)
             query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
             had = set(tx.execute(query).scalars())
             fresh = [m for m in match(item, outcome.body) if m.watchlist not in had]
@@ -239,6 +244,20 @@ def _claim(
         .values(claimed_until=until)
     )
     return bool(taken.rowcount)
+
+
+def _add_own_url(tx: Connection, item_id: int, item: Item, own: str, now: datetime) -> None:
+    """The page's canonical link (or og:url) as one more key of its item, when it names the
+    same site: another feed's link to that URL (a mobile or tracking variant, a desktop
+    link to an item first seen as AMP) is then this item, in its story."""
+    key = "u:" + url_identity(own)
+    if not item.key.startswith("u:") or key == item.key:
+        return
+    if key[2:].split("/", 1)[0] != item.key[2:].split("/", 1)[0]:
+        return  # another site: a syndicated copy's canonical names the original
+    hashes = dedupe_keys(replace(item, key=key), _grouped_keys(tx))
+    row = {"hash": hashes[0], "item_id": item_id, "last_seen_at": now}
+    tx.execute(insert(tx, item_keys).values(**row).on_conflict_do_nothing())
 
 
 def _mark_old(tx: Connection, item_id: int, feed: str, new: bool) -> None:
