@@ -71,6 +71,55 @@ def render_chat(
     return OutgoingMessage(message_id, recipient, body, kind)
 
 
+@dataclass(frozen=True, slots=True)
+class NoticeStory:
+    """A story a spike alert shows: outlet, title, link, the other outlets."""
+
+    outlet: str
+    title: str
+    url: str
+    also_reported_by: tuple[str, ...] = ()
+
+
+def render_notice_chat(
+    message_id: str,
+    recipient: str,
+    title: str,
+    paragraphs: Sequence[str],
+    stories: Sequence[NoticeStory],
+    now: datetime,
+    limit: int,
+) -> OutgoingMessage:
+    """A spike or silence alert for a channel: its sentences, then a line per story."""
+    lines = [escape(p).strip() for p in paragraphs if p.strip()]
+    for story in stories:
+        link = _link(story.url)
+        name = escape(story.title or story.url).strip() or "(untitled)"
+        line = f"• {escape(story.outlet).strip()}: " + (f"[{name}]({link})" if link else name)
+        if story.also_reported_by:
+            line += f" · also reported by {len(story.also_reported_by)}"
+        lines.append(line)
+    document = {
+        "message_id": message_id,
+        "kind": "spike",
+        "recipient": recipient,
+        "created_at": now.isoformat(),
+        "title": title,
+        "text": fit(lines, limit - len(title) - 2),
+        "stories": [
+            {
+                "outlet": story.outlet,
+                "title": story.title,
+                "url": story.url if _link(story.url) else None,
+                "also_reported_by": list(story.also_reported_by),
+            }
+            for story in stories
+        ],
+    }
+    body = json.dumps(document, ensure_ascii=False, sort_keys=True).encode()
+    return OutgoingMessage(message_id, recipient, body, MessageKind.ALERT)
+
+
 def chat_text(mime: bytes) -> ChatText:
     """The title and text of a stored chat message."""
     document = json.loads(mime)

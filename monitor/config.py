@@ -233,10 +233,12 @@ def _recipient(value: Any) -> Any:
 
 
 class Kind(enum.StrEnum):
-    """What a recipient may be sent (`kinds:`): an immediate watchlist's alerts, digests."""
+    """What a recipient may be sent (`kinds:`): an immediate watchlist's alerts, digests,
+    spike and silence alerts."""
 
     ALERTS = "alerts"
     DIGESTS = "digests"
+    SPIKES = "spikes"
 
 
 _CHAT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -746,6 +748,18 @@ class Config(_Model):
     def deliveries_of(self, watchlist: WatchlistConfig) -> tuple[DeliveryPlan, ...]:
         """Per recipient: when this watchlist is sent, and when not (quiet hours). A
         recipient whose `kinds` leave out what this watchlist sends it has no plan."""
+        return tuple(
+            plan
+            for plan, kinds in self._plans(watchlist)
+            if (Kind.ALERTS if plan.schedule.every is Every.IMMEDIATE else Kind.DIGESTS) in kinds
+        )
+
+    def spike_deliveries_of(self, watchlist: WatchlistConfig) -> tuple[DeliveryPlan, ...]:
+        """The recipients of this watchlist's spike and silence alerts (`kinds` with spikes)."""
+        return tuple(plan for plan, kinds in self._plans(watchlist) if Kind.SPIKES in kinds)
+
+    def _plans(self, watchlist: WatchlistConfig) -> list[tuple[DeliveryPlan, tuple[Kind, ...]]]:
+        """Each recipient's plan for this watchlist, with the kinds of message it takes."""
         defaults = {r.address: r for r in _each_once(self.recipients)}
         plans = []
         for recipient in _each_once(watchlist.recipients or self.recipients):
@@ -758,20 +772,14 @@ class Config(_Model):
                 or watchlist.quiet_hours
                 or self.digests.quiet_hours
             )
-            schedule = parse_schedule(digest)
-            kinds = recipient.kinds or (fallback and fallback.kinds) or tuple(Kind)
-            kind = Kind.ALERTS if schedule.every is Every.IMMEDIATE else Kind.DIGESTS
-            if kind not in kinds:
-                continue
-            plans.append(
-                DeliveryPlan(
-                    watchlist.name,
-                    recipient.address,
-                    schedule,
-                    parse_quiet_hours(quiet) if quiet else None,
-                )
+            plan = DeliveryPlan(
+                watchlist.name,
+                recipient.address,
+                parse_schedule(digest),
+                parse_quiet_hours(quiet) if quiet else None,
             )
-        return tuple(plans)
+            plans.append((plan, recipient.kinds or (fallback and fallback.kinds) or tuple(Kind)))
+        return plans
 
     def fulltext_feeds(self) -> set[str]:
         """The names of the feeds whose items' pages are fetched and matched."""

@@ -258,8 +258,7 @@ class Renderer:
         }
         text = self._env.get_template(f"{template}.txt.j2").render(page)
         html = css_inline.inline(self._env.get_template(f"{template}.html.j2").render(page))
-        digest = hashlib.sha256(f"{recipient}|{seed}".encode()).hexdigest()[:32]
-        message_id = f"<{template}.{digest}@{_domain(self.settings.sender)}>"
+        message_id = self.notice_id(template, recipient, seed)
         message = EmailMessage(policy=_POLICY)
         message["From"] = self.settings.sender
         message["To"] = self._to(recipient)
@@ -272,6 +271,11 @@ class Renderer:
         message.attach(_text_part(text, "plain"))
         message.attach(_text_part(html, "html"))
         return OutgoingMessage(message_id, recipient, message.as_bytes(), kind)
+
+    def notice_id(self, template: str, recipient: str, seed: str) -> str:
+        """A notice's Message-ID: the same alert to the same recipient keeps it."""
+        digest = hashlib.sha256(f"{recipient}|{seed}".encode()).hexdigest()[:32]
+        return f"<{template}.{digest}@{_domain(self.settings.sender)}>"
 
     def _to(self, recipient: str) -> Address | str:
         """The recipient with their display name, which the header encodes (RFC 2047),

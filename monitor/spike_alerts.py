@@ -17,6 +17,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from monitor.app import App
+from monitor.channels import limit_of
+from monitor.chat import NoticeStory, render_notice_chat
 from monitor.config import DeliveryPlan, WatchlistConfig
 from monitor.delivery import UNHEALTHY
 from monitor.labels import labels, plain_problem, plain_status
@@ -118,7 +120,7 @@ def _alert_on(
         return 0
     outgoing = [
         (render(app, alert, plan.recipient, now), _send_at(plan, now, app.config.zone))
-        for plan in app.config.deliveries_of(watchlist)
+        for plan in app.config.spike_deliveries_of(watchlist)
     ]
     if not app.store.claim_alert(watchlist.name, alert.kind, not_after, outgoing, now):
         return 0
@@ -213,8 +215,18 @@ def _words(title: str) -> set[str]:
 
 
 def render(app: App, alert: Alert, recipient: str, now: datetime) -> OutgoingMessage:
-    """The alert as a message to one recipient; its Message-ID names the alert."""
+    """The alert as a message to one recipient; its Message-ID names the alert. A chat
+    channel gets its sentences and a line per story (chat.py)."""
     seed = f"{alert.watchlist}|{alert.kind}|{now.isoformat()}"
+    channel = app.config.channels().get(recipient)
+    if channel is not None:
+        stories = [
+            NoticeStory(s.outlet, s.title, s.url, tuple(s.also_reported_by)) for s in alert.stories
+        ]
+        message_id = app.renderer.notice_id("spike", recipient, seed)
+        return render_notice_chat(
+            message_id, recipient, alert.subject, alert.lines, stories, now, limit_of(channel)
+        )
     context = {
         "kind": alert.kind,
         "watchlist": alert.watchlist,

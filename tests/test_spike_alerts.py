@@ -360,3 +360,35 @@ def test_alerts_speak_the_digests_language(database_url: str, tmp_path: Path) ->
         assert "Die Meldungen dahinter:" in body(sent)
     finally:
         store.close()
+
+
+def test_a_spike_alert_reaches_the_kinds_that_take_spikes_a_channel_as_chat_text(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from monitor.chat import chat_text
+
+    monkeypatch.setenv("MONITOR_TEST_HOOK_SECRET", "s3cret")
+    hook = {
+        "name": "hook",
+        "url": "https://hooks.example.org/monitor",
+        "secret_env": "MONITOR_TEST_HOOK_SECRET",
+        "kinds": ["spikes"],
+    }
+    digests_only = {"address": "b@example.org", "kinds": ["digests"]}
+    clock = Clock(MONDAY)
+    app = make_app(clock, recipients=["a@example.org", hook, digests_only])
+    history(app, 15, lambda day: 10)
+    surge = MONDAY + 14 * DAY + timedelta(hours=11)
+    add(app, surge, [story(feed=f"feed{n % 3}") for n in range(40)])
+    clock.now = surge + timedelta(hours=1)
+    assert check_spikes(app) == 1
+    ready = {m.recipient: m for m in app.store.ready_messages(clock.now + 7 * DAY)}
+    assert set(ready) == {"a@example.org", "hook"}  # b takes digests only
+    document = json.loads(ready["hook"].mime)
+    assert document["kind"] == "spike" and document["stories"]
+    text = chat_text(ready["hook"].mime)
+    mail = email.message_from_bytes(ready["a@example.org"].mime, policy=policy.default)
+    assert text.title == str(mail["Subject"])
+    assert "• feed" in text.text and "](https://example.org/" in text.text
