@@ -46,6 +46,7 @@ from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
 from monitor.pages import Pages
 from monitor.poller import poll_due
+from monitor.query import Filter
 from monitor.spike_alerts import check_spikes
 from monitor.startup import release_sighup
 from monitor.store import DeferredMessage, PageStats, Store, database_trouble, open_store
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--title", default=None, help="title field")
     test.add_argument("--summary", default=None, help="summary field")
     test.add_argument("--language", default=None, help="item language, for language filters")
+    test.add_argument("--url", default=None, help="item link, for site: filters")
     test.add_argument(
         "--stored", action="store_true", help="run the watchlists over stored items instead"
     )
@@ -307,8 +309,10 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     for poll in report.polls:
         if poll.error:
             print(f"  {poll.feed}: FAILED: {poll.error}")
+    # The first poll of a feed finds its archive: say why hundreds of items alerted no one.
+    old = f" ({report.backlog} older than `backlog`: stored, not alerted)" if report.backlog else ""
     print(
-        f"polled {len(report.polls)} feeds: {report.new_items} new items, "
+        f"polled {len(report.polls)} feeds: {report.new_items} new items{old}, "
         f"{report.matches} matches, {report.failed} failed"
         + (f"; {alerts} spike/silence alert(s) queued" if alerts else "")
     )
@@ -499,14 +503,32 @@ def _test(args: argparse.Namespace, config: Config) -> int:
     fields = {"title": clean_text(args.title if args.title is not None else args.text)}
     if args.summary:
         fields["summary"] = clean_text(args.summary)
-    found = matcher.match_fields(fields, args.language)
+    found = matcher.match_fields(fields, args.language, url=args.url)
     _print_matches(found, fields)
-    excluded = matcher.excluded(fields, args.language)
+    excluded = matcher.excluded(fields, args.language, url=args.url)
     _print_exclusions(excluded, fields)
+    matched = {match.watchlist for match in found}
+    for name, needs in matcher.unknown_origin(args.language, args.url).items():
+        if name not in matched:
+            print(f"{name}: {_what_to_tell(needs)}")
     if not found:
         why = f" ({len(excluded)} excluded)" if excluded else ""
         print(f"no watchlist matched{why}", file=sys.stderr)
     return EXIT_OK if found else EXIT_FAILURE
+
+
+def _what_to_tell(needs: Sequence[Filter]) -> str:
+    """What a text given to `test` lacks for a query's site: or language: filter."""
+    missing, options = [], []
+    sites = [condition.text for condition in needs if condition.field == "site"]
+    if sites:
+        missing.append(f"link for {', '.join(sites)}")
+        options.append("--url LINK")
+    languages = [condition for condition in needs if condition.field == "language"]
+    if languages:
+        missing.append(f"language for {', '.join(c.text for c in languages)}")
+        options.append(f"--language {languages[0].values[0]}")
+    return f"needs the item's {' and '.join(missing)}; add {' '.join(options)}"
 
 
 def _print_matches(found: Sequence[Match], fields: dict[str, str], indent: str = "") -> None:

@@ -31,7 +31,13 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.config_messages import EXAMPLES, did_you_mean, meant_key, plain_message
+from monitor.config_messages import (
+    EXAMPLES,
+    did_you_mean,
+    meant_key,
+    plain_message,
+    yaml_syntax,
+)
 from monitor.errors import ConfigError
 from monitor.schedules import (
     Every,
@@ -49,6 +55,10 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+
+
+def _kind_of(value: Any) -> str:
+    return "a list" if isinstance(value, list) else f"the single value {value!r}"
 
 
 def _parse_duration(value: Any) -> float:
@@ -823,7 +833,24 @@ def config_warnings(config: Config) -> list[str]:
         warnings.append(f"smtp: the password goes to {config.smtp.host} in clear text ({why})")
     addresses = [r.address for r in config.recipients]
     addresses += [r.address for w in config.watchlists for r in w.recipients]
-    return warnings + list(_case_twins(addresses))
+    return warnings + list(_short_spans(config)) + list(_case_twins(addresses))
+
+
+def _short_spans(config: Config) -> Iterator[str]:
+    """Spans meant in days that are under an hour: `items: 30` counts seconds, and deletes
+    every item half a minute after it came; surely a missing `d`."""
+    spans = {
+        "retention.items": config.retention.items,
+        "retention.keys": config.retention.keys,
+        "dedupe.window": config.dedupe.window,
+        "backlog": config.backlog,
+    }
+    for key, seconds in spans.items():
+        if seconds < 3600:
+            yield (
+                f"{key}: {seconds:g} seconds; a number without a unit counts seconds: "
+                f"write {seconds:g}d for days, {seconds:g}h for hours"
+            )
 
 
 def _case_twins(addresses: list[str]) -> Iterator[str]:
@@ -870,8 +897,17 @@ def parse_config(text: str, source: str = "<string>", base: Path | None = None) 
     from another directory found no database there, created an empty one, and a `monitor
     poll` beside it sent every digest again."""
     data, values, keys, problems = _read_yaml(text, source)
+    if data is None:  # an empty file, or only comments
+        raise ConfigError(
+            [f"{source}:1:1: config: the file is empty; copy config.example.yaml and edit it"]
+        )
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}:1:1: the config must be a mapping of keys (feeds, ...)"])
+        raise ConfigError(
+            [
+                f"{source}:1:1: config: expected keys (feeds:, watchlists:, recipients:, ...), "
+                f"not {_kind_of(data)}; config.example.yaml shows them"
+            ]
+        )
     if base is not None:
         data = _anchored(data, base)
     try:
@@ -922,6 +958,20 @@ def _anchored(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
+def _syntax_problem(error: yaml.MarkedYAMLError, text: str, source: str) -> str:
+    """FILE:LINE:COL: YAML syntax: what is wrong, in words (config_messages.yaml_syntax)."""
+    mark = error.problem_mark or error.context_mark
+    said = str(error.problem or error.context)
+    if said.startswith("expected ',' or") and "<scalar>" not in said and error.context_mark:
+        mark = error.context_mark  # a [ or { never closed: point at it, not at the end
+    if mark is None:
+        return f"{source}: YAML syntax: {said}"
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    column, said = yaml_syntax(said, line, mark.column + 1)
+    return f"{source}:{mark.line + 1}:{column}: YAML syntax: {said}"
+
+
 def _read_yaml(
     text: str, source: str
 ) -> tuple[Any, dict[_Path, _Mark], dict[_Path, _Mark], list[str]]:
@@ -948,9 +998,7 @@ def _read_yaml(
     except _AliasBomb as error:
         raise ConfigError([f"{source}:{error.line}:{error.column}: {error}"]) from None
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ConfigError([f"{where}: YAML syntax: {error.problem or error.context}"]) from None
+        raise ConfigError([_syntax_problem(error, text, source)]) from None
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: YAML: {error}"]) from None
     finally:

@@ -10,6 +10,7 @@ places each problem at FILE:LINE:COL and calls `plain_message`.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -384,3 +385,67 @@ def _shown(value: Any) -> str:
     if value is None:
         return "nothing"
     return _inline(value)
+
+
+# ------------------------------------------------------------------------- YAML syntax
+# A key and its value on one line, as YAML block style writes them (also after "- ").
+_KEY_LINE = re.compile(r"^(?P<indent>\s*(?:-\s+)?)(?P<key>[^\s:#][^:#]*?):\s+(?P<value>\S.*?)\s*$")
+
+
+def yaml_syntax(problem: str, line: str, column: int) -> tuple[int, str]:
+    """The YAML parser's complaint about `line` (at `column`, from 1) in the user's words:
+    the column to point at and what to write. A query pasted as it is written in other
+    tools, `query: "Elon Musk" AND xAI`, is the usual cause, and YAML's words for it,
+    "expected <block end>, but found '<scalar>'", say nothing to an analyst."""
+    if "'\\t'" in problem:
+        return column, "a tab; YAML indents with spaces only: replace the tab with spaces"
+    found = _KEY_LINE.match(line)
+    leftover = problem.endswith("found '<scalar>'") or problem.startswith("mapping values")
+    if found and leftover and column > found.start("value") + 1:
+        key, value = found.group("key").strip(), _without_comment(found.group("value"))
+        quoted = _quoted(value)
+        if value[0] in "\"'{[":
+            closer = {"{": "}", "[": "]"}.get(value[0], value[0])
+            return found.start("value") + 1, (
+                f"{key}: the value ends at the {closer} after {value[0]}, and YAML cannot read "
+                f"the rest of the line; put the whole value in quotes: {key}: {quoted}"
+            )
+        if problem.startswith("mapping values"):
+            return found.start("value") + 1, (
+                f"{key}: ': ' inside the value starts another key; put the whole value in "
+                f"quotes: {key}: {quoted}"
+            )
+    if problem.startswith("expected <block end>, but found '<block mapping start>'"):
+        return column, (
+            "this line is indented differently from the lines above it; indent the keys of "
+            "one entry alike, with spaces"
+        )
+    inside = re.match(r"expected ',' or '([\]}])', but got '<(\w+)", problem)
+    if inside and inside.group(2) == "scalar":
+        pair = "[ ]" if inside.group(1) == "]" else "{ }"
+        return column, (
+            f"inside {pair} the entries are separated by commas, and a quoted entry ends at "
+            "its closing quote; add the comma, or put an entry with quotes in it in single "
+            """quotes ('"Elon Musk" AND xAI')"""
+        )
+    if inside:
+        return (
+            column,
+            f"a {'[' if inside.group(1) == ']' else '{'} is never closed; add {inside.group(1)}",
+        )
+    return column, problem
+
+
+def _without_comment(value: str) -> str:
+    """A value without the comment after it: ` #` past a closing quote starts one."""
+    closing = value.find(value[0], 1) if value[0] in "\"'" else 0
+    comment = value.find(" #", max(closing, 0))
+    return value[:comment].rstrip() if comment > 0 else value
+
+
+def _quoted(value: str) -> str:
+    """A value in YAML quotes that keep it as written: single quotes, or double quotes
+    when it holds single ones (and no double quote or backslash)."""
+    if "'" in value and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return "'" + value.replace("'", "''") + "'"

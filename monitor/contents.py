@@ -64,8 +64,9 @@ def plan(
     entries: list[DigestEntry] = []
     already: list[tuple[DigestEntry, EarlierMessage]] = []
     covered: dict[int, str] = {}
+    elsewhere = _by_story(others)
     for story, group in _by_story(due).items():
-        merged = _merge(group, tags[story], rank)
+        merged = _merge(group, tags[story], rank, elsewhere.get(story, ()))
         told = earlier.get(story)
         if told is None or merged.updated:  # an update alerts again, by choice (dedupe:)
             entries.append(merged)
@@ -104,12 +105,20 @@ def _tags(entries: Sequence[DigestEntry], rank: Rank) -> dict[int, tuple[str, ..
     return {story: tuple(sorted(found, key=rank)) for story, found in names.items()}
 
 
-def _merge(group: Sequence[DigestEntry], tags: tuple[str, ...], rank: Rank) -> DigestEntry:
+def _merge(
+    group: Sequence[DigestEntry],
+    tags: tuple[str, ...],
+    rank: Rank,
+    tagged: Sequence[DigestEntry] = (),
+) -> DigestEntry:
     """One entry for a story's entries of several watchlists: under the first ranked, with
-    every delivery, and the hits found in the item it shows."""
+    every delivery, and the hits found in the item it shows, also those of the lists only
+    tagged (`tagged`: their entries, sent in another message), so every tag is marked."""
     section = min((entry.watchlist for entry in group), key=rank)
     shown = min(group, key=lambda entry: (entry.item.published, rank(entry.watchlist)))
-    hits = (hit for entry in group if entry.item.key == shown.item.key for hit in entry.hits)
+    hits = (
+        hit for entry in (*group, *tagged) if entry.item.key == shown.item.key for hit in entry.hits
+    )
     return replace(
         shown,
         delivery_ids=tuple(sorted(i for entry in group for i in entry.delivery_ids)),

@@ -417,13 +417,16 @@ class Renderer:
         growth: Sequence[StoryGrowth],
     ) -> str:
         """Counts stories and articles (one entry each, and each story that grew), never
-        matches; names the sections, then the lists of the stories that grew."""
+        matches; names the sections, in a digest then the other lists an article matched
+        (a reader of one list looks for its name), then the lists of stories that grew."""
         words = self._labels
         if kind is MessageKind.ALERT:
             template = self.settings.alert_subject or words["alert_subject"]
         else:
             template = self.settings.subject or words["subject"]
         names = [entry.watchlist for entry in entries]
+        if kind is not MessageKind.ALERT:  # an alert names the lists that made it urgent
+            names += [name for entry in entries for name in entry.watchlists]
         names += [name for line in growth for name in line.watchlists[:1]]
         return template.format(
             count=len(entries) + len(growth),

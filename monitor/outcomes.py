@@ -28,6 +28,7 @@ class PollReport:
     feed: str
     new_items: int = 0
     matches: int = 0
+    backlog: int = 0  # of the new items, those older than `backlog`: stored, never alerted
     unchanged: bool = False
     error: str | None = None
     status: FeedStatus = FeedStatus.OK

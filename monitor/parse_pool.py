@@ -66,6 +66,9 @@ def _with_deadline(job: Callable[[], T], seconds: float) -> T:
 
 def _start_worker(limit: int, owner: tuple[int, str | None]) -> None:
     """Worker initializer: cap the memory, and end with the process that owns the pool."""
+    # Ctrl-C in a terminal signals the whole foreground group: the owner stops the pool
+    # in its own time; here the signal only printed a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _cap_memory(limit)
     threading.Thread(target=_follow, args=(owner,), name="follow-owner", daemon=True).start()
 

@@ -72,6 +72,10 @@ class CycleReport:
         return sum(p.matches for p in self.polls)
 
     @property
+    def backlog(self) -> int:
+        return sum(p.backlog for p in self.polls)
+
+    @property
     def failed(self) -> int:
         return sum(1 for p in self.polls if p.error)
 
@@ -607,10 +611,10 @@ async def poll_feed(
             update, report = unchanged(app, feed, state, result)
         else:
             found = await writer.ingest(parsed.items, backlog_before)
-            _log_backlog(feed, found, backlog_before)
+            old = _log_backlog(feed, found, backlog_before)
             update = changed(app, feed, state, result, parsed, len(found.new_items))
             update = dataclasses.replace(update, body_hash=body_hash)
-            report = PollReport(feed.name, len(found.new_items), len(found.matches))
+            report = PollReport(feed.name, len(found.new_items), len(found.matches), old)
         if retried and update.ignore_validators is not True:
             log.warning(
                 "server answers a conditional request with no feed, the same request "
@@ -631,7 +635,8 @@ async def poll_feed(
     return dataclasses.replace(report, fetch_seconds=fetched)
 
 
-def _log_backlog(feed: FeedConfig, found: IngestResult, backlog_before: datetime) -> None:
+def _log_backlog(feed: FeedConfig, found: IngestResult, backlog_before: datetime) -> int:
+    """How many new items are backlog, said in the log once per poll."""
     old = sum(1 for item in found.new_items if item.published < backlog_before)
     if old:
         log.info(
@@ -640,6 +645,7 @@ def _log_backlog(feed: FeedConfig, found: IngestResult, backlog_before: datetime
             f"{backlog_before:%Y-%m-%d %H:%M} UTC",
             extra={"feed": feed.name},
         )
+    return old
 
 
 def _verifying(state: FeedState) -> bool:

@@ -4,7 +4,7 @@
     or      := and (OR and)*
     and     := not ((AND | ) not)*        where the bare form is A NOT B or A -B
     not     := (NOT | -) not | near
-    near    := primary ((NEAR/n | NEAR/nf) primary)?  |  "two words"~n
+    near    := primary ((NEAR/n | NEAR/nf | ONEAR/n) primary)?  |  "two words"~n
     primary := TERM | "exact phrase" | „exact phrase“ | {CaseSensitive} | word* | Bab?shkin
                 | ( or ) | title: primary | summary: primary | body: primary
                 | site:DOMAIN | language:CODE
@@ -38,7 +38,12 @@ _TOKEN = re.compile(
     r"""|(?P<phrase>"[^"]*"?|[„“”‟][^“”‟]*[“”‟]?|[«»][^«»]*[«»]?)"""
     r"""|(?P<word>[^\s()"„“”‟«»{}]+)"""
 )
-_NEAR = re.compile(r"NEAR(?:/(\d+)([fF]?))?$")
+# ONEAR/n is Meltwater's ordered NEAR (Brandwatch writes NEAR/nf).
+_NEAR = re.compile(r"(O?)NEAR(?:/(\d+)([fF]?))?$")
+_OTHER_NEAR = re.compile(r"(O?NEAR|W)/(\d+)(F?)$")  # near/5 in small letters; Lexis' W/5
+_SYMBOLS = {"|": "OR", "||": "OR", "&": "AND", "&&": "AND"}
+# Lucene's relevance boost (Grok^2): every match counts the same here.
+_BOOST = re.compile(r"\^\d+(?:\.\d+)?$")
 _SLOP = re.compile(r"~(\d+)$")  # "two words"~5: Lucene's and Brandwatch's proximity
 _SCOPE = re.compile(r"([A-Za-z]+):(.*)$", re.S)
 _HAS_WORD = re.compile(r"[^\W_]")
@@ -275,6 +280,18 @@ def _has_and(node: Node) -> bool:
     return False
 
 
+def wanted_filters(node: Node) -> list[Filter]:
+    """The site: and language: filters an item may have to meet, in order (not those
+    under NOT: an item of unknown origin meets NOT site:x)."""
+    if isinstance(node, Filter):
+        return [node]
+    if isinstance(node, Term | Not | Near):  # a NEAR has terms on both sides
+        return []
+    if isinstance(node, Scope):
+        return wanted_filters(node.child)
+    return [found for child in node.children for found in wanted_filters(child)]
+
+
 def terms_of(node: Node) -> list[Term]:
     """Every term in the tree, in order."""
     if isinstance(node, Term):
@@ -316,14 +333,26 @@ def _word_tokens(query: str, value: str, start: int) -> list[_Token]:
         return [_Token("minus", "-", start, start + 1), *_word_tokens(query, value[1:], start + 1)]
     near = _NEAR.match(value)
     if near:
-        if near.group(1) is None:
+        ordered = "f" if near.group(1) else ""
+        if near.group(2) is None:
             raise QueryError(
-                "NEAR needs a distance: write NEAR/5",
+                f"NEAR needs a distance: write NEAR/5{ordered}",
                 query,
                 start,
-                rewrite=f"{query[:start]}NEAR/5{query[end:]}",
+                rewrite=f"{query[:start]}NEAR/5{ordered}{query[end:]}",
             )
-        return [_Token("near", near.group(1) + near.group(2).lower(), start, end)]
+        ordered = ordered or near.group(3).lower()
+        return [_Token("near", near.group(2) + ordered, start, end)]
+    boost = _BOOST.search(value)
+    if boost:
+        rewrite = f"{query[: start + boost.start()]}{query[end:]}".strip()
+        raise QueryError(
+            f"'{boost.group()}' is a relevance boost (Lucene), which monitor does not do, "
+            f"as every match counts; write: {rewrite}",
+            query,
+            start + boost.start(),
+            rewrite=rewrite,
+        )
     if _SLOP.match(value):
         return [_Token("slop", value[1:], start, end)]
     if "~" in value and "://" not in value:
@@ -348,6 +377,19 @@ def _word_tokens(query: str, value: str, start: int) -> list[_Token]:
             start,
         )
     return [_Token("word", value, start, end)]
+
+
+def _operator_meant(word: str) -> str | None:
+    """The operator a word beside a term stands for, as other tools write it: and, near/5
+    (any case), Meltwater's ONEAR/5 and Lexis' W/5 (handled as NEAR), | and &."""
+    upper = word.upper()
+    if upper in ("AND", "OR", "NOT"):
+        return upper
+    near = _OTHER_NEAR.match(upper)
+    if near:
+        ordered = "f" if near.group(1) == "ONEAR" or near.group(3) else ""
+        return f"NEAR/{near.group(2)}{ordered}"
+    return _SYMBOLS.get(word)
 
 
 def _bare(token: _Token) -> str:
@@ -628,6 +670,10 @@ class _Parser:
         return _term(token.value, token.value, token.start)
 
     def _missing_operator(self, token: _Token, following: _Token) -> None:
+        for operator in (following, token):  # and, near/5 in small letters; |, &, W/5
+            meant = _operator_meant(operator.value) if operator.kind == "word" else None
+            if meant is not None:
+                self._operator_as_written(operator, meant)
         run = self._run_from(token)  # the words side by side, for the phrase they likely are
         words = " ".join(_bare(part) for part in run)
         hint = f', or quote the phrase: "{words}"'
@@ -635,19 +681,34 @@ class _Parser:
         if any(part.kind == "cased" for part in run):
             hint = f", or write one case-sensitive phrase: {{{words}}}"
             rewrite = f"{{{words}}}"
-        end = run[-1].end
         if following.kind == "open":
             hint, rewrite = "", None
-        if following.value.upper() in ("AND", "OR", "NOT"):
-            hint = f", operators are written in capitals: {following.value.upper()}"
-            rewrite = following.value.upper()
-            token, end = following, following.end
+        if any(part.value.startswith("+") for part in run):  # Lucene's "must occur"
+            rewrite = " AND ".join(_bare(part).removeprefix("+") for part in run)
+            hint = f", without '+' (a term joined by AND must occur): {rewrite}"
+        elif any(part.value.endswith(",") for part in run[:-1]):
+            hint, rewrite = ", not a comma", None
         raise QueryError(
             f"missing operator between {run[0].value!r} and {following.value!r}; "
             f"write AND or OR{hint}",
             self.query,
             following.start,
-            rewrite=None if rewrite is None else self.replaced(token.start, end, rewrite),
+            rewrite=None if rewrite is None else self.replaced(token.start, run[-1].end, rewrite),
+        )
+
+    def _operator_as_written(self, operator: _Token, meant: str) -> None:
+        """An operator written as another tool does (or in small letters) is read as a
+        word, which is never what the analyst meant: say how it is written here."""
+        said = (
+            f"{operator.value!r} in small letters is a word here; operators are written in capitals"
+            if operator.value.upper() == meant.upper()
+            else f"{operator.value!r} is no operator here; write"
+        )
+        raise QueryError(
+            f"{said}: {meant}",
+            self.query,
+            operator.start,
+            rewrite=self.replaced(operator.start, operator.end, meant),
         )
 
     def _run_from(self, token: _Token) -> list[_Token]:

@@ -36,6 +36,7 @@ from monitor.query import (
     parse_query,
     parse_term,
     terms_of,
+    wanted_filters,
 )
 from monitor.text import CharTable, FoldedText, fold_text, lower_keep_length
 
@@ -230,7 +231,11 @@ def _any_of(nodes: list[Node]) -> Node:
 
 
 def _text(node: Node) -> str:
-    return node.label if isinstance(node, Term) else node.text
+    """A clause as explanations show it; a case-sensitive term keeps its braces, which say
+    why "XAI" did not match {xAI}."""
+    if isinstance(node, Term):
+        return f"{{{node.label}}}" if node.case_sensitive else node.label
+    return node.text
 
 
 class Matcher:
@@ -279,6 +284,22 @@ class Matcher:
             if hits and not (watchlist.exclude and evaluation.run(watchlist.exclude) is not None):
                 matches.append(Match(watchlist.config.name, _hits(hits, prepared)))
         return matches
+
+    def unknown_origin(
+        self, language: str | None = None, url: str | None = None
+    ) -> dict[str, list[Filter]]:
+        """Per watchlist, the site: and language: filters of its rule that an item without
+        a link or a language (a text given to `monitor test`) can never meet."""
+        unknown = {}
+        for watchlist in self._watchlists:
+            needs = [
+                condition
+                for condition in wanted_filters(watchlist.rule)
+                if (url if condition.field == "site" else language) is None
+            ]
+            if needs:
+                unknown[watchlist.config.name] = needs
+        return unknown
 
     def excluded(
         self,

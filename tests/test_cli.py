@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -18,7 +19,7 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.lock import database_lock
 from tests.conftest import SmtpRecorder, free_port
-from tests.feeds import ENGLISH_NOW, GERMAN_NOW
+from tests.feeds import ENGLISH_NOW, GERMAN_NOW, RECENT, rss
 
 Write = Callable[..., Path]
 LONG_NAME = "Süddeutsche Zeitung – Wirtschaft und Finanzen"
@@ -246,6 +247,63 @@ def test_test_text_says_which_exclusion_removed_a_match(
     assert "'Werbung' in title: OpenAI: *Werbung* statt Regulierung" in out
     assert "would match: OpenAI, Regulierung" in out
     assert "no watchlist matched (1 excluded)" in err
+
+
+def test_test_text_says_what_a_site_or_language_filter_needs_and_takes_a_url(
+    httpserver: HTTPServer, write_config: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A text has no link and no language: a query with site: or language: cannot hold. It
+    used to say only "no watchlist matched", as if the query were wrong."""
+    data = settings(httpserver)
+    data["watchlists"] = [
+        {
+            "name": "Grok auf n-tv",
+            "query": "site:n-tv.de AND Grok",
+            "recipients": ["a@example.org"],
+        },
+        {"name": "Grok auf Deutsch", "query": "language:de AND Grok"},
+    ]
+    data["recipients"] = ["a@example.org"]
+    path = write_config(data)
+    assert main(["--config", str(path), "test", "Grok ist da"]) == 1
+    out, err = out_of(capsys)
+    assert "Grok auf n-tv: needs the item's link for site:n-tv.de; add --url LINK" in out
+    assert "Grok auf Deutsch: needs the item's language for language:de; add --language de" in (out)
+    assert "no watchlist matched" in err
+    link = "https://www.n-tv.de/technik/Grok-article1.html"
+    assert main(["--config", str(path), "test", "--url", link, "Grok ist da"]) == 0
+    out = out_of(capsys)[0]
+    assert out.startswith("Grok auf n-tv: Grok\n")
+    assert "Grok auf Deutsch: needs" in out  # still not told the language
+    assert main(["--config", str(path), "test", "--url", "https://bild.de/x", "Grok"]) == 1
+    assert "needs the item's link" not in out_of(capsys)[0]  # known, and not n-tv.de
+
+
+def test_poll_says_how_many_new_items_are_backlog(
+    httpserver: HTTPServer, write_config: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first poll of real feeds said "363 new items, 6 matches": with no word that 350
+    of them were months old and stored without alerts, it read as if matching were broken."""
+    old = datetime.now(UTC) - timedelta(days=90)
+    archive = [("grok-alt", "Grok 1 erscheint", "Alt."), ("xai-alt", "xAI gegründet", "Alt.")]
+    news = rss("Nachrichten", [("grok-neu", "Grok 5 erscheint", "Neu.")], start=RECENT)
+    document = news.replace(b"</channel>", _items_of(rss("x", archive, start=old)) + b"</channel>")
+    httpserver.expect_request("/de.xml").respond_with_data(
+        document, content_type="application/rss+xml"
+    )
+    data = settings(httpserver)
+    data["feeds"] = data["feeds"][:1]
+    path = write_config(data)
+    assert main(["--config", str(path), "poll"]) == 0
+    out = out_of(capsys)[0]
+    assert (
+        "polled 1 feeds: 3 new items (2 older than `backlog`: stored, not alerted), 1 matches"
+        in out
+    )
+
+
+def _items_of(document: bytes) -> bytes:
+    return b"<item>" + document.split(b"<item>", 1)[1].rsplit(b"</channel>", 1)[0]
 
 
 def test_why_not_says_when_the_exclusion_removed_a_stored_item(

@@ -105,6 +105,65 @@ def test_yaml_syntax_error_has_line_and_column() -> None:
     assert re.match(r"c\.yaml:\d+:\d+: YAML syntax:", found[0])
 
 
+# YAML's own words ("expected <block end>, but found '<scalar>'") for the slips a person
+# makes: a query pasted with its quotes first, a tab, a bracket left open. Each row: the
+# watchlist line as written, then what the message says; a suggested line must load.
+YAML_SLIPS = [
+    (
+        '    query: "Elon Musk" AND xAI',
+        'c.yaml:8:12: YAML syntax: query: the value ends at the " after ", and YAML cannot '
+        "read the rest of the line; put the whole value in quotes: "
+        "query: '\"Elon Musk\" AND xAI'",
+    ),
+    (
+        '    query: "Elon Musk" AND xAI   # the boss',
+        "put the whole value in quotes: query: '\"Elon Musk\" AND xAI'",
+    ),
+    (
+        "    query: {XAI} NEAR/5 Musk",
+        "c.yaml:8:12: YAML syntax: query: the value ends at the } after {, and YAML cannot "
+        "read the rest of the line; put the whole value in quotes: query: '{XAI} NEAR/5 Musk'",
+    ),
+    (
+        "    query: 'Musk' AND 'Grok'",
+        "put the whole value in quotes: query: \"'Musk' AND 'Grok'\"",
+    ),
+    (
+        "    exclude: perfume: yes",
+        "c.yaml:8:14: YAML syntax: exclude: ': ' inside the value starts another key; put the "
+        "whole value in quotes: exclude: 'perfume: yes'",
+    ),
+    (
+        "\tdigest: hourly",
+        "c.yaml:8:1: YAML syntax: a tab; YAML indents with spaces only: replace the tab with "
+        "spaces",
+    ),
+    (
+        "   digest: hourly",
+        "c.yaml:8:4: YAML syntax: this line is indented differently from the lines above it; "
+        "indent the keys of one entry alike, with spaces",
+    ),
+    ("    exclude: [perfume, Duft", "c.yaml:8:14: YAML syntax: a [ is never closed; add ]"),
+    (
+        '    exclude: ["white musk" OR Duft]',
+        "c.yaml:8:28: YAML syntax: inside [ ] the entries are separated by commas, and a quoted "
+        "entry ends at its closing quote",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "said"), YAML_SLIPS, ids=[row[0].strip() for row in YAML_SLIPS])
+def test_a_yaml_slip_is_told_in_words_and_the_suggested_line_loads(line: str, said: str) -> None:
+    (found,) = problems(MINIMAL + line + "\n")
+    assert said in found
+    assert "<block end>" not in found and "<scalar>" not in found
+    if ": put the whole value in quotes: " in found:
+        suggested = "    " + found.rpartition(": put the whole value in quotes: ")[2]
+        watchlist = parse_config(MINIMAL + suggested + "\n", "c.yaml").watchlists[0]
+        written = line.split(":", 1)[1].split("#")[0].strip()
+        assert written in (watchlist.query, watchlist.exclude, watchlist.query or "")
+
+
 def test_missing_sections_and_duplicate_names() -> None:
     found = problems("recipients: [a@example.org]\nfeeds: []\n")
     assert found == [
@@ -790,6 +849,23 @@ def test_the_table_is_large_and_speaks_no_pydantic() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "c.yaml:1:1: config: the file is empty; copy config.example.yaml and edit it"),
+        ("# only a comment\n", "c.yaml:1:1: config: the file is empty; copy config.example.yaml"),
+        ("- name: xAI\n", "c.yaml:1:1: config: expected keys (feeds:, watchlists:, recipients:, "),
+        ("xAI\n", "not the single value 'xAI'; config.example.yaml shows them"),
+    ],
+)
+def test_an_empty_file_or_a_file_without_keys_says_where_to_start(text: str, expected: str) -> None:
+    """An empty config.yaml said "the config must be a mapping of keys (feeds, ...)", without
+    a key path and in words no new user knows."""
+    (found,) = problems(text)
+    assert expected in found
+    assert re.match(r"c\.yaml:\d+:\d+: \S+: ", found)
+
+
+@pytest.mark.parametrize(
     ("written", "meant"), [("keywords", "terms"), ("schedule", "digest"), ("email", "recipients")]
 )
 def test_did_you_mean_for_the_keys_of_other_tools(written: str, meant: str) -> None:
@@ -895,6 +971,24 @@ def test_check_warns_about_addresses_that_differ_only_in_case_before_the_at(
         f"{path}: warning: recipients: Press@example.org and press@example.org differ only in "
         "upper/lower case before the @" in err
     )
+
+
+def test_check_warns_when_a_span_in_days_lacks_its_unit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`items: 30` loads as 30 seconds: every item deleted half a minute after it came."""
+    from monitor.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL + "retention: {items: 30, keys: 365d}\ndedupe: {window: 72}\n")
+    assert main(["--config", str(path), "check"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"{path}: warning: retention.items: 30 seconds; a number without a unit counts "
+        "seconds: write 30d for days, 30h for hours" in err
+    )
+    assert "dedupe.window: 72 seconds" in err
+    assert "retention.keys" not in err and "backlog" not in err
 
 
 SMTP_LOGIN = (

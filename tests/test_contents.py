@@ -48,6 +48,20 @@ def test_tags_name_the_lists_not_sent_in_this_message_too() -> None:
     assert alert.watchlists == ("Babuschkin", "xAI") and alert.delivery_ids == (1,)
 
 
+def test_an_alert_marks_the_words_of_every_list_it_names() -> None:
+    """An alert tagged "xAI · Elon Musk · Igor Babuschkin" marked only Babuschkin in its
+    text: a reader saw the tag Elon Musk and no Elon Musk marked."""
+    shown = item(7)
+    elsewhere = DigestEntry(
+        (2,), "xAI", item(7, feed="stern"), (Hit("xAI", "title", 9, 12),), story=7
+    )
+    others = [entry(3, "xAI", 7, shown), elsewhere]
+    contents = plan([entry(1, "Babuschkin", 7, shown)], others, {}, [], RANK, ALERT)
+    (alert,) = contents.entries
+    assert [h.term for h in alert.hits] == ["Babuschkin", "xAI"]  # not the stern copy's
+    assert alert.delivery_ids == (1,)  # the digest lists' deliveries are not this message's
+
+
 def test_a_story_sent_before_is_covered_by_that_message_and_named_once_in_a_digest() -> None:
     earlier = {7: EarlierMessage("<alert@x>", ALERT, NOW)}
     due = [entry(1, "xAI", 7), entry(2, "Grok", 7), entry(3, "xAI", 8)]

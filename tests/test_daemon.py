@@ -441,6 +441,27 @@ def test_second_signal_exits_at_once(
     wait_for(lambda: not any(_alive(pid) for pid in children), "the daemon's children to end")
 
 
+def test_ctrl_c_in_a_terminal_stops_without_a_traceback(
+    httpserver: HTTPServer, write_config: Callable[..., Path], start: Callable[..., Daemon]
+) -> None:
+    """Ctrl-C reaches every process of the terminal's foreground group, the parse
+    processes too: `make run`, Ctrl-C used to end in two KeyboardInterrupt tracebacks from
+    them, as if monitor had crashed."""
+    httpserver.expect_request("/de.xml").respond_with_data(
+        GERMAN_NOW, content_type="application/rss+xml"
+    )
+    data = base_config(httpserver, 1)
+    del data["smtp"]
+    daemon = start(write_config(data))
+    daemon.wait_logged("polled 1 feeds")
+    assert len(_descendants(daemon.process.pid)) >= 2  # the parse processes wait for work
+    os.killpg(daemon.process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    assert daemon.wait(timeout=GRACE + 15) == 0, daemon.log()
+    assert daemon.logged("monitor stopped")
+    assert not daemon.logged("Traceback"), daemon.log()
+    assert not daemon.logged("KeyboardInterrupt"), daemon.log()
+
+
 def test_the_parse_processes_end_when_the_daemon_is_killed_outright(
     httpserver: HTTPServer, write_config: Callable[..., Path], start: Callable[..., Daemon]
 ) -> None:

@@ -152,6 +152,10 @@ def test_clause_text_is_kept_for_explanations() -> None:
         ("Elon „Musk“", 'or quote the phrase: "Elon Musk"', 5),
         ("{Elon} Musk", "or write one case-sensitive phrase: {Elon Musk}", 7),
         ("Musk (Grok OR xAI)", "between 'Musk' and '('; write AND or OR", 5),
+        ("Musk, Grok", "write AND or OR, not a comma", 6),
+        ("Musk AND not perfume", "'not' in small letters is a word here", 9),
+        ("Musk | Grok", "'|' is no operator here; write: OR", 5),
+        ("Grok^3", "'^3' is a relevance boost (Lucene)", 4),
         ("xAI OR {}", "empty after normalization", 7),
     ],
 )
@@ -210,6 +214,7 @@ def test_scope_node_keeps_field() -> None:
         ("Tesla-Chef", "Tesla-Chef"),  # a hyphen inside a word is no minus
         # Brandwatch's ordered NEAR, Lucene's and Talkwalker's proximity.
         ('"Elon Musk" NEAR/5f xAI', '"Elon Musk" NEAR/5f xAI'),
+        ('"Elon Musk" ONEAR/5 xAI', '"Elon Musk" NEAR/5f xAI'),  # Meltwater
         ('"Scholz Macron"~3', "Scholz NEAR/3 Macron"),
         # Brandwatch's site: and language:, Talkwalker's lang:.
         ("site:n-tv.de AND Grok", "site:n-tv.de AND Grok"),
@@ -271,6 +276,22 @@ REWRITES = [
     ("title:NOT Grok", "title:(NOT Grok)"),
     ("title:-Grok", "title:(NOT Grok)"),
     ('"Elon Musk xAI"~5', '"Elon Musk" NEAR/5 xAI'),
+    # Operators as other tools (or small letters) write them: read as words, they used to
+    # get "quote the phrase", which would search for "Musk near/5 Grok" word for word.
+    ("Musk near/5 Grok", "Musk NEAR/5 Grok"),
+    ("Musk near/5f Grok", "Musk NEAR/5f Grok"),
+    ("Musk AND not perfume", "Musk AND NOT perfume"),
+    ("Musk | Grok", "Musk OR Grok"),
+    ("Musk AND (Grok || xAI)", "Musk AND (Grok OR xAI)"),
+    ("Musk & Grok", "Musk AND Grok"),
+    ("+Musk +Grok", "Musk AND Grok"),
+    ("Musk W/5 xAI", "Musk NEAR/5 xAI"),  # Lexis, Factiva
+    ("Musk onear/5 xAI", "Musk NEAR/5f xAI"),  # Meltwater's ordered NEAR
+    ("Musk ONEAR xAI", "Musk NEAR/5f xAI"),
+    # Lucene's boost used to become part of the term, which then matched nothing.
+    ("Musk^2", "Musk"),
+    ("Musk AND Grok^3", "Musk AND Grok"),
+    ('"Elon Musk"^2 OR xAI', '"Elon Musk" OR xAI'),
 ]
 
 

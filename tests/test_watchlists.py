@@ -174,6 +174,14 @@ def test_explain_says_which_clause_failed(matcher: Matcher) -> None:
     assert "no   NOT Werbung" in text
 
 
+def test_explain_keeps_the_braces_of_a_case_sensitive_term(matcher: Matcher) -> None:
+    """`monitor test --why-not` on "XAI funding" showed "no   xAI", as if xAI did not occur."""
+    text = "\n".join(matcher.explain("xAI", {"title": "XAI funding round"}))
+    assert "no   {xAI} OR x.AI" in text
+    assert "\n    no   {xAI}\n" in text
+    assert "\n    no   x.AI" in text  # any case: no braces
+
+
 def test_explain_reports_filters_and_exclusions(matcher: Matcher) -> None:
     lines = matcher.explain("Bundesregierung", {"title": "Bundesregierung"}, language="en")
     assert lines[0] == "filters: language 'en' is not one of de"
