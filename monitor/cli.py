@@ -127,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--title", default=None, help="title field")
     test.add_argument("--summary", default=None, help="summary field")
     test.add_argument("--language", default=None, help="item language, for language filters")
-    test.add_argument("--url", default=None, help="item link, for site: filters")
+    test.add_argument(
+        "--url",
+        default=None,
+        help="the item's link, for site: filters; alone (no TEXT, --title or --summary): "
+        "fetch that article page as a full-text feed would, show its text and matches",
+    )
     test.add_argument(
         "--stored", action="store_true", help="run the watchlists over stored items instead"
     )
@@ -138,11 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--why-not",
         metavar="ITEM",
         help="explain each clause for a stored item: its id, its URL or words of its title",
-    )
-    test.add_argument(
-        "--url",
-        metavar="URL",
-        help="fetch one article page as a full-text feed would; show its text and matches",
     )
     migrate = command("migrate-db", help="copy all state into another database")
     migrate.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql+psycopg://...")
@@ -490,8 +490,8 @@ def _test(args: argparse.Namespace, config: Config) -> int:
     names = resolve_names(args.watchlist, [w.name for w in config.watchlists], "watchlist")
     watchlists = [w for w in config.watchlists if not names or w.name in names]
     matcher = Matcher(watchlists)
-    if args.url:
-        return asyncio.run(_test_url(config, matcher, args.url))
+    if args.url and not (args.text or args.title or args.summary):
+        return asyncio.run(_test_url(config, matcher, args.url, args.language))
     if args.why_not or args.stored:
         store = open_store(config.database)
         try:
@@ -550,7 +550,7 @@ def _print_exclusions(excluded: Sequence[Exclusion], fields: dict[str, str]) -> 
         print(f"  would match: {', '.join(matched)}")
 
 
-async def _test_url(config: Config, matcher: Matcher, url: str) -> int:
+async def _test_url(config: Config, matcher: Matcher, url: str, language: str | None) -> int:
     """Fetch and extract one page as the daemon would (robots.txt, caps, deadline), show
     what came out and where the watchlists match it: a site checked before `fulltext: true`."""
     pool = build_parse_pool(config)
@@ -570,7 +570,7 @@ async def _test_url(config: Config, matcher: Matcher, url: str) -> int:
         print(f"  {outcome.error}")
     for line in [line for line in text.splitlines() if line.strip()][:_FIRST_LINES]:
         print(f"  | {textwrap.shorten(line, 96, placeholder=' …')}")
-    found = matcher.match_fields({"body": text}) if text else []
+    found = matcher.match_fields({"body": text}, language, url=url) if text else []
     _print_matches(found, {"body": text})
     if not found:
         print("no watchlist matched the page's text", file=sys.stderr)
