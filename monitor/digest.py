@@ -166,6 +166,23 @@ def _text_part(text: str, subtype: str) -> EmailMessage:
     return part
 
 
+def shown_terms(hits: Sequence[Hit]) -> list[str]:
+    """The terms found, in order, but not one found only inside another's hit: the alias
+    {Musk} in "Elon Musk" is that name, not Musk a second time."""
+
+    def inside(hit: Hit) -> bool:
+        return any(
+            other.field == hit.field
+            and other.term != hit.term
+            and other.start <= hit.start
+            and hit.end <= other.end
+            and (other.end - other.start) > (hit.end - hit.start)
+            for other in hits
+        )
+
+    return list(dict.fromkeys(hit.term for hit in hits if not inside(hit)))
+
+
 class Renderer:
     """Renders digests; user templates (templates_dir) override the shipped ones, sandboxed."""
 
@@ -472,7 +489,7 @@ class Renderer:
             "outlet": item.feed,
             "time": self._local(item.published),
             "snippet": _snippet(entry, summary_spans),
-            "terms": list(dict.fromkeys(h.term for h in entry.hits)),
+            "terms": shown_terms(entry.hits),
             "updated": entry.updated,
             "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
             "shared": len(entry.watchlists) > 1,  # tags worth a line: more than its section

@@ -133,6 +133,9 @@ class Snapshot:
     last_poll_at: datetime | None = None
     # Stored messages per (channel: email, slack, webhook, ...; state: ready, sent, dead).
     messages: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Of the ready messages, those waiting for another try after a failure, and the next try.
+    deferred: int = 0
+    next_try_at: datetime | None = None
 
     def channels_line(self) -> str:
         """`email 12 sent, 1 ready; slack 3 sent, 1 dead`: per channel, its messages."""
@@ -173,6 +176,16 @@ class Snapshot:
         return f"{shown}; {failing} failing" if failing else shown
 
 
+def _deferred_note(snapshot: Snapshot, zone: ZoneInfo) -> str:
+    """Why "ready to send" is not being sent: a failure, and the backoff after it."""
+    if not snapshot.deferred or snapshot.next_try_at is None:
+        return ""
+    return (
+        f" ({snapshot.deferred} deferred after a failure, the next try at "
+        f"{_local(snapshot.next_try_at, zone)}; `monitor digest --send` tries them now)"
+    )
+
+
 def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
     """Read the feed states, outbox counts and heartbeat; configured feeds only."""
     configured = {feed.name: feed.enabled for feed in config.feeds}
@@ -187,6 +200,7 @@ def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
     for name, enabled in configured.items():  # configured but not yet in the database
         if name not in known:
             states["new" if enabled else FeedStatus.DISABLED.value] += 1
+    waiting = store.deferred_messages()  # soonest first
     return Snapshot(
         feeds_by_state=dict(sorted(states.items())),
         outbox=store.outbox(),
@@ -196,6 +210,8 @@ def take_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
         workers=tuple(w for w in store.live_workers(now - ALIVE_WITHIN) if _may_run(w.host, w.pid)),
         last_poll_at=store.last_poll_at(),
         messages=_messages_by_channel(store, config),
+        deferred=len(waiting),
+        next_try_at=waiting[0].next_attempt_at if waiting else None,
     )
 
 
@@ -279,7 +295,8 @@ def status_lines(snapshot: Snapshot, config: Config, now: datetime) -> list[str]
         f"daemon:     {daemon}",
         f"last poll:  {_local(last_poll, zone)}",
         f"feeds:      {feeds}",
-        f"outbox:     {outbox.pending} pending{oldest}, {outbox.ready} ready to send, "
+        f"outbox:     {outbox.pending} pending{oldest}, {outbox.ready} ready to send"
+        f"{_deferred_note(snapshot, zone)}, "
         f"{outbox.dead} dead letters{listed}",
         f"messages:   {snapshot.channels_line()}",
         "next digests:",

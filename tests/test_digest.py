@@ -133,6 +133,29 @@ def test_snippet_highlights_hits_around_the_first() -> None:
     assert len("".join(t for t, _ in parts)) <= 300
 
 
+def test_matched_terms_leave_out_a_term_found_only_inside_a_longer_one() -> None:
+    """ "Treffer: Elon Musk, Musk" for one "Elon Musk" in the text: the alias {Musk} hits
+    inside the name; listed too, it reads as if Musk stood there twice."""
+    title, summary = "Musks Pläne", "Tesla-Chef Elon Musk will mehr Leute."
+    name = summary.index("Elon Musk")
+    hits = (
+        Hit("Elon Musk", "summary", name, name + 9),
+        Hit("Musk", "summary", name + 5, name + 9),
+        Hit("Igor Babuschkin", "summary", 0, 5),  # elsewhere, not around Musk
+    )
+    only_inside = entry(1, title, summary, hits=hits)
+    text = parse(renderer().render("a@example.org", [only_inside], NOW).mime)
+    plain = text.get_body(("plain",)).get_content()
+    assert "matched: Elon Musk, Igor Babuschkin\r\n" in plain
+    on_its_own = (*hits, Hit("Musk", "title", 0, 5))  # "Musks" in the title
+    text = parse(
+        renderer().render("a@example.org", [entry(2, title, summary, hits=on_its_own)], NOW).mime
+    )
+    assert (
+        "matched: Elon Musk, Igor Babuschkin, Musk\r\n" in text.get_body(("plain",)).get_content()
+    )
+
+
 def test_updated_items_are_marked() -> None:
     from dataclasses import replace
 

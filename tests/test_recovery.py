@@ -101,6 +101,11 @@ def test_digest_send_flushes_what_waits_for_a_retry_once_smtp_is_back(
     assert main(["--config", str(path), "digest", "--send"]) == 1
     out = capsys.readouterr().out
     assert "2 deferred" in out
+    # status said "2 ready to send" while nothing was sent, nor would be before the backoff.
+    assert main(["--config", str(path), "status"]) == 1  # no daemon runs
+    shown = capsys.readouterr().out
+    assert "2 ready to send (2 deferred after a failure, the next try at " in shown
+    assert "; `monitor digest --send` tries them now)" in shown
 
     recorder = SmtpRecorder()
     controller = Controller(recorder, hostname="127.0.0.1", port=port)

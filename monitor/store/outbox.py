@@ -116,8 +116,8 @@ _EXCERPT_CHARS = 400  # of the article around its first body hit: the digest cut
 
 def body_excerpt(text: str | None, hits: tuple[Hit, ...]) -> tuple[str, tuple[Hit, ...]]:
     """A window of the article around its first body hit, "…" where it is cut, and the
-    hits with their body offsets into it (body hits outside it are dropped): a digest
-    quotes a snippet, never the article."""
+    hits with their body offsets moved into it: a digest quotes a snippet, never the
+    article."""
     body = sorted((h for h in hits if h.field == "body"), key=lambda h: h.start)
     others = tuple(h for h in hits if h.field != "body")
     if not text or not body:
@@ -130,9 +130,9 @@ def body_excerpt(text: str | None, hits: tuple[Hit, ...]) -> tuple[str, tuple[Hi
         end = space
     lead = "… " if start else ""
     shift = len(lead) - start
-    inside = tuple(
-        replace(h, start=h.start + shift, end=h.end + shift) for h in body if h.end <= end
-    )
+    # Hits past the window are kept (their terms are listed) but fall outside the excerpt,
+    # so nothing highlights them.
+    inside = tuple(replace(h, start=h.start + shift, end=h.end + shift) for h in body)
     excerpt = lead + text[start:end].replace("\n", " ")  # paragraphs as one line, same offsets
     return excerpt + (" …" if end < len(text) else ""), others + inside
 
