@@ -20,6 +20,7 @@ from monitor.digest import DigestSettings, Renderer
 from monitor.errors import ConfigError
 from monitor.fetch import Fetcher
 from monitor.mailer import MaildirMailer, Mailer, SmtpMailer
+from monitor.pages import Pages
 from monitor.parse_pool import ParsePool
 from monitor.store import Store, open_store
 from monitor.stories import DedupeSettings
@@ -51,6 +52,7 @@ class App:
     # Feeds another worker's config polls and this one's does not, already logged: a claim
     # takes them again and again while the configs differ (a warning per claim, before).
     foreign_feeds: set[str] = field(default_factory=set)
+    pages: Pages | None = None  # full-text feeds' article pages (fulltext.py)
     # When each (watchlist, recipient) pair appeared in this process's configuration (at
     # start, or a reload): its first digest waits for the feeds' polls since (delivery.py).
     configured_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
@@ -74,6 +76,8 @@ class App:
         self.mailer = build_mailer(config)
         self.recipients = {w.name: config.recipients_of(w) for w in config.watchlists}
         self.store.dedupe = build_dedupe(config)
+        if self.pages is not None:
+            self.pages.settings = config.fulltext
 
 
 def build_dedupe(config: Config) -> DedupeSettings:
@@ -163,6 +167,7 @@ async def running_app(
                 mailer=build_mailer(config),
                 parse_pool=pool,
                 clock=clock,
+                pages=Pages(fetcher, config.fulltext, clock),
             )
             app.apply_config(config)
             if takes_part:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor import __version__
-from monitor.app import load_checked, running_app
+from monitor.app import build_parse_pool, load_checked, running_app, utc_now
 from monitor.config import (
     Config,
     FeedConfig,
@@ -38,15 +38,18 @@ from monitor.delivery import (
 )
 from monitor.digest import read_back
 from monitor.errors import ConfigError, DeliveryError, LockedError, MonitorError
+from monitor.fetch import Fetcher
+from monitor.fulltext import fetch_pages, read_page
 from monitor.labels import plain_problem
 from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
+from monitor.pages import Pages
 from monitor.poller import poll_due
 from monitor.query import Filter
 from monitor.spike_alerts import check_spikes
 from monitor.startup import release_sighup
-from monitor.store import DeferredMessage, Store, database_trouble, open_store
+from monitor.store import DeferredMessage, PageStats, Store, database_trouble, open_store
 from monitor.text import clean_text
 from monitor.urls import canonical_url
 from monitor.watchlists import Exclusion, Matcher, in_context
@@ -124,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--title", default=None, help="title field")
     test.add_argument("--summary", default=None, help="summary field")
     test.add_argument("--language", default=None, help="item language, for language filters")
-    test.add_argument("--url", default=None, help="item link, for site: filters")
+    test.add_argument(
+        "--url",
+        default=None,
+        help="the item's link, for site: filters; alone (no TEXT, --title or --summary): "
+        "fetch that article page as a full-text feed would, show its text and matches",
+    )
     test.add_argument(
         "--stored", action="store_true", help="run the watchlists over stored items instead"
     )
@@ -295,6 +303,7 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
     feeds = resolve_names(feeds, [f.name for f in config.feeds], "feed") or None
     async with running_app(config) as app:
         report = await poll_due(app, feeds, force=force or bool(feeds))
+        pages = await fetch_pages(app, drain=True)  # a one-shot run shows the whole result
         # As the daemon after each cycle: a cron job of poll + digest --send gets them too.
         alerts = await asyncio.to_thread(check_spikes, app)
     for poll in report.polls:
@@ -307,6 +316,12 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
         f"{report.matches} matches, {report.failed} failed"
         + (f"; {alerts} spike/silence alert(s) queued" if alerts else "")
     )
+    if pages.fetched or pages.deferred:
+        print(
+            f"pages: {pages.fetched} fetched, {pages.extracted} with text, "
+            f"{pages.matches} more matches"
+            + (f", {pages.deferred} deferred (their sites asked to wait)" if pages.deferred else "")
+        )
     return EXIT_OK
 
 
@@ -475,6 +490,8 @@ def _test(args: argparse.Namespace, config: Config) -> int:
     names = resolve_names(args.watchlist, [w.name for w in config.watchlists], "watchlist")
     watchlists = [w for w in config.watchlists if not names or w.name in names]
     matcher = Matcher(watchlists)
+    if args.url and not (args.text or args.title or args.summary):
+        return asyncio.run(_test_url(config, matcher, args.url, args.language))
     if args.why_not or args.stored:
         store = open_store(config.database)
         try:
@@ -533,15 +550,55 @@ def _print_exclusions(excluded: Sequence[Exclusion], fields: dict[str, str]) -> 
         print(f"  would match: {', '.join(matched)}")
 
 
+async def _test_url(config: Config, matcher: Matcher, url: str, language: str | None) -> int:
+    """Fetch and extract one page as the daemon would (robots.txt, caps, deadline), show
+    what came out and where the watchlists match it: a site checked before `fulltext: true`."""
+    pool = build_parse_pool(config)
+    try:
+        async with Fetcher(config.polling) as fetcher:
+            pages = Pages(fetcher, config.fulltext, utc_now)
+            try:
+                outcome = await read_page(pages, pool, url, origin=url)
+            except MonitorError as refused:
+                print(f"monitor: {url}: {refused}", file=sys.stderr)
+                return EXIT_FAILURE
+    finally:
+        pool.close()
+    text = outcome.body or ""
+    print(f"{url}: {outcome.status.value}, {outcome.words} words, {len(text)} characters")
+    if outcome.error:
+        print(f"  {outcome.error}")
+    for line in [line for line in text.splitlines() if line.strip()][:_FIRST_LINES]:
+        print(f"  | {textwrap.shorten(line, 96, placeholder=' …')}")
+    found = matcher.match_fields({"body": text}, language, url=url) if text else []
+    _print_matches(found, {"body": text})
+    if not found:
+        print("no watchlist matched the page's text", file=sys.stderr)
+    return EXIT_OK if found else EXIT_FAILURE
+
+
+_FIRST_LINES = 5  # of an extracted page, in `test --url`
+
+
+def _stored_fields(item: Item, body: str | None) -> dict[str, str]:
+    """An item's fields as the matcher saw them: its page's text too, if it was fetched."""
+    fields = {"title": item.title, "summary": item.summary}
+    if body:
+        fields["body"] = body
+    return fields
+
+
 def _test_stored(store: Store, matcher: Matcher, since: datetime) -> int:
     stored = store.recent_items(since)
+    bodies = store.page_texts([item_id for item_id, _ in stored])
     matched = 0
     for item_id, item in stored:
-        found = matcher.match(item)
+        fields = _stored_fields(item, bodies.get(item_id))
+        found = matcher.match_fields(fields, item.language, item.feed, item.url)
         if found:
             matched += 1
             print(f"#{item_id} [{item.feed}] {item.title}")
-            _print_matches(found, {"title": item.title, "summary": item.summary}, "  ")
+            _print_matches(found, fields, "  ")
     print(f"{matched} of {len(stored)} stored items matched")
     return EXIT_OK if matched else EXIT_FAILURE
 
@@ -551,8 +608,9 @@ def _why_not(store: Store, matcher: Matcher, names: list[str], wanted: str) -> i
     if stored is None:
         return EXIT_USAGE
     item_id, item = stored
-    fields = {"title": item.title, "summary": item.summary}
-    matched = {m.watchlist for m in matcher.match(item)}
+    fields = _stored_fields(item, store.page_texts([item_id]).get(item_id))
+    found = matcher.match_fields(fields, item.language, item.feed, item.url)
+    matched = {m.watchlist for m in found}
     excluded = {e.watchlist for e in matcher.excluded(fields, item.language, item.feed, item.url)}
     print(f"#{item_id} [{item.feed}, {item.language}] {item.title}")
     for name in names:
@@ -638,8 +696,10 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
     store = open_store(config.database)
     try:
         states = {s.name: s for s in store.feed_states()}
+        pages = store.page_stats()
     finally:
         store.close()
+    fulltext = config.fulltext_feeds()
     rows = [
         (feed, states.get(feed.name) or FeedState(feed.name, feed.url))
         for feed in sorted(config.feeds, key=lambda f: (f.group or "", f.name))
@@ -647,7 +707,10 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
     if args.failing:
         rows = [(feed, state) for feed, state in rows if _is_failing(feed, state)]
     if args.json:
-        print(json.dumps([_feed_record(f, s) for f, s in rows], ensure_ascii=False, indent=2))
+        records = [
+            {**_feed_record(f, s), **_pages_record(f.name, fulltext, pages)} for f, s in rows
+        ]
+        print(json.dumps(records, ensure_ascii=False, indent=2))
         return EXIT_OK
     width = None if args.wide or not sys.stdout.isatty() else shutil.get_terminal_size().columns
     names = [_feed_name(feed) for feed, _ in rows]
@@ -668,9 +731,38 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
             print(name)
             name = ""
         print(_feed_row(name.ljust(name_width), feed, state, config, width, why_width))
+        if feed.name in fulltext:
+            print(f"  {_pages_line(pages.get(feed.name))}")
     if not why_width:
         print("(why each next poll is when it is: monitor feeds --wide)")
     return EXIT_OK
+
+
+def _pages_line(stats: PageStats | None) -> str:
+    """A full-text feed's pages, under its row in `monitor feeds`."""
+    if stats is None or not stats.fetched:
+        return "full text: no page fetched yet"
+    share = 100 * stats.extracted // stats.fetched
+    line = (
+        f"full text: {stats.fetched} pages fetched, {share} % with text, "
+        f"median {stats.median_words} words"
+    )
+    return line + (f"; last page error: {stats.last_error}" if stats.last_error else "")
+
+
+def _pages_record(name: str, fulltext: set[str], pages: dict[str, PageStats]) -> dict[str, object]:
+    """A feed's page figures for `monitor feeds --json` (full-text feeds only)."""
+    if name not in fulltext:
+        return {}
+    stats = pages.get(name) or PageStats(0, 0, 0, None)
+    return {
+        "pages": {
+            "fetched": stats.fetched,
+            "extracted": stats.extracted,
+            "median_words": stats.median_words,
+            "last_error": stats.last_error,
+        }
+    }
 
 
 # The width of a `monitor feeds` row after the name, up to the last error; and the name

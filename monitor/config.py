@@ -202,6 +202,7 @@ class FeedConfig(_Model):
     language: str | None = None
     enabled: bool = True  # false: kept in the database, never polled, shown as disabled
     group: str | None = None  # a label to sort feeds by in `monitor feeds` and digests
+    fulltext: bool | None = None  # fetch each new item's page and match its text; None: default
 
     @field_validator("url")
     @classmethod
@@ -663,6 +664,19 @@ class DedupeConfig(_Model):
     similarity: float = Field(0.39, ge=0.05, le=1.0)  # word-set Jaccard that makes one story
 
 
+class FulltextConfig(_Model):
+    """Article pages: fetched once per new item of a full-text feed, politely (fulltext.py)."""
+
+    default: bool = False  # whether feeds without their own `fulltext:` fetch pages
+    min_gap: Duration = 2.0  # seconds between two page requests to one host
+    timeout: Duration = 20.0  # a page slower than this is skipped
+    max_size: Size = 5 * 1024 * 1024  # a larger page is skipped
+    per_cycle: int = Field(200, ge=1, le=100_000)  # pages fetched at most per poll cycle
+    max_age: Duration = 86400.0  # an item first seen longer ago gets no page any more
+    min_words: int = Field(40, ge=0)  # less extracted text: a wall (consent, paywall), not text
+    robots_ttl: Duration = 86400.0  # how long a host's robots.txt is trusted
+
+
 class RetentionConfig(_Model):
     items: Duration = 30 * 86400.0  # items (texts, matches, sent deliveries) deleted after this
     keys: Duration = 365 * 86400.0  # their URL/GUID hashes kept this long: never a re-alert
@@ -697,6 +711,7 @@ class Config(_Model):
     metrics: MetricsConfig | None = None  # the HTTP endpoint is off unless configured
     dedupe: DedupeConfig = DedupeConfig()
     retention: RetentionConfig = RetentionConfig()
+    fulltext: FulltextConfig = FulltextConfig()
     # An item dated longer ago than this when monitor could first have read it (a feed's
     # archive on its first poll) is stored, deduplicated and searchable, but never alerted.
     backlog: Duration = 48 * 3600.0
@@ -775,6 +790,11 @@ class Config(_Model):
             )
             plans.append((plan, recipient.kinds or (fallback and fallback.kinds) or tuple(Kind)))
         return plans
+
+    def fulltext_feeds(self) -> set[str]:
+        """The names of the feeds whose items' pages are fetched and matched."""
+        default = self.fulltext.default
+        return {f.name for f in self.feeds if (default if f.fulltext is None else f.fulltext)}
 
     def feed_interval(self, feed: FeedConfig) -> float:
         return feed.interval or self.polling.interval

@@ -38,6 +38,7 @@ from monitor.app import App, load_checked, running_app
 from monitor.config import Config
 from monitor.delivery import run_digests
 from monitor.errors import ConfigError
+from monitor.fulltext import fetch_pages
 from monitor.lock import database_lock
 from monitor.logs import RepeatedError
 from monitor.metrics import Metrics, PollOutcome, start_endpoint
@@ -158,6 +159,17 @@ class Daemon:
                 report.new_items,
                 report.matches,
                 report.failed,
+            )
+
+    async def pages_tick(self) -> None:
+        report = await fetch_pages(self.app)
+        if report.fetched or report.deferred:
+            log.info(
+                "pages: %d fetched, %d with text, %d matches added, %d deferred",
+                report.fetched,
+                report.extracted,
+                report.matches,
+                report.deferred,
             )
 
     async def spike_check(self) -> None:
@@ -389,6 +401,8 @@ class Daemon:
         now = datetime.now(UTC)
         jobs: list[tuple[str, Callable[[], Awaitable[None]], float, datetime]] = [
             ("poll", self.poll_tick, self.ticks.poll, now),
+            # Its own job: article pages never hold up a poll cycle (fulltext.py).
+            ("pages", self.pages_tick, self.ticks.poll, now),
             ("digest", self.digest_tick, self.ticks.digest, now),
             ("health", self.health_tick, self.health_interval, now),
             ("housekeeping", self.housekeeping_tick, self.ticks.housekeeping, now),

@@ -296,14 +296,26 @@ def _pending(app: App, names: set[str]) -> dict[str, list[DigestEntry]]:
     return by_recipient
 
 
+# A full-text feed whose last this many pages all came without text is reported.
+FAILING_PAGES = 5
+
+
 def feed_health(app: App) -> list[FeedHealth]:
-    """Configured feeds that are not well, for the digest's health section."""
+    """Configured feeds that are not well, for the digest's health section; and full-text
+    feeds whose pages keep coming without text (their items match on teasers only)."""
     configured = {feed.name for feed in app.config.feeds}
-    return [
+    unwell = [
         FeedHealth(state.name, state.status.value, state.last_error or "", state.error_since)
         for state in app.store.feed_states(UNHEALTHY)
         if state.name in configured
     ]
+    fulltext = app.config.fulltext_feeds()
+    if fulltext:
+        unwell += [
+            FeedHealth(f.feed, "pages", f"{f.error} (teasers still matched)", f.since)
+            for f in app.store.failing_pages(fulltext, FAILING_PAGES)
+        ]
+    return unwell
 
 
 def preview(app: App, only: Iterable[str] | None = None) -> list[OutgoingMessage]:

@@ -41,6 +41,7 @@ from monitor.spikes import sparkline
 from monitor.text import single_line
 
 SNIPPET_CHARS = 280
+BODY_SNIPPET_CHARS = 180  # about 25 words of an article: a quote, not a copy (Pressespiegel)
 Segments = list[tuple[str, bool]]  # (text, highlighted)
 
 
@@ -487,7 +488,7 @@ class Renderer:
             "url": item.url if item.url.startswith(("https://", "http://")) else "",
             "outlet": item.feed,
             "time": self._local(item.published),
-            "snippet": snippet(item.summary, summary_spans),
+            "snippet": _snippet(entry, summary_spans),
             "terms": shown_terms(entry.hits),
             "updated": entry.updated,
             "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
@@ -507,6 +508,15 @@ class Renderer:
         with contextlib.suppress(OverflowError):  # a placeholder date (year 1) stored earlier
             moment = moment.astimezone(self.settings.zone)
         return moment.strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _snippet(entry: DigestEntry, summary_spans: Sequence[tuple[int, int]]) -> Segments:
+    """The summary around its first hit; if only the article's text matched, about 25
+    words of it around its first hit (entry.excerpt), never more."""
+    body_spans = [(h.start, h.end) for h in entry.hits if h.field == "body"]
+    if summary_spans or not body_spans or not entry.excerpt:
+        return snippet(entry.item.summary, summary_spans)
+    return snippet(entry.excerpt, body_spans, BODY_SNIPPET_CHARS)
 
 
 TREND_HEIGHT = 40  # pixels of the busiest day's bar

@@ -48,6 +48,9 @@ ACCEPT = (
     "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, "
     "text/xml;q=0.8, */*;q=0.5"
 )
+PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.1"
+# What an article page may be; none given is sniffed by the extractor. PDFs and images are not.
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|,)\s*(no-cache|no-store)\b", re.IGNORECASE)
 
@@ -261,6 +264,77 @@ class Fetcher:
         finally:
             gate.leave()
 
+    async def fetch_page(
+        self,
+        url: str,
+        *,
+        max_size: int,
+        timeout: float,
+        clock: Callable[[], datetime] = _utc_now,
+        origin: str | None = None,
+        html_only: bool = True,
+    ) -> FetchResult:
+        """GET an article page (fulltext.py): within the same per-host slots as the host's
+        feeds, but a 429 or a timeout here blocks only the host's pages (the caller's
+        business), never its feeds. FetchError unless the answer is a whole HTML page of at
+        most `max_size` bytes within `timeout` seconds (`html_only=False`: any type, robots.txt)."""
+        host = (urlsplit(url).hostname or "").lower()
+        gate = self._gate(host)
+        await gate.enter(host, clock)
+        try:
+            return await self._get_page(
+                url, max_size, timeout, origin or url, gate.answered, html_only
+            )
+        finally:
+            gate.leave()
+
+    async def _get_page(
+        self,
+        url: str,
+        max_size: int,
+        timeout: float,
+        origin: str,
+        answered: Callable[[], None],
+        html_only: bool,
+    ) -> FetchResult:
+        assert self._session is not None, "use Fetcher as an async context manager"
+        request = self._session.get(
+            url,
+            headers={"Accept": PAGE_ACCEPT},
+            max_redirects=10,
+            timeout=aiohttp.ClientTimeout(
+                total=timeout, sock_connect=self._settings.connect_timeout
+            ),
+            trace_request_ctx=SimpleNamespace(origin=origin, queued=False),
+        )
+        try:
+            async with request as response:
+                answered()
+                headers = {key.lower(): value for key, value in response.headers.items()}
+                if response.status != 200:
+                    raise _failure(
+                        f"HTTP {response.status} {response.reason or ''}".strip(),
+                        status=response.status,
+                        retry_after=retry_after_seconds(headers.get("retry-after")),
+                    )
+                kind = headers.get("content-type", "").split(";")[0].strip().lower()
+                if html_only and kind and kind not in _HTML_TYPES:
+                    raise FetchError(f"not an HTML page ({rules.error_text(kind)[:60]})")
+                body = await _read_page(response, max_size)
+                return FetchResult(str(response.url), 200, body, headers)
+        except FetchError:
+            raise
+        except TimeoutError:
+            raise FetchError(f"the page took longer than {timeout:g} s") from None
+        except aiohttp.TooManyRedirects:
+            raise FetchError("too many redirects (a redirect loop?)") from None
+        except aiohttp.ClientConnectorError as error:
+            raise _failure(f"cannot connect: {error.os_error or error}") from None
+        except aiohttp.ClientError as error:
+            raise _failure(f"{type(error).__name__}: {error}") from None
+        except (UnicodeError, ValueError) as error:
+            raise _failure(f"invalid URL or response: {error}") from None
+
     async def _fetch(
         self,
         url: str,
@@ -347,6 +421,21 @@ class Fetcher:
         return b"".join(chunks)
 
 
+async def _read_page(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or FetchError as soon as it passes `limit` bytes (decompressed)."""
+    declared = response.content_length
+    if declared is not None and declared > limit and "content-encoding" not in response.headers:
+        raise FetchError(f"page of {declared} bytes exceeds the {limit}-byte cap")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise FetchError(f"page exceeds the {limit}-byte cap")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _tracing() -> aiohttp.TraceConfig:
     """Hooks into aiohttp's request: the redirect check, and whether it waits for a
     connection."""
@@ -395,6 +484,15 @@ async def _refuse_internal_redirect(
             "internal address (loopback, private or link-local), and the feed is not on one"
         )
     )
+
+
+async def internal_target(url: str, origin: str) -> str | None:
+    """The internal address url's host is on, if it is and origin's is not: a public
+    feed's item must not make monitor fetch what only the monitor host can reach."""
+    internal = await _internal_address(urlsplit(url).hostname or "")
+    if internal is None or await _internal_address(urlsplit(origin).hostname or ""):
+        return None
+    return internal
 
 
 async def _internal_address(host: str, port: int | None = None) -> str | None:

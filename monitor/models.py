@@ -41,7 +41,7 @@ class Hit:
     """Where one term of a watchlist was found."""
 
     term: str  # the term as the user wrote it
-    field: str  # "title" or "summary"
+    field: str  # "title", "summary" or "body" (a full-text feed's article text)
     start: int  # character offsets into that field
     end: int
 
@@ -164,6 +164,9 @@ class DigestEntry:
     updated: bool = False  # a re-alert: the item's title or summary changed since it was sent
     story: int = 0  # the item's story (its first item's id), or the item's own id if in none
     watchlists: tuple[str, ...] = ()  # every list it matched for the recipient, first ranked
+    # A few lines of the article around its first body hit (full-text feeds), never the
+    # article: the body hits' offsets are into this excerpt.
+    excerpt: str = ""
 
 
 @dataclass(frozen=True, slots=True)

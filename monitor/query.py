@@ -6,7 +6,8 @@
     not     := (NOT | -) not | near
     near    := primary ((NEAR/n | NEAR/nf | ONEAR/n) primary)?  |  "two words"~n
     primary := TERM | "exact phrase" | „exact phrase“ | {CaseSensitive} | word* | Bab?shkin
-                | ( or ) | title: primary | summary: primary | site:DOMAIN | language:CODE
+                | ( or ) | title: primary | summary: primary | body: primary
+                | site:DOMAIN | language:CODE
 
 Precedence is NOT > AND > OR, as in the boolean dialects analysts know (Brandwatch,
 Meltwater, Talkwalker). `A NOT B` (their binary NOT) and Google's `A -B` are `A AND NOT B`.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from monitor.errors import QueryError
 from monitor.text import normalize
 
-FIELDS = ("title", "summary")
+FIELDS = ("title", "summary", "body")  # body: a full-text feed's article text
 # Filters on where an item comes from rather than on its words: Brandwatch's site: and
 # language: (Talkwalker writes lang:), as the watchlist keys feeds: and languages: do.
 FILTERS = {"site": "site", "language": "language", "lang": "language"}
@@ -370,7 +371,7 @@ def _word_tokens(query: str, value: str, start: int) -> list[_Token]:
         return [_Token("filter", value, start, end)]
     if scope and not scope.group(2).startswith("/"):  # "https://..." is a term, not a field
         raise QueryError(
-            f"unknown field '{scope.group(1)}:'; use title:, summary:, site: or language:, "
+            f"unknown field '{scope.group(1)}:'; use title:, summary:, body:, site: or language:, "
             "or quote the term",
             query,
             start,

@@ -40,7 +40,7 @@ from monitor.query import (
 )
 from monitor.text import CharTable, FoldedText, fold_text, lower_keep_length
 
-FIELDS = ("title", "summary")
+FIELDS = ("title", "summary", "body")
 _NOT_WORD = re.compile(r"[\W_]")
 
 
@@ -256,6 +256,11 @@ class Matcher:
         return self.match_fields(
             {"title": item.title, "summary": item.summary}, item.language, item.feed, item.url
         )
+
+    def match_with_body(self, item: Item, body: str) -> list[Match]:
+        """As `match`, with the article's main text as a third field, `body`."""
+        fields = {"title": item.title, "summary": item.summary, "body": body}
+        return self.match_fields(fields, item.language, item.feed, item.url)
 
     def match_fields(
         self,

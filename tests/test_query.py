@@ -132,7 +132,11 @@ def test_clause_text_is_kept_for_explanations() -> None:
         ('xAI NEAR/3 (Grok AND "Elon Musk")', "on each side, not AND", 11),
         ("(Musk AND NOT Grok) NEAR/3 xAI", "on each side, not AND", 0),
         ("((a AND b) OR c) NEAR/3 d", "on each side, not AND", 0),
-        ("author:heise", "unknown field 'author:'; use title:, summary:, site: or language:", 0),
+        (
+            "author:heise",
+            "unknown field 'author:'; use title:, summary:, body:, site: or language:",
+            0,
+        ),
         ("title:", "expected a term after title", 6),
         ("title:NOT Grok", "put it in parentheses", 6),
         ("B*", "at least two letters", 0),

@@ -19,6 +19,7 @@ One module per entity, one mixin of `Store` each:
     told      ToldStore: what each recipient was sent, story growth still to tell
     workers   WorkerStore: running processes and their heartbeats
     prune     PruneStore: retention
+    texts     TextStore: full-text feeds' article pages, claimed, stored and matched
     spikes    SpikeStore: stories per day and window, spike and silence alerts claimed once
 """
 
@@ -34,6 +35,7 @@ from monitor.store.leases import Claim, LeaseStore
 from monitor.store.outbox import DeadLetter, DeferredMessage, DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
 from monitor.store.spikes import SpikeStore, SpikeStory
+from monitor.store.texts import PageOutcome, PageStats, PageStatus, PageTask, TextStore
 from monitor.store.told import ToldStore
 from monitor.store.workers import WorkerInfo, WorkerStore
 from monitor.stories import DedupeSettings
@@ -45,6 +47,10 @@ __all__ = [
     "DigestRun",
     "IngestResult",
     "Outbox",
+    "PageOutcome",
+    "PageStats",
+    "PageStatus",
+    "PageTask",
     "Pruned",
     "SpikeStory",
     "Store",
@@ -57,7 +63,9 @@ __all__ = [
 ]
 
 
-class Store(ItemStore, LeaseStore, OutboxStore, ToldStore, WorkerStore, PruneStore, SpikeStore):
+class Store(
+    ItemStore, TextStore, LeaseStore, OutboxStore, ToldStore, WorkerStore, PruneStore, SpikeStore
+):
     """The database, behind methods named for what the pipeline needs."""
 
 

@@ -4,14 +4,21 @@ sent, sent under a lease, marked sent, retried or dead-lettered."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from monitor.models import DeliveryStatus, DigestEntry, MessageKind, MessageStatus, OutgoingMessage
+from monitor.models import (
+    DeliveryStatus,
+    DigestEntry,
+    Hit,
+    MessageKind,
+    MessageStatus,
+    OutgoingMessage,
+)
 from monitor.store.dialect import among, aware, chunks, insert
 from monitor.store.engine import StoreBase
 from monitor.store.schema import (
@@ -19,6 +26,7 @@ from monitor.store.schema import (
     digest_runs,
     hits_from,
     item_from,
+    item_texts,
     items,
     matches,
     messages,
@@ -89,14 +97,16 @@ def _one_entry_per_story(
         for outlet, url in outlets.get(shown.story_id, ()):
             if outlet != shown.feed:
                 also.setdefault(outlet, url)
+        excerpt, hits = body_excerpt(shown.page_text, hits_from(shown.hits))
         entry = DigestEntry(
             tuple(r.id for r in group),
             watchlist,
             item_from(shown),
-            hits_from(shown.hits),
+            hits,
             also_reported_by=tuple(also.items()),
             updated=shown.revision_of is not None,
             story=shown.story_id if shown.story_id is not None else shown.item_pk,
+            excerpt=excerpt,
         )
         entries.append((recipient, entry))
     return entries
@@ -124,6 +134,32 @@ def store_message(
     return bool(stored)
 
 
+_EXCERPT_CHARS = 400  # of the article around its first body hit: the digest cuts ~25 words
+
+
+def body_excerpt(text: str | None, hits: tuple[Hit, ...]) -> tuple[str, tuple[Hit, ...]]:
+    """A window of the article around its first body hit, "…" where it is cut, and the
+    hits with their body offsets moved into it: a digest quotes a snippet, never the
+    article."""
+    body = sorted((h for h in hits if h.field == "body"), key=lambda h: h.start)
+    others = tuple(h for h in hits if h.field != "body")
+    if not text or not body:
+        return "", others
+    start = max(0, body[0].start - _EXCERPT_CHARS // 3)
+    if start and (space := text.find(" ", start, body[0].start)) >= 0:
+        start = space + 1
+    end = min(len(text), start + _EXCERPT_CHARS)
+    if end < len(text) and (space := text.rfind(" ", body[0].end, end)) >= 0:
+        end = space
+    lead = "… " if start else ""
+    shift = len(lead) - start
+    # Hits past the window are kept (their terms are listed) but fall outside the excerpt,
+    # so nothing highlights them.
+    inside = tuple(replace(h, start=h.start + shift, end=h.end + shift) for h in body)
+    excerpt = lead + text[start:end].replace("\n", " ")  # paragraphs as one line, same offsets
+    return excerpt + (" …" if end < len(text) else ""), others + inside
+
+
 class OutboxStore(StoreBase):
     # ------------------------------------------------------------------ outbox
 
@@ -141,10 +177,12 @@ class OutboxStore(StoreBase):
                 items.c.id.label("item_pk"),
                 story_members.c.story_id,
                 story_members.c.revision_of,
+                item_texts.c.body.label("page_text"),
             )
             .join(matches, deliveries.c.match_id == matches.c.id)
             .join(items, matches.c.item_id == items.c.id)
             .outerjoin(story_members, story_members.c.item_id == items.c.id)
+            .outerjoin(item_texts, item_texts.c.item_id == items.c.id)
             .where(deliveries.c.status == DeliveryStatus.PENDING)
             .order_by(items.c.published_at.desc(), deliveries.c.id)
         )

@@ -276,6 +276,24 @@ story_growth = sa.Table(
 )
 
 
+# Full text (migration 0008_i22_item_texts): one row per item whose page was claimed,
+# fetched or given up; deleted with its item at retention.
+item_texts = sa.Table(
+    "item_texts",
+    metadata,
+    sa.Column(
+        "item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("feed", sa.Text, nullable=False, index=True),
+    sa.Column("status", sa.Text, nullable=False),  # fulltext.PageStatus
+    sa.Column("claimed_until", UTCDateTime),  # while claimed: another worker waits till then
+    sa.Column("fetched_at", UTCDateTime),
+    sa.Column("words", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("body", sa.Text),  # the extracted main text, for matching and `test` only
+    sa.Column("error", sa.Text),  # why there is no text
+)
+
+
 def hits_json(hits: Sequence[Hit]) -> str:
     return json.dumps([[h.term, h.field, h.start, h.end] for h in hits], ensure_ascii=False)
 

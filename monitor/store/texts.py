@@ -1,0 +1,280 @@
+"""Item texts: the main text of full-text feeds' article pages, and the matches it adds.
+
+A page is claimed by inserting its item's row (status "claimed", with a deadline): of
+several workers one wins, and a worker killed while fetching leaves a claim that expires,
+after which the page is claimed again. A text stored later than its item's first match
+adds matches only for watchlists that had none, queued as story members' late matches
+are: no watchlist and recipient hears of an item twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from monitor.models import Item, Match
+from monitor.store.dialect import chunks, insert
+from monitor.store.items import _grouped_keys, _record_matches
+from monitor.store.schema import Recorded, item_from, item_keys, item_texts, items, matches
+from monitor.store.stories import StoryStore, lock_stories, stories_of
+from monitor.stories import dedupe_keys
+from monitor.urls import url_identity
+
+
+class PageStatus(enum.StrEnum):
+    CLAIMED = "claimed"  # a worker is fetching it
+    TEXT = "text"  # extracted, at least fulltext.min_words words
+    SHORT = "short"  # too little text: a consent or bot wall, a paywall, a video page
+    FAILED = "failed"  # HTTP error, too large, not HTML, too slow, extraction failed
+    REFUSED = "refused"  # robots.txt disallows it
+    OLD = "old"  # the item is backlog (older than `backlog` when first seen): not fetched
+
+
+@dataclass(frozen=True, slots=True)
+class PageTask:
+    """A claimed page: the item whose link it is."""
+
+    item_id: int
+    item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class PageOutcome:
+    """What fetching an item's page came to."""
+
+    status: PageStatus
+    words: int = 0
+    body: str | None = None  # stored only for TEXT
+    error: str | None = None
+    canonical: str | None = None  # the URL the page names as its own
+
+
+@dataclass(frozen=True, slots=True)
+class PageStats:
+    """A feed's pages, for `monitor feeds`."""
+
+    fetched: int  # pages with an outcome (claims in flight not counted)
+    extracted: int  # of which with text
+    median_words: int  # of those with text
+    last_error: str | None  # of the latest page without text
+
+
+class TextStore(StoryStore):
+    """Claims article pages, stores their texts, and queues the matches a text adds."""
+
+    def claim_pages(
+        self,
+        feeds: Collection[str],
+        since: datetime,
+        now: datetime,
+        until: datetime,
+        limit: int,
+        backlog: timedelta,
+    ) -> list[PageTask]:
+        """Claim up to `limit` pages of items of `feeds` first seen since `since`, oldest
+        first, that no worker has fetched or is fetching (a claim past its deadline was a
+        dead worker's), till `until`. An item dated `backlog` before it was first seen
+        alerts no one (poller.news_only): its page is marked OLD, never fetched."""
+        if not feeds:
+            return []
+        texts = item_texts
+        query = (
+            sa.select(items, texts.c.status)
+            .outerjoin(texts, texts.c.item_id == items.c.id)
+            .where(items.c.feed.in_(sorted(feeds)), items.c.first_seen_at >= since)
+            .where(
+                sa.or_(
+                    texts.c.item_id.is_(None),
+                    sa.and_(texts.c.status == PageStatus.CLAIMED, texts.c.claimed_until < now),
+                )
+            )
+            .order_by(items.c.first_seen_at, items.c.id)
+            .limit(limit)
+        )
+        claimed = []
+        with self._tx() as tx:
+            for row in tx.execute(query).all():
+                if row.published_at < row.first_seen_at - backlog:
+                    _mark_old(tx, row.id, row.feed, row.status is None)
+                elif _claim(tx, row.id, row.feed, row.status is None, now, until):
+                    claimed.append(PageTask(row.id, item_from(row)))
+        return claimed
+
+    def release_page(self, item_id: int) -> None:
+        """Give a claimed page back to the queue (its host asked to wait)."""
+        with self._tx() as tx:
+            tx.execute(
+                item_texts.delete().where(
+                    item_texts.c.item_id == item_id, item_texts.c.status == PageStatus.CLAIMED
+                )
+            )
+
+    def save_page(
+        self,
+        item_id: int,
+        outcome: PageOutcome,
+        match: Callable[[Item, str], Sequence[Match]],
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[Match]:
+        """Store a page's outcome; match its text with the item's; queue the matches of
+        watchlists that had not matched the item. Returns those matches."""
+        with self._tx() as tx:
+            row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
+            if row is None:  # pruned meanwhile
+                return []
+            tx.execute(
+                item_texts.update()
+                .where(item_texts.c.item_id == item_id)
+                .values(
+                    status=outcome.status.value,
+                    claimed_until=None,
+                    fetched_at=now,
+                    words=outcome.words,
+                    body=outcome.body,
+                    error=outcome.error,
+                )
+            )
+            item = item_from(row)
+            if outcome.canonical:
+                _add_own_url(tx, item_id, item, outcome.canonical, now)
+            if outcome.status is not PageStatus.TEXT or not outcome.body:
+                return []
+            query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
+            had = set(tx.execute(query).scalars())
+            fresh = [m for m in match(item, outcome.body) if m.watchlist not in had]
+            if not fresh:
+                return []
+            unsettled = self._queue_late(tx, item_id, item, fresh, recipients, now)
+        self._settle(unsettled, recipients, now)
+        return fresh
+
+    def _queue_late(
+        self,
+        tx: Connection,
+        item_id: int,
+        item: Item,
+        found: Sequence[Match],
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[Recorded]:
+        """Record the matches; queue them now if the item is in a story (to recipients the
+        story has not reached); else return them for _settle, as new items' matches are."""
+        lock_stories(tx)  # before any insert, as ingest takes it
+        late = _record_matches(tx, [(item_id, item, m) for m in found], now, new=False)
+        storied = stories_of(tx, {item_id})
+        if not storied:
+            return late
+        self._queue(tx, late, recipients, now, storied, told_before=True)
+        return []
+
+    def failing_pages(self, feeds: Collection[str], latest: int) -> list[FailingPages]:
+        """The feeds whose `latest` pages (at least that many) all came without text."""
+        texts = item_texts
+        failing = []
+        with self._read() as tx:
+            for feed in sorted(feeds):
+                query = (
+                    sa.select(texts.c.status, texts.c.error, texts.c.fetched_at)
+                    .where(texts.c.feed == feed, texts.c.fetched_at.is_not(None))
+                    .where(texts.c.status.not_in([PageStatus.CLAIMED, PageStatus.OLD]))
+                    .order_by(texts.c.fetched_at.desc())
+                    .limit(latest)
+                )
+                rows = tx.execute(query).all()
+                if len(rows) == latest and all(r.status != PageStatus.TEXT for r in rows):
+                    failing.append(FailingPages(feed, rows[0].error or "", rows[-1].fetched_at))
+        return failing
+
+    def page_texts(self, item_ids: Collection[int]) -> dict[int, str]:
+        """item id -> the stored main text of its page, for those that have one (`test`)."""
+        texts = item_texts
+        query = sa.select(texts.c.item_id, texts.c.body).where(texts.c.body.is_not(None))
+        found: dict[int, str] = {}
+        with self._read() as tx:
+            for chunk in chunks(sorted(item_ids)):
+                for item_id, body in tx.execute(query.where(texts.c.item_id.in_(chunk))):
+                    found[item_id] = body
+        return found
+
+    def page_stats(self) -> dict[str, PageStats]:
+        """Per feed with pages: how many were fetched, how many gave text, and so on."""
+        texts = item_texts
+        query = (
+            sa.select(texts.c.feed, texts.c.status, texts.c.words, texts.c.error)
+            .where(item_texts.c.status.not_in([PageStatus.CLAIMED, PageStatus.OLD]))
+            .order_by(item_texts.c.fetched_at)
+        )
+        rows: dict[str, list[tuple[str, int, str | None]]] = {}
+        with self._read() as tx:
+            for feed, status, words, error in tx.execute(query):
+                rows.setdefault(feed, []).append((status, words, error))
+        return {feed: _stats(pages) for feed, pages in rows.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class FailingPages:
+    """A full-text feed whose latest pages all came without text: a consent or bot wall,
+    a paywall, a site that blocks us. Its items still match on their teasers."""
+
+    feed: str
+    error: str  # the latest page's
+    since: datetime | None  # the first of those pages
+
+
+def _claim(
+    tx: Connection, item_id: int, feed: str, new: bool, now: datetime, until: datetime
+) -> bool:
+    """Whether this transaction claimed the page (another worker may have just now)."""
+    texts = item_texts
+    if new:
+        row = {"item_id": item_id, "feed": feed, "status": PageStatus.CLAIMED.value}
+        statement = insert(tx, texts).values(**row, claimed_until=until)
+        return bool(tx.execute(statement.on_conflict_do_nothing()).rowcount)
+    taken = tx.execute(
+        texts.update()
+        .where(texts.c.item_id == item_id, texts.c.status == PageStatus.CLAIMED)
+        .where(texts.c.claimed_until < now)
+        .values(claimed_until=until)
+    )
+    return bool(taken.rowcount)
+
+
+def _add_own_url(tx: Connection, item_id: int, item: Item, own: str, now: datetime) -> None:
+    """The page's canonical link (or og:url) as one more key of its item, when it names the
+    same site: another feed's link to that URL (a mobile or tracking variant, a desktop
+    link to an item first seen as AMP) is then this item, in its story."""
+    key = "u:" + url_identity(own)
+    if not item.key.startswith("u:") or key == item.key:
+        return
+    if key[2:].split("/", 1)[0] != item.key[2:].split("/", 1)[0]:
+        return  # another site: a syndicated copy's canonical names the original
+    hashes = dedupe_keys(replace(item, key=key), _grouped_keys(tx))
+    row = {"hash": hashes[0], "item_id": item_id, "last_seen_at": now}
+    tx.execute(insert(tx, item_keys).values(**row).on_conflict_do_nothing())
+
+
+def _mark_old(tx: Connection, item_id: int, feed: str, new: bool) -> None:
+    texts = item_texts
+    if new:
+        row = {"item_id": item_id, "feed": feed, "status": PageStatus.OLD.value}
+        tx.execute(insert(tx, texts).values(**row).on_conflict_do_nothing())
+    else:
+        tx.execute(texts.update().where(texts.c.item_id == item_id).values(status=PageStatus.OLD))
+
+
+def _stats(pages: list[tuple[str, int, str | None]]) -> PageStats:
+    words = [w for status, w, _ in pages if status == PageStatus.TEXT]
+    errors = [error for status, _, error in pages if status != PageStatus.TEXT and error]
+    return PageStats(
+        fetched=len(pages),
+        extracted=len(words),
+        median_words=int(statistics.median(words)) if words else 0,
+        last_error=errors[-1] if errors else None,
+    )
