@@ -140,7 +140,11 @@ def make_feed(number: int) -> bytes:
     rng = random.Random(number)
     german = number % 2 == 0
     words, weights = VOCABULARY["de" if german else "en"]
-    start = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+    # Fresh news, an hour old and back from there (the oldest 38 h): items older than the
+    # config's `backlog` (48 h) are stored but never matched, and the cycle would then skip
+    # the matching and clustering it is meant to measure. Whole hours: the bytes stay the
+    # same through a run.
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     items = []
     for n in range(rng.randint(30, 60)):
         title = " ".join(rng.choices(words, weights, k=9)).capitalize()

@@ -112,7 +112,9 @@ TERMS = ("Alpha", "Bravo", "Charlie", "Delta")
 
 def document(number: int) -> bytes:
     chooser = random.Random(number)
-    stamp = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
+    # Fresh news: items older than the config's `backlog` (48 h) would be stored but never
+    # matched, and no delivery would be drained. Whole hours: the bytes stay the same.
+    stamp = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     entries = []
     for slot in range(ITEMS):
         words = chooser.sample(WORDS, 40)
