@@ -320,7 +320,7 @@ class Fetcher:
                 kind = headers.get("content-type", "").split(";")[0].strip().lower()
                 if html_only and kind and kind not in _HTML_TYPES:
                     raise FetchError(f"not an HTML page ({rules.error_text(kind)[:60]})")
-                body = await _read_page(response, max_size)
+                body = await _read_capped(response, max_size, "page")
                 return FetchResult(str(response.url), 200, body, headers)
         except FetchError:
             raise
@@ -402,36 +402,23 @@ class Fetcher:
                 status=response.status,
                 retry_after=retry_after_seconds(headers.get("retry-after")),
             )
-        body = await self._read_capped(response)
+        body = await _read_capped(response, self._settings.max_body, "body")
         return FetchResult(str(response.url), 200, body, headers, _permanent(response))
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
-        limit = self._settings.max_body
-        declared = response.content_length
-        if declared is not None and declared > limit and "content-encoding" not in response.headers:
-            raise FetchError(f"body of {declared} bytes exceeds the {limit}-byte cap")
-        chunks: list[bytes] = []
-        size = 0
-        # Counting decoded bytes bounds memory against gzip bombs as well as huge bodies.
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise FetchError(f"body exceeds the {limit}-byte cap (after decompression)")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
-
-async def _read_page(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, or FetchError as soon as it passes `limit` bytes (decompressed)."""
+async def _read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The body, or FetchError as soon as it passes `limit` bytes; `what` names it (a feed's
+    body, a page) in the error. Counting decoded bytes bounds memory against gzip bombs as
+    well as huge bodies."""
     declared = response.content_length
     if declared is not None and declared > limit and "content-encoding" not in response.headers:
-        raise FetchError(f"page of {declared} bytes exceeds the {limit}-byte cap")
+        raise FetchError(f"{what} of {declared} bytes exceeds the {limit}-byte cap")
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > limit:
-            raise FetchError(f"page exceeds the {limit}-byte cap")
+            raise FetchError(f"{what} exceeds the {limit}-byte cap (after decompression)")
         chunks.append(chunk)
     return b"".join(chunks)
 
