@@ -22,7 +22,7 @@ from monitor.channels import ChatSender, limit, limit_of
 from monitor.chat import render_chat
 from monitor.config import DeliveryPlan
 from monitor.contents import Contents, plan, ranking
-from monitor.digest import FeedHealth
+from monitor.digest import PAGES, FeedHealth
 from monitor.errors import DeliveryError, PermanentDeliveryError, UnconfirmedDeliveryError
 from monitor.models import (
     DigestEntry,
@@ -312,7 +312,7 @@ def feed_health(app: App) -> list[FeedHealth]:
     fulltext = app.config.fulltext_feeds()
     if fulltext:
         unwell += [
-            FeedHealth(f.feed, "pages", f"{f.error} (teasers still matched)", f.since)
+            FeedHealth(f.feed, PAGES, f.error, f.since)
             for f in app.store.failing_pages(fulltext, FAILING_PAGES)
         ]
     return unwell

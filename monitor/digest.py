@@ -27,7 +27,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from monitor.chat import chat_text
-from monitor.labels import labels, plain_problem, plain_status
+from monitor.labels import labels, plain_page_problem, plain_problem, plain_status
 from monitor.models import (
     DigestEntry,
     EarlierMessage,
@@ -81,9 +81,12 @@ class FeedHealth:
     """A feed that is not well, as the digest's health section shows it."""
 
     name: str
-    status: str
+    status: str  # a FeedStatus value, or PAGES
     error: str
     since: datetime | None
+
+
+PAGES = "pages"  # FeedHealth.status of a full-text feed whose pages keep giving no text
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +271,7 @@ class Renderer:
             "subject": subject,
             "recipient": recipient,
             "health": [],
+            "pages_health": [],
             "language": self.settings.language,
             "t": self._labels,
             "generated_at": self._local(now),
@@ -316,7 +320,10 @@ class Renderer:
         entry = DigestEntry(
             (1,), "sample", item, (Hit("xAI", "title", 7, 10),), watchlists=("sample", "other")
         )
-        health = [FeedHealth("sample", "degraded", "HTTP 503", now)]
+        health = [
+            FeedHealth("sample", "degraded", "HTTP 503", now),
+            FeedHealth("sample", PAGES, "only 9 words of text", now),
+        ]
         # Every section a digest can have: an earlier alert's line, a story that grew.
         already = [
             (replace(entry, delivery_ids=(2,)), EarlierMessage("<m@x>", MessageKind.ALERT, now))
@@ -418,6 +425,17 @@ class Renderer:
                     "since": self._local(h.since) if h.since else "",
                 }
                 for h in health
+                if h.status != PAGES
+            ],
+            # Its feed is well and its items are matched on their teasers: not "missing".
+            "pages_health": [
+                {
+                    "name": h.name,
+                    "error": plain_page_problem(h.error, language),
+                    "since": self._local(h.since) if h.since else "",
+                }
+                for h in health
+                if h.status == PAGES
             ],
             "recipient": recipient,
             "kind": kind,

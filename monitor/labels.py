@@ -35,6 +35,9 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "updated": "Updated",
         "feed_health": "Feed health",
         "feed_health_text": "these feeds are not delivering, so items from them may be missing.",
+        "pages_health": "Full text",
+        "pages_health_text": "monitor gets no article text for these feeds, so their items are "
+        "matched on their titles and teasers only.",
         "since": "since",
         "sent_by": "Sent by monitor to",
         "at": "at",
@@ -68,6 +71,14 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "problem.too_large": "the feed is larger than monitor accepts",
         "problem.closed": "the server hung up without answering",
         "problem.other": "it could not be read (the details are in the log)",
+        "page.short": "its article pages show too little text: a consent or bot wall, or a "
+        "paywall?",
+        "page.not_html": "its links lead to files, not web pages ({detail})",
+        "page.robots": "its site's robots.txt asks monitor not to read article pages",
+        "page.slow": "its article pages take longer than monitor waits",
+        "page.too_large": "its article pages are larger than monitor accepts",
+        "page.internal": "its links lead to an internal address, which monitor does not visit",
+        "page.other": "its article pages could not be read (`monitor feeds` shows why)",
     },
     "de": {
         "subject": "monitor: {count} neu zu {watchlists}",
@@ -95,6 +106,9 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "updated": "Aktualisiert",
         "feed_health": "Feed-Zustand",
         "feed_health_text": "diese Feeds liefern nicht, Meldungen aus ihnen können fehlen.",
+        "pages_health": "Volltext",
+        "pages_health_text": "für diese Feeds bekommt monitor keinen Artikeltext, ihre Meldungen "
+        "werden nur mit Titel und Anreißer abgeglichen.",
         "since": "seit",
         "sent_by": "Gesendet von monitor an",
         "at": "am",
@@ -128,6 +142,14 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "problem.too_large": "der Feed ist größer, als monitor annimmt",
         "problem.closed": "der Server beendete die Verbindung ohne Antwort",
         "problem.other": "er ließ sich nicht lesen (Einzelheiten im Log)",
+        "page.short": "seine Artikelseiten zeigen zu wenig Text: eine Zustimmungs- oder "
+        "Bot-Sperre, oder eine Bezahlschranke?",
+        "page.not_html": "seine Links führen zu Dateien, nicht zu Webseiten ({detail})",
+        "page.robots": "die robots.txt der Website bittet monitor, keine Artikelseiten zu lesen",
+        "page.slow": "seine Artikelseiten laden länger, als monitor wartet",
+        "page.too_large": "seine Artikelseiten sind größer, als monitor annimmt",
+        "page.internal": "seine Links führen zu einer internen Adresse, die monitor nicht besucht",
+        "page.other": "seine Artikelseiten ließen sich nicht lesen (`monitor feeds` zeigt, warum)",
     },
 }
 
@@ -159,6 +181,16 @@ _PROBLEMS = (
 )
 _STATUS_CODE = re.compile(r"^HTTP (\d{3})")
 
+# A page's stored error (fulltext.py, pages.py, fetch.py) -> a page problem, first match wins.
+_PAGE_PROBLEMS = (
+    ("short", re.compile(r"words of text")),
+    ("not_html", re.compile(r"^not an HTML page \((?P<detail>.*)\)$")),
+    ("robots", re.compile(r"robots\.txt")),
+    ("slow", re.compile(r"took longer than|timed out", re.IGNORECASE)),
+    ("too_large", re.compile(r"exceeds the .*cap")),
+    ("internal", re.compile(r"internal address")),
+)
+
 
 def labels(language: str) -> dict[str, str]:
     """The words for `language` (a code checked by the config)."""
@@ -172,6 +204,15 @@ def plain_problem(error: str, language: str = "en") -> str:
     problem = next((name for name, pattern in _PROBLEMS if pattern.search(error)), "other")
     code = _STATUS_CODE.match(error)
     return words[f"problem.{problem}"].format(code=code.group(1) if code else "")
+
+
+def plain_page_problem(error: str, language: str = "en") -> str:
+    """Why a full-text feed's pages give no text, as its reader would say it: "only 9 words
+    of text (...)" -> "its article pages show too little text: ..."."""
+    for name, pattern in _PAGE_PROBLEMS:
+        if found := pattern.search(error):
+            return LANGUAGES[language][f"page.{name}"].format(**found.groupdict())
+    return LANGUAGES[language]["page.other"]
 
 
 def plain_status(status: str, language: str = "en") -> str:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from monitor.digest import DigestSettings, Renderer, _text_part, snippet
+from monitor.digest import DigestSettings, FeedHealth, Renderer, _text_part, snippet
 from monitor.models import DigestEntry, EarlierMessage, Hit, Item, MessageKind, StoryGrowth
 
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
@@ -269,3 +269,35 @@ def test_a_story_that_grew_and_one_already_alerted_read_in_the_digests_language(
     assert heading in text and line in text and text.count("Babuschkin verlässt xAI") == 1
     assert "https://example.org/2" not in text  # an alerted story in one line, no link again
     assert parse(message.mime)["Subject"].startswith(("monitor digest: 1 ", "monitor: 1 "))
+
+
+WALL = "only 10 words of text (a consent or bot wall, or a paywall?)"
+
+
+@pytest.mark.parametrize(
+    ("language", "heading", "line"),
+    [
+        ("en", "their items are matched on their titles and teasers only",
+         "Wall Post: its article pages show too little text: a consent or bot wall, or a paywall?"),
+        ("de", "ihre Meldungen werden nur mit Titel und Anreißer abgeglichen",
+         "Wall Post: seine Artikelseiten zeigen zu wenig Text: eine Zustimmungs- oder "
+         "Bot-Sperre, oder eine Bezahlschranke?"),
+    ],
+)  # fmt: skip
+def test_a_feed_whose_pages_give_no_text_is_not_called_a_feed_that_delivers_nothing(
+    language: str, heading: str, line: str
+) -> None:
+    health = [
+        FeedHealth("Wall Post", "pages", WALL, NOW),
+        FeedHealth("Spiegel", "broken", "HTTP 500 Internal Server Error", NOW),
+    ]
+    message = renderer(language=language).render("a@example.org", [entry(1, "x")], NOW,
+                                                  health=health)  # fmt: skip
+    parsed = parse(message.mime)
+    for part in ("plain", "html"):
+        body = " ".join(parsed.get_body((part,)).get_content().split())
+        assert heading in body and line in body
+        feeds, pages = body.index("Spiegel:"), body.index("Wall Post:")
+        assert body.index(heading) > feeds  # the feed that fails is under its own heading
+        assert "(the details are in the log)" not in body[pages:]
+        assert "Einzelheiten im Log" not in body[pages:]

@@ -6,7 +6,7 @@ import pytest
 
 from monitor.config import parse_config
 from monitor.errors import ConfigError
-from monitor.labels import LANGUAGES, plain_problem
+from monitor.labels import LANGUAGES, plain_page_problem, plain_problem
 
 # What fetch.py, parse.py and poller.py store as a feed's last error (the library's text).
 STORED = [
@@ -59,3 +59,23 @@ def test_an_unshipped_language_is_refused_with_the_choices() -> None:
         "them (your own wording goes in templates_dir)"
     ]
     assert parse_config(text.replace("fr", "DE"), "c.yaml").digests.language == "de"
+
+
+# What fulltext.py, pages.py and fetch.py store as a page's error.
+PAGE_ERRORS = [
+    ("only 10 words of text (a consent or bot wall, or a paywall?)", "short"),
+    ("not an HTML page (application/pdf)", "not_html"),
+    ("robots.txt of https://example.org disallows this page", "robots"),
+    ("the page took longer than 20 s", "slow"),
+    ("page of 60000000 bytes exceeds the 5242880-byte cap", "too_large"),
+    ("refused: 10.0.0.1 is an internal address", "internal"),
+    ("HTTP 404 Not Found", "other"),
+]
+
+
+@pytest.mark.parametrize(("error", "problem"), PAGE_ERRORS)
+@pytest.mark.parametrize("language", sorted(LANGUAGES))
+def test_each_page_error_reads_in_plain_words(error: str, problem: str, language: str) -> None:
+    words = plain_page_problem(error, language)
+    detail = "application/pdf" if problem == "not_html" else ""
+    assert words == LANGUAGES[language][f"page.{problem}"].format(detail=detail)
