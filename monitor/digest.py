@@ -507,6 +507,7 @@ class Renderer:
             "outlet": item.feed,
             "time": self._local(item.published),
             "snippet": _snippet(entry, summary_spans),
+            "in_article": _is_from_article(entry, summary_spans),
             "terms": shown_terms(entry.hits),
             "updated": entry.updated,
             "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
@@ -531,10 +532,16 @@ class Renderer:
 def _snippet(entry: DigestEntry, summary_spans: Sequence[tuple[int, int]]) -> Segments:
     """The summary around its first hit; if only the article's text matched, about 25
     words of it around its first hit (entry.excerpt), never more."""
-    body_spans = [(h.start, h.end) for h in entry.hits if h.field == "body"]
-    if summary_spans or not body_spans or not entry.excerpt:
+    if not _is_from_article(entry, summary_spans):
         return snippet(entry.item.summary, summary_spans)
+    body_spans = [(h.start, h.end) for h in entry.hits if h.field == "body"]
     return snippet(entry.excerpt, body_spans, BODY_SNIPPET_CHARS)
+
+
+def _is_from_article(entry: DigestEntry, summary_spans: Sequence[tuple[int, int]]) -> bool:
+    """Whether the snippet quotes the article (only its text matched), not the teaser."""
+    has_body_hit = any(h.field == "body" for h in entry.hits)
+    return has_body_hit and not summary_spans and bool(entry.excerpt)
 
 
 TREND_HEIGHT = 40  # pixels of the busiest day's bar

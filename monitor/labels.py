@@ -32,6 +32,7 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "silence_no_feeds": "No feed reports a problem: check the watchlist's query, "
         "or whether the outlets still cover it.",
         "matched": "matched",
+        "in_article": "In the article:",
         "updated": "Updated",
         "feed_health": "Feed health",
         "feed_health_text": "these feeds are not delivering, so items from them may be missing.",
@@ -103,6 +104,7 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "Themas, oder ob die Quellen noch darüber berichten.",
         "also_reported_by": "Auch berichtet von",
         "matched": "Treffer",
+        "in_article": "Im Artikel:",
         "updated": "Aktualisiert",
         "feed_health": "Feed-Zustand",
         "feed_health_text": "diese Feeds liefern nicht, Meldungen aus ihnen können fehlen.",

@@ -301,3 +301,24 @@ def test_a_feed_whose_pages_give_no_text_is_not_called_a_feed_that_delivers_noth
         assert body.index(heading) > feeds  # the feed that fails is under its own heading
         assert "(the details are in the log)" not in body[pages:]
         assert "Einzelheiten im Log" not in body[pages:]
+
+
+@pytest.mark.parametrize(("language", "label"), [("en", "In the article:"), ("de", "Im Artikel:")])
+def test_a_snippet_from_the_article_says_so_a_teaser_does_not(language: str, label: str) -> None:
+    excerpt = "Der Rechtschef Robert Keele verlässt xAI nach einem Jahr im Amt."
+    keele = excerpt.index("Robert Keele")
+    from_body = replace(
+        entry(1, "Neues von xAI", "Ein Teaser ohne den Namen."),
+        hits=(Hit("Robert Keele", "body", keele, keele + 12),),
+        excerpt=excerpt,
+    )
+    teaser = "Robert Keele geht."
+    from_teaser = entry(2, "Keele geht", teaser, hits=(Hit("Robert Keele", "summary", 0, 12),))
+    parsed = parse(renderer(language=language).render("a@example.org", [from_body, from_teaser],
+                                                       NOW).mime)  # fmt: skip
+    text = parsed.get_body(("plain",)).get_content()
+    assert f"  {label} Der Rechtschef *Robert Keele* verlässt" in text
+    assert f"  {teaser.replace('Robert Keele', '*Robert Keele*')}" in text
+    assert text.count(label) == 1
+    html = parsed.get_body(("html",)).get_content()
+    assert html.count(label) == 1 and "Teaser ohne den Namen" not in html
