@@ -552,11 +552,13 @@ def _print_exclusions(excluded: Sequence[Exclusion], fields: dict[str, str]) -> 
 
 async def _test_url(config: Config, matcher: Matcher, url: str, language: str | None) -> int:
     """Fetch and extract one page as the daemon would (robots.txt, caps, deadline), show
-    what came out and where the watchlists match it: a site checked before `fulltext: true`."""
+    what came out and where the watchlists match it: a site checked before `fulltext: true`.
+    It takes its turn with the daemon's workers and keeps to their back-offs (the store)."""
+    store = open_store(config.database)
     pool = build_parse_pool(config)
     try:
         async with Fetcher(config.polling) as fetcher:
-            pages = Pages(fetcher, config.fulltext, utc_now)
+            pages = Pages(fetcher, config.fulltext, utc_now, store)
             try:
                 outcome = await read_page(pages, pool, url, origin=url)
             except MonitorError as refused:
@@ -564,6 +566,7 @@ async def _test_url(config: Config, matcher: Matcher, url: str, language: str | 
                 return EXIT_FAILURE
     finally:
         pool.close()
+        store.close()
     text = outcome.body or ""
     print(f"{url}: {outcome.status.value}, {outcome.words} words, {len(text)} characters")
     if outcome.error:

@@ -98,8 +98,8 @@ class SiteStore(StoreBase):
                 page_sites.update().where(rows.site == site, rows.strikes > 0).values(strikes=0)
             )
 
-    def save_robots(self, site: str, robots: str, now: datetime) -> None:
-        """The site's robots.txt, read at `now` (trusted for fulltext.robots_ttl)."""
+    def save_robots(self, site: str, robots: str, now: datetime) -> PageSite:
+        """Keep the site's robots.txt, read at `now` (trusted for fulltext.robots_ttl)."""
         with self._tx() as tx:
             _ensure(tx, site)
             tx.execute(
@@ -107,6 +107,7 @@ class SiteStore(StoreBase):
                 .where(page_sites.c.site == site)
                 .values(robots=robots, robots_at=now)
             )
+            return _read(tx, site)
 
     def blocked_sites(self, now: datetime) -> list[PageSite]:
         """The sites whose pages are left alone at `now`, by site."""
