@@ -44,7 +44,7 @@ from monitor.labels import plain_problem
 from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
-from monitor.pages import Pages
+from monitor.pages import Pages, left_alone
 from monitor.poller import poll_due
 from monitor.query import Filter
 from monitor.spike_alerts import check_spikes
@@ -700,6 +700,7 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
     try:
         states = {s.name: s for s in store.feed_states()}
         pages = store.page_stats()
+        blocked = store.blocked_sites(datetime.now(UTC))
     finally:
         store.close()
     fulltext = config.fulltext_feeds()
@@ -736,6 +737,8 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
         print(_feed_row(name.ljust(name_width), feed, state, config, width, why_width))
         if feed.name in fulltext:
             print(f"  {_pages_line(pages.get(feed.name))}")
+    for site in blocked:  # their pages wait in the queue (403, 429, 503 from the site)
+        print(left_alone(site))
     if not why_width:
         print("(why each next poll is when it is: monitor feeds --wide)")
     return EXIT_OK

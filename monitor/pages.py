@@ -111,13 +111,8 @@ class Pages:
         return answer
 
     def _refuse_if_blocked(self, state: PageSite) -> None:
-        if state.blocked_until is not None and state.is_blocked(self.clock()):
-            row = f", {state.strikes} times in a row" if state.strikes > 1 else ""
-            raise PageRefused(
-                f"pages of {state.site} are left alone until "
-                f"{state.blocked_until:%Y-%m-%d %H:%M:%S} UTC: {state.blocked_why}{row}",
-                state.blocked_until,
-            )
+        if state.is_blocked(self.clock()):
+            raise PageRefused(left_alone(state), state.blocked_until)
 
     async def _block(self, key: str, error: FetchError) -> PageSite:
         """One more back-off answer from the site: the Retry-After as given, else an hour
@@ -182,6 +177,13 @@ class Pages:
         except FetchError as error:
             text = DISALLOW_ALL if error.status in (401, 403) else ALLOW_ALL
         return await asyncio.to_thread(self.sites.save_robots, key, text, self.clock())
+
+
+def left_alone(state: PageSite) -> str:
+    """Why and until when a blocked site's pages are left alone (logs, `monitor feeds`)."""
+    row = f", {state.strikes} times in a row" if state.strikes > 1 else ""
+    until = f"{state.blocked_until:%Y-%m-%d %H:%M:%S}" if state.blocked_until else "?"
+    return f"pages of {state.site} are left alone until {until} UTC: {state.blocked_why}{row}"
 
 
 def _parse_robots(text: str) -> Protego | bool:
