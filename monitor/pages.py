@@ -56,7 +56,7 @@ class _Site:
     """What this process keeps of a site: its turn in line, and the rules last parsed."""
 
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
-    next_at: datetime | None = None  # the next turn, as the store last said
+    seen: PageSite | None = None  # as the store last said
     rules_at: datetime | None = None  # robots_at of the rules parsed
     rules: Protego | bool = True  # True: all allowed (nothing to parse)
 
@@ -83,20 +83,25 @@ class Pages:
         key = _site(url)
         here = self._sites.setdefault(key, _Site())
         async with here.turn:  # one page request at a time per site from this process
-            state = await asyncio.to_thread(self.sites.page_site, key)
+            state = here.seen
+            if state is None or self._robots_stale(state):  # else a turn says what is new
+                state = await asyncio.to_thread(self.sites.page_site, key)
             self._refuse_if_blocked(state)
             has_turn = False
             if self._robots_stale(state):
                 state, has_turn = await self._take_turn(here, key), True
                 if self._robots_stale(state):  # no other worker read them meanwhile
                     state, has_turn = await self._read_robots(key, origin), False
+                    here.seen = state
             if not self._allows(here, state, url):
                 raise PageRefused(f"robots.txt of {key} disallows this page")
             if not has_turn:
                 state = await self._take_turn(here, key)
-            return await self._fetch_page(key, state, url, origin)
+            return await self._fetch_page(here, key, state, url, origin)
 
-    async def _fetch_page(self, key: str, state: PageSite, url: str, origin: str) -> FetchResult:
+    async def _fetch_page(
+        self, here: _Site, key: str, state: PageSite, url: str, origin: str
+    ) -> FetchResult:
         try:
             answer = await self._get(url, origin, self.settings.max_size)
         except HostBlocked as blocked:  # the host's feeds were asked to wait: pages too
@@ -104,10 +109,12 @@ class Pages:
         except FetchError as error:
             if error.status not in BACK_OFF_STATUSES:
                 raise
-            self._refuse_if_blocked(await self._block(key, error))  # waits with the others
+            here.seen = await self._block(key, error)
+            self._refuse_if_blocked(here.seen)  # this page waits with the others
             raise
         if state.strikes:
             await asyncio.to_thread(self.sites.clear_strikes, key)
+            here.seen = None
         return answer
 
     def _refuse_if_blocked(self, state: PageSite) -> None:
@@ -132,13 +139,14 @@ class Pages:
         gap = timedelta(seconds=self.settings.min_gap)
         while True:
             now = self.clock()
-            if here.next_at is not None and here.next_at > now:
-                await asyncio.sleep((here.next_at - now).total_seconds())
+            next_at = here.seen.next_at if here.seen is not None else None
+            if next_at is not None and next_at > now:
+                await asyncio.sleep((next_at - now).total_seconds())
                 # Waited until then: that is now, even for a clock that did not move (tests).
-                now = max(self.clock(), here.next_at)
+                now = max(self.clock(), next_at)
             turn = await asyncio.to_thread(self.sites.take_turn, key, now, gap)
+            here.seen = turn.site
             self._refuse_if_blocked(turn.site)
-            here.next_at = turn.site.next_at
             if turn.taken:
                 return turn.site
 
