@@ -115,45 +115,64 @@ class TextStore(StoryStore):
                 )
             )
 
-    def save_page(
+    def save_pages(
         self,
+        outcomes: Sequence[tuple[int, PageOutcome]],
+        match: Callable[[Item, str], Sequence[Match]],
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[list[Match]]:
+        """Store pages' outcomes (item id, outcome), in one transaction; match each text
+        with its item's; queue the matches of watchlists that had not matched the item.
+        Returns, per page, those matches."""
+        found: list[list[Match]] = []
+        unsettled: list[Recorded] = []
+        with self._tx() as tx:
+            # Before any insert (a canonical link's key, a match), as ingest takes it.
+            lock_stories(tx)
+            for item_id, outcome in outcomes:
+                fresh, late = self._save_page(tx, item_id, outcome, match, recipients, now)
+                found.append(fresh)
+                unsettled += late
+        self._settle(unsettled, recipients, now)
+        return found
+
+    def _save_page(
+        self,
+        tx: Connection,
         item_id: int,
         outcome: PageOutcome,
         match: Callable[[Item, str], Sequence[Match]],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
-    ) -> list[Match]:
-        """Store a page's outcome; match its text with the item's; queue the matches of
-        watchlists that had not matched the item. Returns those matches."""
-        with self._tx() as tx:
-            row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
-            if row is None:  # pruned meanwhile
-                return []
-            tx.execute(
-                item_texts.update()
-                .where(item_texts.c.item_id == item_id)
-                .values(
-                    status=outcome.status.value,
-                    claimed_until=None,
-                    fetched_at=now,
-                    words=outcome.words,
-                    body=outcome.body,
-                    error=outcome.error,
-                )
+    ) -> tuple[list[Match], list[Recorded]]:
+        """One page of save_pages: (the matches it adds, those left for _settle)."""
+        row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
+        if row is None:  # pruned meanwhile
+            return [], []
+        tx.execute(
+            item_texts.update()
+            .where(item_texts.c.item_id == item_id)
+            .values(
+                status=outcome.status.value,
+                claimed_until=None,
+                fetched_at=now,
+                words=outcome.words,
+                body=outcome.body,
+                error=outcome.error,
             )
-            item = item_from(row)
-            if outcome.canonical:
-                _add_own_url(tx, item_id, item, outcome.canonical, now)
-            if outcome.status is not PageStatus.TEXT or not outcome.body:
-                return []
-            query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
-            had = set(tx.execute(query).scalars())
-            fresh = [m for m in match(item, outcome.body) if m.watchlist not in had]
-            if not fresh:
-                return []
-            unsettled = self._queue_late(tx, item_id, item, fresh, recipients, now)
-        self._settle(unsettled, recipients, now)
-        return fresh
+        )
+        item = item_from(row)
+        if outcome.canonical:
+            _add_own_url(tx, item_id, item, outcome.canonical, now)
+        if outcome.status is not PageStatus.TEXT or not outcome.body:
+            return [], []
+        query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
+        had = set(tx.execute(query).scalars())
+        fresh = [m for m in match(item, outcome.body) if m.watchlist not in had]
+        if not fresh:
+            return [], []
+        return fresh, self._queue_late(tx, item_id, item, fresh, recipients, now)
 
     def _queue_late(
         self,
@@ -166,7 +185,6 @@ class TextStore(StoryStore):
     ) -> list[Recorded]:
         """Record the matches; queue them now if the item is in a story (to recipients the
         story has not reached); else return them for _settle, as new items' matches are."""
-        lock_stories(tx)  # before any insert, as ingest takes it
         late = _record_matches(tx, [(item_id, item, m) for m in found], now, new=False)
         storied = stories_of(tx, {item_id})
         if not storied:
