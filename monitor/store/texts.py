@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
-from monitor.store.dialect import chunks, insert
+from monitor.store.dialect import among, chunks, insert, select_among
 from monitor.store.items import _grouped_keys, _record_matches
-from monitor.store.schema import Recorded, item_from, item_keys, item_texts, items, matches
+from monitor.store.schema import Recorded, UTCDateTime, item_from, item_keys, item_texts, items
 from monitor.store.stories import StoryStore, lock_stories, stories_of
 from monitor.stories import dedupe_keys
 from monitor.urls import url_identity
@@ -127,52 +127,37 @@ class TextStore(StoryStore):
         Returns, per page, those matches."""
         found: list[list[Match]] = []
         unsettled: list[Recorded] = []
+        ids = [item_id for item_id, _ in outcomes]
         with self._tx() as tx:
             # Before any insert (a canonical link's key, a match), as ingest takes it.
             lock_stories(tx)
+            rows = {
+                row.id: row
+                for row in tx.execute(sa.select(items).where(among(tx, items.c.id, ids)))
+            }
+            if stored := [_text_values(i, o, now) for i, o in outcomes if i in rows]:
+                tx.execute(_SAVE_TEXT, stored)
+            had: dict[int, set[str]] = {}
+            sql = "SELECT item_id, watchlist FROM matches WHERE item_id {among}"
+            for item_id, watchlist in select_among(tx, sql, ids):
+                had.setdefault(item_id, set()).add(watchlist)
             for item_id, outcome in outcomes:
-                fresh, late = self._save_page(tx, item_id, outcome, match, recipients, now)
+                row = rows.get(item_id)
+                if row is None:  # pruned meanwhile
+                    found.append([])
+                    continue
+                item = item_from(row)
+                if outcome.canonical:
+                    _add_own_url(tx, item_id, item, outcome.canonical, now)
+                fresh = []
+                if outcome.status is PageStatus.TEXT and outcome.body:
+                    known = had.get(item_id, set())
+                    fresh = [m for m in match(item, outcome.body) if m.watchlist not in known]
+                if fresh:
+                    unsettled += self._queue_late(tx, item_id, item, fresh, recipients, now)
                 found.append(fresh)
-                unsettled += late
         self._settle(unsettled, recipients, now)
         return found
-
-    def _save_page(
-        self,
-        tx: Connection,
-        item_id: int,
-        outcome: PageOutcome,
-        match: Callable[[Item, str], Sequence[Match]],
-        recipients: Mapping[str, Sequence[str]],
-        now: datetime,
-    ) -> tuple[list[Match], list[Recorded]]:
-        """One page of save_pages: (the matches it adds, those left for _settle)."""
-        row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
-        if row is None:  # pruned meanwhile
-            return [], []
-        tx.execute(
-            item_texts.update()
-            .where(item_texts.c.item_id == item_id)
-            .values(
-                status=outcome.status.value,
-                claimed_until=None,
-                fetched_at=now,
-                words=outcome.words,
-                body=outcome.body,
-                error=outcome.error,
-            )
-        )
-        item = item_from(row)
-        if outcome.canonical:
-            _add_own_url(tx, item_id, item, outcome.canonical, now)
-        if outcome.status is not PageStatus.TEXT or not outcome.body:
-            return [], []
-        query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
-        had = set(tx.execute(query).scalars())
-        fresh = [m for m in match(item, outcome.body) if m.watchlist not in had]
-        if not fresh:
-            return [], []
-        return fresh, self._queue_late(tx, item_id, item, fresh, recipients, now)
 
     def _queue_late(
         self,
@@ -244,6 +229,32 @@ class FailingPages:
     feed: str
     error: str  # the latest page's
     since: datetime | None  # the first of those pages
+
+
+# One statement for a round's pages (executemany).
+_SAVE_TEXT = (
+    item_texts.update()
+    .where(item_texts.c.item_id == sa.bindparam("id"))
+    .values(
+        status=sa.bindparam("status"),
+        claimed_until=None,
+        fetched_at=sa.bindparam("fetched_at", type_=UTCDateTime()),
+        words=sa.bindparam("words"),
+        body=sa.bindparam("body"),
+        error=sa.bindparam("error"),
+    )
+)
+
+
+def _text_values(item_id: int, outcome: PageOutcome, now: datetime) -> dict[str, object]:
+    return {
+        "id": item_id,
+        "status": outcome.status.value,
+        "fetched_at": now,
+        "words": outcome.words,
+        "body": outcome.body,
+        "error": outcome.error,
+    }
 
 
 def _claim(
