@@ -106,7 +106,10 @@ async def test_two_workers_never_start_requests_to_one_site_closer_than_min_gap(
     assert len(site.arrived) == 7  # the six pages and robots.txt, read once
     starts = sorted(at for _, at in site.arrived)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) >= 0.45  # a lower bound only: a busy machine is slower, never faster
+    # Measured at the server, in this process: a request arrives a little after its turn,
+    # by up to tens of milliseconds on a busy machine, so one gap can look that much shorter
+    # (0.487-0.515 s under load here). Without the shared turn two workers start together.
+    assert min(gaps) >= 0.4
 
 
 async def test_a_back_off_met_by_one_worker_holds_the_other_back(
