@@ -125,39 +125,38 @@ class TextStore(StoryStore):
         """Store pages' outcomes (item id, outcome), in one transaction; match each text
         with its item's; queue the matches of watchlists that had not matched the item.
         Returns, per page, those matches."""
-        found: list[list[Match]] = []
-        unsettled: list[Recorded] = []
         ids = [item_id for item_id, _ in outcomes]
+        unsettled: list[Recorded] = []
         with self._tx() as tx:
-            # Before any insert (a canonical link's key, a match), as ingest takes it.
-            lock_stories(tx)
-            rows = {
-                row.id: row
-                for row in tx.execute(sa.select(items).where(among(tx, items.c.id, ids)))
+            query = sa.select(items).where(among(tx, items.c.id, ids))
+            stored = {row.id: item_from(row) for row in tx.execute(query)}  # not pruned
+            if texts := [_text_values(i, o, now) for i, o in outcomes if i in stored]:
+                tx.execute(_SAVE_TEXT, texts)
+            found = {
+                item_id: list(match(stored[item_id], outcome.body))
+                for item_id, outcome in outcomes
+                if item_id in stored and outcome.status is PageStatus.TEXT and outcome.body
             }
-            if stored := [_text_values(i, o, now) for i, o in outcomes if i in rows]:
-                tx.execute(_SAVE_TEXT, stored)
+            own = [(i, o.canonical) for i, o in outcomes if i in stored and o.canonical]
+            if not own and not any(found.values()):
+                return [[] for _ in outcomes]
+            # Before any insert (a canonical link's key, a match), as ingest takes it; after
+            # the matching, which other workers' ingests need not wait for.
+            lock_stories(tx)
+            for item_id, canonical in own:
+                _add_own_url(tx, item_id, stored[item_id], canonical, now)
             had: dict[int, set[str]] = {}
             sql = "SELECT item_id, watchlist FROM matches WHERE item_id {among}"
-            for item_id, watchlist in select_among(tx, sql, ids):
+            for item_id, watchlist in select_among(tx, sql, sorted(found)):
                 had.setdefault(item_id, set()).add(watchlist)
-            for item_id, outcome in outcomes:
-                row = rows.get(item_id)
-                if row is None:  # pruned meanwhile
-                    found.append([])
-                    continue
-                item = item_from(row)
-                if outcome.canonical:
-                    _add_own_url(tx, item_id, item, outcome.canonical, now)
-                fresh = []
-                if outcome.status is PageStatus.TEXT and outcome.body:
-                    known = had.get(item_id, set())
-                    fresh = [m for m in match(item, outcome.body) if m.watchlist not in known]
+            for item_id, candidates in found.items():
+                known = had.get(item_id, set())
+                found[item_id] = fresh = [m for m in candidates if m.watchlist not in known]
                 if fresh:
+                    item = stored[item_id]
                     unsettled += self._queue_late(tx, item_id, item, fresh, recipients, now)
-                found.append(fresh)
         self._settle(unsettled, recipients, now)
-        return found
+        return [found.get(item_id, []) for item_id in ids]
 
     def _queue_late(
         self,
