@@ -734,6 +734,23 @@ def test_own_url_is_the_canonical_link_else_og_url_made_absolute() -> None:
     assert own_url("<head></head>", page) is None
 
 
+def test_feeds_says_which_site_is_left_alone_until_when_and_why(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    url = serve_feed(httpserver, "/feed.xml", [("keele", "Departure", "At the top.")])
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    httpserver.expect_request("/keele").respond_with_data("no", status=403)
+    path = config_file(settings(sqlite_url, {"Tech": url}), write_config)
+    assert main(["--config", path, "poll"]) == 0
+    assert "1 deferred" in capsys.readouterr().out
+
+    assert main(["--config", path, "feeds"]) == 0
+    out = capsys.readouterr().out
+
+    assert f"pages of {base(httpserver)} are left alone until " in out
+    assert "UTC: it answered HTTP 403" in out
+
+
 async def test_pages_done_together_are_stored_together_and_a_failure_loses_no_other(
     httpserver: HTTPServer, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

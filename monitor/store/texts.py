@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
-from monitor.store.dialect import chunks, insert
+from monitor.store.dialect import among, chunks, insert, select_among
 from monitor.store.items import _grouped_keys, _record_matches
-from monitor.store.schema import Recorded, item_from, item_keys, item_texts, items, matches
+from monitor.store.schema import Recorded, UTCDateTime, item_from, item_keys, item_texts, items
 from monitor.store.stories import StoryStore, lock_stories, stories_of
 from monitor.stories import dedupe_keys
 from monitor.urls import url_identity
@@ -125,54 +125,38 @@ class TextStore(StoryStore):
         """Store pages' outcomes (item id, outcome), in one transaction; match each text
         with its item's; queue the matches of watchlists that had not matched the item.
         Returns, per page, those matches."""
-        found: list[list[Match]] = []
+        ids = [item_id for item_id, _ in outcomes]
         unsettled: list[Recorded] = []
         with self._tx() as tx:
-            # Before any insert (a canonical link's key, a match), as ingest takes it.
+            query = sa.select(items).where(among(tx, items.c.id, ids))
+            stored = {row.id: item_from(row) for row in tx.execute(query)}  # not pruned
+            if texts := [_text_values(i, o, now) for i, o in outcomes if i in stored]:
+                tx.execute(_SAVE_TEXT, texts)
+            found = {
+                item_id: list(match(stored[item_id], outcome.body))
+                for item_id, outcome in outcomes
+                if item_id in stored and outcome.status is PageStatus.TEXT and outcome.body
+            }
+            own = [(i, o.canonical) for i, o in outcomes if i in stored and o.canonical]
+            if not own and not any(found.values()):
+                return [[] for _ in outcomes]
+            # Before any insert (a canonical link's key, a match), as ingest takes it; after
+            # the matching, which other workers' ingests need not wait for.
             lock_stories(tx)
-            for item_id, outcome in outcomes:
-                fresh, late = self._save_page(tx, item_id, outcome, match, recipients, now)
-                found.append(fresh)
-                unsettled += late
+            for item_id, canonical in own:
+                _add_own_url(tx, item_id, stored[item_id], canonical, now)
+            had: dict[int, set[str]] = {}
+            sql = "SELECT item_id, watchlist FROM matches WHERE item_id {among}"
+            for item_id, watchlist in select_among(tx, sql, sorted(found)):
+                had.setdefault(item_id, set()).add(watchlist)
+            for item_id, candidates in found.items():
+                known = had.get(item_id, set())
+                found[item_id] = fresh = [m for m in candidates if m.watchlist not in known]
+                if fresh:
+                    item = stored[item_id]
+                    unsettled += self._queue_late(tx, item_id, item, fresh, recipients, now)
         self._settle(unsettled, recipients, now)
-        return found
-
-    def _save_page(
-        self,
-        tx: Connection,
-        item_id: int,
-        outcome: PageOutcome,
-        match: Callable[[Item, str], Sequence[Match]],
-        recipients: Mapping[str, Sequence[str]],
-        now: datetime,
-    ) -> tuple[list[Match], list[Recorded]]:
-        """One page of save_pages: (the matches it adds, those left for _settle)."""
-        row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
-        if row is None:  # pruned meanwhile
-            return [], []
-        tx.execute(
-            item_texts.update()
-            .where(item_texts.c.item_id == item_id)
-            .values(
-                status=outcome.status.value,
-                claimed_until=None,
-                fetched_at=now,
-                words=outcome.words,
-                body=outcome.body,
-                error=outcome.error,
-            )
-        )
-        item = item_from(row)
-        if outcome.canonical:
-            _add_own_url(tx, item_id, item, outcome.canonical, now)
-        if outcome.status is not PageStatus.TEXT or not outcome.body:
-            return [], []
-        query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
-        had = set(tx.execute(query).scalars())
-        fresh = [m for m in match(item, outcome.body) if m.watchlist not in had]
-        if not fresh:
-            return [], []
-        return fresh, self._queue_late(tx, item_id, item, fresh, recipients, now)
+        return [found.get(item_id, []) for item_id in ids]
 
     def _queue_late(
         self,
@@ -244,6 +228,32 @@ class FailingPages:
     feed: str
     error: str  # the latest page's
     since: datetime | None  # the first of those pages
+
+
+# One statement for a round's pages (executemany).
+_SAVE_TEXT = (
+    item_texts.update()
+    .where(item_texts.c.item_id == sa.bindparam("id"))
+    .values(
+        status=sa.bindparam("status"),
+        claimed_until=None,
+        fetched_at=sa.bindparam("fetched_at", type_=UTCDateTime()),
+        words=sa.bindparam("words"),
+        body=sa.bindparam("body"),
+        error=sa.bindparam("error"),
+    )
+)
+
+
+def _text_values(item_id: int, outcome: PageOutcome, now: datetime) -> dict[str, object]:
+    return {
+        "id": item_id,
+        "status": outcome.status.value,
+        "fetched_at": now,
+        "words": outcome.words,
+        "body": outcome.body,
+        "error": outcome.error,
+    }
 
 
 def _claim(
