@@ -14,7 +14,7 @@ import re
 import shutil
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,7 +49,15 @@ from monitor.poller import poll_due
 from monitor.query import Filter
 from monitor.spike_alerts import check_spikes
 from monitor.startup import release_sighup
-from monitor.store import DeferredMessage, PageStats, Store, database_trouble, open_store
+from monitor.store import (
+    DeferredMessage,
+    PageOutcome,
+    PageStats,
+    PageStatus,
+    Store,
+    database_trouble,
+    open_store,
+)
 from monitor.text import clean_text
 from monitor.urls import canonical_url
 from monitor.watchlists import Exclusion, Matcher, in_context
@@ -496,7 +504,9 @@ def _test(args: argparse.Namespace, config: Config) -> int:
         store = open_store(config.database)
         try:
             if args.why_not:
-                return _why_not(store, matcher, [w.name for w in watchlists], args.why_not)
+                names = [w.name for w in watchlists]
+                fulltext = config.fulltext_feeds()
+                return _why_not(store, matcher, names, args.why_not, fulltext)
             return _test_stored(store, matcher, datetime.now(UTC) - timedelta(seconds=args.since))
         finally:
             store.close()
@@ -606,7 +616,9 @@ def _test_stored(store: Store, matcher: Matcher, since: datetime) -> int:
     return EXIT_OK if matched else EXIT_FAILURE
 
 
-def _why_not(store: Store, matcher: Matcher, names: list[str], wanted: str) -> int:
+def _why_not(
+    store: Store, matcher: Matcher, names: list[str], wanted: str, fulltext: Collection[str]
+) -> int:
     stored = _one_item(store, wanted)
     if stored is None:
         return EXIT_USAGE
@@ -615,13 +627,27 @@ def _why_not(store: Store, matcher: Matcher, names: list[str], wanted: str) -> i
     found = matcher.match_fields(fields, item.language, item.feed, item.url)
     matched = {m.watchlist for m in found}
     excluded = {e.watchlist for e in matcher.excluded(fields, item.language, item.feed, item.url)}
-    print(f"#{item_id} [{item.feed}, {item.language}] {item.title}")
+    origin = f"{item.feed}, {item.language}" if item.language else item.feed
+    print(f"#{item_id} [{origin}] {item.title}")
+    if item.feed in fulltext or "body" in fields:
+        print(f"  article page: {_page_said(store.page_outcome(item_id))}")
     for name in names:
         verdict = "matches" if name in matched else "no match"
         print(f"{name}: {verdict}{': its exclusion removed it' if name in excluded else ''}")
         for line in matcher.explain(name, fields, item.language, item.feed, item.url):
             print(f"  {line}")
     return EXIT_OK if matched else EXIT_FAILURE
+
+
+def _page_said(outcome: PageOutcome | None) -> str:
+    """What came of an item's article page, for `test --why-not`."""
+    if outcome is None or outcome.status is PageStatus.CLAIMED:
+        return "not fetched yet: title and summary were matched; the text may add matches"
+    if outcome.status is PageStatus.TEXT:
+        return f"{outcome.words} words of text, matched as body"
+    if outcome.status is PageStatus.OLD:
+        return "not fetched: the item is older than `backlog`"
+    return f"no text ({outcome.error}): title and summary were matched"
 
 
 def _one_item(store: Store, wanted: str) -> tuple[int, Item] | None:

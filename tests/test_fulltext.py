@@ -824,3 +824,44 @@ def test_the_parse_processes_share_trafilatura_preloaded_by_the_fork_server(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "(True, True, True)"
+
+
+def test_why_not_says_what_came_of_the_items_article_page(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    """Without a word on the page, `body: no` read as if the article lacked the term."""
+    entries = [
+        ("paper", "Annual report", "At the top."),
+        ("wall", "Behind a wall", "At the top."),
+        ("keele", "Departure", "At the top."),
+    ]
+    unlabelled = news(entries, base(httpserver)).replace(b"<language>en</language>", b"")
+    serve_page(httpserver, "/feed.xml", unlabelled, content_type="application/rss+xml")
+    url = httpserver.url_for("/feed.xml")
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/paper", b"%PDF-1.7 ...", content_type="application/pdf")
+    wall = b"<html><body><div>Wir brauchen Ihre Zustimmung. Akzeptieren</div></body></html>"
+    serve_page(httpserver, "/wall", wall)
+    serve_page(httpserver, "/keele", KEELE)
+    path = config_file(settings(sqlite_url, {"Tech": url}), write_config)
+    assert main(["--config", path, "poll"]) == 0
+    capsys.readouterr()
+
+    def why_not(title: str) -> list[str]:
+        main(["--config", path, "test", "--why-not", title, "--watchlist", "Keele"])
+        return capsys.readouterr().out.splitlines()
+
+    paper, wall_lines, keele = (
+        why_not("Annual report"),
+        why_not("Behind a wall"),
+        why_not("Departure"),
+    )
+    assert paper[0].endswith("[Tech] Annual report")  # no empty language after the feed
+    assert paper[1] == (
+        "  article page: no text (not an HTML page (application/pdf)): "
+        "title and summary were matched"
+    )
+    assert wall_lines[1].startswith("  article page: no text (only 5 words of text (a consent")
+    assert keele[1].startswith("  article page: ") and keele[1].endswith(
+        " words of text, matched as body"
+    )

@@ -205,6 +205,19 @@ class TextStore(StoryStore):
                     found[item_id] = body
         return found
 
+    def page_outcome(self, item_id: int) -> PageOutcome | None:
+        """What came of the item's page, its text left out (`test --why-not`); None if it
+        has not been claimed."""
+        texts = item_texts
+        query = sa.select(texts.c.status, texts.c.words, texts.c.error).where(
+            texts.c.item_id == item_id
+        )
+        with self._read() as tx:
+            row = tx.execute(query).first()
+        return (
+            None if row is None else PageOutcome(PageStatus(row.status), row.words, None, row.error)
+        )
+
     def page_stats(self) -> dict[str, PageStats]:
         """Per feed with pages: how many were fetched, how many gave text, and so on."""
         texts = item_texts
