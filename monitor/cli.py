@@ -328,9 +328,15 @@ async def _poll(config: Config, feeds: list[str] | None, force: bool) -> int:
         print(
             f"pages: {pages.fetched} fetched, {pages.extracted} with text, "
             f"{pages.matches} more matches"
-            + (f", {pages.deferred} deferred (their sites asked to wait)" if pages.deferred else "")
+            + (f", {_waiting(pages.deferred)}" if pages.deferred else "")
         )
     return EXIT_OK
+
+
+def _waiting(pages: int) -> str:
+    """Pages whose site answered 403, 429 or 503: they wait in the queue, not failed."""
+    sites = "its site" if pages == 1 else "their sites"
+    return f"{pages} waiting for {sites} (`monitor feeds` says until when)"
 
 
 async def _digest(config: Config, args: argparse.Namespace) -> int:
@@ -764,7 +770,7 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
         if feed.name in fulltext:
             print(f"  {_pages_line(pages.get(feed.name))}")
     for site in blocked:  # their pages wait in the queue (403, 429, 503 from the site)
-        print(left_alone(site))
+        print(left_alone(site, config.zone))
     if not why_width:
         print("(why each next poll is when it is: monitor feeds --wide)")
     return EXIT_OK

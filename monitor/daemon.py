@@ -164,7 +164,11 @@ class Daemon:
     async def pages_tick(self) -> None:
         report = await fetch_pages(self.app)
         if report.fetched or report.deferred:
-            log.info(
+            # Pages waiting out their site's back-off (pages.py logged it once) are given
+            # back every tick for as long as an hour: no news each time.
+            level = logging.INFO if report.fetched else logging.DEBUG
+            log.log(
+                level,
                 "pages: %d fetched, %d with text, %d matches added, %d deferred",
                 report.fetched,
                 report.extracted,

@@ -36,7 +36,7 @@ class PagesReport:
     fetched: int = 0  # pages with an outcome
     extracted: int = 0  # of which with enough text
     matches: int = 0  # matches their texts added
-    deferred: int = 0  # pages given back: their host asked to wait
+    deferred: int = 0  # pages given back: their site asked to wait (429, 503) or refused (403)
 
     def __add__(self, other: PagesReport) -> PagesReport:
         pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
@@ -58,7 +58,8 @@ async def fetch_pages(app: App, *, drain: bool = False) -> PagesReport:
         jobs = (_bounded(limit, app, pages, saver, task) for task in tasks)
         done = await asyncio.gather(*jobs)
         round_ = sum(done, PagesReport())
-        report += round_
+        # A page given back is claimed again by the next round: count it once, as waiting.
+        report = dataclasses.replace(report + round_, deferred=round_.deferred)
         if not drain or not round_.fetched:  # only pages whose sites asked to wait are left
             break
     return report

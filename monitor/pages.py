@@ -21,9 +21,10 @@ requests in line, so the store sees one worker's requests one at a time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from urllib.parse import urlsplit, urlunsplit
 
 from protego import Protego
@@ -33,6 +34,8 @@ from monitor.config import FulltextConfig
 from monitor.errors import FetchError
 from monitor.fetch import Fetcher, FetchResult, HostBlocked
 from monitor.store import PageSite, SiteStore
+
+log = logging.getLogger(__name__)
 
 ROBOTS_AGENT = "monitor"  # the product token of the fetcher's User-Agent
 BACK_OFF_STATUSES = frozenset({403, 429, 503})
@@ -131,7 +134,9 @@ class Pages:
             return min(FIRST_BACK_OFF * (1 << min(strikes - 1, 16)), LAST_BACK_OFF)
 
         why = f"it answered HTTP {error.status}"
-        return await asyncio.to_thread(self.sites.block_site, key, why, wait, self.clock())
+        state = await asyncio.to_thread(self.sites.block_site, key, why, wait, self.clock())
+        log.info("%s", left_alone(state))  # once; the pages tick waiting on it logs at debug
+        return state
 
     async def _take_turn(self, here: _Site, key: str) -> PageSite:
         """Wait for this worker's turn to start a request to the site (PageRefused if the
@@ -187,11 +192,13 @@ class Pages:
         return await asyncio.to_thread(self.sites.save_robots, key, text, self.clock())
 
 
-def left_alone(state: PageSite) -> str:
-    """Why and until when a blocked site's pages are left alone (logs, `monitor feeds`)."""
+def left_alone(state: PageSite, zone: tzinfo = UTC) -> str:
+    """Why and until when a blocked site's pages are left alone (logs in UTC; `monitor
+    feeds` in the config's time zone, as its other times)."""
     row = f", {state.strikes} times in a row" if state.strikes > 1 else ""
-    until = f"{state.blocked_until:%Y-%m-%d %H:%M:%S}" if state.blocked_until else "?"
-    return f"pages of {state.site} are left alone until {until} UTC: {state.blocked_why}{row}"
+    until = state.blocked_until
+    when = f"{until.astimezone(zone):%Y-%m-%d %H:%M:%S %Z}" if until else "?"
+    return f"pages of {state.site} are left alone until {when}: {state.blocked_why}{row}"
 
 
 def _parse_robots(text: str) -> Protego | bool:

@@ -8,6 +8,7 @@ import email
 import email.policy
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -29,9 +31,12 @@ from werkzeug import Request, Response
 from monitor.app import App, running_app, utc_now
 from monitor.cli import main
 from monitor.config import Config, load_config
+from monitor.daemon import Daemon, Ticks
 from monitor.delivery import FAILING_PAGES, feed_health
 from monitor.extract import own_url
 from monitor.fulltext import fetch_pages
+from monitor.metrics import Metrics
+from monitor.notify import Notifier
 from monitor.poller import poll_due
 from tests.conftest import CORPUS
 
@@ -742,13 +747,15 @@ def test_feeds_says_which_site_is_left_alone_until_when_and_why(
     httpserver.expect_request("/keele").respond_with_data("no", status=403)
     path = config_file(settings(sqlite_url, {"Tech": url}), write_config)
     assert main(["--config", path, "poll"]) == 0
-    assert "1 deferred" in capsys.readouterr().out
+    assert "1 waiting for its site" in capsys.readouterr().out
 
     assert main(["--config", path, "feeds"]) == 0
     out = capsys.readouterr().out
 
     assert f"pages of {base(httpserver)} are left alone until " in out
-    assert "UTC: it answered HTTP 403" in out
+    local = (datetime.now(UTC) + timedelta(hours=1)).astimezone(ZoneInfo("Europe/Berlin"))
+    assert f"until {local:%Y-%m-%d %H:}" in out  # in the config's time zone, as the rest
+    assert f" {local:%Z}: it answered HTTP 403" in out
 
 
 async def test_pages_done_together_are_stored_together_and_a_failure_loses_no_other(
@@ -865,3 +872,50 @@ def test_why_not_says_what_came_of_the_items_article_page(
     assert keele[1].startswith("  article page: ") and keele[1].endswith(
         " words of text, matched as body"
     )
+
+
+def test_poll_counts_a_page_left_waiting_once_and_says_why_it_waits(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    """A page given back by its round was claimed again by the next round and counted twice:
+    `poll` said "2 deferred (their sites asked to wait)" for one page its site refused."""
+    document = news([("locked", "Locked", "x"), ("keele", "Dep", "y")], base(httpserver))
+    other_site = base(httpserver).replace("localhost", "127.0.0.1")  # the same server
+    document = document.replace(
+        f"{base(httpserver)}/locked".encode(), f"{other_site}/locked".encode()
+    )
+    serve_page(httpserver, "/feed.xml", document, content_type="application/rss+xml")
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+    httpserver.expect_request("/locked").respond_with_data("no", status=403)
+    url = httpserver.url_for("/feed.xml")
+    path = config_file(settings(sqlite_url, {"Tech": url}), write_config)
+
+    assert main(["--config", path, "poll"]) == 0
+
+    out = capsys.readouterr().out
+    assert requests_to(httpserver, "/keele") == 1 and requests_to(httpserver, "/locked") == 1
+    assert "pages: 1 fetched, 1 with text, 2 more matches, 1 waiting for its site" in out
+
+
+async def test_the_daemon_logs_pages_that_only_wait_for_their_site_at_debug(
+    httpserver: HTTPServer, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A page whose site answered 403 waits an hour; the pages tick logged '0 fetched, ...,
+    1 deferred' at INFO every few seconds of it."""
+    url = serve_feed(httpserver, "/feed.xml", [("locked", "Locked", "x")])
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    httpserver.expect_request("/locked").respond_with_data("no", status=403)
+
+    async with app_for(settings(sqlite_url, {"Tech": url})) as app:
+        await poll_due(app)
+        daemon = Daemon(app, Path("config.yaml"), Ticks.from_env({}), Notifier({}), Metrics())
+        with caplog.at_level(logging.DEBUG, logger="monitor"):
+            for _ in range(3):
+                await daemon.pages_tick()
+
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "monitor.daemon"]
+    assert len(said) == 3 and all(level == logging.DEBUG for level, _ in said)
+    told = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(told) == 1 and "left alone until" in told[0] and "HTTP 403" in told[0]
+    assert requests_to(httpserver, "/locked") == 1
