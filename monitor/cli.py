@@ -584,6 +584,9 @@ async def _test_url(config: Config, matcher: Matcher, url: str, language: str | 
         pool.close()
         store.close()
     text = outcome.body or ""
+    if outcome.status is PageStatus.FAILED:  # nothing came: no words to count, nothing to match
+        print(f"{url}: no text: {outcome.error}")
+        return EXIT_FAILURE
     print(f"{url}: {outcome.status.value}, {outcome.words} words, {len(text)} characters")
     if outcome.error:
         print(f"  {outcome.error}")

@@ -919,3 +919,21 @@ async def test_the_daemon_logs_pages_that_only_wait_for_their_site_at_debug(
     told = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert len(told) == 1 and "left alone until" in told[0] and "HTTP 403" in told[0]
     assert requests_to(httpserver, "/locked") == 1
+
+
+def test_test_url_of_a_page_without_text_says_why_not_how_many_words_it_lacks(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/paper", b"%PDF-1.7 ...", content_type="application/pdf")
+    path = config_file(
+        settings(sqlite_url, {"Tech": httpserver.url_for("/feed.xml")}), write_config
+    )
+
+    assert main(["--config", path, "test", "--url", httpserver.url_for("/paper")]) == 1
+
+    said = capsys.readouterr()
+    assert (
+        said.out == f"{httpserver.url_for('/paper')}: no text: not an HTML page (application/pdf)\n"
+    )
+    assert "no watchlist matched" not in said.err  # there was nothing to match
