@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -547,11 +548,19 @@ def _what_to_tell(needs: Sequence[Filter]) -> str:
     return f"needs the item's {' and '.join(missing)}; add {' '.join(options)}"
 
 
-def _print_matches(found: Sequence[Match], fields: dict[str, str], indent: str = "") -> None:
+SHOWN_HITS = 3  # per match in `test --stored`: an article can name the term 20 times
+
+
+def _print_matches(
+    found: Sequence[Match], fields: dict[str, str], indent: str = "", limit: int | None = None
+) -> None:
     for match in found:
         print(f"{indent}{match.watchlist}: {', '.join(match.terms)}")
-        for line in _explain(match.hits, fields):
+        for line in _explain(match.hits[:limit], fields):
             print(f"{indent}  {line}")
+        rest = Counter(hit.field for hit in match.hits[limit:] if limit is not None)
+        for field, count in rest.items():
+            print(f"{indent}  +{count} more in {field}")
 
 
 def _print_exclusions(excluded: Sequence[Exclusion], fields: dict[str, str]) -> None:
@@ -620,7 +629,7 @@ def _test_stored(store: Store, matcher: Matcher, since: datetime) -> int:
         if found:
             matched += 1
             print(f"#{item_id} [{item.feed}] {item.title}")
-            _print_matches(found, fields, "  ")
+            _print_matches(found, fields, "  ", SHOWN_HITS)
     print(f"{matched} of {len(stored)} stored items matched")
     return EXIT_OK if matched else EXIT_FAILURE
 

@@ -29,7 +29,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from monitor.app import App, running_app, utc_now
-from monitor.cli import main
+from monitor.cli import SHOWN_HITS, main
 from monitor.config import Config, load_config
 from monitor.daemon import Daemon, Ticks
 from monitor.delivery import FAILING_PAGES, feed_health
@@ -937,3 +937,23 @@ def test_test_url_of_a_page_without_text_says_why_not_how_many_words_it_lacks(
         said.out == f"{httpserver.url_for('/paper')}: no text: not an HTML page (application/pdf)\n"
     )
     assert "no watchlist matched" not in said.err  # there was nothing to match
+
+
+def test_test_stored_shows_a_few_hits_per_match_and_counts_the_rest(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    """An article naming the term 23 times filled 23 lines of `test --stored` for one item."""
+    url = serve_feed(httpserver, "/feed.xml", [("keele", "Departure", "At the top.")])
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    sentences = [f"Robert Keele said thing number {n}." for n in range(7)]
+    serve_page(httpserver, "/keele", article("Departure", *sentences))
+    path = config_file(settings(sqlite_url, {"Tech": url}), write_config)
+    assert main(["--config", path, "poll"]) == 0
+    capsys.readouterr()
+
+    assert main(["--config", path, "test", "--stored", "--watchlist", "Keele"]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    hits = [line for line in lines if "'Robert Keele' in body" in line]
+    assert len(hits) == SHOWN_HITS
+    assert f"    +{7 - SHOWN_HITS} more in body" in lines
