@@ -239,7 +239,9 @@ async def test_page_requests_to_one_host_keep_the_minimum_gap(
 
     assert len(started) == 3
     gaps = [b - a for a, b in itertools.pairwise(started)]
-    assert min(gaps) >= 0.45  # a lower bound only: a busy machine is slower, never faster
+    # The server sees each request a varying moment after its turn (0.49-0.52 s apart under
+    # load); without the gap they are a millisecond apart.
+    assert min(gaps) >= 0.4
 
 
 async def test_429_with_retry_after_backs_off_the_hosts_pages_not_its_feed(
