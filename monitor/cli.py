@@ -659,7 +659,7 @@ def _why_not(
 
 def _page_said(outcome: PageOutcome | None) -> str:
     """What came of an item's article page, for `test --why-not`."""
-    if outcome is None or outcome.status is PageStatus.CLAIMED:
+    if outcome is None or outcome.status in (PageStatus.WAITING, PageStatus.CLAIMED):
         return "not fetched yet: title and summary were matched; the text may add matches"
     if outcome.status is PageStatus.TEXT:
         return f"{outcome.words} words of text, matched as body"

@@ -244,7 +244,9 @@ async def test_page_requests_to_one_host_keep_the_minimum_gap(
 
     assert len(started) == 3
     gaps = [b - a for a, b in itertools.pairwise(started)]
-    assert min(gaps) >= 0.45  # a lower bound only: a busy machine is slower, never faster
+    # The server sees each request a varying moment after its turn (0.49-0.52 s apart under
+    # load); without the gap they are a millisecond apart.
+    assert min(gaps) >= 0.4
 
 
 async def test_429_with_retry_after_backs_off_the_hosts_pages_not_its_feed(
@@ -273,7 +275,8 @@ async def test_429_with_retry_after_backs_off_the_hosts_pages_not_its_feed(
 
     assert (report.fetched, report.deferred) == (0, 2)  # both wait in the queue
     assert len(asked) == 1  # no page request after the 429
-    assert stored == {}  # given back: fetched once the hour is over
+    assert {row[0] for row in stored.values()} == {"waiting"}  # fetched once the hour is over
+    assert len(stored) == 2
     assert polled.failed == 0 and requests_to(httpserver, "/feed.xml") == 2
 
 
@@ -677,7 +680,8 @@ async def test_a_429_on_the_feed_holds_back_its_sites_pages_too(
         report = await fetch_pages(app, drain=True)
         stored = texts(app)
 
-    assert report.deferred == 1 and stored == {}  # waits in the queue, not failed
+    assert report.deferred == 1  # waits in the queue, not failed
+    assert [row[0] for row in stored.values()] == ["waiting"]
     assert requests_to(httpserver, "/keele") == 0
 
 
