@@ -135,11 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("text", nargs="?", default="", help="text to match (as a title)")
     test.add_argument("--title", default=None, help="title field")
     test.add_argument("--summary", default=None, help="summary field")
+    test.add_argument(
+        "--body", default=None, help="the article's text (a full-text feed's page), for body:"
+    )
     test.add_argument("--language", default=None, help="item language, for language filters")
     test.add_argument(
         "--url",
         default=None,
-        help="the item's link, for site: filters; alone (no TEXT, --title or --summary): "
+        help="the item's link, for site: filters; alone (no TEXT, --title, --summary or "
+        "--body): "
         "fetch that article page as a full-text feed would, show its text and matches",
     )
     test.add_argument(
@@ -505,7 +509,7 @@ def _test(args: argparse.Namespace, config: Config) -> int:
     names = resolve_names(args.watchlist, [w.name for w in config.watchlists], "watchlist")
     watchlists = [w for w in config.watchlists if not names or w.name in names]
     matcher = Matcher(watchlists)
-    if args.url and not (args.text or args.title or args.summary):
+    if args.url and not (args.text or args.title or args.summary or args.body):
         return asyncio.run(_test_url(config, matcher, args.url, args.language))
     if args.why_not or args.stored:
         store = open_store(config.database)
@@ -520,6 +524,8 @@ def _test(args: argparse.Namespace, config: Config) -> int:
     fields = {"title": clean_text(args.title if args.title is not None else args.text)}
     if args.summary:
         fields["summary"] = clean_text(args.summary)
+    if args.body:  # as extract.py stores it: paragraphs kept
+        fields["body"] = args.body
     found = matcher.match_fields(fields, args.language, url=args.url)
     _print_matches(found, fields)
     excluded = matcher.excluded(fields, args.language, url=args.url)

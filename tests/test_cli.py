@@ -514,3 +514,21 @@ def test_feeds_wraps_a_long_error_on_a_narrow_terminal(
     page = next(n for n, line in enumerate(lines) if line.startswith("Startseite"))
     assert lines[page + 1].startswith("    the server sent an HTML page")  # the error, below
     assert lines[-1] == "(why each next poll is when it is: monitor feeds --wide)"
+
+
+def test_test_takes_an_articles_text_for_a_body_query(
+    httpserver: HTTPServer, write_config: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A watchlist reading only body: (the article) could not be tried on a text: `test`
+    had no field for it, and said "no watchlist matched"."""
+    data = settings(httpserver)
+    data["watchlists"] = [{"name": "Abmahnungen", "query": "body:Abmahnung*"}]
+    data["recipients"] = ["a@example.org"]
+    path = write_config(data)
+    text = "Denn eine Abmahnung für zwei Bilder kostet schnell mal 1600 Euro."
+
+    assert main(["--config", str(path), "test", "--title", "Bilder", "--body", text]) == 0
+
+    out = out_of(capsys)[0]
+    assert out.startswith("Abmahnungen: Abmahnung*\n")
+    assert "'Abmahnung*' in body: Denn eine *Abmahnung* für zwei Bilder" in out
