@@ -22,6 +22,7 @@ from monitor.models import (
 from monitor.store.dialect import among, aware, chunks, insert
 from monitor.store.engine import StoreBase
 from monitor.store.schema import (
+    PAGE_ITEM,
     deliveries,
     digest_runs,
     hits_from,
@@ -182,7 +183,8 @@ class OutboxStore(StoreBase):
             .join(matches, deliveries.c.match_id == matches.c.id)
             .join(items, matches.c.item_id == items.c.id)
             .outerjoin(story_members, story_members.c.item_id == items.c.id)
-            .outerjoin(item_texts, item_texts.c.item_id == items.c.id)
+            # A revision quotes its item's page (fetched once, for the item).
+            .outerjoin(item_texts, item_texts.c.item_id == PAGE_ITEM)
             .where(deliveries.c.status == DeliveryStatus.PENDING)
             .order_by(items.c.published_at.desc(), deliveries.c.id)
         )

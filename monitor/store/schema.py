@@ -293,6 +293,10 @@ item_texts = sa.Table(
     sa.Column("error", sa.Text),  # why there is no text
 )
 
+# The item whose page an item has (with story_members outer-joined): a revision's is its
+# original's, fetched once for both.
+PAGE_ITEM = sa.func.coalesce(story_members.c.revision_of, items.c.id)
+
 
 def hits_json(hits: Sequence[Hit]) -> str:
     return json.dumps([[h.term, h.field, h.start, h.end] for h in hits], ensure_ascii=False)

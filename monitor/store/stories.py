@@ -202,8 +202,9 @@ def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:
 
 def insert_revisions(
     tx: Connection, updated: Sequence[tuple[int, Item]], now: datetime
-) -> list[tuple[int, Item]]:
-    """Store each changed text as a revision item in its original's story, to alert again.
+) -> list[tuple[int, int, Item]]:
+    """Store each changed text as a revision item in its original's story, to alert again:
+    (original id, revision id, revision) of those stored.
 
     The revision's key names its text, so the same change seen twice is stored once.
     """
@@ -230,7 +231,7 @@ def insert_revisions(
                 item_id=revision_id, story_id=story, similarity=1.0, revision_of=original_id
             )
         )
-        revised.append((revision_id, revision))
+        revised.append((original_id, revision_id, revision))
     return revised
 
 

@@ -19,9 +19,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
-from monitor.store.dialect import chunks, insert
-from monitor.store.items import _grouped_keys, _record_matches
-from monitor.store.schema import Recorded, item_from, item_keys, item_texts, items, matches
+from monitor.store.dialect import insert
+from monitor.store.items import _grouped_keys, _record_matches, page_bodies
+from monitor.store.schema import (
+    Recorded,
+    item_from,
+    item_keys,
+    item_texts,
+    items,
+    matches,
+    story_members,
+)
 from monitor.store.stories import StoryStore, lock_stories, stories_of
 from monitor.stories import dedupe_keys
 from monitor.urls import url_identity
@@ -80,7 +88,8 @@ class TextStore(StoryStore):
         """Claim up to `limit` pages of items of `feeds` first seen since `since`, oldest
         first, that no worker has fetched or is fetching (a claim past its deadline was a
         dead worker's), till `until`. An item dated `backlog` before it was first seen
-        alerts no one (poller.news_only): its page is marked OLD, never fetched."""
+        alerts no one (poller.news_only): its page is marked OLD, never fetched. A revision
+        (a changed teaser) has its item's page (items.page_bodies): never fetched twice."""
         if not feeds:
             return []
         texts = item_texts
@@ -88,6 +97,11 @@ class TextStore(StoryStore):
             sa.select(items, texts.c.status)
             .outerjoin(texts, texts.c.item_id == items.c.id)
             .where(items.c.feed.in_(sorted(feeds)), items.c.first_seen_at >= since)
+            .where(
+                ~sa.exists().where(
+                    story_members.c.item_id == items.c.id, story_members.c.revision_of.is_not(None)
+                )
+            )
             .where(
                 sa.or_(
                     texts.c.item_id.is_(None),
@@ -194,14 +208,8 @@ class TextStore(StoryStore):
 
     def page_texts(self, item_ids: Collection[int]) -> dict[int, str]:
         """item id -> the stored main text of its page, for those that have one (`test`)."""
-        texts = item_texts
-        query = sa.select(texts.c.item_id, texts.c.body).where(texts.c.body.is_not(None))
-        found: dict[int, str] = {}
         with self._read() as tx:
-            for chunk in chunks(sorted(item_ids)):
-                for item_id, body in tx.execute(query.where(texts.c.item_id.in_(chunk))):
-                    found[item_id] = body
-        return found
+            return page_bodies(tx, item_ids)
 
     def page_stats(self) -> dict[str, PageStats]:
         """Per feed with pages: how many were fetched, how many gave text, and so on."""
