@@ -772,6 +772,30 @@ async def test_another_feeds_copy_of_a_fetched_item_matches_its_watchlists_on_th
     assert requests_to(httpserver, "/keele") == 1
 
 
+async def test_a_body_read_after_another_feed_carried_the_item_matches_that_feeds_watchlists(
+    httpserver: HTTPServer, database_url: str
+) -> None:
+    entry = [("keele", "Departure", "At the top.")]
+    feeds = {
+        "One": serve_feed(httpserver, "/one.xml", entry),
+        "Two": serve_feed(httpserver, "/two.xml", entry),
+    }
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+    only_two = {"name": "Two's", "terms": ["Robert Keele"], "feeds": ["Two"]}
+    config = config_with(database_url, feeds, {**only_two, "recipients": ["c@example.org"]})
+
+    async with app_for(config) as app:
+        await poll_due(app, ["One"])
+        await poll_due(app, ["Two"])  # before the page is read
+        report = await fetch_pages(app, drain=True)
+        queued = deliveries(app)
+
+    assert report.matches == 3  # Keele, xAI as One's; Two's as Two's copy
+    assert (f"{base(httpserver)}/keele", "Two's", "c@example.org") in queued
+    assert len(queued) == 4 and requests_to(httpserver, "/keele") == 1
+
+
 async def test_a_revision_is_matched_with_its_items_stored_body_and_its_page_not_fetched_again(
     httpserver: HTTPServer, database_url: str, tmp_path: Path
 ) -> None:

@@ -439,8 +439,8 @@ class ItemStore(StoryStore):
             # teaser rarely means a changed article, and the page is one request per item.
             bodies = page_bodies(tx, [item_id for item_id, _, _ in updated])
             for n, revised_items in changed.items():
-                for original, rid, item in insert_revisions(tx, revised_items, now):
-                    again += [(n, rid, item, m) for m in match(item, bodies.get(original))]
+                for of, rid, item in insert_revisions(tx, revised_items, now):
+                    again += [(n, rid, item, m) for m in match(item, bodies.get(of))]
             rows = [(rid, item, m) for _, rid, item, m in again]
             self._queue(tx, _record_matches(tx, rows, now), recipients, now)
             for n, _, item, m in again:

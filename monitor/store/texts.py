@@ -25,13 +25,20 @@ from monitor.store.schema import (
     Recorded,
     item_from,
     item_keys,
+    item_sources,
     item_texts,
     items,
     matches,
     story_members,
 )
-from monitor.store.stories import StoryStore, lock_stories, stories_of
-from monitor.stories import dedupe_keys
+from monitor.store.stories import (
+    StoryStore,
+    lock_stories,
+    merge_stories,
+    stories_of,
+    unsettled_matches,
+)
+from monitor.stories import Candidate, dedupe_keys
 from monitor.urls import url_identity
 
 
@@ -143,31 +150,62 @@ class TextStore(StoryStore):
             row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
             if row is None:  # pruned meanwhile
                 return []
-            tx.execute(
-                item_texts.update()
-                .where(item_texts.c.item_id == item_id)
-                .values(
-                    status=outcome.status.value,
-                    claimed_until=None,
-                    fetched_at=now,
-                    words=outcome.words,
-                    body=outcome.body,
-                    error=outcome.error,
-                )
-            )
             item = item_from(row)
-            if outcome.canonical:
-                _add_own_url(tx, item_id, item, outcome.canonical, now)
-            if outcome.status is not PageStatus.TEXT or not outcome.body:
-                return []
-            query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
-            had = set(tx.execute(query).scalars())
-            fresh = [m for m in match(item, outcome.body) if m.watchlist not in had]
-            if not fresh:
-                return []
-            unsettled = self._queue_late(tx, item_id, item, fresh, recipients, now)
+            _store_outcome(tx, item_id, outcome, now)
+            clustered = self._add_own_url(tx, item_id, item, outcome.canonical, recipients, now)
+            fresh = _fresh_matches(tx, item_id, item, outcome, match)
+            unsettled = self._queue_late(tx, item_id, item, fresh, recipients, now) if fresh else []
+        self._remember(clustered, now)  # once committed, as _settle does
         self._settle(unsettled, recipients, now)
         return fresh
+
+    def _add_own_url(
+        self,
+        tx: Connection,
+        item_id: int,
+        item: Item,
+        own: str | None,
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[Candidate]:
+        """The page's canonical link (or og:url) as one more key of its item, when it names
+        another URL of the same site: another feed's later link to it (a mobile or tracking
+        variant, a desktop link to an item first seen as AMP) is then this item. When an
+        item with that URL is stored already, the two join its story (_join). Returns the
+        items clustered meanwhile, for the candidate cache."""
+        key = _own_key(item, own) if own else None
+        if key is None:
+            return []
+        # Before the key's insert: an ingest holding the lock may insert the same key.
+        lock_stories(tx)
+        first = _add_key(tx, item_id, replace(item, key=key), now)
+        return [] if first is None else self._join(tx, first, item_id, recipients, now)
+
+    def _join(
+        self,
+        tx: Connection,
+        first: int,
+        item_id: int,
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[Candidate]:
+        """Put `item_id` (and its story) into the story of `first`, the stored item its page
+        names as its own: one article, so one story, whose matches are queued once per
+        watchlist and recipient (a digest shows it once, "also reported by" the other
+        link). Either item in no story yet (unmatched: only matched items are clustered
+        as they come) is clustered now; matches of it not queued yet are queued here, as
+        _settle skips items in a story."""
+        storied = stories_of(tx, {first, item_id})
+        alone = [i for i in (first, item_id) if i not in storied]
+        waiting = unsettled_matches(tx, item_ids=alone) if alone else []
+        in_story, clustered = self._cluster(tx, _items_by_id(tx, alone), now)
+        storied.update(in_story)
+        into, merged = storied[first], storied[item_id]
+        if merged != into:
+            merge_stories(tx, into, merged)
+            storied = {i: into if story == merged else story for i, story in storied.items()}
+        self._queue(tx, waiting, recipients, now, storied, told_before=True)
+        return [replace(c, story_id=storied.get(c.item_id, c.story_id)) for c in clustered]
 
     def _queue_late(
         self,
@@ -243,8 +281,9 @@ def _claim(
     texts = item_texts
     if new:
         row = {"item_id": item_id, "feed": feed, "status": PageStatus.CLAIMED.value}
-        statement = insert(tx, texts).values(**row, claimed_until=until)
-        return bool(tx.execute(statement.on_conflict_do_nothing()).rowcount)
+        statement = insert(tx, texts).values(**row, claimed_until=until).on_conflict_do_nothing()
+        # RETURNING, not rowcount: psycopg counts -1 for every such insert, done or not.
+        return tx.execute(statement.returning(texts.c.item_id)).first() is not None
     taken = tx.execute(
         texts.update()
         .where(texts.c.item_id == item_id, texts.c.status == PageStatus.CLAIMED)
@@ -254,18 +293,80 @@ def _claim(
     return bool(taken.rowcount)
 
 
-def _add_own_url(tx: Connection, item_id: int, item: Item, own: str, now: datetime) -> None:
-    """The page's canonical link (or og:url) as one more key of its item, when it names the
-    same site: another feed's link to that URL (a mobile or tracking variant, a desktop
-    link to an item first seen as AMP) is then this item, in its story."""
+def _store_outcome(tx: Connection, item_id: int, outcome: PageOutcome, now: datetime) -> None:
+    tx.execute(
+        item_texts.update()
+        .where(item_texts.c.item_id == item_id)
+        .values(
+            status=outcome.status.value,
+            claimed_until=None,
+            fetched_at=now,
+            words=outcome.words,
+            body=outcome.body,
+            error=outcome.error,
+        )
+    )
+
+
+def _fresh_matches(
+    tx: Connection,
+    item_id: int,
+    item: Item,
+    outcome: PageOutcome,
+    match: Callable[[Item, str], Sequence[Match]],
+) -> list[Match]:
+    """The matches of the item with its text, of watchlists that had not matched it: as
+    its own feed's, and as each other feed's that carried it meanwhile (a watchlist limited
+    to that feed, as items._matched_elsewhere matches a copy)."""
+    if outcome.status is not PageStatus.TEXT or not outcome.body:
+        return []
+    query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
+    had = set(tx.execute(query).scalars())
+    copies = sa.select(item_sources.c.feed, item_sources.c.url).where(
+        item_sources.c.item_id == item_id, item_sources.c.feed != item.feed
+    )
+    copies = copies.order_by(item_sources.c.seen_at, item_sources.c.feed)
+    carried = [replace(item, feed=feed, url=url) for feed, url in tx.execute(copies)]
+    fresh = []
+    for each in (item, *carried):
+        for m in match(each, outcome.body):
+            if m.watchlist not in had:
+                had.add(m.watchlist)
+                fresh.append(m)
+    return fresh
+
+
+def _own_key(item: Item, own: str) -> str | None:
+    """The key the page's own URL gives its item, if another on the same site (a
+    syndicated copy's canonical names the original, on another site: not this item)."""
     key = "u:" + url_identity(own)
     if not item.key.startswith("u:") or key == item.key:
-        return
+        return None
     if key[2:].split("/", 1)[0] != item.key[2:].split("/", 1)[0]:
-        return  # another site: a syndicated copy's canonical names the original
-    hashes = dedupe_keys(replace(item, key=key), _grouped_keys(tx))
-    row = {"hash": hashes[0], "item_id": item_id, "last_seen_at": now}
-    tx.execute(insert(tx, item_keys).values(**row).on_conflict_do_nothing())
+        return None
+    return key
+
+
+def _add_key(tx: Connection, item_id: int, keyed: Item, now: datetime) -> int | None:
+    """Store `keyed`'s key for the item; if another stored item has it, that item's id."""
+    url_hash = dedupe_keys(keyed, _grouped_keys(tx))[0]
+    row = {"hash": url_hash, "item_id": item_id, "last_seen_at": now}
+    # RETURNING, not rowcount (see _claim).
+    statement = insert(tx, item_keys).values(**row).on_conflict_do_nothing()
+    if tx.execute(statement.returning(item_keys.c.hash)).first() is not None:
+        return None
+    query = (
+        sa.select(items.c.id)
+        .join(item_keys, item_keys.c.item_id == items.c.id)
+        .where(item_keys.c.hash == url_hash)
+    )
+    first = tx.execute(query).scalar()  # None: pruned since, a tombstone
+    return first if first != item_id else None
+
+
+def _items_by_id(tx: Connection, item_ids: Collection[int]) -> list[tuple[int, Item]]:
+    query = sa.select(items).where(items.c.id.in_(sorted(item_ids))).order_by(items.c.id)
+    return [(row.id, item_from(row)) for row in tx.execute(query)] if item_ids else []
 
 
 def _mark_old(tx: Connection, item_id: int, feed: str, new: bool) -> None:
