@@ -224,11 +224,18 @@ class Server:
 
 class PeakRss:
     """Samples the resident memory of this process plus its children (the parse pool), but
-    not the bench's own feed servers (`exclude`): they are not monitor's memory."""
+    not the bench's own feed servers (`exclude`): they are not monitor's memory.
+
+    `peak`: the sum of the processes' RSS, which counts a page shared by several processes
+    (the interpreter, libraries a parse process inherits from the fork server) once in each.
+    `peak_pss`: the sum of their PSS, which splits a shared page among its sharers: the
+    memory the processes take together, as their cgroup (a systemd unit's MemoryMax)
+    counts it."""
 
     def __init__(self, exclude: set[int]) -> None:
         self.exclude = exclude
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -244,6 +251,7 @@ class PeakRss:
         while not self._stop.wait(0.05):
             pids = set(_tree(os.getpid())) - self.exclude
             self.peak = max(self.peak, sum(_rss(pid) for pid in pids))
+            self.peak_pss = max(self.peak_pss, sum(_pss(pid) for pid in pids))
 
 
 def _tree(pid: int) -> list[int]:
@@ -256,6 +264,16 @@ def _tree(pid: int) -> list[int]:
         for child in children:
             pids += _tree(int(child))
     return pids
+
+
+def _pss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _rss(pid: int) -> int:
@@ -272,11 +290,17 @@ def _rss(pid: int) -> int:
 
 
 async def monitor_cycles(
-    urls: list[str], workdir: Path, servers: set[int]
-) -> tuple[float, float, int, int]:
-    """(cold seconds, warm seconds, new items, peak RSS bytes) for one fresh database."""
+    urls: list[str], workdir: Path, servers: set[int], fulltext: bool = False
+) -> tuple[float, float, int, PeakRss]:
+    """(cold seconds, warm seconds, new items, peak memory) for one fresh database.
+
+    `fulltext`: every feed with full text on. After the cold cycle every item's page is
+    stored as fetched (the steady state: bench_fulltext measures the fetching), and the
+    warm cycle is the poll cycle plus the page job that follows it (fulltext.fetch_pages),
+    which finds no page to fetch."""
     from monitor.app import running_app
     from monitor.config import Config
+    from monitor.fulltext import fetch_pages
     from monitor.poller import poll_due
 
     config = Config.model_validate(
@@ -285,6 +309,7 @@ async def monitor_cycles(
             "feeds": [{"name": f"feed {n}", "url": url} for n, url in enumerate(urls)],
             "watchlists": [{"name": "w", "terms": TERMS, "recipients": ["desk@example.org"]}],
             "polling": {"concurrency": 100},
+            "fulltext": {"default": fulltext},
         }
     )
     with PeakRss(exclude=servers) as memory:
@@ -305,8 +330,12 @@ async def monitor_cycles(
             cold = await poll_due(app, force=True)
             cold_seconds = time.perf_counter() - started
             main_cpu = time.process_time() - cpu_started
+            if fulltext:
+                _pages_fetched(app.store.engine)
             started = time.perf_counter()
             warm = await poll_due(app, force=True)
+            if fulltext and (await fetch_pages(app)).fetched:
+                raise RuntimeError("the warm cycle fetched pages")
             warm_seconds = time.perf_counter() - started
     errors = [p.error for p in cold.polls + warm.polls if p.error]
     if errors:
@@ -315,7 +344,22 @@ async def monitor_cycles(
         f"  (N={len(urls)}, cold cycle: main process {main_cpu:.2f} s CPU, of which "
         f"store.ingest_many {cpu[0]:.2f} s CPU, {spent[0]:.2f} s wall)"
     )
-    return cold_seconds, warm_seconds, cold.new_items, memory.peak
+    return cold_seconds, warm_seconds, cold.new_items, memory
+
+
+def _pages_fetched(engine: Any) -> None:
+    """Every item's page stored with a text, as after its page was fetched: 300 words."""
+    import sqlalchemy as sa
+
+    body = " ".join(WORDS_DE * 10)[:2000]
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO item_texts (item_id, feed, status, fetched_at, words, body) "
+                "SELECT id, feed, 'text', first_seen_at, 300, :body FROM items"
+            ),
+            {"body": body},
+        )
 
 
 def floor(directory: Path, count: int) -> float:
@@ -392,13 +436,14 @@ def run_scenario(count: int, latency: float, port: int, root: Path) -> dict[str,
         # The floor is timed before and after monitor's cycles: this machine's speed drifts
         # by tens of percent within minutes, and a ratio needs both at the same speed.
         before = floor(directory, count) if latency == 0 else None
-        cold, warm, new_items, peak = asyncio.run(monitor_cycles(urls, directory, servers))
+        cold, warm, new_items, memory = asyncio.run(monitor_cycles(urls, directory, servers))
         size = sum((directory / f"{n}.xml").stat().st_size for n in range(count))
         results: dict[str, object] = {
             "cold": cold,
             "warm": warm,
             "items": new_items,
-            "peak": peak,
+            "peak": memory.peak,
+            "peak_pss": memory.peak_pss,
             "kb": size / count / 1024,
         }
         if before is not None:
@@ -442,7 +487,9 @@ def main() -> int:
     )
     print(f"monitor  warm {fast['warm']:.2f} s (target <= 1.5 s)")
     print(
-        f"monitor  peak RSS {fast['peak'] / 2**20:.0f} MB incl. parse processes (target <= 250 MB)"
+        f"monitor  peak RSS {fast['peak'] / 2**20:.0f} MB incl. parse processes "
+        f"(target <= 250 MB); peak PSS {fast['peak_pss'] / 2**20:.0f} MB "
+        "(shared pages counted once)"
     )
     # Its floor: the first answer comes after one latency; then those feeds' parses alone.
     slow_floor = 0.2 + serial / count * slow_count / cores

@@ -130,7 +130,9 @@ def build_mailer(config: Config) -> Dispatcher:
 
 def build_parse_pool(config: Config) -> ParsePool:
     polling = config.polling
-    return ParsePool(polling.parse_workers, polling.parse_timeout, polling.parse_memory)
+    # With full text on, the parse processes share one copy of trafilatura and its caches.
+    preload = ["monitor.extract_preload"] if config.fulltext_feeds() else []
+    return ParsePool(polling.parse_workers, polling.parse_timeout, polling.parse_memory, preload)
 
 
 # The interpreter's cyclic garbage collector looks at the youngest objects after every 700

@@ -100,6 +100,20 @@ def _detected(body: bytes) -> str:
     return (best and _known(best.encoding)) or "utf-8"
 
 
+# A page too thin for trafilatura's own algorithm: its fallbacks run too, and fill their caches.
+_WARM_UP_PAGE = (
+    b"<html><head><title>Warm-up</title></head><body><nav>Home</nav>"
+    b"<article><p>A short paragraph of text.</p></article></body></html>"
+)
+
+
+def warm_up() -> None:
+    """Import trafilatura and fill the caches of its first extraction: jusText's stop words
+    of every language (150,000 words, about 27 MB), made on first use. Done once in the fork
+    server (extract_preload.py), they are shared by all parse processes."""
+    extract_page(_WARM_UP_PAGE, "text/html; charset=utf-8", "http://localhost/warm-up")
+
+
 def _main_text(html: str, url: str) -> str:
     # Imported here: only processes that extract pages pay for lxml and trafilatura.
     import trafilatura

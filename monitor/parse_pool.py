@@ -20,7 +20,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -102,10 +102,17 @@ def _started(pid: int) -> str | None:
 class ParsePool:
     """Run parse jobs in worker processes; `run` enforces the deadline, `close` ends them."""
 
-    def __init__(self, workers: int | None, timeout: float, memory: int) -> None:
+    def __init__(
+        self, workers: int | None, timeout: float, memory: int, preload: Sequence[str] = ()
+    ) -> None:
+        """`preload`: modules the fork server imports besides the feed parser, once, before
+        it forks the first process (monitor.extract_preload when full text is on). The fork
+        server is one per daemon and starts with the first pool: a later pool's preload is
+        imported by each process at its first job instead."""
         self.workers = workers or multiprocessing.cpu_count()
         self.timeout = timeout
         self.memory = memory
+        self.preload = list(preload)
         self._slots = asyncio.Semaphore(self.workers * _JOBS_PER_PROCESS)
         self._pool = self._start()
         self.running = 0  # jobs handed to run() and not yet returned, queued ones included
@@ -116,7 +123,7 @@ class ParsePool:
         # The server imports the parser once, so that each worker forked from it, a
         # replacement too, is ready at once instead of importing feedparser first (0.2 s of
         # the event loop's time in the first parse, 0.35 s CPU per process).
-        context.set_forkserver_preload(["__main__", *_PRELOAD])
+        context.set_forkserver_preload(["__main__", *_PRELOAD, *self.preload])
         pool = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=context,

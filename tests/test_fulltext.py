@@ -870,3 +870,78 @@ async def test_an_amp_and_a_desktop_link_to_one_article_are_one_story_in_either_
     plain = text.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     titles = plain.count(DESKTOP_ENTRY[1]) + plain.count(AMP_ENTRY[1])
     assert titles == 1, plain
+
+
+async def test_pages_done_together_are_stored_together_and_a_failure_loses_no_other(
+    httpserver: HTTPServer, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages are stored in rounds (one transaction each); when a round fails, its pages
+    are stored one by one, so only the page that fails is left to be fetched again."""
+    slugs = [f"p{n}" for n in range(6)]
+    url = serve_feed(httpserver, "/feed.xml", [(s, f"Story {s}", "At the top.") for s in slugs])
+    httpserver.expect_request("/robots.txt").respond_with_data("", status=404)
+    for slug in slugs:
+        serve_page(httpserver, f"/{slug}", article(slug, f"Robert Keele on {slug}."))
+    config = settings(database_url, {"Tech": url})
+    async with app_for(config) as app:
+        await poll_due(app)
+        real = app.store.save_pages
+        rounds: list[list[str]] = []
+        ids = {item_id: url.rsplit("/", 1)[1] for item_id, url in _item_urls(app).items()}
+
+        def failing_at_p3(outcomes: Any, *args: Any) -> Any:
+            names = [ids[item_id] for item_id, _ in outcomes]
+            rounds.append(names)
+            if len(rounds) == 1:  # a slow first round: the other pages are done meanwhile
+                time.sleep(1.0)
+            if "p3" in names:
+                raise RuntimeError("disk I/O error")
+            return real(outcomes, *args)
+
+        monkeypatch.setattr(app.store, "save_pages", failing_at_p3)
+        report = await fetch_pages(app, drain=False)
+        stored = texts(app)
+    assert report.fetched == 5  # all but p3
+    assert sorted(u.rsplit("/", 1)[1] for u, row in stored.items() if row[0] == "text") == [
+        "p0",
+        "p1",
+        "p2",
+        "p4",
+        "p5",
+    ]
+    assert stored[f"{base(httpserver)}/p3"][0] == "claimed"  # fetched again once it expires
+    assert any(len(names) > 1 for names in rounds)  # pages done meanwhile share a round
+
+
+def _item_urls(app: App) -> dict[int, str]:
+    with app.store.engine.connect() as connection:
+        return dict(connection.execute(sa.text("SELECT id, url FROM items")).all())
+
+
+def test_the_parse_processes_share_trafilatura_preloaded_by_the_fork_server(
+    tmp_path: Path,
+) -> None:
+    """With full text on, trafilatura and the caches of its first extraction (jusText's stop
+    words) are made once in the fork server, frozen for the garbage collector, and
+    inherited by every parse process. A process of its own: the fork server is one per
+    process, started by the first pool (in a test run, one without full text)."""
+    script = tmp_path / "preloaded.py"  # a file: the pool pickles `state` by its module
+    script.write_text(
+        "import asyncio, sys\n"
+        "from monitor.parse_pool import ParsePool\n"
+        "def state():\n"
+        "    import gc\n"
+        "    before = 'trafilatura' in sys.modules\n"
+        "    from trafilatura import external\n"
+        "    return before, external.JT_STOPLIST is not None, gc.get_freeze_count() > 10000\n"
+        "async def main():\n"
+        "    pool = ParsePool(1, 30, 2**30, ['monitor.extract_preload'])\n"
+        "    print(await pool.run(state))\n"
+        "    pool.close()\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "(True, True, True)"

@@ -136,28 +136,51 @@ class TextStore(StoryStore):
                 )
             )
 
-    def save_page(
+    def save_pages(
         self,
+        outcomes: Sequence[tuple[int, PageOutcome]],
+        match: Callable[[Item, str], Sequence[Match]],
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[list[Match]]:
+        """Store pages' outcomes (item id, outcome), in one transaction; match each text
+        with its item's; queue the matches of watchlists that had not matched the item.
+        Returns, per page, those matches."""
+        found: list[list[Match]] = []
+        unsettled: list[Recorded] = []
+        clustered: list[Candidate] = []
+        with self._tx() as tx:
+            # Before any insert (a canonical link's key, a match), as ingest takes it.
+            lock_stories(tx)
+            for item_id, outcome in outcomes:
+                fresh, late, joined = self._save_page(tx, item_id, outcome, match, recipients, now)
+                found.append(fresh)
+                unsettled += late
+                clustered += joined
+        self._remember(clustered, now)  # only once committed, as _settle does
+        self._settle(unsettled, recipients, now)
+        return found
+
+    def _save_page(
+        self,
+        tx: Connection,
         item_id: int,
         outcome: PageOutcome,
         match: Callable[[Item, str], Sequence[Match]],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
-    ) -> list[Match]:
-        """Store a page's outcome; match its text with the item's; queue the matches of
-        watchlists that had not matched the item. Returns those matches."""
-        with self._tx() as tx:
-            row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
-            if row is None:  # pruned meanwhile
-                return []
-            item = item_from(row)
-            _store_outcome(tx, item_id, outcome, now)
-            clustered = self._add_own_url(tx, item_id, item, outcome.canonical, recipients, now)
-            fresh = _fresh_matches(tx, item_id, item, outcome, match)
-            unsettled = self._queue_late(tx, item_id, item, fresh, recipients, now) if fresh else []
-        self._remember(clustered, now)  # once committed, as _settle does
-        self._settle(unsettled, recipients, now)
-        return fresh
+    ) -> tuple[list[Match], list[Recorded], list[Candidate]]:
+        """One page of save_pages: (the matches it adds, those left for _settle, the items
+        clustered meanwhile, for the candidate cache once committed)."""
+        row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
+        if row is None:  # pruned meanwhile
+            return [], [], []
+        item = item_from(row)
+        _store_outcome(tx, item_id, outcome, now)
+        clustered = self._add_own_url(tx, item_id, item, outcome.canonical, recipients, now)
+        fresh = _fresh_matches(tx, item_id, item, outcome, match)
+        late = self._queue_late(tx, item_id, item, fresh, recipients, now) if fresh else []
+        return fresh, late, clustered
 
     def _add_own_url(
         self,
@@ -176,8 +199,8 @@ class TextStore(StoryStore):
         key = _own_key(item, own) if own else None
         if key is None:
             return []
-        # Before the key's insert: an ingest holding the lock may insert the same key.
-        lock_stories(tx)
+        # Under the story lock (save_pages), taken before the key's insert: an ingest
+        # holding the lock may insert the same key.
         first = _add_key(tx, item_id, replace(item, key=key), now)
         return [] if first is None else self._join(tx, first, item_id, recipients, now)
 
@@ -218,7 +241,6 @@ class TextStore(StoryStore):
     ) -> list[Recorded]:
         """Record the matches; queue them now if the item is in a story (to recipients the
         story has not reached); else return them for _settle, as new items' matches are."""
-        lock_stories(tx)  # before any insert, as ingest takes it
         late = _record_matches(tx, [(item_id, item, m) for m in found], now, new=False)
         storied = stories_of(tx, {item_id})
         if not storied:

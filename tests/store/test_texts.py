@@ -1,10 +1,11 @@
-"""Article pages: claimed once, stored, matched, and the item their canonical link names
+"""Article pages: claimed once, stored (save_pages), matched, and the item their canonical link names
 (monitor/store/texts.py). Run on SQLite and on PostgreSQL (database_url is parametrized)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -41,6 +42,19 @@ def claim(store: Store, at: timedelta = timedelta()) -> list[int]:
 
 def text(body: str = BODY, canonical: str | None = None) -> PageOutcome:
     return PageOutcome(PageStatus.TEXT, len(body.split()), body, canonical=canonical)
+
+
+def save(
+    store: Store,
+    item_id: int,
+    outcome: PageOutcome,
+    match: Callable[[Item, str], list[Match]],
+    recipients: Mapping[str, Sequence[str]],
+    now: datetime,
+) -> list[Match]:
+    """One page's outcome stored (save_pages stores the pages done together)."""
+    (found,) = store.save_pages([(item_id, outcome)], match, recipients, now)
+    return found
 
 
 def entries(store: Store) -> list[tuple[str, str, int]]:
@@ -91,7 +105,7 @@ def test_a_backlog_items_page_is_marked_old_never_claimed(store: Store) -> None:
 def test_a_text_adds_the_matches_of_watchlists_that_had_not_matched(store: Store) -> None:
     store.ingest([make_item(1)], match_all, KEELE, NOW)  # xAI on the teaser
     (item_id,) = claim(store)
-    found = store.save_page(item_id, text(), match_body, KEELE, NOW)
+    found = save(store, item_id, text(), match_body, KEELE, NOW)
     assert [m.watchlist for m in found] == ["Keele"]  # xAI had matched already
     assert store.page_texts([item_id]) == {item_id: BODY}
     assert entries(store) == [
@@ -107,7 +121,7 @@ def test_a_short_page_keeps_no_text_and_adds_no_match(store: Store) -> None:
     store.ingest([make_item(1)], match_nothing, KEELE, NOW)
     (item_id,) = claim(store)
     wall = PageOutcome(PageStatus.SHORT, 4, None, "only 4 words of text")
-    assert store.save_page(item_id, wall, match_body, KEELE, NOW) == []
+    assert save(store, item_id, wall, match_body, KEELE, NOW) == []
     assert store.page_texts([item_id]) == {} and entries(store) == []
     assert store.page_stats()["heise"].last_error == "only 4 words of text"
 
@@ -121,16 +135,15 @@ def at(n: int, path: str, feed: str, title: str) -> Item:
 def test_a_canonical_link_on_the_same_site_is_a_key_of_the_item(store: Store) -> None:
     store.ingest([at(1, "m/keele-1", "heise", "Musk")], match_nothing, KEELE, NOW)
     (item_id,) = claim(store)
-    store.save_page(
-        item_id, text(canonical="https://example.org/news/keele"), match_body, KEELE, NOW
-    )
+    own = text(canonical="https://example.org/news/keele")
+    save(store, item_id, own, match_body, KEELE, NOW)
     later = store.ingest([at(2, "news/keele", "golem", "Musk")], match_nothing, KEELE, NOW)
     elsewhere = store.ingest([at(3, "x", "golem", "Musk")], match_nothing, KEELE, NOW)
     assert later.new_items == () and len(elsewhere.new_items) == 1
 
     # Another site's canonical (a syndicated copy names its original) is no key of it.
     (copy,) = claim(store)
-    store.save_page(copy, text(canonical="https://elsewhere.org/y"), match_body, KEELE, NOW)
+    save(store, copy, text(canonical="https://elsewhere.org/y"), match_body, KEELE, NOW)
     other = replace(at(4, "y", "golem", "Musk"), key="u:elsewhere.org/y")
     assert len(store.ingest([other], match_nothing, KEELE, NOW).new_items) == 1
 
@@ -146,7 +159,7 @@ def test_an_item_whose_page_names_an_earlier_items_link_joins_its_story(store: S
     assert second in claimed
 
     page = text(canonical=desktop.url)
-    found = store.save_page(second, page, match_body, KEELE, NOW)
+    found = save(store, second, page, match_body, KEELE, NOW)
 
     assert [m.watchlist for m in found] == ["Keele"]  # recorded; its story told once
     assert entries(store) == [
@@ -173,8 +186,8 @@ def test_two_unmatched_items_joined_by_a_canonical_link_are_told_once(store: Sto
     first, second = ids(store)[desktop.url], ids(store)[amp.url]
     assert sorted(claim(store)) == sorted([first, second])
 
-    store.save_page(second, text(canonical=desktop.url), match_body, KEELE, NOW)
-    store.save_page(first, text(), match_body, KEELE, NOW)  # the same article via its link
+    save(store, second, text(canonical=desktop.url), match_body, KEELE, NOW)
+    save(store, first, text(), match_body, KEELE, NOW)  # the same article via its link
 
     assert entries(store) == [
         ("a@example.org", "Keele", first),
@@ -187,7 +200,7 @@ def test_a_revision_is_never_claimed_and_has_its_items_text(store: Store) -> Non
     store.dedupe = replace(store.dedupe, realert_on_update=True)
     store.ingest([make_item(1)], match_nothing, KEELE, NOW)
     (item_id,) = claim(store)
-    store.save_page(item_id, text(), match_body, KEELE, NOW)
+    save(store, item_id, text(), match_body, KEELE, NOW)
     revised = replace(make_item(1), title="Musk und xAI: der Chefjurist geht")
     result = store.ingest([revised], match_nothing, KEELE, NOW, match_body=match_body)
     assert result.updated and {m.watchlist for _, m in result.matches} == {"Keele", "xAI"}
