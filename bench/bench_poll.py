@@ -334,8 +334,12 @@ async def monitor_cycles(
                 _pages_fetched(app.store.engine)
             started = time.perf_counter()
             warm = await poll_due(app, force=True)
-            if fulltext and (await fetch_pages(app)).fetched:
-                raise RuntimeError("the warm cycle fetched pages")
+            if fulltext:
+                job_started = time.perf_counter()
+                if (await fetch_pages(app)).fetched:
+                    raise RuntimeError("the warm cycle fetched pages")
+                job = time.perf_counter() - job_started
+                print(f"  (N={len(urls)}, warm cycle with full text: page job {job:.3f} s)")
             warm_seconds = time.perf_counter() - started
     errors = [p.error for p in cold.polls + warm.polls if p.error]
     if errors:

@@ -169,7 +169,7 @@ async def running_app(
                 mailer=build_mailer(config),
                 parse_pool=pool,
                 clock=clock,
-                pages=Pages(fetcher, config.fulltext, clock),
+                pages=Pages(fetcher, config.fulltext, clock, store),
             )
             app.apply_config(config)
             if takes_part:

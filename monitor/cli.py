@@ -44,7 +44,7 @@ from monitor.labels import plain_problem
 from monitor.lock import database_lock, sqlite_file
 from monitor.logs import setup_logging
 from monitor.models import FeedState, FeedStatus, Hit, Item, Match
-from monitor.pages import Pages
+from monitor.pages import Pages, left_alone
 from monitor.poller import poll_due
 from monitor.query import Filter
 from monitor.spike_alerts import check_spikes
@@ -552,11 +552,13 @@ def _print_exclusions(excluded: Sequence[Exclusion], fields: dict[str, str]) -> 
 
 async def _test_url(config: Config, matcher: Matcher, url: str, language: str | None) -> int:
     """Fetch and extract one page as the daemon would (robots.txt, caps, deadline), show
-    what came out and where the watchlists match it: a site checked before `fulltext: true`."""
+    what came out and where the watchlists match it: a site checked before `fulltext: true`.
+    It takes its turn with the daemon's workers and keeps to their back-offs (the store)."""
+    store = open_store(config.database)
     pool = build_parse_pool(config)
     try:
         async with Fetcher(config.polling) as fetcher:
-            pages = Pages(fetcher, config.fulltext, utc_now)
+            pages = Pages(fetcher, config.fulltext, utc_now, store)
             try:
                 outcome = await read_page(pages, pool, url, origin=url)
             except MonitorError as refused:
@@ -564,6 +566,7 @@ async def _test_url(config: Config, matcher: Matcher, url: str, language: str | 
                 return EXIT_FAILURE
     finally:
         pool.close()
+        store.close()
     text = outcome.body or ""
     print(f"{url}: {outcome.status.value}, {outcome.words} words, {len(text)} characters")
     if outcome.error:
@@ -697,6 +700,7 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
     try:
         states = {s.name: s for s in store.feed_states()}
         pages = store.page_stats()
+        blocked = store.blocked_sites(datetime.now(UTC))
     finally:
         store.close()
     fulltext = config.fulltext_feeds()
@@ -733,6 +737,8 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
         print(_feed_row(name.ljust(name_width), feed, state, config, width, why_width))
         if feed.name in fulltext:
             print(f"  {_pages_line(pages.get(feed.name))}")
+    for site in blocked:  # their pages wait in the queue (403, 429, 503 from the site)
+        print(left_alone(site))
     if not why_width:
         print("(why each next poll is when it is: monitor feeds --wide)")
     return EXIT_OK

@@ -1,11 +1,21 @@
-"""Article pages, fetched politely: robots.txt, a gap per host, backing off. Owns protego.
+"""Article pages, fetched politely: robots.txt, a gap per site, backing off. Owns protego.
 
 Pages go over the feeds' HTTP client (fetch.py) and take the same per-host slots as that
-host's feeds; on top of that, page requests to one host start at least `fulltext.min_gap`
-seconds apart, robots.txt is honoured (cached per host for `fulltext.robots_ttl`;
-unreachable or 5xx = allowed, 401/403 = all disallowed, as Google does), and a 403, 429 or
-503 on a page stops page requests to that host until its Retry-After (else a default)
-has passed. None of this touches the host's feeds.
+host's feeds; on top of that, per site (scheme://host[:port]) and across every worker (the
+store's page_sites is the truth between processes, store/sites.py):
+
+- page requests start at least `fulltext.min_gap` seconds apart: a worker takes a turn
+  (a compare-and-set in the store) before each request, and a loser waits until the turn
+  it was told;
+- robots.txt is honoured, read by one worker and kept in the store for
+  `fulltext.robots_ttl` (unreachable or 5xx = allowed, 401/403 = all disallowed, as
+  Google does);
+- a 403, 429 or 503 on a page stops page requests to the site until its Retry-After (as
+  given), else for an hour, doubling with each such answer in a row up to a day; a page
+  answered 2xx ends the row.
+
+None of this touches the host's feeds. Within a process an asyncio.Lock per site keeps its
+requests in line, so the store sees one worker's requests one at a time.
 """
 
 from __future__ import annotations
@@ -22,11 +32,15 @@ from monitor import feeds as rules
 from monitor.config import FulltextConfig
 from monitor.errors import FetchError
 from monitor.fetch import Fetcher, FetchResult, HostBlocked
+from monitor.store import PageSite, SiteStore
 
 ROBOTS_AGENT = "monitor"  # the product token of the fetcher's User-Agent
 BACK_OFF_STATUSES = frozenset({403, 429, 503})
-_DEFAULT_BACK_OFF = 3600.0  # seconds, when a back-off status comes without a Retry-After
+FIRST_BACK_OFF = timedelta(hours=1)  # without a Retry-After; doubled per answer in a row
+LAST_BACK_OFF = timedelta(hours=24)
 _ROBOTS_MAX = 512 * 1024  # Google reads the first 500 KiB
+ALLOW_ALL = ""  # the robots.txt kept for a site that has none or cannot say
+DISALLOW_ALL = "User-agent: *\nDisallow: /\n"  # ... for one that refuses to show it (401/403)
 
 
 class PageRefused(FetchError):
@@ -38,70 +52,103 @@ class PageRefused(FetchError):
 
 
 @dataclass
-class _Host:
-    """Page politeness state of one host."""
+class _Site:
+    """What this process keeps of a site: its turn in line, and the rules last parsed."""
 
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
-    next_start: float = 0.0  # loop time
-    blocked_until: datetime | None = None
-    blocked_why: str = ""
-    robots: Protego | bool | None = None  # True: all allowed, False: none, None: not read
-    robots_at: datetime | None = None
+    seen: PageSite | None = None  # as the store last said
+    rules_at: datetime | None = None  # robots_at of the rules parsed
+    rules: Protego | bool = True  # True: all allowed (nothing to parse)
 
 
 class Pages:
     """Fetch article pages as a polite crawler; one per process, kept across cycles."""
 
     def __init__(
-        self, fetcher: Fetcher, settings: FulltextConfig, clock: Callable[[], datetime]
+        self,
+        fetcher: Fetcher,
+        settings: FulltextConfig,
+        clock: Callable[[], datetime],
+        sites: SiteStore,
     ) -> None:
         self.fetcher = fetcher
         self.settings = settings
         self.clock = clock
-        self._hosts: dict[str, _Host] = {}
+        self.sites = sites
+        self._sites: dict[str, _Site] = {}
 
     async def fetch(self, url: str, origin: str) -> FetchResult:
         """The page at url (origin: the feed's URL, for the redirect check). PageRefused if
         robots.txt or a back-off forbids it now; FetchError if it failed."""
         key = _site(url)
-        host = self._hosts.setdefault(key, _Host())
-        self._refuse_if_blocked(key, host)
-        async with host.turn:  # one page request at a time per host, min_gap apart
-            if not await self._allowed(key, host, url, origin):
+        here = self._sites.setdefault(key, _Site())
+        async with here.turn:  # one page request at a time per site from this process
+            state = here.seen
+            if state is None or self._robots_stale(state):  # else a turn says what is new
+                state = await asyncio.to_thread(self.sites.page_site, key)
+            self._refuse_if_blocked(state)
+            has_turn = False
+            if self._robots_stale(state):
+                state, has_turn = await self._take_turn(here, key), True
+                if self._robots_stale(state):  # no other worker read them meanwhile
+                    state, has_turn = await self._read_robots(key, origin), False
+                    here.seen = state
+            if not self._allows(here, state, url):
                 raise PageRefused(f"robots.txt of {key} disallows this page")
-            self._refuse_if_blocked(key, host)
-            await self._wait_turn(host)
-            try:
-                return await self._get(url, origin, self.settings.max_size)
-            except HostBlocked as blocked:  # the host's feeds were asked to wait: pages too
-                raise PageRefused(str(blocked), blocked.until) from None
-            except FetchError as error:
-                if error.status not in BACK_OFF_STATUSES:
-                    raise
-                self._block(host, error)
-                self._refuse_if_blocked(key, host)  # this page waits with the others
+            if not has_turn:
+                state = await self._take_turn(here, key)
+            return await self._fetch_page(here, key, state, url, origin)
+
+    async def _fetch_page(
+        self, here: _Site, key: str, state: PageSite, url: str, origin: str
+    ) -> FetchResult:
+        try:
+            answer = await self._get(url, origin, self.settings.max_size)
+        except HostBlocked as blocked:  # the host's feeds were asked to wait: pages too
+            raise PageRefused(str(blocked), blocked.until) from None
+        except FetchError as error:
+            if error.status not in BACK_OFF_STATUSES:
                 raise
+            here.seen = await self._block(key, error)
+            self._refuse_if_blocked(here.seen)  # this page waits with the others
+            raise
+        if state.strikes:
+            await asyncio.to_thread(self.sites.clear_strikes, key)
+            here.seen = None
+        return answer
 
-    def _refuse_if_blocked(self, key: str, host: _Host) -> None:
-        if host.blocked_until is not None and self.clock() < host.blocked_until:
-            raise PageRefused(
-                f"pages of {key} are left alone until {host.blocked_until:%Y-%m-%d %H:%M:%S} "
-                f"UTC: {host.blocked_why}",
-                host.blocked_until,
-            )
+    def _refuse_if_blocked(self, state: PageSite) -> None:
+        if state.is_blocked(self.clock()):
+            raise PageRefused(left_alone(state), state.blocked_until)
 
-    def _block(self, host: _Host, error: FetchError) -> None:
-        wait = rules.retry_after(error.retry_after or _DEFAULT_BACK_OFF)
-        until = self.clock() + timedelta(seconds=wait)
-        if host.blocked_until is None or until > host.blocked_until:
-            host.blocked_until, host.blocked_why = until, f"it answered HTTP {error.status}"
+    async def _block(self, key: str, error: FetchError) -> PageSite:
+        """One more back-off answer from the site: the Retry-After as given, else an hour
+        doubled per such answer in a row, up to a day."""
 
-    async def _wait_turn(self, host: _Host) -> None:
-        loop = asyncio.get_running_loop()
-        wait = host.next_start - loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        host.next_start = loop.time() + self.settings.min_gap
+        def wait(strikes: int) -> timedelta:
+            if error.retry_after is not None:
+                return timedelta(seconds=rules.retry_after(error.retry_after))
+            return min(FIRST_BACK_OFF * (1 << min(strikes - 1, 16)), LAST_BACK_OFF)
+
+        why = f"it answered HTTP {error.status}"
+        return await asyncio.to_thread(self.sites.block_site, key, why, wait, self.clock())
+
+    async def _take_turn(self, here: _Site, key: str) -> PageSite:
+        """Wait for this worker's turn to start a request to the site (PageRefused if the
+        site is blocked meanwhile); the site's state once the turn is taken."""
+        gap = timedelta(seconds=self.settings.min_gap)
+        while True:
+            now = self.clock()
+            next_at = here.seen.next_at if here.seen is not None else None
+            if next_at is not None and next_at > now:
+                await asyncio.sleep((next_at - now).total_seconds())
+                # Waited until then: that is now, even for a clock that did not move (tests).
+                now = max(self.clock(), next_at)
+            turn = await asyncio.to_thread(self.sites.take_turn, key, now, gap)
+            here.seen = turn.site
+            self._refuse_if_blocked(turn.site)
+            if turn.taken:
+                return turn.site
 
     async def _get(self, url: str, origin: str, limit: int, html: bool = True) -> FetchResult:
         return await self.fetcher.fetch_page(
@@ -113,28 +160,47 @@ class Pages:
             html_only=html,
         )
 
-    async def _allowed(self, key: str, host: _Host, url: str, origin: str) -> bool:
-        now = self.clock()
+    def _robots_stale(self, state: PageSite) -> bool:
         ttl = timedelta(seconds=self.settings.robots_ttl)
-        if host.robots is None or host.robots_at is None or now - host.robots_at >= ttl:
-            await self._wait_turn(host)
-            host.robots, host.robots_at = await self._read_robots(key, origin), now
-        if isinstance(host.robots, bool):
-            return host.robots
-        return bool(host.robots.can_fetch(url, ROBOTS_AGENT))
+        return (
+            state.robots is None or state.robots_at is None or state.robots_at + ttl <= self.clock()
+        )
 
-    async def _read_robots(self, key: str, origin: str) -> Protego | bool:
-        """The site's rules: True (all allowed) when it has none or cannot say, False when
-        it refuses to show them (401/403)."""
+    def _allows(self, here: _Site, state: PageSite, url: str) -> bool:
+        if here.rules_at != state.robots_at:  # parse once per reading, by whichever worker
+            here.rules, here.rules_at = _parse_robots(state.robots or ALLOW_ALL), state.robots_at
+        if isinstance(here.rules, bool):
+            return here.rules
+        return bool(here.rules.can_fetch(url, ROBOTS_AGENT))
+
+    async def _read_robots(self, key: str, origin: str) -> PageSite:
+        """Read the site's robots.txt (in a turn taken) and keep it for every worker: as
+        read, ALLOW_ALL when it has none or cannot say, DISALLOW_ALL when it refuses to
+        show it (401/403)."""
         try:
             answer = await self._get(f"{key}/robots.txt", origin, _ROBOTS_MAX, html=False)
+            text = (answer.body or b"").decode("utf-8", errors="replace")
+        except HostBlocked as blocked:  # the host's feeds were asked to wait: this too
+            raise PageRefused(str(blocked), blocked.until) from None
         except FetchError as error:
-            return error.status not in (401, 403)
-        text = (answer.body or b"").decode("utf-8", errors="replace")
-        try:
-            return Protego.parse(text)
-        except Exception:  # a robots.txt protego cannot read: as if there were none
-            return True
+            text = DISALLOW_ALL if error.status in (401, 403) else ALLOW_ALL
+        return await asyncio.to_thread(self.sites.save_robots, key, text, self.clock())
+
+
+def left_alone(state: PageSite) -> str:
+    """Why and until when a blocked site's pages are left alone (logs, `monitor feeds`)."""
+    row = f", {state.strikes} times in a row" if state.strikes > 1 else ""
+    until = f"{state.blocked_until:%Y-%m-%d %H:%M:%S}" if state.blocked_until else "?"
+    return f"pages of {state.site} are left alone until {until} UTC: {state.blocked_why}{row}"
+
+
+def _parse_robots(text: str) -> Protego | bool:
+    if not text.strip():
+        return True
+    try:
+        return Protego.parse(text)
+    except Exception:  # a robots.txt protego cannot read: as if there were none
+        return True
 
 
 def _site(url: str) -> str:

@@ -239,7 +239,9 @@ async def test_page_requests_to_one_host_keep_the_minimum_gap(
 
     assert len(started) == 3
     gaps = [b - a for a, b in itertools.pairwise(started)]
-    assert min(gaps) >= 0.45  # a lower bound only: a busy machine is slower, never faster
+    # The server sees each request a varying moment after its turn (0.49-0.52 s apart under
+    # load); without the gap they are a millisecond apart.
+    assert min(gaps) >= 0.4
 
 
 async def test_429_with_retry_after_backs_off_the_hosts_pages_not_its_feed(
@@ -870,6 +872,23 @@ async def test_an_amp_and_a_desktop_link_to_one_article_are_one_story_in_either_
     plain = text.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     titles = plain.count(DESKTOP_ENTRY[1]) + plain.count(AMP_ENTRY[1])
     assert titles == 1, plain
+
+
+def test_feeds_says_which_site_is_left_alone_until_when_and_why(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    url = serve_feed(httpserver, "/feed.xml", [("keele", "Departure", "At the top.")])
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    httpserver.expect_request("/keele").respond_with_data("no", status=403)
+    path = config_file(settings(sqlite_url, {"Tech": url}), write_config)
+    assert main(["--config", path, "poll"]) == 0
+    assert "1 deferred" in capsys.readouterr().out
+
+    assert main(["--config", path, "feeds"]) == 0
+    out = capsys.readouterr().out
+
+    assert f"pages of {base(httpserver)} are left alone until " in out
+    assert "UTC: it answered HTTP 403" in out
 
 
 async def test_pages_done_together_are_stored_together_and_a_failure_loses_no_other(

@@ -20,6 +20,7 @@ One module per entity, one mixin of `Store` each:
     workers   WorkerStore: running processes and their heartbeats
     prune     PruneStore: retention
     texts     TextStore: full-text feeds' article pages, claimed, stored and matched
+    sites     SiteStore: the page sites' turns, back-offs and robots.txt, across workers
     spikes    SpikeStore: stories per day and window, spike and silence alerts claimed once
 """
 
@@ -34,6 +35,7 @@ from monitor.store.items import IngestResult, ItemStore
 from monitor.store.leases import Claim, LeaseStore
 from monitor.store.outbox import DeadLetter, DeferredMessage, DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
+from monitor.store.sites import PageSite, SiteStore, Turn
 from monitor.store.spikes import SpikeStore, SpikeStory
 from monitor.store.texts import PageOutcome, PageStats, PageStatus, PageTask, TextStore
 from monitor.store.told import ToldStore
@@ -48,12 +50,15 @@ __all__ = [
     "IngestResult",
     "Outbox",
     "PageOutcome",
+    "PageSite",
     "PageStats",
     "PageStatus",
     "PageTask",
     "Pruned",
+    "SiteStore",
     "SpikeStory",
     "Store",
+    "Turn",
     "WorkerInfo",
     "create_engine",
     "database_trouble",
@@ -64,7 +69,15 @@ __all__ = [
 
 
 class Store(
-    ItemStore, TextStore, LeaseStore, OutboxStore, ToldStore, WorkerStore, PruneStore, SpikeStore
+    ItemStore,
+    TextStore,
+    SiteStore,
+    LeaseStore,
+    OutboxStore,
+    ToldStore,
+    WorkerStore,
+    PruneStore,
+    SpikeStore,
 ):
     """The database, behind methods named for what the pipeline needs."""
 

@@ -297,6 +297,19 @@ item_texts = sa.Table(
 # original's, fetched once for both.
 PAGE_ITEM = sa.func.coalesce(story_members.c.revision_of, items.c.id)
 
+# Full text (migration 0009_i22_page_sites): each site's page politeness, shared by workers.
+page_sites = sa.Table(
+    "page_sites",
+    metadata,
+    sa.Column("site", sa.Text, primary_key=True),  # scheme://host[:port]
+    sa.Column("next_at", UTCDateTime),  # no page request to the site starts before this
+    sa.Column("blocked_until", UTCDateTime),  # it answered 403/429/503: left alone till then
+    sa.Column("blocked_why", sa.Text, nullable=False, server_default=""),
+    sa.Column("strikes", sa.Integer, nullable=False, server_default="0"),  # such answers in a row
+    sa.Column("robots", sa.Text),  # its robots.txt as read (NULL: not read yet)
+    sa.Column("robots_at", UTCDateTime),
+)
+
 
 def hits_json(hits: Sequence[Hit]) -> str:
     return json.dumps([[h.term, h.field, h.start, h.end] for h in hits], ensure_ascii=False)

@@ -19,16 +19,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
-from monitor.store.dialect import insert
+from monitor.store.dialect import among, insert, select_among
 from monitor.store.items import _grouped_keys, _record_matches, page_bodies
 from monitor.store.schema import (
     Recorded,
+    UTCDateTime,
     item_from,
     item_keys,
-    item_sources,
     item_texts,
     items,
-    matches,
     story_members,
 )
 from monitor.store.stories import (
@@ -146,48 +145,44 @@ class TextStore(StoryStore):
         """Store pages' outcomes (item id, outcome), in one transaction; match each text
         with its item's; queue the matches of watchlists that had not matched the item.
         Returns, per page, those matches."""
-        found: list[list[Match]] = []
+        ids = [item_id for item_id, _ in outcomes]
         unsettled: list[Recorded] = []
         clustered: list[Candidate] = []
         with self._tx() as tx:
-            # Before any insert (a canonical link's key, a match), as ingest takes it.
+            query = sa.select(items).where(among(tx, items.c.id, ids))
+            stored = {row.id: item_from(row) for row in tx.execute(query)}  # not pruned
+            if texts := [_text_values(i, o, now) for i, o in outcomes if i in stored]:
+                tx.execute(_SAVE_TEXT, texts)
+            found = _match_texts(tx, stored, outcomes, match)
+            own = [(i, o.canonical) for i, o in outcomes if i in stored and o.canonical]
+            if not own and not any(found.values()):
+                return [[] for _ in outcomes]
+            # Before any insert (a canonical link's key, a match), as ingest takes it; after
+            # the matching, which other workers' ingests need not wait for.
             lock_stories(tx)
-            for item_id, outcome in outcomes:
-                fresh, late, joined = self._save_page(tx, item_id, outcome, match, recipients, now)
-                found.append(fresh)
-                unsettled += late
-                clustered += joined
+            for item_id, canonical in own:
+                item = stored[item_id]
+                clustered += self._add_own_url(tx, item_id, item, canonical, recipients, now)
+            had: dict[int, set[str]] = {}
+            sql = "SELECT item_id, watchlist FROM matches WHERE item_id {among}"
+            for item_id, watchlist in select_among(tx, sql, sorted(found)):
+                had.setdefault(item_id, set()).add(watchlist)
+            for item_id, candidates in found.items():
+                known = had.get(item_id, set())
+                found[item_id] = fresh = [m for m in candidates if m.watchlist not in known]
+                if fresh:
+                    item = stored[item_id]
+                    unsettled += self._queue_late(tx, item_id, item, fresh, recipients, now)
         self._remember(clustered, now)  # only once committed, as _settle does
         self._settle(unsettled, recipients, now)
-        return found
-
-    def _save_page(
-        self,
-        tx: Connection,
-        item_id: int,
-        outcome: PageOutcome,
-        match: Callable[[Item, str], Sequence[Match]],
-        recipients: Mapping[str, Sequence[str]],
-        now: datetime,
-    ) -> tuple[list[Match], list[Recorded], list[Candidate]]:
-        """One page of save_pages: (the matches it adds, those left for _settle, the items
-        clustered meanwhile, for the candidate cache once committed)."""
-        row = tx.execute(sa.select(items).where(items.c.id == item_id)).first()
-        if row is None:  # pruned meanwhile
-            return [], [], []
-        item = item_from(row)
-        _store_outcome(tx, item_id, outcome, now)
-        clustered = self._add_own_url(tx, item_id, item, outcome.canonical, recipients, now)
-        fresh = _fresh_matches(tx, item_id, item, outcome, match)
-        late = self._queue_late(tx, item_id, item, fresh, recipients, now) if fresh else []
-        return fresh, late, clustered
+        return [found.get(item_id, []) for item_id in ids]
 
     def _add_own_url(
         self,
         tx: Connection,
         item_id: int,
         item: Item,
-        own: str | None,
+        own: str,
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
     ) -> list[Candidate]:
@@ -196,7 +191,7 @@ class TextStore(StoryStore):
         variant, a desktop link to an item first seen as AMP) is then this item. When an
         item with that URL is stored already, the two join its story (_join). Returns the
         items clustered meanwhile, for the candidate cache."""
-        key = _own_key(item, own) if own else None
+        key = _own_key(item, own)
         if key is None:
             return []
         # Under the story lock (save_pages), taken before the key's insert: an ingest
@@ -296,6 +291,32 @@ class FailingPages:
     since: datetime | None  # the first of those pages
 
 
+# One statement for a round's pages (executemany).
+_SAVE_TEXT = (
+    item_texts.update()
+    .where(item_texts.c.item_id == sa.bindparam("id"))
+    .values(
+        status=sa.bindparam("status"),
+        claimed_until=None,
+        fetched_at=sa.bindparam("fetched_at", type_=UTCDateTime()),
+        words=sa.bindparam("words"),
+        body=sa.bindparam("body"),
+        error=sa.bindparam("error"),
+    )
+)
+
+
+def _text_values(item_id: int, outcome: PageOutcome, now: datetime) -> dict[str, object]:
+    return {
+        "id": item_id,
+        "status": outcome.status.value,
+        "fetched_at": now,
+        "words": outcome.words,
+        "body": outcome.body,
+        "error": outcome.error,
+    }
+
+
 def _claim(
     tx: Connection, item_id: int, feed: str, new: bool, now: datetime, until: datetime
 ) -> bool:
@@ -315,47 +336,33 @@ def _claim(
     return bool(taken.rowcount)
 
 
-def _store_outcome(tx: Connection, item_id: int, outcome: PageOutcome, now: datetime) -> None:
-    tx.execute(
-        item_texts.update()
-        .where(item_texts.c.item_id == item_id)
-        .values(
-            status=outcome.status.value,
-            claimed_until=None,
-            fetched_at=now,
-            words=outcome.words,
-            body=outcome.body,
-            error=outcome.error,
-        )
-    )
-
-
-def _fresh_matches(
+def _match_texts(
     tx: Connection,
-    item_id: int,
-    item: Item,
-    outcome: PageOutcome,
+    stored: Mapping[int, Item],
+    outcomes: Sequence[tuple[int, PageOutcome]],
     match: Callable[[Item, str], Sequence[Match]],
-) -> list[Match]:
-    """The matches of the item with its text, of watchlists that had not matched it: as
-    its own feed's, and as each other feed's that carried it meanwhile (a watchlist limited
-    to that feed, as items._matched_elsewhere matches a copy)."""
-    if outcome.status is not PageStatus.TEXT or not outcome.body:
-        return []
-    query = sa.select(matches.c.watchlist).where(matches.c.item_id == item_id)
-    had = set(tx.execute(query).scalars())
-    copies = sa.select(item_sources.c.feed, item_sources.c.url).where(
-        item_sources.c.item_id == item_id, item_sources.c.feed != item.feed
-    )
-    copies = copies.order_by(item_sources.c.seen_at, item_sources.c.feed)
-    carried = [replace(item, feed=feed, url=url) for feed, url in tx.execute(copies)]
-    fresh = []
-    for each in (item, *carried):
-        for m in match(each, outcome.body):
-            if m.watchlist not in had:
-                had.add(m.watchlist)
-                fresh.append(m)
-    return fresh
+) -> dict[int, list[Match]]:
+    """item id -> the matches of each page's text with its item, as its own feed's and as
+    each other feed's that carried it meanwhile (a watchlist limited to that feed, as
+    items._matched_elsewhere matches a copy), one per watchlist."""
+    bodies = {
+        item_id: outcome.body
+        for item_id, outcome in outcomes
+        if item_id in stored and outcome.status is PageStatus.TEXT and outcome.body
+    }
+    copies: dict[int, list[Item]] = {item_id: [stored[item_id]] for item_id in bodies}
+    sql = "SELECT item_id, feed, url FROM item_sources WHERE item_id {among} ORDER BY seen_at"
+    for item_id, feed, url in select_among(tx, sql, sorted(bodies)) if bodies else ():
+        if feed != stored[item_id].feed:
+            copies[item_id].append(replace(stored[item_id], feed=feed, url=url))
+    found: dict[int, list[Match]] = {}
+    for item_id, body in bodies.items():
+        kept: dict[str, Match] = {}
+        for each in copies[item_id]:
+            for m in match(each, body):
+                kept.setdefault(m.watchlist, m)
+        found[item_id] = list(kept.values())
+    return found
 
 
 def _own_key(item: Item, own: str) -> str | None:
