@@ -352,18 +352,18 @@ async def monitor_cycles(
 
 
 def _pages_fetched(engine: Any) -> None:
-    """Every item's page stored with a text, as after its page was fetched: 300 words."""
+    """Every item's page (queued when the item was stored) stored with a text, as after
+    its page was fetched: 300 words."""
     import sqlalchemy as sa
 
     body = " ".join(WORDS_DE * 10)[:2000]
     with engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO item_texts (item_id, feed, status, fetched_at, words, body) "
-                "SELECT id, feed, 'text', first_seen_at, 300, :body FROM items"
-            ),
+        fetched = connection.execute(
+            sa.text("UPDATE item_texts SET status = 'text', words = 300, body = :body"),
             {"body": body},
         )
+        if not fetched.rowcount:
+            raise RuntimeError("no page was queued")
 
 
 def floor(directory: Path, count: int) -> float:

@@ -76,6 +76,7 @@ class App:
         self.mailer = build_mailer(config)
         self.recipients = {w.name: config.recipients_of(w) for w in config.watchlists}
         self.store.dedupe = build_dedupe(config)
+        self.store.page_feeds = frozenset(config.fulltext_feeds())
         if self.pages is not None:
             self.pages.settings = config.fulltext
 

@@ -35,9 +35,10 @@ from monitor.store.items import IngestResult, ItemStore
 from monitor.store.leases import Claim, LeaseStore
 from monitor.store.outbox import DeadLetter, DeferredMessage, DigestRun, Outbox, OutboxStore
 from monitor.store.prune import Pruned, PruneStore
+from monitor.store.schema import PageStatus
 from monitor.store.sites import PageSite, SiteStore, Turn
 from monitor.store.spikes import SpikeStore, SpikeStory
-from monitor.store.texts import PageOutcome, PageStats, PageStatus, PageTask, TextStore
+from monitor.store.texts import PageOutcome, PageStats, PageTask, TextStore
 from monitor.store.told import ToldStore
 from monitor.store.workers import WorkerInfo, WorkerStore
 from monitor.stories import DedupeSettings

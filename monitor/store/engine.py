@@ -126,6 +126,8 @@ class StoreBase:
     def __init__(self, engine: Engine, dedupe: DedupeSettings | None = None) -> None:
         self.engine = engine
         self.dedupe = dedupe or DedupeSettings()
+        # The feeds whose new items' article pages are queued at ingest (fulltext.py).
+        self.page_feeds: frozenset[str] = frozenset()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -16,6 +16,7 @@ from monitor.store.dialect import among, bulk_insert, chunks, insert, select_amo
 from monitor.store.schema import (
     ITEM_COLUMNS,
     PAGE_ITEM,
+    PageStatus,
     Recorded,
     hits_json,
     item_from,
@@ -240,6 +241,13 @@ def _record_repeats(
     bulk_insert(tx, item_sources, ("item_id", "feed", "url", "seen_at"), outlets)
 
 
+def _queue_pages(tx: Connection, stored: Sequence[tuple[int, str]], feeds: Collection[str]) -> None:
+    """Queue the article pages of new items (id, feed) of full-text `feeds` (fulltext.py
+    claims them from the queue)."""
+    rows = [(item_id, feed, PageStatus.WAITING.value) for item_id, feed in stored if feed in feeds]
+    bulk_insert(tx, item_texts, ("item_id", "feed", "status"), rows, new=True)
+
+
 def _insert_items(
     tx: Connection, fresh: Sequence[tuple[Item, tuple[int, ...]]], now: datetime
 ) -> dict[str, int]:
@@ -408,6 +416,9 @@ class ItemStore(StoryStore):
             lock_stories(tx)
         updated = _seen_again(tx, seen, known, now)
         ids = _insert_items(tx, [pair for pairs in fresh for pair in pairs], now)
+        _queue_pages(
+            tx, [(ids[i.key], i.feed) for p in fresh for i, _ in p if i.key in ids], self.page_feeds
+        )
         _record_repeats(tx, repeats, ids, now)
         new_items = [tuple(item for item, _ in pairs if item.key in ids) for pairs in fresh]
         found = [[(item, m) for item in items for m in match(item, None)] for items in new_items]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -278,6 +279,16 @@ story_growth = sa.Table(
 
 # Full text (migration 0008_i22_item_texts): one row per item whose page was claimed,
 # fetched or given up; deleted with its item at retention.
+class PageStatus(enum.StrEnum):
+    WAITING = "waiting"  # queued when its item was stored (a full-text feed's new item)
+    CLAIMED = "claimed"  # a worker is fetching it
+    TEXT = "text"  # extracted, at least fulltext.min_words words
+    SHORT = "short"  # too little text: a consent or bot wall, a paywall, a video page
+    FAILED = "failed"  # HTTP error, too large, not HTML, too slow, extraction failed
+    REFUSED = "refused"  # robots.txt disallows it
+    OLD = "old"  # the item is backlog (older than `backlog` when first seen): not fetched
+
+
 item_texts = sa.Table(
     "item_texts",
     metadata,
@@ -285,7 +296,7 @@ item_texts = sa.Table(
         "item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
     ),
     sa.Column("feed", sa.Text, nullable=False, index=True),
-    sa.Column("status", sa.Text, nullable=False),  # fulltext.PageStatus
+    sa.Column("status", sa.Text, nullable=False, index=True),  # PageStatus
     sa.Column("claimed_until", UTCDateTime),  # while claimed: another worker waits till then
     sa.Column("fetched_at", UTCDateTime),
     sa.Column("words", sa.Integer, nullable=False, server_default="0"),

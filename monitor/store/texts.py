@@ -9,7 +9,6 @@ are: no watchlist and recipient hears of an item twice.
 
 from __future__ import annotations
 
-import enum
 import statistics
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -19,16 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
-from monitor.store.dialect import among, insert, select_among
+from monitor.store.dialect import among, chunks, insert, select_among
 from monitor.store.items import _grouped_keys, _record_matches, page_bodies
 from monitor.store.schema import (
+    PageStatus,
     Recorded,
     UTCDateTime,
     item_from,
     item_keys,
     item_texts,
     items,
-    story_members,
 )
 from monitor.store.stories import (
     StoryStore,
@@ -39,15 +38,6 @@ from monitor.store.stories import (
 )
 from monitor.stories import Candidate, dedupe_keys
 from monitor.urls import url_identity
-
-
-class PageStatus(enum.StrEnum):
-    CLAIMED = "claimed"  # a worker is fetching it
-    TEXT = "text"  # extracted, at least fulltext.min_words words
-    SHORT = "short"  # too little text: a consent or bot wall, a paywall, a video page
-    FAILED = "failed"  # HTTP error, too large, not HTML, too slow, extraction failed
-    REFUSED = "refused"  # robots.txt disallows it
-    OLD = "old"  # the item is backlog (older than `backlog` when first seen): not fetched
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,38 +81,35 @@ class TextStore(StoryStore):
         limit: int,
         backlog: timedelta,
     ) -> list[PageTask]:
-        """Claim up to `limit` pages of items of `feeds` first seen since `since`, oldest
-        first, that no worker has fetched or is fetching (a claim past its deadline was a
-        dead worker's), till `until`. An item dated `backlog` before it was first seen
-        alerts no one (poller.news_only): its page is marked OLD, never fetched. A revision
-        (a changed teaser) has its item's page (items.page_bodies): never fetched twice."""
-        if not feeds:
-            return []
+        """Claim up to `limit` waiting pages of items of `feeds`, oldest first, and pages
+        whose claim has expired (a dead worker's), till `until`. Pages wait in the queue from
+        the moment their item is stored (ingest: a full-text feed's new item); a page of an
+        item first seen before `since`, or of a feed no longer in `feeds`, leaves it unfetched.
+        An item dated `backlog` before it was first seen alerts no one (poller.news_only):
+        its page is marked OLD, never fetched."""
         texts = item_texts
+        queued = sa.or_(
+            texts.c.status == PageStatus.WAITING,
+            sa.and_(texts.c.status == PageStatus.CLAIMED, texts.c.claimed_until < now),
+        )
         query = (
             sa.select(items, texts.c.status)
-            .outerjoin(texts, texts.c.item_id == items.c.id)
-            .where(items.c.feed.in_(sorted(feeds)), items.c.first_seen_at >= since)
-            .where(
-                ~sa.exists().where(
-                    story_members.c.item_id == items.c.id, story_members.c.revision_of.is_not(None)
-                )
-            )
-            .where(
-                sa.or_(
-                    texts.c.item_id.is_(None),
-                    sa.and_(texts.c.status == PageStatus.CLAIMED, texts.c.claimed_until < now),
-                )
-            )
+            .join(texts, texts.c.item_id == items.c.id)
+            .where(queued)
             .order_by(items.c.first_seen_at, items.c.id)
             .limit(limit)
         )
         claimed = []
         with self._tx() as tx:
+            _drop_unwanted(tx, set(feeds), since)
             for row in tx.execute(query).all():
                 if row.published_at < row.first_seen_at - backlog:
-                    _mark_old(tx, row.id, row.feed, row.status is None)
-                elif _claim(tx, row.id, row.feed, row.status is None, now, until):
+                    tx.execute(
+                        texts.update()
+                        .where(texts.c.item_id == row.id)
+                        .values(status=PageStatus.OLD)
+                    )
+                elif _claim(tx, row.id, now, until):
                     claimed.append(PageTask(row.id, item_from(row)))
         return claimed
 
@@ -130,9 +117,9 @@ class TextStore(StoryStore):
         """Give a claimed page back to the queue (its host asked to wait)."""
         with self._tx() as tx:
             tx.execute(
-                item_texts.delete().where(
-                    item_texts.c.item_id == item_id, item_texts.c.status == PageStatus.CLAIMED
-                )
+                item_texts.update()
+                .where(item_texts.c.item_id == item_id, item_texts.c.status == PageStatus.CLAIMED)
+                .values(status=PageStatus.WAITING, claimed_until=None)
             )
 
     def save_pages(
@@ -252,7 +239,7 @@ class TextStore(StoryStore):
                 query = (
                     sa.select(texts.c.status, texts.c.error, texts.c.fetched_at)
                     .where(texts.c.feed == feed, texts.c.fetched_at.is_not(None))
-                    .where(texts.c.status.not_in([PageStatus.CLAIMED, PageStatus.OLD]))
+                    .where(texts.c.status.not_in(UNFETCHED))
                     .order_by(texts.c.fetched_at.desc())
                     .limit(latest)
                 )
@@ -271,7 +258,7 @@ class TextStore(StoryStore):
         texts = item_texts
         query = (
             sa.select(texts.c.feed, texts.c.status, texts.c.words, texts.c.error)
-            .where(item_texts.c.status.not_in([PageStatus.CLAIMED, PageStatus.OLD]))
+            .where(item_texts.c.status.not_in(UNFETCHED))
             .order_by(item_texts.c.fetched_at)
         )
         rows: dict[str, list[tuple[str, int, str | None]]] = {}
@@ -290,6 +277,9 @@ class FailingPages:
     error: str  # the latest page's
     since: datetime | None  # the first of those pages
 
+
+# Pages without an outcome yet, or never to be fetched: not in a feed's page statistics.
+UNFETCHED = [PageStatus.WAITING, PageStatus.CLAIMED, PageStatus.OLD]
 
 # One statement for a round's pages (executemany).
 _SAVE_TEXT = (
@@ -317,23 +307,34 @@ def _text_values(item_id: int, outcome: PageOutcome, now: datetime) -> dict[str,
     }
 
 
-def _claim(
-    tx: Connection, item_id: int, feed: str, new: bool, now: datetime, until: datetime
-) -> bool:
+def _claim(tx: Connection, item_id: int, now: datetime, until: datetime) -> bool:
     """Whether this transaction claimed the page (another worker may have just now)."""
     texts = item_texts
-    if new:
-        row = {"item_id": item_id, "feed": feed, "status": PageStatus.CLAIMED.value}
-        statement = insert(tx, texts).values(**row, claimed_until=until).on_conflict_do_nothing()
-        # RETURNING, not rowcount: psycopg counts -1 for every such insert, done or not.
-        return tx.execute(statement.returning(texts.c.item_id)).first() is not None
     taken = tx.execute(
         texts.update()
-        .where(texts.c.item_id == item_id, texts.c.status == PageStatus.CLAIMED)
-        .where(texts.c.claimed_until < now)
-        .values(claimed_until=until)
+        .where(texts.c.item_id == item_id)
+        .where(
+            sa.or_(
+                texts.c.status == PageStatus.WAITING,
+                sa.and_(texts.c.status == PageStatus.CLAIMED, texts.c.claimed_until < now),
+            )
+        )
+        .values(status=PageStatus.CLAIMED, claimed_until=until)
     )
     return bool(taken.rowcount)
+
+
+def _drop_unwanted(tx: Connection, feeds: set[str], since: datetime) -> None:
+    """Waiting pages no one will fetch: their feed's full text was switched off, or their
+    item is older than `fulltext.max_age`. Their items keep their teaser matches."""
+    texts = item_texts
+    waiting = sa.select(texts.c.item_id, texts.c.feed, items.c.first_seen_at).join(
+        items, items.c.id == texts.c.item_id
+    )
+    rows = tx.execute(waiting.where(texts.c.status == PageStatus.WAITING)).all()
+    gone = [r.item_id for r in rows if r.feed not in feeds or r.first_seen_at < since]
+    for chunk in chunks(gone):
+        tx.execute(texts.delete().where(texts.c.item_id.in_(chunk)))
 
 
 def _match_texts(
@@ -396,15 +397,6 @@ def _add_key(tx: Connection, item_id: int, keyed: Item, now: datetime) -> int | 
 def _items_by_id(tx: Connection, item_ids: Collection[int]) -> list[tuple[int, Item]]:
     query = sa.select(items).where(items.c.id.in_(sorted(item_ids))).order_by(items.c.id)
     return [(row.id, item_from(row)) for row in tx.execute(query)] if item_ids else []
-
-
-def _mark_old(tx: Connection, item_id: int, feed: str, new: bool) -> None:
-    texts = item_texts
-    if new:
-        row = {"item_id": item_id, "feed": feed, "status": PageStatus.OLD.value}
-        tx.execute(insert(tx, texts).values(**row).on_conflict_do_nothing())
-    else:
-        tx.execute(texts.update().where(texts.c.item_id == item_id).values(status=PageStatus.OLD))
 
 
 def _stats(pages: list[tuple[str, int, str | None]]) -> PageStats:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from monitor.models import Hit, Item, Match
@@ -18,6 +19,13 @@ BACKLOG = timedelta(hours=48)
 UNTIL = NOW + timedelta(minutes=5)
 BODY = "Robert Keele, the general counsel of xAI, has left the company after two years."
 KEELE = {"Keele": ("a@example.org",), **RECIPIENTS}
+
+
+@pytest.fixture
+def store(store: Store) -> Store:
+    """The store, with heise and golem full-text feeds (their new items' pages queued)."""
+    store.page_feeds = frozenset({"heise", "golem"})
+    return store
 
 
 def match_nothing(item: Item) -> list[Match]:
@@ -84,13 +92,13 @@ def test_a_page_is_claimed_once_and_again_only_after_its_claim_expired(store: St
     assert claim(store, at=timedelta(minutes=10)) == [item_id]  # its worker died: again
 
 
-def test_a_claim_another_worker_inserted_first_is_not_taken(store: Store) -> None:
+def test_a_page_another_worker_claimed_first_is_not_taken(store: Store) -> None:
     store.ingest([make_item(1)], match_nothing, RECIPIENTS, NOW)
     (item_id,) = ids(store).values()
     assert len(claim(store)) == 1
     # The other worker read the page as unclaimed before this claim committed.
     with store._tx() as tx:
-        assert not _claim(tx, item_id, "heise", True, NOW, UNTIL)
+        assert not _claim(tx, item_id, NOW, UNTIL)
 
 
 def test_a_backlog_items_page_is_marked_old_never_claimed(store: Store) -> None:
