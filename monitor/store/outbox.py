@@ -118,7 +118,8 @@ def store_message(
 ) -> bool:
     """Store a rendered message, ready to be sent at `send_at` (now by default), in the
     caller's transaction: the bytes are kept before anything is sent, so a resend uses
-    them. False if a message with its Message-ID is stored already."""
+    them. False if a message with its Message-ID is stored already (told by RETURNING:
+    psycopg reports no row count for an INSERT compiled by SQLAlchemy 2.1, -1 either way)."""
     stored = tx.execute(
         insert(tx, messages)
         .values(
@@ -131,8 +132,9 @@ def store_message(
             created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["message_id"])
-    ).rowcount
-    return bool(stored)
+        .returning(messages.c.message_id)
+    ).first()
+    return stored is not None
 
 
 _EXCERPT_CHARS = 400  # of the article around its first body hit: the digest cuts ~25 words
