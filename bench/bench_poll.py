@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -230,28 +230,49 @@ class PeakRss:
     (the interpreter, libraries a parse process inherits from the fork server) once in each.
     `peak_pss`: the sum of their PSS, which splits a shared page among its sharers: the
     memory the processes take together, as their cgroup (a systemd unit's MemoryMax)
-    counts it."""
+    counts it.
+
+    The sampler is a process of its own (`--peak-memory`): as a thread here it took the
+    interpreter's lock from monitor's event loop 20 times a second, and reading PSS costs
+    0.6 ms per process, so it is read every 0.5 s (RSS every 50 ms)."""
 
     def __init__(self, exclude: set[int]) -> None:
         self.exclude = exclude
         self.peak = 0
         self.peak_pss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._sampler: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> PeakRss:
-        self._thread.start()
+        command = [sys.executable, __file__, "--peak-memory", str(os.getpid())]
+        self._sampler = subprocess.Popen(
+            [*command, *map(str, self.exclude)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        assert self._sampler is not None
+        out, _ = self._sampler.communicate("")  # stdin closed: it prints its peaks
+        self.peak, self.peak_pss = map(int, out.split())
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            pids = set(_tree(os.getpid())) - self.exclude
-            self.peak = max(self.peak, sum(_rss(pid) for pid in pids))
-            self.peak_pss = max(self.peak_pss, sum(_pss(pid) for pid in pids))
+
+def sample_memory(owner: int, exclude: set[int]) -> None:
+    """The sampler process: peak summed RSS and PSS of `owner`'s process tree (without
+    `exclude` and itself), printed once stdin closes."""
+    import select
+
+    exclude = exclude | {os.getpid()}
+    peak = peak_pss = 0
+    for n in itertools.count():
+        pids = set(_tree(owner)) - exclude
+        peak = max(peak, sum(_rss(pid) for pid in pids))
+        if n % 10 == 0:
+            peak_pss = max(peak_pss, sum(_pss(pid) for pid in pids))
+        if select.select([sys.stdin], [], [], 0.05)[0]:
+            break
+    print(peak, peak_pss, flush=True)
 
 
 def _tree(pid: int) -> list[int]:
@@ -517,6 +538,8 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--serve":
         serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--peak-memory":
+        sample_memory(int(sys.argv[2]), {int(pid) for pid in sys.argv[3:]})
     elif len(sys.argv) == 4 and sys.argv[1] == "--floor":
         _floor_here(Path(sys.argv[2]), int(sys.argv[3]))
     else:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from monitor import feeds as rules
 from monitor.app import App
@@ -33,6 +33,7 @@ from monitor.store import Claim, IngestResult, database_trouble
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _FEEDS_PER_TRANSACTION = 32  # bounds how long the writer holds SQLite's write lock
 # A claim costs about 2 ms beyond its rows on PostgreSQL (round trips, the statement's own
@@ -489,11 +490,16 @@ class _Writer:
             cutoffs = {items[0].feed: cutoff for items, cutoff in payloads if items}
             batches = [items for items, _ in payloads]
             match = news_only(self.app.matcher.match, cutoffs)
+            # Known items (another feed's copy, a revision) are matched with their stored page.
+            body = news_only(self.app.matcher.match_with_body, cutoffs)
             recipients, now = self.app.recipients, self.app.clock()
             try:
-                stored: list[Any] = store.ingest_many(batches, match, recipients, now)
+                stored: list[Any] = store.ingest_many(
+                    batches, match, recipients, now, match_body=body
+                )
             except Exception:  # one feed's failure must not fail the others: each on its own
-                stored = [_attempt(store.ingest, b, match, recipients, now) for b in batches]
+                one = functools.partial(store.ingest, match_body=body)
+                stored = [_attempt(one, b, match, recipients, now) for b in batches]
             for n, result in zip(ingests, stored, strict=True):
                 results[n] = result
         outcomes = [n for n, job in enumerate(jobs) if job.kind == "finish"]
@@ -524,16 +530,18 @@ class _Job:
 
 
 def news_only(
-    match: Callable[[Item], Sequence[Match]], cutoffs: Mapping[str, datetime]
-) -> Callable[[Item], Sequence[Match]]:
+    match: Callable[Concatenate[Item, P], Sequence[Match]], cutoffs: Mapping[str, datetime]
+) -> Callable[Concatenate[Item, P], Sequence[Match]]:
     """`match` for news only: an item dated before its feed's backlog cutoff matches no
     watchlist, so it is stored (deduplicated, searchable with `test --stored`) and alerts no
     one, not even later as another outlet's copy (the store matches those with the stored
     item's date) or as an updated text."""
 
-    def matched(item: Item) -> Sequence[Match]:
+    def matched(item: Item, /, *args: P.args, **kwargs: P.kwargs) -> Sequence[Match]:
         cutoff = cutoffs.get(item.feed)
-        return () if cutoff is not None and item.published < cutoff else match(item)
+        if cutoff is not None and item.published < cutoff:
+            return ()
+        return match(item, *args, **kwargs)
 
     return matched
 

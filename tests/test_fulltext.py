@@ -32,7 +32,7 @@ from monitor.app import App, running_app, utc_now
 from monitor.cli import SHOWN_HITS, main
 from monitor.config import Config, load_config
 from monitor.daemon import Daemon, Ticks
-from monitor.delivery import FAILING_PAGES, feed_health
+from monitor.delivery import FAILING_PAGES, feed_health, preview, run_digests
 from monitor.extract import own_url
 from monitor.fulltext import fetch_pages
 from monitor.metrics import Metrics
@@ -741,6 +741,144 @@ def test_own_url_is_the_canonical_link_else_og_url_made_absolute() -> None:
     assert own_url(f"<head>{og}</head>", page) == "https://example.org/og"
     assert own_url("<head><link rel=canonical href='javascript:x'></head>", page) is None
     assert own_url("<head></head>", page) is None
+
+
+# ------------------------------------------------------------- the stored body in every path
+
+
+def config_with(
+    database: str, feeds: dict[str, str], *watchlists: dict[str, Any], **top: Any
+) -> Config:
+    """settings(), with more watchlists and top-level sections."""
+    data = settings(database, feeds).model_dump(mode="json", exclude={"source"}, exclude_none=True)
+    data["watchlists"] += list(watchlists)
+    return Config.model_validate({**data, **top})
+
+
+async def test_another_feeds_copy_of_a_fetched_item_matches_its_watchlists_on_the_body(
+    httpserver: HTTPServer, database_url: str
+) -> None:
+    entry = [("keele", "Departure", "At the top.")]
+    feeds = {
+        "One": serve_feed(httpserver, "/one.xml", entry),
+        "Two": serve_feed(httpserver, "/two.xml", entry),
+    }
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+    only_two = {"name": "Two's", "terms": ["Robert Keele"], "feeds": ["Two"]}
+    config = config_with(database_url, feeds, {**only_two, "recipients": ["c@example.org"]})
+
+    async with app_for(config) as app:
+        await poll_due(app, ["One"])
+        await fetch_pages(app, drain=True)  # the body names Robert Keele: Keele, xAI
+        polled = await poll_due(app, ["Two"])  # the same link: the stored item, the stored body
+        report = await fetch_pages(app, drain=True)
+        queued = deliveries(app)
+
+    assert polled.new_items == 0 and polled.matches == 1
+    assert (f"{base(httpserver)}/keele", "Two's", "c@example.org") in queued
+    assert len(queued) == 4 and report.fetched == 0
+    assert requests_to(httpserver, "/keele") == 1
+
+
+async def test_a_body_read_after_another_feed_carried_the_item_matches_that_feeds_watchlists(
+    httpserver: HTTPServer, database_url: str
+) -> None:
+    entry = [("keele", "Departure", "At the top.")]
+    feeds = {
+        "One": serve_feed(httpserver, "/one.xml", entry),
+        "Two": serve_feed(httpserver, "/two.xml", entry),
+    }
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+    only_two = {"name": "Two's", "terms": ["Robert Keele"], "feeds": ["Two"]}
+    config = config_with(database_url, feeds, {**only_two, "recipients": ["c@example.org"]})
+
+    async with app_for(config) as app:
+        await poll_due(app, ["One"])
+        await poll_due(app, ["Two"])  # before the page is read
+        report = await fetch_pages(app, drain=True)
+        queued = deliveries(app)
+
+    assert report.matches == 3  # Keele, xAI as One's; Two's as Two's copy
+    assert (f"{base(httpserver)}/keele", "Two's", "c@example.org") in queued
+    assert len(queued) == 4 and requests_to(httpserver, "/keele") == 1
+
+
+async def test_a_revision_is_matched_with_its_items_stored_body_and_its_page_not_fetched_again(
+    httpserver: HTTPServer, database_url: str, tmp_path: Path
+) -> None:
+    home = base(httpserver)
+    first = news([("keele", "Departure", "At the top.")], home)
+    revised = news([("keele", "Departure, updated", "At the top, a lawyer leaves.")], home)
+    documents = iter([first, revised])
+
+    def feed(request: Request) -> Response:
+        return Response(next(documents, revised), content_type="application/rss+xml")
+
+    httpserver.expect_request("/feed.xml").respond_with_handler(feed)
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+    feeds = {"Tech": httpserver.url_for("/feed.xml")}
+    maildir = str(tmp_path / "outbox")
+    config = config_with(database_url, feeds, dedupe={"realert_on_update": True}, outbox=maildir)
+
+    async with app_for(config) as app:
+        await poll_due(app)
+        await fetch_pages(app, drain=True)
+        assert len(deliveries(app)) == 3  # Keele to a, xAI to a and b: on the body
+        assert (await run_digests(app, force=True)).sent == 2
+        again = await poll_due(app, force=True)  # the teaser changed: a revision, alerted again
+        queued = deliveries(app)
+        report = await fetch_pages(app, drain=True)
+        entries = [e for r, e in app.store.pending_entries() if r == "a@example.org"]
+
+    assert again.matches == 2  # the revision, on the stored body: Keele and xAI
+    assert len(queued) == 6
+    assert report.fetched == 0 and requests_to(httpserver, "/keele") == 1  # never twice
+    assert {e.watchlist for e in entries if e.updated} == {"Keele", "xAI"}
+    assert all("Robert Keele" in e.excerpt for e in entries)  # quoted from the item's body
+
+
+AMP_PAGE = KEELE.replace(b"<head>", b'<head><link rel="canonical" href="/news/keele">')
+DESKTOP_ENTRY = (
+    "news/keele",
+    "xAI's general counsel leaves the company",
+    "The company did not comment on the reasons for the departure of its top lawyer.",
+)
+AMP_ENTRY = ("amp/keele", "Top lawyer quits at xAI", "AMP")
+
+
+@pytest.mark.parametrize("order", [["Desktop", "AMP"], ["AMP", "Desktop"]])
+async def test_an_amp_and_a_desktop_link_to_one_article_are_one_story_in_either_order(
+    httpserver: HTTPServer, database_url: str, order: list[str]
+) -> None:
+    feeds = {
+        "Desktop": serve_feed(httpserver, "/desktop.xml", [DESKTOP_ENTRY]),
+        "AMP": serve_feed(httpserver, "/amp.xml", [AMP_ENTRY]),
+    }
+    serve_page(httpserver, "/robots.txt", b"", content_type="text/plain")
+    serve_page(httpserver, "/amp/keele", AMP_PAGE)  # names the desktop URL as its own
+    serve_page(httpserver, "/news/keele", KEELE)
+
+    async with app_for(settings(database_url, feeds)) as app:
+        for name in order:
+            await poll_due(app, [name])
+            await fetch_pages(app, drain=True)
+        entries = app.store.pending_entries()
+        messages = {m.recipient: m for m in preview(app)}
+
+    # Each watchlist and recipient has one entry: the article, also reported by the other.
+    assert sorted((r, e.watchlist) for r, e in entries) == [
+        ("a@example.org", "Keele"),
+        ("a@example.org", "xAI"),
+        ("b@example.org", "xAI"),
+    ]
+    assert len({e.story for _, e in entries}) == 1
+    text = email.message_from_bytes(messages["b@example.org"].mime, policy=email.policy.default)
+    plain = text.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    titles = plain.count(DESKTOP_ENTRY[1]) + plain.count(AMP_ENTRY[1])
+    assert titles == 1, plain
 
 
 def test_feeds_says_which_site_is_left_alone_until_when_and_why(

@@ -65,7 +65,9 @@ def site(httpserver: HTTPServer) -> Site:
 async def workers(
     database_url: str, clock: Callable[[], datetime], count: int = 2, **fulltext: Any
 ) -> AsyncIterator[list[Pages]]:
-    """`count` workers' Pages, each with its own store connection and HTTP client."""
+    """`count` workers' Pages, each with its own store connection and HTTP client, taking
+    turns in the store (on SQLite too: one process has a SQLite file, so a daemon keeps its
+    turns in memory, but the store's turns are the same on both engines)."""
     settings = FulltextConfig.model_validate({"min_gap": 0.01, **fulltext})
     async with AsyncExitStack() as stack:
         found = []
@@ -73,7 +75,7 @@ async def workers(
             store = open_store(database_url)
             stack.callback(store.close)
             fetcher = await stack.enter_async_context(Fetcher(PollingConfig()))
-            found.append(Pages(fetcher, settings, clock, store))
+            found.append(Pages(fetcher, settings, clock, store, shared=True))
         yield found
 
 

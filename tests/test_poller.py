@@ -1076,9 +1076,9 @@ async def test_the_writer_gathers_feeds_parsed_close_together_into_one_round(
         rounds: list[int] = []
         ingest_many = app.store.ingest_many
 
-        def counted(parsed: list[Any], *args: Any) -> Any:
+        def counted(parsed: list[Any], *args: Any, **kwargs: Any) -> Any:
             rounds.append(len(parsed))
-            return ingest_many(parsed, *args)
+            return ingest_many(parsed, *args, **kwargs)
 
         app.store.ingest_many = counted
         writer = _Writer(app)
@@ -1154,10 +1154,10 @@ async def test_on_postgresql_a_claim_does_not_wait_for_the_round_storing_items(
         storing, go_on = threading.Event(), threading.Event()
         ingest_many = app.store.ingest_many
 
-        def held(*args: Any) -> Any:
+        def held(*args: Any, **kwargs: Any) -> Any:
             storing.set()
             go_on.wait(10)
-            return ingest_many(*args)
+            return ingest_many(*args, **kwargs)
 
         app.store.ingest_many = held
         writer = _Writer(app)

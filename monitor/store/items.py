@@ -15,6 +15,7 @@ from monitor.models import Item, Match
 from monitor.store.dialect import among, bulk_insert, chunks, insert, select_among, stamp
 from monitor.store.schema import (
     ITEM_COLUMNS,
+    PAGE_ITEM,
     PageStatus,
     Recorded,
     hits_json,
@@ -26,6 +27,7 @@ from monitor.store.schema import (
     items,
     matches,
     meta,
+    story_members,
 )
 from monitor.store.stories import StoryStore, insert_revisions, lock_stories, stories_of
 from monitor.stories import (
@@ -42,6 +44,10 @@ class IngestResult:
     matches: tuple[tuple[Item, Match], ...]
     updated: tuple[Item, ...] = ()  # known items whose title or summary changed
 
+
+# Match an item, with its page's stored main text when it has one (a copy in another feed,
+# a revision: the page is never fetched again for them).
+Matching = Callable[[Item, str | None], Sequence[Match]]
 
 _KEY_SCHEME = "dedupe_keys"  # meta: "grouped", or no row for the earlier kind (_grouped_keys)
 _TOUCH_AFTER = timedelta(days=1)  # refresh a key's last_seen_at at most daily
@@ -149,19 +155,20 @@ def _matched_elsewhere(
     tx: Connection,
     seen: Sequence[tuple[Item, tuple[int, ...]]],
     known: Mapping[int, _Known],
-    match: Callable[[Item], Sequence[Match]],
+    match: Matching,
 ) -> list[tuple[tuple[int, Item, Match], Item]]:
     """((stored item id, item, match), copy) of known items carried by another feed than
     the first, for watchlists that did not match the stored item: one limited to that feed
-    or its language matches only now. The stored text is matched (the digest shows it), as
-    the copy's feed and language."""
+    or its language matches only now. The stored text is matched (the digest shows it), with
+    its page's stored body, as the copy's feed and language."""
     pairs = [(_stored(known, hashes), copy) for copy, hashes in seen]
     pairs = [
         (row, copy) for row, copy in pairs if row.item_id and row.key and row.feed != copy.feed
     ]
     if not pairs:
         return []
-    dates = _published_of(tx, {row.item_id for row, _ in pairs if row.item_id})
+    ids = {row.item_id for row, _ in pairs if row.item_id}
+    dates, bodies = _published_of(tx, ids), page_bodies(tx, ids)
     candidates: list[tuple[tuple[int, Item, Match], Item]] = []
     for row, copy in pairs:
         assert row.item_id is not None and row.key is not None
@@ -172,7 +179,8 @@ def _matched_elsewhere(
             summary=row.summary or "",
             published=dates.get(row.item_id, copy.published),  # backlog is judged by it
         )
-        candidates += [((row.item_id, stored, m), copy) for m in match(stored)]
+        found = match(stored, bodies.get(row.item_id))
+        candidates += [((row.item_id, stored, m), copy) for m in found]
     if not candidates:
         return []
     sql = "SELECT item_id, watchlist FROM matches WHERE item_id {among}"
@@ -183,6 +191,32 @@ def _matched_elsewhere(
             taken.add((item_id, m.watchlist))
             fresh.append(((item_id, stored, m), copy))
     return fresh
+
+
+def page_bodies(tx: Connection, item_ids: Collection[int]) -> dict[int, str]:
+    """item id -> the stored main text of its page (a revision's: its original's page, never
+    fetched twice), for those of these items that have one."""
+    query = (
+        sa.select(items.c.id, item_texts.c.body)
+        .outerjoin(story_members, story_members.c.item_id == items.c.id)
+        .join(item_texts, item_texts.c.item_id == PAGE_ITEM)
+        .where(item_texts.c.body.is_not(None))
+    )
+    found: dict[int, str] = {}
+    for chunk in chunks(sorted(item_ids)):
+        rows = tx.execute(query.where(items.c.id.in_(chunk)))
+        found.update((item_id, body) for item_id, body in rows)
+    return found
+
+
+def _with_bodies(
+    match: Callable[[Item], Sequence[Match]],
+    match_body: Callable[[Item, str], Sequence[Match]] | None,
+) -> Matching:
+    def matched(item: Item, body: str | None) -> Sequence[Match]:
+        return match_body(item, body) if body and match_body else match(item)
+
+    return matched
 
 
 def _published_of(tx: Connection, item_ids: Iterable[int]) -> dict[int, datetime]:
@@ -287,17 +321,19 @@ class ItemStore(StoryStore):
         match: Callable[[Item], Sequence[Match]],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
+        *,
+        match_body: Callable[[Item, str], Sequence[Match]] | None = None,
     ) -> IngestResult:
         """Store new items; match only those; queue a delivery per match and recipient.
 
         A known item (same URL identity, or same feed + GUID, even long after it was pruned)
         only records its outlet. A new item that joins a story whose match was already
         queued for a watchlist and recipient queues nothing more for them. See ingest_many
-        for the transactions.
+        for the transactions and `match_body`.
         """
         if not batch:
             return IngestResult((), ())
-        return self.ingest_many([batch], match, recipients, now)[0]
+        return self.ingest_many([batch], match, recipients, now, match_body=match_body)[0]
 
     def ingest_many(
         self,
@@ -305,8 +341,13 @@ class ItemStore(StoryStore):
         match: Callable[[Item], Sequence[Match]],
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
+        *,
+        match_body: Callable[[Item, str], Sequence[Match]] | None = None,
     ) -> list[IngestResult]:
         """`ingest` each batch (one feed's items), in two transactions.
+
+        `match_body` matches a known item with its page's stored main text: a copy in
+        another feed, a revision (without it, their title and summary are matched alone).
 
         The first stores every batch's items with their keys, outlets and matches, and may
         run beside other workers' (several feeds share one commit: it rewrites every index
@@ -316,8 +357,9 @@ class ItemStore(StoryStore):
         """
         with self._tx() as tx:
             grouped = self._grouped if self._grouped is not None else _grouped_keys(tx)
+            matching = _with_bodies(match, match_body)
             results, unsettled, rewritten = self._ingest(
-                tx, batches, match, recipients, now, grouped
+                tx, batches, matching, recipients, now, grouped
             )
         self._grouped = grouped  # stored: with the first keys, the scheme's row committed
         # Items whose text changed are shingled again when next needed; dropped once
@@ -334,7 +376,7 @@ class ItemStore(StoryStore):
         self,
         tx: Connection,
         batches: Sequence[Sequence[Item]],
-        match: Callable[[Item], Sequence[Match]],
+        match: Matching,
         recipients: Mapping[str, Sequence[str]],
         now: datetime,
         grouped: bool,
@@ -379,7 +421,7 @@ class ItemStore(StoryStore):
         )
         _record_repeats(tx, repeats, ids, now)
         new_items = [tuple(item for item, _ in pairs if item.key in ids) for pairs in fresh]
-        found = [[(item, m) for item in items for m in match(item)] for items in new_items]
+        found = [[(item, m) for item in items for m in match(item, None)] for items in new_items]
         # Stories group alerts: only items that matched a watchlist are clustered (by
         # _settle). A near-copy of a matched story carries the same terms, so it matches too.
         rows = [(ids[item.key], item, m) for pairs in found for item, m in pairs]
@@ -404,9 +446,12 @@ class ItemStore(StoryStore):
             # PostgreSQL (_copy_new), and past 64 in one transaction every session's
             # snapshots slow down.
             again: list[tuple[int, int, Item, Match]] = []  # (batch index, id, item, match)
+            # A revision is matched with its item's page, never fetched again: a changed
+            # teaser rarely means a changed article, and the page is one request per item.
+            bodies = page_bodies(tx, [item_id for item_id, _, _ in updated])
             for n, revised_items in changed.items():
-                for rid, item in insert_revisions(tx, revised_items, now):
-                    again += [(n, rid, item, m) for m in match(item)]
+                for of, rid, item in insert_revisions(tx, revised_items, now):
+                    again += [(n, rid, item, m) for m in match(item, bodies.get(of))]
             rows = [(rid, item, m) for _, rid, item, m in again]
             self._queue(tx, _record_matches(tx, rows, now), recipients, now)
             for n, _, item, m in again:

@@ -22,6 +22,7 @@ from monitor.models import (
 from monitor.store.dialect import among, aware, chunks, insert
 from monitor.store.engine import StoreBase
 from monitor.store.schema import (
+    PAGE_ITEM,
     deliveries,
     digest_runs,
     hits_from,
@@ -117,7 +118,8 @@ def store_message(
 ) -> bool:
     """Store a rendered message, ready to be sent at `send_at` (now by default), in the
     caller's transaction: the bytes are kept before anything is sent, so a resend uses
-    them. False if a message with its Message-ID is stored already."""
+    them. False if a message with its Message-ID is stored already (told by RETURNING:
+    psycopg reports no row count for an INSERT compiled by SQLAlchemy 2.1, -1 either way)."""
     stored = tx.execute(
         insert(tx, messages)
         .values(
@@ -130,8 +132,9 @@ def store_message(
             created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["message_id"])
-    ).rowcount
-    return bool(stored)
+        .returning(messages.c.message_id)
+    ).first()
+    return stored is not None
 
 
 _EXCERPT_CHARS = 400  # of the article around its first body hit: the digest cuts ~25 words
@@ -182,7 +185,8 @@ class OutboxStore(StoreBase):
             .join(matches, deliveries.c.match_id == matches.c.id)
             .join(items, matches.c.item_id == items.c.id)
             .outerjoin(story_members, story_members.c.item_id == items.c.id)
-            .outerjoin(item_texts, item_texts.c.item_id == items.c.id)
+            # A revision quotes its item's page (fetched once, for the item).
+            .outerjoin(item_texts, item_texts.c.item_id == PAGE_ITEM)
             .where(deliveries.c.status == DeliveryStatus.PENDING)
             .order_by(items.c.published_at.desc(), deliveries.c.id)
         )

@@ -304,6 +304,10 @@ item_texts = sa.Table(
     sa.Column("error", sa.Text),  # why there is no text
 )
 
+# The item whose page an item has (with story_members outer-joined): a revision's is its
+# original's, fetched once for both.
+PAGE_ITEM = sa.func.coalesce(story_members.c.revision_of, items.c.id)
+
 # Full text (migration 0009_i22_page_sites): each site's page politeness, shared by workers.
 page_sites = sa.Table(
     "page_sites",

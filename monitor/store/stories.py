@@ -4,7 +4,7 @@ per story, watchlist and recipient."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -32,6 +32,7 @@ from monitor.store.schema import (
     items,
     matches,
     stories,
+    story_growth,
     story_members,
 )
 from monitor.store.told import GrowthNotes
@@ -91,22 +92,29 @@ def _story_candidates(
             found.setdefault(band, []).append(entry[1])
     # A story takes new members for the window after it began, not for as long as each new
     # member is close to the last: a daily column carried by two feeds chained every edition
-    # into its first day's story, and none was alerted again.
-    closed = _stories_begun_before(tx, {c.story_id for cs in found.values() for c in cs}, since)
-    if closed:
-        found = {
-            band: kept
-            for band, candidates in found.items()
-            if (kept := [c for c in candidates if c.story_id not in closed])
-        }
-    return found
+    # into its first day's story, and none was alerted again. Each candidate's story is read
+    # now, not cached: a worker may have merged two stories since (merge_stories).
+    current = _open_stories(tx, {c.item_id for cs in found.values() for c in cs}, since)
+    return {
+        band: kept
+        for band, candidates in found.items()
+        if (kept := [_in_story(c, current[c.item_id]) for c in candidates if c.item_id in current])
+    }
 
 
-def _stories_begun_before(tx: Connection, story_ids: set[int], since: datetime) -> set[int]:
-    if not story_ids:
-        return set()
-    sql = "SELECT id FROM stories WHERE created_at < {p} AND id {among}"
-    return {story for (story,) in select_among(tx, sql, sorted(story_ids), stamp(tx, since))}
+def _open_stories(tx: Connection, item_ids: set[int], since: datetime) -> dict[int, int]:
+    """item id -> its story, for these items in a story begun since `since`."""
+    if not item_ids:
+        return {}
+    sql = (
+        "SELECT m.item_id, m.story_id FROM story_members m JOIN stories s ON s.id = m.story_id "
+        "WHERE s.created_at >= {p} AND m.item_id {among}"
+    )
+    return dict(select_among(tx, sql, sorted(item_ids), stamp(tx, since)))
+
+
+def _in_story(candidate: Candidate, story: int) -> Candidate:
+    return candidate if candidate.story_id == story else replace(candidate, story_id=story)
 
 
 def _band_members(tx: Connection, bands: Iterable[int]) -> list[tuple[int, int]]:
@@ -170,9 +178,11 @@ def _insert_bands(tx: Connection, rows: Sequence[tuple[int, int]]) -> None:
         tx.exec_driver_sql(sql, ordered)
 
 
-def unsettled_matches(tx: Connection, since: datetime | None = None) -> list[Recorded]:
-    """Matches never queued (stored since `since`): without deliveries, of items in no
-    story."""
+def unsettled_matches(
+    tx: Connection, since: datetime | None = None, item_ids: Collection[int] | None = None
+) -> list[Recorded]:
+    """Matches never queued (stored since `since`, of these items): without deliveries, of
+    items in no story."""
     query = (
         sa.select(matches.c.id.label("match_id"), matches.c.watchlist, items)
         .join(items, items.c.id == matches.c.item_id)
@@ -182,6 +192,8 @@ def unsettled_matches(tx: Connection, since: datetime | None = None) -> list[Rec
     )
     if since is not None:
         query = query.where(matches.c.created_at >= since)
+    if item_ids is not None:
+        query = query.where(matches.c.item_id.in_(sorted(item_ids)))
     return [
         Recorded(row.match_id, row.id, row.watchlist, item_from(row)) for row in tx.execute(query)
     ]
@@ -200,10 +212,22 @@ def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:
     return set(tx.execute(query).scalars())
 
 
+def merge_stories(tx: Connection, into: int, merged: int) -> None:
+    """Move every member of story `merged` (and its growth notes) into story `into`, under
+    the story lock: one article reached by two links (texts.py). Each recipient is then
+    queued and told the story once (_already_queued, told.first_messages)."""
+    tx.execute(
+        story_members.update().where(story_members.c.story_id == merged).values(story_id=into)
+    )
+    tx.execute(story_growth.update().where(story_growth.c.story_id == merged).values(story_id=into))
+    tx.execute(stories.delete().where(stories.c.id == merged))
+
+
 def insert_revisions(
     tx: Connection, updated: Sequence[tuple[int, Item]], now: datetime
-) -> list[tuple[int, Item]]:
-    """Store each changed text as a revision item in its original's story, to alert again.
+) -> list[tuple[int, int, Item]]:
+    """Store each changed text as a revision item in its original's story, to alert again:
+    (original id, revision id, revision) of those stored.
 
     The revision's key names its text, so the same change seen twice is stored once.
     """
@@ -230,7 +254,7 @@ def insert_revisions(
                 item_id=revision_id, story_id=story, similarity=1.0, revision_of=original_id
             )
         )
-        revised.append((revision_id, revision))
+        revised.append((original_id, revision_id, revision))
     return revised
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
 from monitor.store.dialect import among, chunks, insert, select_among
-from monitor.store.items import _grouped_keys, _record_matches
+from monitor.store.items import _grouped_keys, _record_matches, page_bodies
 from monitor.store.schema import (
     PageStatus,
     Recorded,
@@ -29,8 +29,14 @@ from monitor.store.schema import (
     item_texts,
     items,
 )
-from monitor.store.stories import StoryStore, lock_stories, stories_of
-from monitor.stories import dedupe_keys
+from monitor.store.stories import (
+    StoryStore,
+    lock_stories,
+    merge_stories,
+    stories_of,
+    unsettled_matches,
+)
+from monitor.stories import Candidate, dedupe_keys
 from monitor.urls import url_identity
 
 
@@ -128,16 +134,13 @@ class TextStore(StoryStore):
         Returns, per page, those matches."""
         ids = [item_id for item_id, _ in outcomes]
         unsettled: list[Recorded] = []
+        clustered: list[Candidate] = []
         with self._tx() as tx:
             query = sa.select(items).where(among(tx, items.c.id, ids))
             stored = {row.id: item_from(row) for row in tx.execute(query)}  # not pruned
             if texts := [_text_values(i, o, now) for i, o in outcomes if i in stored]:
                 tx.execute(_SAVE_TEXT, texts)
-            found = {
-                item_id: list(match(stored[item_id], outcome.body))
-                for item_id, outcome in outcomes
-                if item_id in stored and outcome.status is PageStatus.TEXT and outcome.body
-            }
+            found = _match_texts(tx, stored, outcomes, match)
             own = [(i, o.canonical) for i, o in outcomes if i in stored and o.canonical]
             if not own and not any(found.values()):
                 return [[] for _ in outcomes]
@@ -145,7 +148,8 @@ class TextStore(StoryStore):
             # the matching, which other workers' ingests need not wait for.
             lock_stories(tx)
             for item_id, canonical in own:
-                _add_own_url(tx, item_id, stored[item_id], canonical, now)
+                item = stored[item_id]
+                clustered += self._add_own_url(tx, item_id, item, canonical, recipients, now)
             had: dict[int, set[str]] = {}
             sql = "SELECT item_id, watchlist FROM matches WHERE item_id {among}"
             for item_id, watchlist in select_among(tx, sql, sorted(found)):
@@ -156,8 +160,57 @@ class TextStore(StoryStore):
                 if fresh:
                     item = stored[item_id]
                     unsettled += self._queue_late(tx, item_id, item, fresh, recipients, now)
+        self._remember(clustered, now)  # only once committed, as _settle does
         self._settle(unsettled, recipients, now)
         return [found.get(item_id, []) for item_id in ids]
+
+    def _add_own_url(
+        self,
+        tx: Connection,
+        item_id: int,
+        item: Item,
+        own: str,
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[Candidate]:
+        """The page's canonical link (or og:url) as one more key of its item, when it names
+        another URL of the same site: another feed's later link to it (a mobile or tracking
+        variant, a desktop link to an item first seen as AMP) is then this item. When an
+        item with that URL is stored already, the two join its story (_join). Returns the
+        items clustered meanwhile, for the candidate cache."""
+        key = _own_key(item, own)
+        if key is None:
+            return []
+        # Under the story lock (save_pages), taken before the key's insert: an ingest
+        # holding the lock may insert the same key.
+        first = _add_key(tx, item_id, replace(item, key=key), now)
+        return [] if first is None else self._join(tx, first, item_id, recipients, now)
+
+    def _join(
+        self,
+        tx: Connection,
+        first: int,
+        item_id: int,
+        recipients: Mapping[str, Sequence[str]],
+        now: datetime,
+    ) -> list[Candidate]:
+        """Put `item_id` (and its story) into the story of `first`, the stored item its page
+        names as its own: one article, so one story, whose matches are queued once per
+        watchlist and recipient (a digest shows it once, "also reported by" the other
+        link). Either item in no story yet (unmatched: only matched items are clustered
+        as they come) is clustered now; matches of it not queued yet are queued here, as
+        _settle skips items in a story."""
+        storied = stories_of(tx, {first, item_id})
+        alone = [i for i in (first, item_id) if i not in storied]
+        waiting = unsettled_matches(tx, item_ids=alone) if alone else []
+        in_story, clustered = self._cluster(tx, _items_by_id(tx, alone), now)
+        storied.update(in_story)
+        into, merged = storied[first], storied[item_id]
+        if merged != into:
+            merge_stories(tx, into, merged)
+            storied = {i: into if story == merged else story for i, story in storied.items()}
+        self._queue(tx, waiting, recipients, now, storied, told_before=True)
+        return [replace(c, story_id=storied.get(c.item_id, c.story_id)) for c in clustered]
 
     def _queue_late(
         self,
@@ -197,14 +250,8 @@ class TextStore(StoryStore):
 
     def page_texts(self, item_ids: Collection[int]) -> dict[int, str]:
         """item id -> the stored main text of its page, for those that have one (`test`)."""
-        texts = item_texts
-        query = sa.select(texts.c.item_id, texts.c.body).where(texts.c.body.is_not(None))
-        found: dict[int, str] = {}
         with self._read() as tx:
-            for chunk in chunks(sorted(item_ids)):
-                for item_id, body in tx.execute(query.where(texts.c.item_id.in_(chunk))):
-                    found[item_id] = body
-        return found
+            return page_bodies(tx, item_ids)
 
     def page_outcome(self, item_id: int) -> PageOutcome | None:
         """What came of the item's page, its text left out (`test --why-not`); None if its
@@ -303,18 +350,66 @@ def _drop_unwanted(tx: Connection, feeds: set[str], since: datetime) -> None:
         tx.execute(texts.delete().where(texts.c.item_id.in_(chunk)))
 
 
-def _add_own_url(tx: Connection, item_id: int, item: Item, own: str, now: datetime) -> None:
-    """The page's canonical link (or og:url) as one more key of its item, when it names the
-    same site: another feed's link to that URL (a mobile or tracking variant, a desktop
-    link to an item first seen as AMP) is then this item, in its story."""
+def _match_texts(
+    tx: Connection,
+    stored: Mapping[int, Item],
+    outcomes: Sequence[tuple[int, PageOutcome]],
+    match: Callable[[Item, str], Sequence[Match]],
+) -> dict[int, list[Match]]:
+    """item id -> the matches of each page's text with its item, as its own feed's and as
+    each other feed's that carried it meanwhile (a watchlist limited to that feed, as
+    items._matched_elsewhere matches a copy), one per watchlist."""
+    bodies = {
+        item_id: outcome.body
+        for item_id, outcome in outcomes
+        if item_id in stored and outcome.status is PageStatus.TEXT and outcome.body
+    }
+    copies: dict[int, list[Item]] = {item_id: [stored[item_id]] for item_id in bodies}
+    sql = "SELECT item_id, feed, url FROM item_sources WHERE item_id {among} ORDER BY seen_at"
+    for item_id, feed, url in select_among(tx, sql, sorted(bodies)) if bodies else ():
+        if feed != stored[item_id].feed:
+            copies[item_id].append(replace(stored[item_id], feed=feed, url=url))
+    found: dict[int, list[Match]] = {}
+    for item_id, body in bodies.items():
+        kept: dict[str, Match] = {}
+        for each in copies[item_id]:
+            for m in match(each, body):
+                kept.setdefault(m.watchlist, m)
+        found[item_id] = list(kept.values())
+    return found
+
+
+def _own_key(item: Item, own: str) -> str | None:
+    """The key the page's own URL gives its item, if another on the same site (a
+    syndicated copy's canonical names the original, on another site: not this item)."""
     key = "u:" + url_identity(own)
     if not item.key.startswith("u:") or key == item.key:
-        return
+        return None
     if key[2:].split("/", 1)[0] != item.key[2:].split("/", 1)[0]:
-        return  # another site: a syndicated copy's canonical names the original
-    hashes = dedupe_keys(replace(item, key=key), _grouped_keys(tx))
-    row = {"hash": hashes[0], "item_id": item_id, "last_seen_at": now}
-    tx.execute(insert(tx, item_keys).values(**row).on_conflict_do_nothing())
+        return None
+    return key
+
+
+def _add_key(tx: Connection, item_id: int, keyed: Item, now: datetime) -> int | None:
+    """Store `keyed`'s key for the item; if another stored item has it, that item's id."""
+    url_hash = dedupe_keys(keyed, _grouped_keys(tx))[0]
+    row = {"hash": url_hash, "item_id": item_id, "last_seen_at": now}
+    # RETURNING, not rowcount (see _claim).
+    statement = insert(tx, item_keys).values(**row).on_conflict_do_nothing()
+    if tx.execute(statement.returning(item_keys.c.hash)).first() is not None:
+        return None
+    query = (
+        sa.select(items.c.id)
+        .join(item_keys, item_keys.c.item_id == items.c.id)
+        .where(item_keys.c.hash == url_hash)
+    )
+    first = tx.execute(query).scalar()  # None: pruned since, a tombstone
+    return first if first != item_id else None
+
+
+def _items_by_id(tx: Connection, item_ids: Collection[int]) -> list[tuple[int, Item]]:
+    query = sa.select(items).where(items.c.id.in_(sorted(item_ids))).order_by(items.c.id)
+    return [(row.id, item_from(row)) for row in tx.execute(query)] if item_ids else []
 
 
 def _stats(pages: list[tuple[str, int, str | None]]) -> PageStats:

@@ -98,3 +98,14 @@ def test_pending_since_and_meta(store: Store) -> None:
     store.set_meta("k", "v")
     store.set_meta("k", "w")
     assert store.get_meta("k") == "w"
+
+
+def test_a_message_id_stored_already_is_told_on_both_engines(store: Store) -> None:
+    """store_message says whether it stored the message: on PostgreSQL the driver's row
+    count of such an INSERT is -1 whether or not a row went in, so it said True twice."""
+    from monitor.store.outbox import store_message
+
+    message = OutgoingMessage("<same@x>", "a@example.org", b"Subject: one\r\n\r\nbody")
+    with store.engine.begin() as tx:
+        assert store_message(tx, message, NOW)
+        assert not store_message(tx, message, NOW)  # another worker composed it first
