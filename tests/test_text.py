@@ -119,6 +119,17 @@ def test_offsets_are_monotonic_and_in_range(text: str) -> None:
     assert offsets[-1] == len(text)
 
 
+@given(st.text(alphabet=st.sampled_from(list("aAbäÄÖüßẞøØ x\u00ad\u0308ﬁ`´'„–ｘ"))) | st.text())
+def test_source_offsets_without_the_full_map_are_the_full_maps(text: str) -> None:
+    """A text folded by str.translate maps folded offsets back through the few characters
+    that do not fold to exactly one; the same as the map of every character."""
+    full = fold_text(text)
+    if full.original is not text or full._offsets is not None:
+        return  # entities or decomposed text: folded slowly, with its map
+    sparse = fold_text(text)
+    assert [sparse.source(p) for p in range(len(full.text) + 1)] == full.offsets
+
+
 def _through_html_parser(markup: str) -> str:
     """html_to_text without its fast path: HTMLParser for everything it reads."""
     extractor = _TextExtractor()
