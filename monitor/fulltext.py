@@ -93,12 +93,12 @@ async def _bounded(
 async def fetch_page(
     app: App, pages: Pages, saver: _Saver, task: PageTask, limit: asyncio.Semaphore
 ) -> PagesReport:
-    """One claimed page: fetched and extracted (`limit`: so many at once), then stored and
-    matched in the saver's next round, which the fetches that follow need not wait for."""
+    """One claimed page: fetched and extracted (`limit`: so many at once, see read_page),
+    then stored and matched in the saver's next round, which later fetches need not wait
+    for."""
     origin = _feed_url(app, task.item.feed)
     try:
-        async with limit:
-            outcome = await read_page(pages, app.parse_pool, task.item.url, origin)
+        outcome = await read_page(pages, app.parse_pool, task.item.url, origin, limit)
     except PageRefused as refused:
         if refused.until is None:
             outcome = PageOutcome(PageStatus.REFUSED, error=str(refused))
@@ -113,14 +113,27 @@ async def fetch_page(
     return PagesReport(1, int(outcome.status is PageStatus.TEXT), len(found))
 
 
-async def read_page(pages: Pages, pool: ParsePool, url: str, origin: str) -> PageOutcome:
+async def read_page(
+    pages: Pages,
+    pool: ParsePool,
+    url: str,
+    origin: str,
+    limit: asyncio.Semaphore | None = None,
+) -> PageOutcome:
     """Fetch and extract one page as the daemon does (also `monitor test --url`); the text
     of a SHORT page too. Raises PageRefused when it may not be fetched now; every other
-    failure is in the outcome."""
+    failure is in the outcome.
+
+    `limit` (polling.concurrency) bounds the pages between their request and their
+    extraction, and so the bodies held. A slot is taken only once the page's turn at its
+    site has come: a cycle's pages come a feed at a time, mostly from one site, and 20
+    slots held while waiting `fulltext.min_gap` apart kept every other site waiting
+    (bench_fulltext: 6.8-7.1 s for 466 pages, against 5.6-6.1 s with 60 slots)."""
     if internal := await internal_target(url, origin):
         return PageOutcome(PageStatus.FAILED, error=f"refused: {internal} is an internal address")
+    slot = _Slot(limit)
     try:
-        answer = await pages.fetch(url, origin)
+        answer = await pages.fetch(url, origin, slot.take)
         assert answer.body is not None
         job = functools.partial(
             extract_page, answer.body, answer.headers.get("content-type", ""), answer.url
@@ -130,11 +143,31 @@ async def read_page(pages: Pages, pool: ParsePool, url: str, origin: str) -> Pag
         raise
     except (FetchError, ParseError) as error:
         return PageOutcome(PageStatus.FAILED, error=str(error))
+    finally:
+        slot.release()
     own = extracted.canonical
     if extracted.words < pages.settings.min_words:
         why = f"only {extracted.words} words of text (a consent or bot wall, or a paywall?)"
         return PageOutcome(PageStatus.SHORT, extracted.words, extracted.text, why, own)
     return PageOutcome(PageStatus.TEXT, extracted.words, extracted.text, canonical=own)
+
+
+class _Slot:
+    """A slot of `limit`, once taken (None: no limit)."""
+
+    def __init__(self, limit: asyncio.Semaphore | None) -> None:
+        self.limit = limit
+        self.held = False
+
+    async def take(self) -> None:
+        if self.limit is not None:
+            await self.limit.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held and self.limit is not None:
+            self.limit.release()
+            self.held = False
 
 
 # How long a round of pages waits for more before it is stored. Pages finish one at a time

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from urllib.parse import urlsplit, urlunsplit
@@ -88,9 +88,16 @@ class Pages:
         self.shared = not sites.is_sqlite if shared is None else shared
         self._sites: dict[str, _Site] = {}
 
-    async def fetch(self, url: str, origin: str) -> FetchResult:
+    async def fetch(
+        self,
+        url: str,
+        origin: str,
+        before_request: Callable[[], Awaitable[None]] | None = None,
+    ) -> FetchResult:
         """The page at url (origin: the feed's URL, for the redirect check). PageRefused if
-        robots.txt or a back-off forbids it now; FetchError if it failed."""
+        robots.txt or a back-off forbids it now; FetchError if it failed. `before_request`
+        is awaited once the page's turn has come, just before its request (fulltext.py
+        takes a fetch slot there: a page waiting for its site's turn holds none)."""
         key = _site(url)
         here = self._sites.setdefault(key, _Site())
         async with here.turn:  # one page request at a time per site from this process
@@ -108,6 +115,8 @@ class Pages:
                 raise PageRefused(f"robots.txt of {key} disallows this page")
             if not has_turn:
                 state = await self._take_turn(here, key)
+            if before_request is not None:
+                await before_request()
             return await self._fetch_page(here, key, state, url, origin)
 
     async def _fetch_page(

@@ -1099,3 +1099,48 @@ def test_test_stored_shows_a_few_hits_per_match_and_counts_the_rest(
     hits = [line for line in lines if "'Robert Keele' in body" in line]
     assert len(hits) == SHOWN_HITS
     assert f"    +{7 - SHOWN_HITS} more in body" in lines
+
+
+async def test_pages_waiting_for_their_sites_turn_hold_no_fetch_slot(
+    httpserver: HTTPServer, sqlite_url: str
+) -> None:
+    """A cycle's pages come a feed at a time, mostly from one site, min_gap apart. They
+    must not take every fetch slot while they wait for their turns: another site's pages
+    go meanwhile. (With polling.concurrency 2, the second site's first page waited for the
+    first site's third, two gaps.)"""
+    port = httpserver.port
+    slow, other = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
+    links = [f"{slow}/a{n}" for n in range(4)] + [f"{other}/b{n}" for n in range(2)]
+    items = "".join(
+        f"<item><title>Story {n}</title><link>{link}</link><guid>{link}</guid>"
+        f"<description>At the top.</description>"
+        f"<pubDate>{format_datetime(datetime.now(UTC) - timedelta(minutes=n))}</pubDate></item>"
+        for n, link in enumerate(links)
+    )
+    feed = (
+        f'<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>{items}</channel></rss>'
+    )
+    httpserver.expect_request("/feed.xml").respond_with_data(
+        feed, content_type="application/rss+xml"
+    )
+    arrived: dict[str, float] = {}
+
+    def page(request: Request) -> Response:
+        arrived[f"{request.host.split(':')[0]}{request.path}"] = time.monotonic()
+        return Response(KEELE, content_type="text/html")
+
+    for path in ("/a0", "/a1", "/a2", "/a3", "/b0", "/b1", "/robots.txt"):
+        httpserver.expect_request(path).respond_with_handler(page)
+    # The feed is on the slow site: the other site's pages need not wait for the gap the
+    # feeds' politeness keeps after a request to its host (polling.min_gap).
+    config = settings(sqlite_url, {"Tech": f"{slow}/feed.xml"}, min_gap="1s")
+    config = config.model_copy(
+        update={"polling": config.polling.model_copy(update={"concurrency": 2})}
+    )
+
+    report, _, _ = await poll_and_fetch(config)
+
+    assert report.fetched == 6
+    # The other site's first page (either: they start in any order) went before the slow
+    # site's second turn came.
+    assert min(arrived["localhost/b0"], arrived["localhost/b1"]) < arrived["127.0.0.1/a1"]
