@@ -796,13 +796,15 @@ def _feeds(config: Config, args: argparse.Namespace) -> int:
 
 def _pages_line(stats: PageStats | None) -> str:
     """A full-text feed's pages, under its row in `monitor feeds`."""
-    if stats is None or not stats.fetched:
+    if stats is None or not (stats.fetched or stats.refused):
         return "full text: no page fetched yet"
-    share = 100 * stats.extracted // stats.fetched
-    line = (
-        f"full text: {stats.fetched} pages fetched, {share} % with text, "
-        f"median {stats.median_words} words"
-    )
+    line = f"full text: {stats.fetched} pages fetched"
+    if stats.fetched:
+        line += f", {100 * stats.extracted // stats.fetched} % with text"
+    if stats.extracted:
+        line += f", median {stats.median_words} words"
+    if stats.refused:
+        line += f", {stats.refused} not fetched (robots.txt)"
     return line + (f"; last page error: {stats.last_error}" if stats.last_error else "")
 
 
@@ -816,6 +818,7 @@ def _pages_record(name: str, fulltext: set[str], pages: dict[str, PageStats]) ->
             "fetched": stats.fetched,
             "extracted": stats.extracted,
             "median_words": stats.median_words,
+            "refused": stats.refused,
             "last_error": stats.last_error,
         }
     }

@@ -1144,3 +1144,26 @@ async def test_pages_waiting_for_their_sites_turn_hold_no_fetch_slot(
     # The other site's first page (either: they start in any order) went before the slow
     # site's second turn came.
     assert min(arrived["localhost/b0"], arrived["localhost/b1"]) < arrived["127.0.0.1/a1"]
+
+
+def test_feeds_counts_pages_robots_txt_refused_apart_from_those_fetched(
+    httpserver: HTTPServer, sqlite_url: str, write_config: Callable[..., Path], capsys: Any
+) -> None:
+    entries = [("private/a", "One", "At the top."), ("keele", "Two", "At the top.")]
+    url = serve_feed(httpserver, "/feed.xml", entries)
+    robots = "User-agent: *\nDisallow: /private/\n"
+    httpserver.expect_request("/robots.txt").respond_with_data(robots, content_type="text/plain")
+    serve_page(httpserver, "/keele", KEELE)
+    path = config_file(settings(sqlite_url, {"Tech": url}), write_config)
+    assert main(["--config", path, "poll"]) == 0
+    capsys.readouterr()
+
+    assert main(["--config", path, "feeds"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "full text: 1 pages fetched, 100 % with text, median 88 words, 1 not fetched (robots.txt)"
+        in out
+    )
+    assert main(["--config", path, "feeds", "--json"]) == 0
+    (feed,) = json.loads(capsys.readouterr().out)
+    assert (feed["pages"]["fetched"], feed["pages"]["refused"]) == (1, 1)

@@ -63,10 +63,11 @@ class PageOutcome:
 class PageStats:
     """A feed's pages, for `monitor feeds`."""
 
-    fetched: int  # pages with an outcome (claims in flight not counted)
+    fetched: int  # pages requested, with an outcome (claims in flight not counted)
     extracted: int  # of which with text
     median_words: int  # of those with text
     last_error: str | None  # of the latest page without text
+    refused: int = 0  # pages robots.txt disallows: never requested
 
 
 class TextStore(StoryStore):
@@ -415,9 +416,11 @@ def _items_by_id(tx: Connection, item_ids: Collection[int]) -> list[tuple[int, I
 def _stats(pages: list[tuple[str, int, str | None]]) -> PageStats:
     words = [w for status, w, _ in pages if status == PageStatus.TEXT]
     errors = [error for status, _, error in pages if status != PageStatus.TEXT and error]
+    refused = sum(status == PageStatus.REFUSED for status, _, _ in pages)
     return PageStats(
-        fetched=len(pages),
+        fetched=len(pages) - refused,
         extracted=len(words),
         median_words=int(statistics.median(words)) if words else 0,
         last_error=errors[-1] if errors else None,
+        refused=refused,
     )
