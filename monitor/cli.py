@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "retry-dead", help="send dead letters again (same Message-ID) once their cause is fixed"
     )
     retry.add_argument("--recipient", metavar="ADDRESS", help="only this recipient's")
-    trends = commands.add_parser(
+    trends = command(
         "trends", help="daily stories per watchlist, the usual level, the days that would fire"
     )
     trends.add_argument("--watchlist", action="append", metavar="NAME")
@@ -382,6 +382,7 @@ def _print_deferred(deferred: Sequence[DeferredMessage], config: Config) -> None
 
 def _dead_letters(config: Config, recipient: str | None) -> int:
     """One line per dead letter: a message, to one recipient, refused for good."""
+    recipient = _stored_recipient(recipient)
     store = open_store(config.database)
     try:
         letters = store.dead_letters(recipient)
@@ -453,13 +454,19 @@ def _migrate_db(config: Config, target: str) -> int:
     return EXIT_OK
 
 
+def _stored_recipient(recipient: str | None) -> str | None:
+    """A recipient as the outbox has it: a mailbox with its domain in lower case, or a chat
+    channel's name as written."""
+    if recipient is None or "@" not in recipient:
+        return recipient
+    try:
+        return mailbox_address(recipient)
+    except ValueError as refused:
+        raise UsageError(str(refused)) from None
+
+
 def _retry_dead(config: Config, recipient: str | None) -> int:
-    if recipient is not None:
-        try:
-            recipient = mailbox_address(recipient)  # as stored: the domain in lower case
-        except ValueError as refused:
-            print(f"monitor: {refused}", file=sys.stderr)
-            return EXIT_USAGE
+    recipient = _stored_recipient(recipient)
     store = open_store(config.database)
     try:
         count = store.retry_dead(datetime.now(UTC), recipient)
@@ -584,7 +591,8 @@ def _print_exclusions(excluded: Sequence[Exclusion], fields: dict[str, str]) -> 
 async def _test_url(config: Config, matcher: Matcher, url: str, language: str | None) -> int:
     """Fetch and extract one page as the daemon would (robots.txt, caps, deadline), show
     what came out and where the watchlists match it: a site checked before `fulltext: true`.
-    It takes its turn with the daemon's workers and keeps to their back-offs (the store)."""
+    It keeps to the back-offs and robots.txt the daemon stored, and on PostgreSQL takes its
+    turn with the daemon's workers."""
     store = open_store(config.database)
     pool = build_parse_pool(config)
     try:
@@ -714,7 +722,6 @@ def _explain(hits: Sequence[Hit], fields: dict[str, str]) -> list[str]:
 
 
 def _trends(config: Config, names: list[str] | None, days: int) -> int:
-    from monitor.app import utc_now
     from monitor.trends import trend_lines
 
     known = [w.name for w in config.watchlists]
@@ -732,7 +739,6 @@ def _trends(config: Config, names: list[str] | None, days: int) -> int:
 
 def _status(config: Config) -> int:
     """Exit 0 while a daemon runs on this database, 1 when none does (for scripts)."""
-    from monitor.app import utc_now
     from monitor.status import status_lines, take_snapshot
 
     store = open_store(config.database)

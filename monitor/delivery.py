@@ -184,7 +184,9 @@ def compose(
         runs = (
             [DigestRun(p.plan.watchlist, recipient, p.slot) for p in pairs] if record_runs else []
         )
-        if not contents.is_news and not (app.config.digests.send_empty and record_runs):
+        # send_empty is for digests: an alert with nothing new is never sent.
+        empty_digest = record_runs and _kind(pairs) is MessageKind.DIGEST
+        if not contents.is_news and not (app.config.digests.send_empty and empty_digest):
             if runs or contents.covered:  # the period is handled: nothing new to say
                 app.store.claim_digest(None, [], now, runs, covered=contents.covered)
             continue

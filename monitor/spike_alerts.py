@@ -21,6 +21,7 @@ from monitor.channels import limit_of
 from monitor.chat import NoticeStory, render_notice_chat
 from monitor.config import DeliveryPlan, WatchlistConfig
 from monitor.delivery import UNHEALTHY
+from monitor.digest import safe_link
 from monitor.labels import labels, plain_problem, plain_status
 from monitor.models import MessageKind, OutgoingMessage
 from monitor.schedules import QuietHours
@@ -224,8 +225,9 @@ def render(app: App, alert: Alert, recipient: str, now: datetime) -> OutgoingMes
             NoticeStory(s.outlet, s.title, s.url, tuple(s.also_reported_by)) for s in alert.stories
         ]
         message_id = app.renderer.notice_id("spike", recipient, seed)
+        paragraphs = [*alert.lines, *(f"• {feed}" for feed in alert.feeds)]
         return render_notice_chat(
-            message_id, recipient, alert.subject, alert.lines, stories, now, limit_of(channel)
+            message_id, recipient, alert.subject, paragraphs, stories, now, limit_of(channel)
         )
     context = {
         "kind": alert.kind,
@@ -234,7 +236,7 @@ def render(app: App, alert: Alert, recipient: str, now: datetime) -> OutgoingMes
         "stories": [
             {
                 "title": story.title or story.url,
-                "url": story.url if story.url.startswith(("https://", "http://")) else "",
+                "url": safe_link(story.url),
                 "outlet": story.outlet,
                 "also": list(story.also_reported_by),
             }

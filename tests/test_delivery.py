@@ -150,10 +150,15 @@ async def test_dead_letters_go_out_again_once_their_cause_is_fixed(
         path = write_config(data)  # the same file and database the app uses
         assert main(["--config", str(path), "retry-dead", "--recipient", "c@example.org"]) == 0
         assert "0 dead letter(s) to c@example.org" in capsys.readouterr().out
+        assert main(["--config", str(path), "dead-letters", "--recipient", "b@EXAMPLE.org"]) == 0
+        assert "b@example.org" in capsys.readouterr().out  # one mailbox, however written
         assert main(["--config", str(path), "retry-dead", "--recipient", "b@EXAMPLE.org"]) == 0
         assert "1 dead letter(s) to b@example.org queued again" in capsys.readouterr().out
         assert main(["--config", str(path), "retry-dead"]) == 0
         assert "0 dead letter(s) queued again" in capsys.readouterr().out
+        # A chat channel is named as configured (docs/delivery.md), not as a mailbox.
+        assert main(["--config", str(path), "retry-dead", "--recipient", "press-slack"]) == 0
+        assert "0 dead letter(s) to press-slack" in capsys.readouterr().out
         clock.now = datetime.now(UTC) + timedelta(minutes=1)  # the command's clock is real
         assert (await run_digests(app)).sent == 1
         assert app.store.outbox().dead == 0 and app.store.dead_letters() == []

@@ -300,6 +300,10 @@ def test_trends_charts_each_day_and_the_days_that_would_have_fired(
     assert [line.split()[-3:] for line in days[2:4]] == [["10", "usual", "10"]] * 2
     assert days[4].endswith(" 0  usual 10  (today so far)")
     assert main(["--config", str(path), "trends", "--watchlist", "Nope"]) == 2
+    capsys.readouterr()
+    # The options work after the command too, as for every other command (README).
+    assert main(["trends", "--config", str(path), "--days", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("Grok  ")
 
 
 def test_monitor_poll_judges_spikes_after_its_cycle(
