@@ -11,7 +11,7 @@ title and description. Prints, in one run:
     phrases (boilerplate) leaking in, through monitor against trafilatura alone;
   - a warm cycle with full text on: the feeds unchanged, no page requested, for these 50
     feeds and for bench_poll's 1,000 feeds (every item's page stored as fetched, as in the
-    steady state; the cycle is the poll cycle plus the page job that follows it);
+    steady state; the cycle is the poll cycle, then the page job the daemon runs beside it);
   - peak memory of monitor (this process and its parse processes, not the page server):
     the sum of their RSS, and of their PSS. Summed RSS counts the pages the parse processes
     share with the fork server (the interpreter, trafilatura and its caches, preloaded

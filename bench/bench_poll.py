@@ -317,7 +317,7 @@ async def monitor_cycles(
 
     `fulltext`: every feed with full text on. After the cold cycle every item's page is
     stored as fetched (the steady state: bench_fulltext measures the fetching), and the
-    warm cycle is the poll cycle plus the page job that follows it (fulltext.fetch_pages),
+    warm cycle is the poll cycle, then the page job the daemon runs beside it (fetch_pages),
     which finds no page to fetch."""
     from monitor.app import running_app
     from monitor.config import Config

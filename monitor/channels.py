@@ -17,7 +17,6 @@ import asyncio
 import functools
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 import threading
@@ -31,7 +30,7 @@ import aiohttp
 import apprise
 
 from monitor.chat import chat_text
-from monitor.config import RecipientConfig
+from monitor.config import RecipientConfig, is_loopback_host
 from monitor.errors import DeliveryError, PermanentDeliveryError
 from monitor.files import describe
 from monitor.mailer import Mailer, Outcome, Take, _anyone
@@ -138,18 +137,9 @@ def _webhook_problems(url: str) -> list[str]:
     parts = urlsplit(url)
     if parts.username or parts.password:
         return ["a webhook URL takes no user or password; the signature authenticates"]
-    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
         return [f"{masked(url)}: use https (http only to this machine, for tests)"]
     return []
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _plain(url: str) -> str:

@@ -87,6 +87,16 @@ def _parse_size(value: Any) -> int:
     return int(found.group(1)) * _SIZE_UNITS[found.group(2)]
 
 
+def is_loopback_host(host: str) -> bool:
+    """A host on this machine: what goes to it never crosses a network."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return False
+
+
 def mailbox_address(text: str) -> str:
     """A plain mailbox address (name@domain.tld, nothing that could split a header) as SMTP
     takes it: an international domain in its ASCII form (IDNA), so that name@bücher.de is
@@ -421,10 +431,12 @@ class SpikesConfig(_Model):
     silence_after: Duration | None = Field(None, ge=3600)  # silence: nothing matched so long
 
     def settings(self) -> SpikeSettings:
-        seconds = {"window": self.window, "cooldown": self.cooldown}
+        seconds = {
+            "window": self.window,
+            "cooldown": self.cooldown,
+            "silence_after": self.silence_after,
+        }
         spans = {k: timedelta(seconds=v) for k, v in seconds.items() if v is not None}
-        if self.silence_after is not None:
-            spans["silence_after"] = timedelta(seconds=self.silence_after)
         return settings_for(
             self.preset,
             baseline_days=self.baseline_days,
@@ -554,12 +566,7 @@ class SmtpConfig(_Model):
     @property
     def is_loopback(self) -> bool:
         """The server is on this machine: what goes to it never crosses a network."""
-        if self.host.lower() == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
-        except ValueError:  # a name: it may resolve anywhere
-            return False
+        return is_loopback_host(self.host)
 
     @property
     def effective_port(self) -> int:
@@ -731,9 +738,8 @@ class Config(_Model):
 
     def display_names(self) -> dict[str, str]:
         """address -> the display name given with it (anywhere in the config)."""
-        everyone = [*self.recipients, *(r for w in self.watchlists for r in w.recipients)]
         names: dict[str, str] = {}
-        for recipient in everyone:
+        for recipient in self._everyone():
             if recipient.name and not recipient.is_channel:
                 names.setdefault(recipient.address, recipient.name)
         return names
@@ -752,8 +758,11 @@ class Config(_Model):
 
     def channels(self) -> dict[str, RecipientConfig]:
         """Every chat channel recipient, by name (its address in the outbox)."""
-        everyone = [*self.recipients, *(r for w in self.watchlists for r in w.recipients)]
-        return {r.address: r for r in everyone if r.is_channel}
+        return {r.address: r for r in self._everyone() if r.is_channel}
+
+    def _everyone(self) -> list[RecipientConfig]:
+        """Every recipient the config names: the top-level ones, then each watchlist's."""
+        return [*self.recipients, *(r for w in self.watchlists for r in w.recipients)]
 
     def deliveries_of(self, watchlist: WatchlistConfig) -> tuple[DeliveryPlan, ...]:
         """Per recipient: when this watchlist is sent, and when not (quiet hours). A
@@ -831,8 +840,7 @@ def config_warnings(config: Config) -> list[str]:
             else "allow_plaintext_login: true"
         )
         warnings.append(f"smtp: the password goes to {config.smtp.host} in clear text ({why})")
-    addresses = [r.address for r in config.recipients]
-    addresses += [r.address for w in config.watchlists for r in w.recipients]
+    addresses = [r.address for r in config._everyone()]
     return warnings + list(_short_spans(config)) + list(_case_twins(addresses))
 
 

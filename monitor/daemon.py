@@ -150,7 +150,6 @@ class Daemon:
         self.metrics.record_poll_tick(self.last_poll_at)
         if report.polls:  # a cycle that polled nothing changed no count
             await self.spike_check()
-        if report.polls:
             level = logging.INFO if (report.new_items or report.failed) else logging.DEBUG
             log.log(
                 level,

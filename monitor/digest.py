@@ -492,7 +492,7 @@ class Renderer:
             "title": item.title or item.url,
             "outlet": item.feed,
             "spread": spread,
-            "new": [{"outlet": outlet, "url": _link(url)} for outlet, url in line.new],
+            "new": [{"outlet": outlet, "url": safe_link(url)} for outlet, url in line.new],
             "tags": " · ".join(line.watchlists),
         }
 
@@ -503,7 +503,7 @@ class Renderer:
         return {
             "title": item.title or item.url,
             "title_parts": highlight(item.title, title_spans, 0, len(item.title)),
-            "url": item.url if item.url.startswith(("https://", "http://")) else "",
+            "url": safe_link(item.url),
             "outlet": item.feed,
             "time": self._local(item.published),
             "snippet": _snippet(entry, summary_spans),
@@ -513,14 +513,13 @@ class Renderer:
             "tags": " · ".join(entry.watchlists or (entry.watchlist,)),
             "shared": len(entry.watchlists) > 1,  # tags worth a line: more than its section
             "also": [
-                {"outlet": outlet, "url": url if url.startswith(("https://", "http://")) else ""}
-                for outlet, url in entry.also_reported_by
+                {"outlet": outlet, "url": safe_link(url)} for outlet, url in entry.also_reported_by
             ],
         }
 
     def _brief(self, entry: DigestEntry) -> dict[str, str]:
         item = entry.item
-        url = item.url if item.url.startswith(("https://", "http://")) else ""
+        url = safe_link(item.url)
         return {"title": item.title or url, "url": url, "outlet": item.feed}
 
     def _local(self, moment: datetime) -> str:
@@ -600,7 +599,7 @@ def highlight(text: str, spans: Sequence[tuple[int, int]], start: int, end: int)
     return parts
 
 
-def _link(url: str) -> str:
+def safe_link(url: str) -> str:
     """Feed links only where a mail client opens them safely: http(s)."""
     return url if url.startswith(("https://", "http://")) else ""
 

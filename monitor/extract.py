@@ -23,11 +23,10 @@ _PRESCAN_BYTES = 4096
 
 @dataclass(frozen=True, slots=True)
 class Extracted:
-    """What a page yielded: its main text (empty if none), how it was decoded, and the URL
-    it names as its own (<link rel="canonical">, else og:url), absolute, if any."""
+    """What a page yielded: its main text (empty if none), and the URL it names as its own
+    (<link rel="canonical">, else og:url), absolute, if any."""
 
     text: str
-    encoding: str
     canonical: str | None = None
 
     @property
@@ -39,7 +38,7 @@ def extract_page(body: bytes, content_type: str, url: str) -> Extracted:
     """The main text of an HTML page (a parse-pool job)."""
     encoding = page_encoding(body, content_type)
     html = body.decode(encoding, errors="replace")
-    return Extracted(_main_text(html, url), encoding, own_url(html[:_HEAD_CHARS], url))
+    return Extracted(_main_text(html, url), own_url(html[:_HEAD_CHARS], url))
 
 
 _HEAD_CHARS = 256 * 1024  # where a page's <link> and <meta> tags are looked for

@@ -311,12 +311,7 @@ class Fetcher:
             async with request as response:
                 answered()
                 headers = {key.lower(): value for key, value in response.headers.items()}
-                if response.status != 200:
-                    raise _failure(
-                        f"HTTP {response.status} {response.reason or ''}".strip(),
-                        status=response.status,
-                        retry_after=retry_after_seconds(headers.get("retry-after")),
-                    )
+                _raise_unless_ok(response, headers)
                 kind = headers.get("content-type", "").split(";")[0].strip().lower()
                 if html_only and kind and kind not in _HTML_TYPES:
                     raise FetchError(f"not an HTML page ({rules.error_text(kind)[:60]})")
@@ -326,14 +321,8 @@ class Fetcher:
             raise
         except TimeoutError:
             raise FetchError(f"the page took longer than {timeout:g} s") from None
-        except aiohttp.TooManyRedirects:
-            raise FetchError("too many redirects (a redirect loop?)") from None
-        except aiohttp.ClientConnectorError as error:
-            raise _failure(f"cannot connect: {error.os_error or error}") from None
-        except aiohttp.ClientError as error:
-            raise _failure(f"{type(error).__name__}: {error}") from None
-        except (UnicodeError, ValueError) as error:
-            raise _failure(f"invalid URL or response: {error}") from None
+        except (aiohttp.ClientError, UnicodeError, ValueError) as error:
+            raise _client_failure(error) from None
 
     async def _fetch(
         self,
@@ -367,8 +356,6 @@ class Fetcher:
                 return await self._result(response)
         except FetchError:
             raise
-        except aiohttp.TooManyRedirects:
-            raise FetchError("too many redirects (a redirect loop?)") from None
         except TimeoutError:
             if context.queued:  # never asked: no word on the host, which is not held off
                 raise FetchError(
@@ -379,31 +366,42 @@ class Fetcher:
             raise timed_out(
                 f"timed out after {self._settings.timeout:g} s (connect or total deadline)"
             ) from None
-        # The messages below quote the server's bytes (a bad status line: all of them, up
-        # to 64 KB): cut to one short line where they are built.
-        except aiohttp.ClientConnectorError as error:
-            raise _failure(f"cannot connect: {error.os_error or error}") from None
-        except aiohttp.ClientPayloadError as error:
-            raise _failure(f"broken response body: {error}") from None
-        except aiohttp.ServerDisconnectedError:
-            raise FetchError("the server closed the connection without an answer") from None
-        except aiohttp.ClientError as error:
-            raise _failure(f"{type(error).__name__}: {error}") from None
-        except (UnicodeError, ValueError) as error:
-            raise _failure(f"invalid URL or response: {error}") from None
+        except (aiohttp.ClientError, UnicodeError, ValueError) as error:
+            raise _client_failure(error) from None
 
     async def _result(self, response: aiohttp.ClientResponse) -> FetchResult:
         headers = {key.lower(): value for key, value in response.headers.items()}
         if response.status == 304:
             return FetchResult(str(response.url), 304, None, headers, _permanent(response))
-        if response.status != 200:
-            raise _failure(
-                f"HTTP {response.status} {response.reason or ''}".strip(),
-                status=response.status,
-                retry_after=retry_after_seconds(headers.get("retry-after")),
-            )
+        _raise_unless_ok(response, headers)
         body = await _read_capped(response, self._settings.max_body, "body")
         return FetchResult(str(response.url), 200, body, headers, _permanent(response))
+
+
+def _raise_unless_ok(response: aiohttp.ClientResponse, headers: dict[str, str]) -> None:
+    """FetchError for any answer but 200, with its status and Retry-After."""
+    if response.status != 200:
+        raise _failure(
+            f"HTTP {response.status} {response.reason or ''}".strip(),
+            status=response.status,
+            retry_after=retry_after_seconds(headers.get("retry-after")),
+        )
+
+
+def _client_failure(error: aiohttp.ClientError | UnicodeError | ValueError) -> FetchError:
+    """What a feed's or a page's failed request says. The messages quote the server's bytes
+    (a bad status line: all of them, up to 64 KB): cut to one short line where built."""
+    if isinstance(error, aiohttp.TooManyRedirects):
+        return FetchError("too many redirects (a redirect loop?)")
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return _failure(f"cannot connect: {error.os_error or error}")
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return _failure(f"broken response body: {error}")
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return FetchError("the server closed the connection without an answer")
+    if isinstance(error, aiohttp.ClientError):
+        return _failure(f"{type(error).__name__}: {error}")
+    return _failure(f"invalid URL or response: {error}")
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
@@ -461,8 +459,8 @@ async def _refuse_internal_redirect(
     origin = getattr(context.trace_request_ctx, "origin", None)
     if not target.host or origin is None:
         return
-    internal = await _internal_address(target.host, target.port)
-    if internal is None or await _internal_address(urlsplit(origin).hostname or ""):
+    internal = await internal_target(str(target), origin)
+    if internal is None:
         return
     params.response.close()  # not followed, not read: the connection is not reused
     raise FetchError(

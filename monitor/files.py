@@ -1,5 +1,5 @@
 """Who owns the files monitor creates: the SQLite database with its -wal and -shm, the
-lock file, the Maildir outbox and the messages in it.
+lock's .owner file, the Maildir outbox and the messages in it.
 
 The service runs as its own user (systemd's `User=`, owning `StateDirectory=`). A one-shot
 command run as root (`sudo monitor digest --send`) used to create a root-owned outbox, and

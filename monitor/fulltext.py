@@ -5,8 +5,8 @@ text extracted and matched as the field `body`.
 never twice), fetch each politely (pages.py), extract its text in the parse processes
 (extract.py), store it and queue the matches it adds (store.save_pages, the pages done
 meanwhile in one transaction). It runs beside feed polling, never in its way: the daemon
-starts it after each poll cycle, with a budget of `fulltext.per_cycle` pages, and a cycle
-never waits for it. A page that fails leaves
+runs it as a job of its own every poll tick, with a budget of `fulltext.per_cycle` pages,
+and a poll cycle never waits for it. A page that fails leaves
 its item matched on its teaser, as any item of a feed without full text.
 """
 
@@ -55,7 +55,11 @@ async def fetch_pages(app: App, *, drain: bool = False) -> PagesReport:
             break
         limit = asyncio.Semaphore(app.config.polling.concurrency)
         saver = _Saver(app)
-        jobs = (_bounded(limit, app, pages, saver, task) for task in tasks)
+        origins = app.config.feed_urls()  # for the internal-address check
+        jobs = (
+            _fetch_safely(app, pages, saver, task, origins.get(task.item.feed, ""), limit)
+            for task in tasks
+        )
         done = await asyncio.gather(*jobs)
         round_ = sum(done, PagesReport())
         # A page given back is claimed again by the next round: count it once, as waiting.
@@ -80,23 +84,22 @@ def _claim(app: App, feeds: set[str]) -> list[PageTask]:
     )
 
 
-async def _bounded(
-    limit: asyncio.Semaphore, app: App, pages: Pages, saver: _Saver, task: PageTask
+async def _fetch_safely(
+    app: App, pages: Pages, saver: _Saver, task: PageTask, origin: str, limit: asyncio.Semaphore
 ) -> PagesReport:
     try:
-        return await fetch_page(app, pages, saver, task, limit)
+        return await fetch_page(app, pages, saver, task, origin, limit)
     except Exception:  # a bug must not stop the other pages; the claim expires
         log.exception("unexpected error with a page", extra={"url": task.item.url})
         return PagesReport()
 
 
 async def fetch_page(
-    app: App, pages: Pages, saver: _Saver, task: PageTask, limit: asyncio.Semaphore
+    app: App, pages: Pages, saver: _Saver, task: PageTask, origin: str, limit: asyncio.Semaphore
 ) -> PagesReport:
-    """One claimed page: fetched and extracted (`limit`: so many at once, see read_page),
-    then stored and matched in the saver's next round, which later fetches need not wait
-    for."""
-    origin = _feed_url(app, task.item.feed)
+    """One claimed page of a feed at `origin`: fetched and extracted (`limit`: so many at
+    once, see read_page), then stored and matched in the saver's next round, which later
+    fetches need not wait for."""
     try:
         outcome = await read_page(pages, app.parse_pool, task.item.url, origin, limit)
     except PageRefused as refused:
@@ -105,8 +108,6 @@ async def fetch_page(
         else:  # its host asked to wait: the page waits too, in the queue
             await asyncio.to_thread(app.store.release_page, task.item_id)
             return PagesReport(deferred=1)
-    if outcome.status is not PageStatus.TEXT:  # a wall's words are not the article's
-        outcome = dataclasses.replace(outcome, body=None)
     found = await saver.save(task.item_id, outcome)
     if outcome.error:
         log.info("page without text: %s", outcome.error, extra={"url": task.item.url})
@@ -238,8 +239,3 @@ def _settle(
         future.set_exception(error)
     else:
         future.set_result(matches or [])
-
-
-def _feed_url(app: App, name: str) -> str:
-    """The configured URL of the feed (for the internal-address check)."""
-    return next((f.url for f in app.config.feeds if f.name == name), "")

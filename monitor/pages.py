@@ -8,8 +8,8 @@ store's page_sites is the truth between processes, store/sites.py):
   (a compare-and-set in the store) before each request, and a loser waits until the turn
   it was told;
 - robots.txt is honoured, read by one worker and kept in the store for
-  `fulltext.robots_ttl` (unreachable or 5xx = allowed, 401/403 = all disallowed, as
-  Google does);
+  `fulltext.robots_ttl` (unreachable or 5xx = allowed; 401/403 = all disallowed: a site
+  that hides its rules is taken to refuse);
 - a 403, 429 or 503 on a page stops page requests to the site until its Retry-After (as
   given), else for an hour, doubling with each such answer in a row up to a day; a page
   answered 2xx ends the row.
@@ -18,7 +18,8 @@ None of this touches the host's feeds. Within a process an asyncio.Lock per site
 requests in line, so the store sees one worker's requests one at a time. On SQLite, where
 one process has the database (lock.py), the turns are kept in that process: a transaction
 per page would only cost it CPU (bench_fulltext: 0.4-0.6 s of the main process's per 466
-pages); back-offs and robots.txt are still kept in the store, for the next start.
+pages); back-offs and robots.txt are still kept in the store, for the next start. (`monitor
+test --url`, which takes no lock, keeps its own gap there: one request made by hand.)
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Pages:
         async with here.turn:  # one page request at a time per site from this process
             state = here.seen
             if state is None or self._robots_stale(state):  # else a turn says what is new
-                state = await asyncio.to_thread(self.sites.page_site, key)
+                state = here.seen = await asyncio.to_thread(self.sites.page_site, key)
             self._refuse_if_blocked(state)
             has_turn = False
             if self._robots_stale(state):

@@ -400,8 +400,6 @@ def _bare(token: _Token) -> str:
 
 def _grouped(node: Node) -> str:
     """A node's text as an operand: a group or a NEAR keeps its parentheses."""
-    if isinstance(node, Term):
-        return node.text
     return f"({node.text})" if isinstance(node, And | Or | Near) else node.text
 
 
@@ -444,6 +442,13 @@ class _Parser:
     def replaced(self, start: int, end: int, text: str) -> str:
         """The query with [start:end] replaced, for a suggested rewrite."""
         return f"{self.query[:start]}{text}{self.query[end:]}"
+
+    def replaced_group(self, start: int, text: str) -> str:
+        """The query with [start:] up to the last token read replaced by `text`, in
+        parentheses unless it is the whole query."""
+        end = self.tokens[self.position - 1].end
+        whole = self.query[:start].strip() == "" and self.query[end:].strip() == ""
+        return self.replaced(start, end, text if whole else f"({text})")
 
     def parse_or(self) -> Node:
         start = self._start()
@@ -505,14 +510,12 @@ class _Parser:
             # Proximity is between two places in a text; an AND group is no one place
             # (it held with one member near and the others anywhere, in any field).
             pairs = self._near_of_and(side, other, operator, first)
-            end = self.tokens[self.position - 1].end
-            whole = self.query[:start].strip() == "" and self.query[end:].strip() == ""
             raise QueryError(
                 "NEAR takes a term, a phrase or an OR group on each side, not AND: write "
                 + (pairs or "(A NEAR/5 C) AND (B NEAR/5 C)"),
                 self.query,
                 position,
-                rewrite=pairs and self.replaced(start, end, pairs if whole else f"({pairs})"),
+                rewrite=pairs and self.replaced_group(start, pairs),
             )
 
     def _near_of_and(self, side: Node, other: Node, operator: _Token, first: bool) -> str | None:
@@ -541,10 +544,8 @@ class _Parser:
                 following = self.parse_primary()
                 pairs.append(f"({_grouped(previous)} NEAR/{link.value} {_grouped(following)})")
                 previous = following
-            end = self.tokens[self.position - 1].end
             joined = " AND ".join(pairs)
-            whole = self.query[:start].strip() == "" and self.query[end:].strip() == ""
-            rewrite = self.replaced(start, end, joined if whole else f"({joined})")
+            rewrite = self.replaced_group(start, joined)
         except QueryError:
             joined = "(A NEAR/2 B) AND (B NEAR/3 C)"
         raise QueryError(

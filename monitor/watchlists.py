@@ -40,7 +40,6 @@ from monitor.query import (
 )
 from monitor.text import CharTable, FoldedText, fold_text, lower_keep_length
 
-FIELDS = ("title", "summary", "body")
 _NOT_WORD = re.compile(r"[\W_]")
 
 
@@ -386,13 +385,13 @@ class _Evaluation:
         index: _TermIndex,
         found: dict[int, list[_Span]],
         fields: dict[str, _Field],
-        origin: Origin | None = None,
+        origin: Origin,
     ) -> None:
         self._index = index
         self._found = found
         self._fields = fields
         self._all = frozenset(fields)
-        self._origin = origin or Origin()
+        self._origin = origin
 
     def run(self, node: Node, scope: frozenset[str] | None = None) -> _Found:
         scope = self._all if scope is None else scope

@@ -1,10 +1,10 @@
 """Everything monitor keeps between runs, in SQLite (default) or PostgreSQL. Owns SQLAlchemy.
 
-Each public method is one transaction, except `ingest_many` (two, see there). The outbox
-invariant lives here: a match is stored with its item, and its pending deliveries follow in
-the next transaction or, after a crash between the two, at the next start (`settle`); a
-message's bytes are stored in the transaction that claims its deliveries, before anything
-is sent.
+Each public method is one transaction, except those docs/store.md names (`ingest_many`:
+two, see there). The outbox invariant lives here: a match is stored with its item, and its
+pending deliveries follow in the next transaction or, after a crash between the two, at
+the next start (`settle`); a message's bytes are stored in the transaction that claims its
+deliveries, before anything is sent.
 
 One module per entity, one mixin of `Store` each:
 

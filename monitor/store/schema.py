@@ -277,8 +277,8 @@ story_growth = sa.Table(
 )
 
 
-# Full text (migration 0008_i22_item_texts): one row per item whose page was claimed,
-# fetched or given up; deleted with its item at retention.
+# Full text (migrations 0008_i22_item_texts, 0010_i22_page_queue): one row per item whose
+# page is queued (waiting), claimed, fetched or given up; deleted with its item at retention.
 class PageStatus(enum.StrEnum):
     WAITING = "waiting"  # queued when its item was stored (a full-text feed's new item)
     CLAIMED = "claimed"  # a worker is fetching it

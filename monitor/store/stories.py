@@ -35,7 +35,7 @@ from monitor.store.schema import (
     story_growth,
     story_members,
 )
-from monitor.store.told import GrowthNotes
+from monitor.store.told import GrowthNotes, story_recipients
 from monitor.stories import (
     Candidate,
     DedupeSettings,
@@ -199,23 +199,10 @@ def unsettled_matches(
     ]
 
 
-def _already_queued(tx: Connection, story: int, watchlist: str) -> set[str]:
-    """Recipients with a live (not dead-lettered) delivery of this story for this watchlist."""
-    query = (
-        sa.select(deliveries.c.recipient)
-        .join(matches, matches.c.id == deliveries.c.match_id)
-        .join(story_members, story_members.c.item_id == matches.c.item_id)
-        .where(story_members.c.story_id == story)
-        .where(deliveries.c.watchlist == watchlist)
-        .where(deliveries.c.status != DeliveryStatus.DEAD)
-    )
-    return set(tx.execute(query).scalars())
-
-
 def merge_stories(tx: Connection, into: int, merged: int) -> None:
     """Move every member of story `merged` (and its growth notes) into story `into`, under
     the story lock: one article reached by two links (texts.py). Each recipient is then
-    queued and told the story once (_already_queued, told.first_messages)."""
+    queued and told the story once (told.story_recipients, told.first_messages)."""
     tx.execute(
         story_members.update().where(story_members.c.story_id == merged).values(story_id=into)
     )
@@ -355,7 +342,7 @@ class StoryStore(StoreBase):
             if queued is None:
                 queued = told[story, found.watchlist] = set()
                 if told_before or story != found.item_id:  # who was told already?
-                    queued.update(_already_queued(tx, story, found.watchlist))
+                    queued.update(story_recipients(tx, story, found.watchlist))
             if story != found.item_id and not told_before:  # a new member joined a story
                 growth.joined(tx, story, found, recipients.get(found.watchlist, ()))
             wanted = [r for r in recipients.get(found.watchlist, ()) if r not in queued]

@@ -1,7 +1,8 @@
 """Item texts: the main text of full-text feeds' article pages, and the matches it adds.
 
-A page is claimed by inserting its item's row (status "claimed", with a deadline): of
-several workers one wins, and a worker killed while fetching leaves a claim that expires,
+Each full-text feed's new item gets a `waiting` row when it is stored (ingest); a worker
+claims it with a compare-and-set UPDATE (status "claimed", with a deadline): of several
+workers one wins, and a worker killed while fetching leaves a claim that expires,
 after which the page is claimed again. A text stored later than its item's first match
 adds matches only for watchlists that had none, queued as story members' late matches
 are: no watchlist and recipient hears of an item twice.
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from monitor.models import Item, Match
-from monitor.store.dialect import among, chunks, insert, select_among
+from monitor.store.dialect import among, insert, select_among
 from monitor.store.items import _grouped_keys, _record_matches, page_bodies
 from monitor.store.schema import (
     PageStatus,
@@ -89,14 +90,10 @@ class TextStore(StoryStore):
         An item dated `backlog` before it was first seen alerts no one (poller.news_only):
         its page is marked OLD, never fetched."""
         texts = item_texts
-        queued = sa.or_(
-            texts.c.status == PageStatus.WAITING,
-            sa.and_(texts.c.status == PageStatus.CLAIMED, texts.c.claimed_until < now),
-        )
         query = (
             sa.select(items, texts.c.status)
             .join(texts, texts.c.item_id == items.c.id)
-            .where(queued)
+            .where(_claimable(now))
             .order_by(items.c.first_seen_at, items.c.id)
             .limit(limit)
         )
@@ -316,7 +313,7 @@ def _text_values(item_id: int, outcome: PageOutcome, now: datetime) -> dict[str,
         "status": outcome.status.value,
         "fetched_at": now,
         "words": outcome.words,
-        "body": outcome.body,
+        "body": outcome.body if outcome.status is PageStatus.TEXT else None,  # no wall's
         "error": outcome.error,
     }
 
@@ -326,29 +323,31 @@ def _claim(tx: Connection, item_id: int, now: datetime, until: datetime) -> bool
     texts = item_texts
     taken = tx.execute(
         texts.update()
-        .where(texts.c.item_id == item_id)
-        .where(
-            sa.or_(
-                texts.c.status == PageStatus.WAITING,
-                sa.and_(texts.c.status == PageStatus.CLAIMED, texts.c.claimed_until < now),
-            )
-        )
+        .where(texts.c.item_id == item_id, _claimable(now))
         .values(status=PageStatus.CLAIMED, claimed_until=until)
     )
     return bool(taken.rowcount)
+
+
+def _claimable(now: datetime) -> sa.ColumnElement[bool]:
+    """A page waiting in the queue, or claimed by a worker that died (its claim expired)."""
+    texts = item_texts
+    return sa.or_(
+        texts.c.status == PageStatus.WAITING,
+        sa.and_(texts.c.status == PageStatus.CLAIMED, texts.c.claimed_until < now),
+    )
 
 
 def _drop_unwanted(tx: Connection, feeds: set[str], since: datetime) -> None:
     """Waiting pages no one will fetch: their feed's full text was switched off, or their
     item is older than `fulltext.max_age`. Their items keep their teaser matches."""
     texts = item_texts
-    waiting = sa.select(texts.c.item_id, texts.c.feed, items.c.first_seen_at).join(
-        items, items.c.id == texts.c.item_id
+    old = sa.select(items.c.id).where(items.c.first_seen_at < since)
+    tx.execute(
+        texts.delete()
+        .where(texts.c.status == PageStatus.WAITING)
+        .where(sa.or_(~among(tx, texts.c.feed, sorted(feeds), sa.Text), texts.c.item_id.in_(old)))
     )
-    rows = tx.execute(waiting.where(texts.c.status == PageStatus.WAITING)).all()
-    gone = [r.item_id for r in rows if r.feed not in feeds or r.first_seen_at < since]
-    for chunk in chunks(gone):
-        tx.execute(texts.delete().where(texts.c.item_id.in_(chunk)))
 
 
 def _match_texts(
@@ -395,7 +394,7 @@ def _add_key(tx: Connection, item_id: int, keyed: Item, now: datetime) -> int | 
     """Store `keyed`'s key for the item; if another stored item has it, that item's id."""
     url_hash = dedupe_keys(keyed, _grouped_keys(tx))[0]
     row = {"hash": url_hash, "item_id": item_id, "last_seen_at": now}
-    # RETURNING, not rowcount (see _claim).
+    # RETURNING, not rowcount: psycopg counts -1 for such an insert, done or not.
     statement = insert(tx, item_keys).values(**row).on_conflict_do_nothing()
     if tx.execute(statement.returning(item_keys.c.hash)).first() is not None:
         return None

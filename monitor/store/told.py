@@ -59,7 +59,7 @@ class GrowthNotes:
     ) -> None:
         """A new member of `story` matched a watchlist of these recipients."""
         if story not in self._reached:
-            self._reached[story] = _story_recipients(tx, story)
+            self._reached[story] = story_recipients(tx, story)
         for recipient in recipients:
             if recipient in self._reached[story]:
                 self._notes.setdefault((found.item_id, recipient), (story, found.watchlist))
@@ -74,8 +74,9 @@ class GrowthNotes:
             tx.execute(insert(tx, story_growth).values(rows).on_conflict_do_nothing())
 
 
-def _story_recipients(tx: Connection, story: int) -> set[str]:
-    """Recipients with a live (not dead-lettered) delivery of any item of this story."""
+def story_recipients(tx: Connection, story: int, watchlist: str | None = None) -> set[str]:
+    """Recipients with a live (not dead-lettered) delivery of any item of this story (for
+    this watchlist, if one is given)."""
     query = (
         sa.select(deliveries.c.recipient)
         .join(matches, matches.c.id == deliveries.c.match_id)
@@ -84,6 +85,8 @@ def _story_recipients(tx: Connection, story: int) -> set[str]:
         .where(deliveries.c.status != DeliveryStatus.DEAD)
         .distinct()
     )
+    if watchlist is not None:
+        query = query.where(deliveries.c.watchlist == watchlist)
     return set(tx.execute(query).scalars())
 
 
